@@ -1,0 +1,147 @@
+"""The composition root: settings, consoles, the user's store and the model, built on demand.
+
+Commands get an ``Env`` and ask it for what they need; nothing here is built until asked, so a
+listing command never imports the model runtime or the vector engine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from personavlm_cli.core import users
+from personavlm_cli.core.config import Settings
+from personavlm_cli.core.errors import ModelError, NotFoundError
+
+
+@dataclass
+class Env:
+    overrides: dict[str, Any] = field(default_factory=dict)
+    user_flag: str | None = None
+    _settings: Settings | None = None
+    _store: Any = None
+    _lock: Any = None
+    _model: Any = None
+    model_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    # -- configuration ----------------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = Settings.load(self.overrides)
+        return self._settings
+
+    @property
+    def user(self) -> str:
+        if self.user_flag is not None:
+            return users.validate_name(self.user_flag)
+        return users.default_name(self.settings)
+
+    def user_dir(self, create: bool = True) -> Path:
+        return users.open_user_dir(self.settings, self.user, create=create)
+
+    # -- the store --------------------------------------------------------------------------------
+
+    def store(self, write: bool = True, create: bool = True):
+        """The user's memory store; writers take the user's lock (one writer per store)."""
+        if self._store is not None:
+            return self._store
+        from personavlm_cli.adapters.lock import StoreLock
+        from personavlm_cli.core.store import MemoryStore
+
+        path = self.user_dir(create=create)
+        if write:
+            self._lock = StoreLock(path, self.user).acquire()
+        s = self.settings
+        self._store = MemoryStore(
+            path,
+            text_encoder=_text_encoder,
+            image_encoder=lambda: _image_encoder(s),
+            vectors=lambda: _vectors(s, path, self.user),
+            readonly=not write,
+        )
+        return self._store
+
+    def close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._model is not None:
+            self._model.close()
+            self._model = None
+
+    # -- the model --------------------------------------------------------------------------------
+
+    def model_path(self) -> tuple[Path, Path | None]:
+        from personavlm_cli.adapters.llm import embedded_model_path
+        from personavlm_cli.core.models import resolve
+
+        s = self.settings
+        if not s["model.path"]:
+            return embedded_model_path(), (Path(s["model.mmproj"]) if s["model.mmproj"] else None)
+        path, mmproj = resolve(s.locations, s["model.path"])
+        if s["model.mmproj"]:
+            mmproj = Path(s["model.mmproj"])
+        return path, mmproj
+
+    def model(self):
+        if self._model is None:
+            s = self.settings
+            if s["model.kind"] == "openai-compatible":
+                from personavlm_cli.adapters.remote_llm import RemoteChatModel
+
+                if not s["model.url"]:
+                    raise ModelError("model.kind is openai-compatible but model.url is not set")
+                self._model = RemoteChatModel(s["model.url"], s["model.name"], n_ctx=s["model.context"] or 4096)
+            else:
+                from personavlm_cli.adapters.llm import ChatModel
+
+                path, mmproj = self.model_path()
+                self._model = ChatModel(path, n_ctx=s["model.context"], gpu_layers=s["model.gpu_layers"],
+                                        mmproj=mmproj, threads=s["model.threads"])
+        return self._model
+
+
+def _text_encoder():
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+
+    return TextEncoder()
+
+
+def _image_encoder(s: Settings):
+    from personavlm_cli.adapters.image_encoder import ImageEncoder
+
+    weights = s["clip.weights"]
+    return ImageEncoder(weights=None if weights in (None, "none") else weights, model_name=s["clip.model"],
+                        cache_dir=s.locations.cache_dir / "clip")
+
+
+def _vectors(s: Settings, path: Path, user: str):
+    from personavlm_cli.adapters.vectors import VectorIndex
+
+    if s["store.kind"] == "server":
+        if not s["store.url"]:
+            raise NotFoundError("store.kind is server but store.url is not set")
+        return VectorIndex(url=s["store.url"], namespace=f"u-{user}-")
+    return VectorIndex(path=path / "chroma")
+
+
+def is_tty(stream=None) -> bool:
+    stream = stream or sys.stdout
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def private_umask() -> None:
+    """Everything this program writes is the user's private data: files 0600, directories 0700."""
+    os.umask(0o077)

@@ -1,0 +1,149 @@
+"""`personavlm config ...`, `users ...` and `doctor`."""
+
+from __future__ import annotations
+
+import platform
+import sys
+from typing import Annotated
+
+import typer
+
+from personavlm_cli.cli.common import JsonOpt, UserOpt, err, human_size, make_env, out, print_json
+from personavlm_cli.core import users as users_core
+from personavlm_cli.core.config import KEYS, env_var
+
+config_app = typer.Typer(help="Show the configuration and where everything lives.", no_args_is_help=True)
+users_app = typer.Typer(help="The users on this machine.", no_args_is_help=True)
+
+
+@config_app.command("show")
+def config_show(json: JsonOpt = False):
+    """Every setting, its value, and where the value came from (flag, env, file, default)."""
+    s = make_env(None).settings
+    rows = [{"key": k, "value": v, "origin": s.origin(k), "env": env_var(k), "doc": KEYS[k].doc} for k, v in s.items()]
+    if json:
+        print_json(rows)
+        return
+    from rich.table import Table
+
+    table = Table(box=None)
+    for col in ("key", "value", "from", "meaning"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r["key"], "" if r["value"] is None else str(r["value"]), r["origin"], r["doc"])
+    out.print(table)
+
+
+@config_app.command("path")
+def config_path(user: UserOpt = None, json: JsonOpt = False):
+    """Where the config file, the data and the current user's store live."""
+    env = make_env(user)
+    loc = env.settings.locations
+    paths = {"config_file": str(loc.config_file), "models_file": str(loc.models_file),
+             "data_dir": str(loc.data_dir), "users_dir": str(loc.users_dir), "cache_dir": str(loc.cache_dir),
+             "user_dir": str(users_core.user_dir(env.settings, env.user))}
+    if json:
+        print_json(paths)
+    else:
+        for k, v in paths.items():
+            out.print(f"{k:<12} {v}")
+
+
+@users_app.command("list")
+def users_list(json: JsonOpt = False):
+    """Users with a store on this machine."""
+    env = make_env(None)
+    names = users_core.list_users(env.settings)
+    if json:
+        print_json(names)
+    else:
+        for n in names:
+            out.print(n)
+        if not names:
+            err.print("no users yet")
+
+
+@users_app.command("rm")
+def users_rm(name: Annotated[str, typer.Argument(help="The user to remove, with all their data.")],
+             yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False):
+    """Remove a user and everything they have (memories, images, history)."""
+    from personavlm_cli.adapters.lock import StoreLock
+
+    env = make_env(name)
+    path = env.user_dir(create=False)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise typer.BadParameter("refusing without confirmation: pass --yes")
+        if not typer.confirm(f"Remove user '{name}' and all their data?", err=True):
+            raise typer.Exit(1)
+    with StoreLock(path, name):
+        users_core.remove_user(env.settings, name)
+    err.print(f"Removed user '{name}'")
+
+
+def doctor(
+    user: UserOpt = None,
+    load: Annotated[bool, typer.Option("--load/--no-load", help="Load the model to report offloaded layers.")] = True,
+    json: JsonOpt = False,
+):
+    """Versions, llama.cpp build features, GPU offload, model, CLIP weights, store location and size."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import personavlm_cli
+
+    env = make_env(user)
+    s = env.settings
+    report: dict = {"personavlm": personavlm_cli.__version__, "python": platform.python_version(),
+                    "platform": platform.platform()}
+    for pkg in ("llama-cpp-python", "chromadb", "torch", "open-clip-torch", "onnxruntime", "typer", "rich"):
+        try:
+            report[pkg] = version(pkg)
+        except PackageNotFoundError:
+            report[pkg] = None
+    try:
+        import llama_cpp
+
+        report["llama.cpp gpu offload"] = bool(llama_cpp.llama_supports_gpu_offload())
+        info = llama_cpp.llama_print_system_info()
+        report["llama.cpp build"] = (info.decode() if isinstance(info, bytes) else str(info)).strip()
+    except Exception as exc:  # doctor reports problems instead of failing on them
+        report["llama.cpp"] = f"unavailable: {exc}"
+    try:
+        path, mmproj = env.model_path()
+        report["model"] = str(path)
+        report["mmproj"] = str(mmproj) if mmproj else None
+        from personavlm_cli.adapters.llm import inspect_gguf
+
+        g = inspect_gguf(path)
+        report["model architecture"] = g.architecture
+        report["model quantization"] = g.quantization
+        report["model size"] = human_size(g.size_bytes)
+        if load:
+            from personavlm_cli.adapters.llm import ChatModel
+
+            m = ChatModel(path, n_ctx=min(s["model.context"] or 2048, 2048), gpu_layers=s["model.gpu_layers"])
+            li = m.load_info
+            report["gpu layers offloaded"] = f"{li.gpu_layers_offloaded}/{li.total_layers}"
+            report["model load"] = li.summary_line()
+            m.close()
+    except Exception as exc:
+        report["model problem"] = str(exc).splitlines()[0]
+    weights = s["clip.weights"]
+    report["clip model"] = s["clip.model"]
+    report["clip weights"] = weights
+    if weights in (None, "none"):
+        report["text-to-image search"] = ("unavailable: no CLIP weights (images still match exact and "
+                                          "near-duplicate images); set clip.weights to a local file or hub tag")
+    else:
+        report["text-to-image search"] = "available"
+    udir = users_core.user_dir(s, env.user)
+    report["user"] = env.user
+    report["store"] = str(udir)
+    size = sum(f.stat().st_size for f in udir.rglob("*") if f.is_file()) if udir.exists() else 0
+    report["store size"] = human_size(size)
+    report["store kind"] = s["store.kind"]
+    if json:
+        print_json(report)
+        return
+    for k, v in report.items():
+        out.print(f"[bold]{k:<22}[/bold] {v}")

@@ -1,0 +1,313 @@
+"""`personavlm memory ...`: see, search, explain, forget, export and import memories."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from personavlm_cli.cli.common import JsonOpt, UserOpt, err, make_env, out, print_json, short
+from personavlm_cli.core.errors import NotFoundError, PersonaError
+from personavlm_cli.core.memory import TYPES, parse_time
+
+app = typer.Typer(help="See, search, explain, forget, export and import memories.", no_args_is_help=True)
+
+TypeOpt = Annotated[Optional[list[str]], typer.Option(
+    "--type", "-t", help=f"Only these types ({'|'.join(TYPES)}); repeatable.")]
+
+
+def _types(values: list[str] | None) -> list[str] | None:
+    if not values:
+        return None
+    bad = [v for v in values if v not in TYPES]
+    if bad:
+        raise PersonaError(f"unknown memory type '{bad[0]}' (use {', '.join(TYPES)})")
+    return values
+
+
+def memory_json(m) -> dict:
+    d = {"id": m.id, "type": m.type, "text": m.text, "created_at": m.created_at, "occurred_at": m.occurred_at,
+         "source_ids": m.source_ids, "valid_to": m.valid_to, "superseded_by": m.superseded_by}
+    if m.role:
+        d["role"] = m.role
+    if m.session_id:
+        d["session_id"] = m.session_id
+    if m.keywords:
+        d["keywords"] = m.keywords
+    if m.occurred_end:
+        d["occurred_end"] = m.occurred_end
+    if m.image_sha256:
+        d["image_sha256"] = m.image_sha256
+    return d
+
+
+def _readonly_store(env):
+    from personavlm_cli.adapters.records import RecordStore
+
+    path = env.user_dir(create=False)
+    return RecordStore(path, readonly=(path / RecordStore.FILENAME).exists() is True)
+
+
+@app.command("list")
+def list_(
+    user: UserOpt = None,
+    type: TypeOpt = None,
+    since: Annotated[Optional[str], typer.Option(help="Only memories from this time on (YYYY-MM-DD [HH:MM]).")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Only memories up to this time.")] = None,
+    limit: Annotated[Optional[int], typer.Option(help="At most this many (the newest).")] = None,
+    all: Annotated[bool, typer.Option("--all", help="Include superseded memories.")] = False,
+    pending: Annotated[bool, typer.Option("--pending", help="Show queued update work instead.")] = False,
+    json: JsonOpt = False,
+):
+    """List memories, oldest first (with --limit: the newest N)."""
+    env = make_env(user)
+    records = _open_records(env)
+    if pending:
+        jobs = [j for j in records.jobs() if j["kind"] in ("turn", "session")]
+        if json:
+            print_json(jobs)
+        else:
+            for j in jobs:
+                out.print(f"  {j['kind']:<8} {j['payload']}")
+            out.print(f"{len(jobs)} pending update(s)")
+        return
+    s = parse_time(since, "--since").timestamp() if since else None
+    u = parse_time(until, "--until").timestamp() if until else None
+    items = records.list(types=_types(type), since=s, until=u, include_superseded=all, limit=limit,
+                         newest_first=limit is not None)
+    if limit is not None:
+        items.reverse()
+    if json:
+        print_json([memory_json(m) for m in items])
+        return
+    from rich.table import Table
+
+    table = Table(box=None, pad_edge=False)
+    for col in ("id", "type", "when", "text"):
+        table.add_column(col, style={"id": "cyan", "when": "dim"}.get(col), no_wrap=col != "text")
+    for m in items:
+        flag = " [dim](superseded)[/dim]" if not m.current else ""
+        table.add_row(m.id, m.type, m.occurred_at[:16].replace("T", " "), short(m.text, 80) + flag)
+    out.print(table)
+    pending_jobs = [j for j in records.jobs() if j["kind"] in ("turn", "session")]
+    tail = f"; {len(pending_jobs)} update(s) pending" if pending_jobs else ""
+    err.print(f"[dim]{len(items)} memories{tail}[/dim]")
+
+
+def _open_records(env):
+    from personavlm_cli.adapters.records import RecordStore
+
+    path = env.user_dir(create=False)
+    if not (path / RecordStore.FILENAME).exists():
+        raise NotFoundError(f"user '{env.user}' has no memories yet")
+    return RecordStore(path, readonly=True)
+
+
+@app.command()
+def show(memory_id: Annotated[str, typer.Argument(help="The memory's id.")], user: UserOpt = None, json: JsonOpt = False):
+    """One memory with its provenance, versions and linked images."""
+    env = make_env(user)
+    records = _open_records(env)
+    m = records.get(memory_id)
+    if m is None:
+        raise NotFoundError(f"no memory with id '{memory_id}'")
+    sources = records.get_many(m.source_ids)
+    derived = records.derived_from([m.id])
+    versions = _versions(records, m)
+    if json:
+        print_json({**memory_json(m), "meta": m.meta, "sources": [memory_json(x) for x in sources],
+                    "derived": [memory_json(x) for x in derived], "versions": [memory_json(x) for x in versions]})
+        return
+    out.print(f"[bold cyan]{m.id}[/bold cyan]  {m.type}{'' if m.current else '  [yellow](superseded)[/yellow]'}")
+    out.print(m.text)
+    out.print(f"[dim]happened[/dim]  {m.occurred_at}{' → ' + m.occurred_end if m.occurred_end else ''}")
+    out.print(f"[dim]recorded[/dim]  {m.created_at}")
+    if m.keywords:
+        out.print(f"[dim]keywords[/dim]  {m.keywords}")
+    if m.valid_to:
+        out.print(f"[dim]valid to[/dim]  {m.valid_to}  superseded by {m.superseded_by or '(nothing: closed)'}")
+    if m.image_sha256:
+        out.print(f"[dim]image[/dim]     sha256 {m.image_sha256}  {m.meta.get('filename', '')} "
+                  f"{m.meta.get('width', '')}x{m.meta.get('height', '')}")
+    if m.meta.get("origin"):
+        out.print(f"[dim]origin[/dim]    {m.meta['origin']}{': ' + m.meta['reason'] if m.meta.get('reason') else ''}")
+    if sources:
+        out.print("[bold]Comes from[/bold]")
+        for x in sources:
+            out.print(f"  [cyan]{x.id}[/cyan] [dim]{x.type} {x.occurred_at[:16].replace('T', ' ')}[/dim] {short(x.text)}")
+    if derived:
+        out.print("[bold]Led to[/bold]")
+        for x in derived:
+            out.print(f"  [cyan]{x.id}[/cyan] [dim]{x.type}[/dim] {short(x.text)}")
+    if len(versions) > 1:
+        out.print("[bold]Versions[/bold]")
+        for x in versions:
+            mark = "current" if x.current else f"until {x.valid_to[:16]}"
+            out.print(f"  [cyan]{x.id}[/cyan] [dim]{mark}[/dim] {short(x.text)}")
+    for merged in m.meta.get("merged", []):
+        out.print(f"[dim]merged[/dim]    {merged['at'][:16]} {short(merged['text'])}")
+    if m.meta.get("reasoning"):
+        steps = m.meta["reasoning"]["steps"]
+        out.print("[bold]Reasoning[/bold] " + " → ".join(s["action"] + (f"({s['keywords']})" if s["keywords"] else "")
+                                                    for s in steps))
+
+
+def _versions(records, m) -> list:
+    """The chain of versions through superseded_by, oldest first."""
+    chain = [m]
+    everything = None
+    while True:
+        if everything is None:
+            everything = records.list(types=[m.type], include_superseded=True)
+        before = [x for x in everything if x.superseded_by == chain[0].id]
+        if not before:
+            break
+        chain.insert(0, before[0])
+    nxt = chain[-1]
+    while nxt.superseded_by:
+        after = records.get(nxt.superseded_by)
+        if after is None:
+            break
+        chain.append(after)
+        nxt = after
+    return chain
+
+
+@app.command()
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")] = "",
+    user: UserOpt = None,
+    image: Annotated[Optional[Path], typer.Option("--image", help="Find images like this one.")] = None,
+    type: TypeOpt = None,
+    since: Annotated[Optional[str], typer.Option(help="Only from this time on.")] = None,
+    until: Annotated[Optional[str], typer.Option(help="Only up to this time.")] = None,
+    limit: Annotated[int, typer.Option("--limit", "-k", help="How many results.")] = 10,
+    all: Annotated[bool, typer.Option("--all", help="Include superseded memories.")] = False,
+    explain: Annotated[bool, typer.Option("--explain", help="Show each signal's rank and score.")] = False,
+    json: JsonOpt = False,
+):
+    """Hybrid search (dense + lexical + image) over every memory."""
+    from personavlm_cli.core.recall import Query, recall
+
+    if not query and image is None:
+        raise PersonaError("give a QUERY or --image PATH")
+    env = make_env(user)
+    try:
+        store = env.store(write=True, create=False)
+        images = []
+        if image is not None:
+            from personavlm_cli.adapters.images import inspect_image
+
+            inspect_image(image)
+            images = [image]
+        store.sync_vectors()
+        q = Query(text=query, types=tuple(_types(type) or TYPES), image_paths=images, include_superseded=all,
+                  since=parse_time(since, "--since").timestamp() if since else None,
+                  until=parse_time(until, "--until").timestamp() if until else None)
+        hits = recall(store, q, k=limit)
+    finally:
+        env.close()
+    if json:
+        print_json([{**memory_json(h.memory), "score": round(h.score, 5), "signals": h.signals} for h in hits])
+        return
+    for h in hits:
+        m = h.memory
+        out.print(f"[cyan]{m.id}[/cyan] [dim]{m.type} {m.occurred_at[:16].replace('T', ' ')}[/dim] {short(m.text, 80)}")
+        if explain:
+            parts = [f"{name} #{s['rank']} ({s['score']})" for name, s in h.signals.items()]
+            out.print(f"    [dim]fused {h.score:.4f} = {' + '.join(parts)}[/dim]")
+    if not hits:
+        err.print("no matching memories")
+
+
+@app.command()
+def forget(
+    memory_ids: Annotated[Optional[list[str]], typer.Argument(help="Ids of memories to erase.")] = None,
+    user: UserOpt = None,
+    query: Annotated[Optional[str], typer.Option("--query", "-q", help="Erase the memories that match this text.")] = None,
+    before: Annotated[Optional[str], typer.Option(help="Erase everything that happened before this date.")] = None,
+    all: Annotated[bool, typer.Option("--all", help="Erase all of this user's memories.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+):
+    """Erase memories for real: text, vectors, image files, and everything derived from them."""
+    from personavlm_cli.core import forgetting
+    from personavlm_cli.core.update import UpdateStage
+
+    chosen = sum(bool(x) for x in (memory_ids, query, before, all))
+    if chosen != 1:
+        raise PersonaError("say what to forget: IDs, --query TEXT, --before DATE or --all (one of them)")
+    env = make_env(user)
+    try:
+        store = env.store(write=True, create=False)
+        store.sync_vectors()
+        if memory_ids:
+            missing = [i for i in memory_ids if store.records.get(i) is None]
+            if missing:
+                raise NotFoundError(f"no memory with id '{missing[0]}'")
+            ids, operation = memory_ids, "forget-id"
+        elif query:
+            from personavlm_cli.core.recall import Query, recall
+
+            hits = recall(store, Query(text=query, types=("semantic", "episodic", "procedural", "core", "image",
+                                                          "turn")), k=5)
+            hits = [h for h in hits if "lexical" in h.signals or h.signals.get("dense", {}).get("score", 0) > 0.5]
+            ids, operation = [h.memory.id for h in hits], "forget-query"
+        elif before:
+            cutoff = parse_time(before, "--before").timestamp()
+            ids = [m.id for m in store.records.list(until=cutoff, include_superseded=True)]
+            operation = "forget-before"
+        else:
+            ids, operation = [m.id for m in store.records.list(include_superseded=True)], "forget-all"
+        if not ids:
+            err.print("nothing to forget")
+            return
+        p = forgetting.plan(store, ids)
+        for m in p.targets[:20]:
+            err.print(f"  [cyan]{m.id}[/cyan] [dim]{m.type}[/dim] {short(m.text)}")
+        extra = f" (and {len(p.derived)} derived)" if p.derived else ""
+        if not yes:
+            if not sys.stdin.isatty():
+                raise PersonaError("refusing to forget without confirmation: pass --yes")
+            if not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
+                raise typer.Exit(1)
+        updates = None
+        if any(m.type == "turn" for m in p.targets + p.derived):
+            updates = UpdateStage(store, None, env.user)  # queues re-consolidation; runs at the next chat
+        erased = forgetting.execute(store, p, operation, updates)
+        err.print(f"[green]Erased {len(erased)} memories.[/green]")
+    finally:
+        env.close()
+
+
+@app.command("export")
+def export(
+    file: Annotated[Path, typer.Argument(help="Where to write (a .pvm archive: zip).")],
+    user: UserOpt = None,
+):
+    """Export memories, timeline and images in the documented, versioned format."""
+    from personavlm_cli.core.archive import export_archive
+
+    env = make_env(user)
+    records = _open_records(env)
+    summary = export_archive(records, env.user_dir(create=False), file, env.user)
+    err.print(f"[green]Exported[/green] {summary['counts']['memories']} memories and "
+              f"{summary['counts']['images']} images to {file}")
+
+
+@app.command("import")
+def import_(
+    file: Annotated[Path, typer.Argument(help="An archive written by `memory export` or `profile export --archive`.")],
+    user: UserOpt = None,
+):
+    """Import an archive into this user's store (memories already present are kept)."""
+    from personavlm_cli.core.archive import import_archive
+
+    env = make_env(user)
+    try:
+        store = env.store(write=True)
+        summary = import_archive(store, file)
+    finally:
+        env.close()
+    err.print(f"[green]Imported[/green] {summary['added']} memories ({summary['skipped']} already present)")

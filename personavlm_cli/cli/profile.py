@@ -1,0 +1,187 @@
+"""`personavlm profile ...`: the core profile, habits and goals, and the evolving Big Five."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from personavlm_cli.cli.common import JsonOpt, UserOpt, err, make_env, out, print_json
+from personavlm_cli.cli.memory import _open_records
+from personavlm_cli.core import personality as pem
+from personavlm_cli.core.errors import PersonaError
+
+app = typer.Typer(help="Your profile: core facts, habits and goals, personality; export and import.",
+                  no_args_is_help=True)
+
+
+def profile_data(records, user: str) -> dict:
+    core = records.list(types=["core"])
+    procedural = records.list(types=["procedural"])
+    vector = records.get_meta("personality") or pem.initial()
+    return {
+        "user": user,
+        "core": core[-1].meta.get("facts", {}) if core else {},
+        "procedural": {m.meta.get("key", m.id): m.text for m in procedural},
+        "big_five": {t: round(float(vector[t]), 4) for t in pem.TRAITS},
+    }
+
+
+def render_profile(store_or_records, user: str | None = None) -> None:
+    records = getattr(store_or_records, "records", store_or_records)
+    data = profile_data(records, user or "")
+    out.print("[bold]Core profile[/bold]")
+    for k, v in data["core"].items() or []:
+        out.print(f"  {k}: {v}")
+    if not data["core"]:
+        out.print("  (nothing yet: it is built when a chat session ends)")
+    out.print("[bold]Habits and goals[/bold]")
+    for k, v in data["procedural"].items():
+        out.print(f"  {k}: {v}")
+    if not data["procedural"]:
+        out.print("  (none yet)")
+    out.print("[bold]Personality (Big Five, 1-5)[/bold]")
+    for t, v in data["big_five"].items():
+        out.print(f"  {t:<18} {v:4.2f}  {pem.reading(t, v)}")
+
+
+@app.command()
+def show(user: UserOpt = None, json: JsonOpt = False):
+    """The core profile, habits and goals, and the Big Five with a reading of each."""
+    env = make_env(user)
+    records = _open_records(env)
+    if json:
+        print_json(profile_data(records, env.user))
+    else:
+        render_profile(records, env.user)
+
+
+@app.command()
+def history(user: UserOpt = None, json: JsonOpt = False,
+            chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Draw a terminal chart per trait.")] = True):
+    """How the personality changed, update by update, with the turn that caused each change."""
+    env = make_env(user)
+    records = _open_records(env)
+    rows = records.personality_history()
+    if json:
+        print_json(rows)
+        return
+    if not rows:
+        out.print("No personality updates yet.")
+        return
+    from rich.table import Table
+
+    table = Table(box=None)
+    for col in ("#", "when", "turn", "λ", *[t[:5] for t in pem.TRAITS], "note"):
+        table.add_column(col)
+    for i, r in enumerate(rows, 1):
+        inferred = r["inferred"] or {}
+        table.add_row(str(i), r["at"][:16].replace("T", " "), r["turn_id"] or "-",
+                      f"{r['lambda']:.3f}" if r["lambda"] is not None else "-",
+                      *[f"{r['after'][t]:.2f}" + (f" ({inferred[t]})" if t in inferred else "") for t in pem.TRAITS],
+                      r["note"])
+    out.print(table)
+    if chart and len(rows) > 1 and sys.stdout.isatty():
+        import plotext as plt
+
+        plt.clear_figure()
+        for t in pem.TRAITS:
+            plt.plot([r["after"][t] for r in rows], label=t)
+        plt.ylim(1, 5)
+        plt.plotsize(80, 18)
+        plt.title("Big Five over updates")
+        plt.show()
+
+
+@app.command()
+def reset(trait: Annotated[str, typer.Argument(help="A trait name, or 'all'.")], user: UserOpt = None):
+    """Reset a personality trait (or all) to neutral 3.0; the reset is kept in the history."""
+    from personavlm_cli.core.memory import iso, now
+
+    wanted = list(pem.TRAITS) if trait == "all" else [trait.lower()]
+    if any(t not in pem.TRAITS for t in wanted):
+        raise PersonaError(f"unknown trait '{trait}' (use {', '.join(pem.TRAITS)} or all)")
+    env = make_env(user)
+    try:
+        store = env.store(write=True, create=False)
+        records = store.records
+        before = records.get_meta("personality") or pem.initial()
+        after = {**before, **{t: pem.NEUTRAL for t in wanted}}
+        with records.transaction():
+            records.add_personality({"at": iso(now()), "turn_id": None, "m": records.get_meta("personality_updates") or 0,
+                                     "lambda": None, "inferred": None, "before": before, "after": after,
+                                     "note": f"reset {', '.join(wanted)}"})
+            records.set_meta("personality", after)
+    finally:
+        env.close()
+    err.print(f"Reset {', '.join(wanted)} to 3.0")
+
+
+@app.command("export")
+def export(
+    user: UserOpt = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="json, yaml or md.")] = "json",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    archive: Annotated[Optional[Path], typer.Option("--archive", help="Write a full portable archive of the user.")] = None,
+):
+    """Export the profile (json, yaml, md), or everything the user has with --archive."""
+    env = make_env(user)
+    records = _open_records(env)
+    if archive is not None:
+        from personavlm_cli.core.archive import export_archive
+
+        m = export_archive(records, env.user_dir(create=False), archive, env.user)
+        err.print(f"[green]Archive written[/green] to {archive}: {m['counts']['memories']} memories, "
+                  f"{m['counts']['images']} images, {m['counts']['personality_updates']} personality updates")
+        return
+    data = profile_data(records, env.user)
+    if format == "json":
+        import json as _json
+
+        text = _json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    elif format == "yaml":
+        import yaml
+
+        text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+    elif format == "md":
+        text = profile_markdown(data, records)
+    else:
+        raise PersonaError(f"unknown format '{format}' (use json, yaml or md)")
+    if output is None:
+        sys.stdout.write(text)
+    else:
+        output.write_text(text, encoding="utf-8")
+        err.print(f"Written to {output}")
+
+
+def profile_markdown(data: dict, records) -> str:
+    lines = [f"# What personavlm knows about {data['user']}", ""]
+    lines += ["## Core profile", ""]
+    lines += [f"- **{k}**: {v}" for k, v in data["core"].items()] or ["_Nothing yet._"]
+    lines += ["", "## Habits and goals", ""]
+    lines += [f"- {v}" for v in data["procedural"].values()] or ["_None yet._"]
+    lines += ["", "## Personality (Big Five, 1 to 5)", "", "| trait | score | reading |", "|---|---|---|"]
+    lines += [f"| {t} | {v:.2f} | {pem.reading(t, v)} |" for t, v in data["big_five"].items()]
+    semantic = records.list(types=["semantic"])
+    lines += ["", "## Things you asked me to remember, or told me", ""]
+    lines += [f"- {m.text} _({m.occurred_at[:10]})_" for m in semantic] or ["_None yet._"]
+    n = len(records.personality_history())
+    lines += ["", f"_{n} personality updates so far; `personavlm profile history` shows each with its evidence._", ""]
+    return "\n".join(lines)
+
+
+@app.command("import")
+def import_(file: Annotated[Path, typer.Argument(help="An archive from `profile export --archive`.")],
+            user: UserOpt = None):
+    """Restore a full archive into this home, under this (or another) user name."""
+    from personavlm_cli.core.archive import import_archive
+
+    env = make_env(user)
+    try:
+        store = env.store(write=True)
+        summary = import_archive(store, file)
+    finally:
+        env.close()
+    err.print(f"[green]Imported[/green] {summary['added']} memories for user '{env.user}'")

@@ -1,0 +1,182 @@
+"""One user's assistant: takes a message, keeps the timeline, reasons, answers, queues the updates.
+
+The user's turn (and its images) is stored before generation starts and the assistant's as soon
+as the answer ends, so a kill loses at most the answer being generated. Updates are queued after
+the answer, never before it.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Iterator
+
+from personavlm_cli.core import personality as pem
+from personavlm_cli.core.memory import Memory, new_id
+from personavlm_cli.core.prompts import PROFILES, Context
+from personavlm_cli.core.reasoning import Reasoning, ResponseStage
+from personavlm_cli.core.recall import Query, recall
+from personavlm_cli.core.store import MemoryStore, new_memory
+from personavlm_cli.core.update import UpdateStage
+
+
+@dataclass
+class Exchange:
+    """One message and its answer, as the CLI shows and `/why` explains it."""
+
+    user_turn: Memory
+    images: list[Memory] = field(default_factory=list)
+    reasoning: Reasoning | None = None
+    answer: str = ""
+    assistant_turn: Memory | None = None
+    interrupted: bool = False
+    new_session: bool = False
+
+
+class Assistant:
+    def __init__(self, store: MemoryStore, model, user: str, *, profile: str = "generic",
+                 session_gap_minutes: int = 60, recent_turns: int = 20, model_lock: threading.Lock | None = None,
+                 vision: bool = False):
+        self.store = store
+        self.model = model
+        self.user = user
+        self.profile = PROFILES[profile]()
+        self.gap = timedelta(minutes=session_gap_minutes)
+        self.recent_turns = recent_turns
+        self.model_lock = model_lock or threading.Lock()
+        self.vision = vision
+        self.personality_override: dict[str, float] | None = None
+        self.last: Exchange | None = None
+
+    # -- sessions and context ---------------------------------------------------------------------
+
+    def last_turn(self) -> Memory | None:
+        turns = self.store.records.list(types=["turn"], limit=1, newest_first=True)
+        return turns[0] if turns else None
+
+    def session_for(self, at: datetime) -> tuple[str, str | None]:
+        """(session id for a message at ``at``, the previous session id if this one is new)."""
+        last = self.last_turn()
+        if last is not None and at - last.occurred <= self.gap and at >= last.occurred - self.gap:
+            return last.session_id, None
+        return f"s_{at.strftime('%Y%m%d%H%M')}_{new_id('turn')[-4:]}", (last.session_id if last else None)
+
+    def recent(self, at: datetime) -> list[Memory]:
+        since = (at - self.gap).timestamp()
+        turns = self.store.records.list(types=["turn"], since=since, until=at.timestamp(), newest_first=True,
+                                        limit=self.recent_turns)
+        return list(reversed(turns))
+
+    def context(self, message: str, at: datetime, images: list[Path], recent: list[Memory],
+                current_ids: set[str] = frozenset()) -> Context:
+        records = self.store.records
+        core = records.list(types=["core"])
+        vector = dict(records.get_meta("personality") or pem.initial())
+        if self.personality_override:
+            vector.update(self.personality_override)
+        long_term = records.count(include_superseded=False) - len(recent) - len(current_ids)
+        return Context(user=self.user, now=at, message=message, images=images, recent=recent,
+                       core=core[-1].meta.get("facts", {}) if core else {},
+                       procedural=records.list(types=["procedural"]), personality=vector, vision=self.vision,
+                       has_long_term_memory=long_term > 0, current_ids=set(current_ids))
+
+    # -- storing ----------------------------------------------------------------------------------
+
+    def store_user_turn(self, text: str, at: datetime, image_paths: list[Path]) -> tuple[Exchange, str | None]:
+        """Validate and copy the images, then write the turn and its image memories in one transaction."""
+        from personavlm_cli.adapters.images import store_image
+
+        infos = [store_image(p, self.store.images_dir) for p in image_paths]  # raises before anything is written
+        session, previous = self.session_for(at)
+        turn = new_memory("turn", text, at, role="user", session_id=session,
+                          meta={"images": [i.sha256 for i in infos]} if infos else {})
+        images = []
+        for src, info in zip(image_paths, infos):
+            rel = str(Path(info.path).relative_to(self.store.images_dir))
+            images.append(new_memory(
+                "image", f"Image {Path(src).name} ({info.width}x{info.height} {info.format}) shared with the "
+                f"message: {text}", at, source_ids=[turn.id], session_id=session, image_sha256=info.sha256,
+                meta={"path": rel, "filename": Path(src).name, "width": info.width, "height": info.height,
+                      "format": info.format}))
+        self.store.add([turn, *images], embed=False)
+        return Exchange(user_turn=turn, images=images, new_session=previous is not None), previous
+
+    def store_assistant_turn(self, ex: Exchange, at: datetime) -> Memory:
+        meta = {"reasoning": ex.reasoning.to_dict() if ex.reasoning else None}
+        if ex.interrupted:
+            meta["interrupted"] = True
+        turn = new_memory("turn", ex.answer, max(at, ex.user_turn.occurred), role="assistant",
+                          session_id=ex.user_turn.session_id, source_ids=[ex.user_turn.id], meta=meta)
+        self.store.add([turn], embed=False)
+        ex.assistant_turn = turn
+        return turn
+
+    # -- the exchange -----------------------------------------------------------------------------
+
+    def respond(self, text: str, at: datetime, image_paths: list[Path] | None = None,
+                force_retrieve: bool = False, updates: UpdateStage | None = None,
+                sampling: dict | None = None) -> tuple[Exchange, Iterator[str]]:
+        """Store the user's turn now; return it with a generator that streams the answer.
+
+        The generator stores the assistant's turn when it ends, including when the consumer stops
+        it early (Ctrl-C): the partial answer is kept and marked as interrupted.
+        """
+        image_paths = [Path(p) for p in image_paths or []]
+        recent = self.recent(at)
+        ex, previous_session = self.store_user_turn(text, at, image_paths)
+        if previous_session and updates is not None:
+            updates.enqueue_session(previous_session)
+        with self.model_lock:
+            self.store.embed([ex.user_turn, *ex.images])
+        stored = [self.store.images_dir / m.meta["path"] for m in ex.images]
+        ctx = self.context(text, at, stored, recent, {ex.user_turn.id, *(m.id for m in ex.images)})
+        stage = ResponseStage(self.model, self.profile, self._recall, self._expand)
+        self.last = ex
+
+        def stream() -> Iterator[str]:
+            pieces: list[str] = []
+            try:
+                with self.model_lock:
+                    ex.reasoning = stage.think(ctx, force_retrieve=force_retrieve)
+                    for piece in stage.answer(ctx, ex.reasoning, **(sampling or {})):
+                        pieces.append(piece)
+                        yield piece
+            except (KeyboardInterrupt, GeneratorExit):
+                ex.interrupted = True
+                raise
+            finally:
+                ex.answer = "".join(pieces).strip()
+                if ex.answer or ex.interrupted:
+                    assistant = self.store_assistant_turn(ex, at)
+                    with self.model_lock:
+                        self.store.embed([assistant])
+                    if updates is not None:
+                        updates.enqueue_turn(ex.user_turn, assistant)
+                self.personality_override = None  # an override holds for the next answer only
+
+        return ex, stream()
+
+    def _recall(self, query: Query, k: int):
+        return recall(self.store, query, k=k)
+
+    def _expand(self, found: list[Memory]) -> list[Memory]:
+        """Episodes expand to their source turns; images bring the turn they came with."""
+        out: list[Memory] = []
+        for m in found:
+            if m.type == "episodic":
+                out.extend(self.store.records.get_many(m.source_ids))
+            elif m.type == "image":
+                out.append(m)
+                out.extend(self.store.records.get_many(m.source_ids))
+            else:
+                out.append(m)
+        return list({m.id: m for m in out}.values())
+
+
+def parse_at(value: str | None) -> datetime:
+    from personavlm_cli.core.memory import now, parse_time
+
+    return parse_time(value, "--at time") if value else now()
+

@@ -1,0 +1,66 @@
+"""Forgetting is erasure: a memory, everything derived from it, its vectors and its image files.
+
+Derived memories (episodes, semantic memories, core and procedural versions) name their sources
+in ``source_ids``. Forgetting follows those links to a fixed point, so no derived text that could
+repeat the forgotten content survives. Sessions that still have turns left are queued for
+consolidation again, which regenerates their episodes, habits and profile from what remains; a
+version whose successor was erased becomes current again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from personavlm_cli.core.memory import Memory
+from personavlm_cli.core.store import MemoryStore
+
+
+@dataclass
+class ForgetPlan:
+    targets: list[Memory]  # what the user asked to forget
+    derived: list[Memory]  # what goes with it
+
+    @property
+    def ids(self) -> list[str]:
+        return [m.id for m in self.targets + self.derived]
+
+
+def plan(store: MemoryStore, ids: list[str]) -> ForgetPlan:
+    records = store.records
+    targets = records.get_many(ids)
+    doomed = {m.id for m in targets}
+    # A user turn takes its images and the assistant's reply to it along.
+    frontier = set(doomed)
+    derived: dict[str, Memory] = {}
+    while frontier:
+        found = [m for m in records.derived_from(frontier) if m.id not in doomed]
+        frontier = {m.id for m in found}
+        for m in found:
+            derived[m.id] = m
+        doomed |= frontier
+    return ForgetPlan(targets, list(derived.values()))
+
+
+def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> list[str]:
+    records = store.records
+    ids = set(p.ids)
+    sessions = {m.session_id for m in p.targets + p.derived if m.type == "turn" and m.session_id}
+    sessions |= {m.session_id for m in p.derived if m.type in ("episodic", "core", "procedural") and m.session_id}
+    revive = [m for m in records.list(include_superseded=True)
+              if m.superseded_by in ids and m.id not in ids]
+    erased = store.erase(p.ids, operation)
+    with records.transaction():
+        for m in revive:
+            m.valid_to, m.superseded_by = None, None
+            records.update(m)
+        done = records.get_meta("consolidated", {}) or {}
+        for session in sessions:
+            done.pop(session, None)
+        records.set_meta("consolidated", done)
+    if revive:
+        store.embed(revive)
+    if updates is not None:
+        for session in sorted(sessions):
+            if records.list(types=["turn"], session_id=session, limit=1):
+                updates.enqueue_session(session)
+    return erased

@@ -1,0 +1,119 @@
+"""Memories: the records the assistant keeps about its user, and the clock they are stamped with.
+
+Types (paper §2, plus the raw timeline): ``turn`` (every user and assistant message),
+``image`` (every attached image), ``semantic`` (lasting facts and preferences), ``episodic``
+(topic summaries over a session's turns), ``procedural`` (habits and goals) and ``core`` (the
+profile). Every memory carries its provenance (``source_ids``), when it happened
+(``occurred_at``) and when it was recorded (``created_at``); a superseded memory keeps its text
+and says when it stopped being true (``valid_to``) and what replaced it (``superseded_by``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from personavlm_cli.core.errors import PersonaError
+
+TYPES = ("core", "semantic", "episodic", "procedural", "image", "turn")
+_PREFIX = {"core": "core", "semantic": "sem", "episodic": "epi", "procedural": "proc", "image": "img",
+           "turn": "turn"}
+
+
+def new_id(kind: str) -> str:
+    return f"{_PREFIX[kind]}_{secrets.token_hex(5)}"
+
+
+def type_of_id(memory_id: str) -> str | None:
+    prefix = memory_id.split("_", 1)[0]
+    for kind, p in _PREFIX.items():
+        if p == prefix:
+            return kind
+    return None
+
+
+# --- time -------------------------------------------------------------------------------------
+
+TIME_FORMAT = "%Y-%m-%d %H:%M"
+
+
+def now() -> datetime:
+    return datetime.now().astimezone().replace(microsecond=0)
+
+
+def parse_time(text: str, what: str = "time") -> datetime:
+    """Parse the user's "YYYY-MM-DD HH:MM" (or a date, or ISO 8601) as local time."""
+    raw = text.strip()
+    for fmt in (TIME_FORMAT, "%Y-%m-%d"):
+        try:
+            return datetime.strptime(raw, fmt).astimezone()
+        except ValueError:
+            pass
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise PersonaError(f"invalid {what} '{raw}': use YYYY-MM-DD HH:MM") from None
+    return value if value.tzinfo else value.astimezone()
+
+
+def iso(value: datetime) -> str:
+    return value.isoformat(timespec="seconds")
+
+
+def from_iso(text: str) -> datetime:
+    value = datetime.fromisoformat(text)
+    return value if value.tzinfo else value.astimezone()
+
+
+def prompt_time(value: datetime) -> str:
+    """The paper's surface form: "YYYY-MM-DD HH:MM (Weekday)"."""
+    return f"{value.strftime(TIME_FORMAT)} ({value.strftime('%A')})"
+
+
+def session_gap(minutes: int) -> timedelta:
+    return timedelta(minutes=minutes)
+
+
+# --- records ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Memory:
+    id: str
+    type: str
+    text: str
+    occurred_at: str
+    created_at: str
+    source_ids: list[str] = field(default_factory=list)
+    role: str | None = None  # "user" or "assistant" for turns
+    session_id: str | None = None
+    keywords: str = ""
+    image_sha256: str | None = None
+    occurred_end: str | None = None  # episodes span their source turns
+    valid_to: str | None = None
+    superseded_by: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def current(self) -> bool:
+        return self.superseded_by is None and self.valid_to is None
+
+    @property
+    def occurred(self) -> datetime:
+        return from_iso(self.occurred_at)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Memory":
+        names = cls.__dataclass_fields__.keys()
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def index_text(self) -> str:
+        """What the lexical and dense indexes see: the text plus its keywords."""
+        if self.keywords and self.keywords not in self.text:
+            return f"{self.text}\n{self.keywords}"
+        return self.text

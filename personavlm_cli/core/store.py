@@ -1,0 +1,200 @@
+"""A user's memory: records (SQLite) and vectors (Chroma) kept consistent, images on disk.
+
+Every write goes to the record file first, in one transaction, then to the vector store; a
+record whose vector is missing (a kill between the two) is embedded again at the next open, and
+vector deletions are queued as pending work in the same transaction that deletes the records, so
+forgetting completes even if interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Iterable
+
+from personavlm_cli.adapters.records import RecordStore
+from personavlm_cli.core.memory import Memory, from_iso, iso, new_id, now
+
+TEXT = "memories"
+IMAGES = "images"
+
+
+class MemoryStore:
+    def __init__(self, user_dir: Path, *, text_encoder: Callable, image_encoder: Callable,
+                 vectors: Callable, readonly: bool = False):
+        """``text_encoder``, ``image_encoder`` and ``vectors`` are factories, called on first use, so
+        that listing commands never load an embedding model or the vector engine."""
+        self.user_dir = Path(user_dir)
+        self.images_dir = self.user_dir / "images"
+        self.records = RecordStore(self.user_dir, readonly=readonly)
+        self._text_encoder_factory = text_encoder
+        self._image_encoder_factory = image_encoder
+        self._vectors_factory = vectors
+        self._text_encoder = None
+        self._image_encoder = None
+        self._vectors = None
+
+    # -- lazily built parts -----------------------------------------------------------------------
+
+    @property
+    def text_encoder(self):
+        if self._text_encoder is None:
+            self._text_encoder = self._text_encoder_factory()
+        return self._text_encoder
+
+    @property
+    def image_encoder(self):
+        if self._image_encoder is None:
+            self._image_encoder = self._image_encoder_factory()
+        return self._image_encoder
+
+    @property
+    def vectors(self):
+        if self._vectors is None:
+            self._vectors = self._vectors_factory()
+        return self._vectors
+
+    def fork(self) -> "MemoryStore":
+        """The same store for another thread: its own record connection, shared encoders and vectors."""
+        twin = MemoryStore(self.user_dir, text_encoder=lambda: self.text_encoder,
+                           image_encoder=lambda: self.image_encoder, vectors=lambda: self.vectors)
+        return twin
+
+    def close(self) -> None:
+        self.records.close()
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    def add(self, memories: list[Memory], embed: bool = True) -> None:
+        with self.records.transaction():
+            self.records.insert(memories)
+        if embed:
+            self.embed(memories)
+
+    def embed(self, memories: list[Memory]) -> None:
+        """Write the vectors of ``memories`` (text for all, CLIP for images) and mark them done."""
+        if not memories:
+            return
+        vectors = self.text_encoder.embed([m.index_text() for m in memories])
+        # No text goes to Chroma: its write-ahead log keeps the documents of deleted records until
+        # its own compaction, which would defeat erasure. Text lives in the record file.
+        self.vectors.upsert(TEXT, [m.id for m in memories], vectors,
+                            metadatas=[vector_metadata(m) for m in memories])
+        images = [m for m in memories if m.type == "image" and m.meta.get("path")]
+        if images:
+            paths = [self.images_dir / m.meta["path"] for m in images]
+            clip = self.image_encoder.embed_images(paths)
+            self.vectors.upsert(IMAGES, [m.id for m in images], clip,
+                                metadatas=[vector_metadata(m) for m in images])
+        with self.records.transaction():
+            self.records.mark_embedded([m.id for m in memories])
+
+    def sync_vectors(self, batch: int = 256) -> int:
+        """Repair after a kill: embed records without vectors, finish queued vector deletions."""
+        done = 0
+        for job in self.records.jobs(["vector_delete"]):
+            self.vectors.delete(TEXT, job["payload"]["ids"])
+            self.vectors.delete(IMAGES, job["payload"]["ids"])
+            self.records.finish_job(job["id"])
+        while True:
+            pending = self.records.unembedded(batch)
+            if not pending:
+                return done
+            self.embed(pending)
+            done += len(pending)
+
+    def replace(self, memory: Memory) -> None:
+        """Rewrite a memory's text or metadata in place (its vector is refreshed)."""
+        with self.records.transaction():
+            self.records.update(memory)
+        self.embed([memory])
+
+    def supersede(self, old: Memory, new: Memory | None, at: str | None = None) -> None:
+        when = at or iso(now())
+        with self.records.transaction():
+            if new is not None:
+                self.records.insert([new])
+            self.records.supersede(old.id, new.id if new else None, when)
+        old.valid_to, old.superseded_by = when, new.id if new else None
+        self.embed([old] + ([new] if new else []))
+
+    # -- forgetting -------------------------------------------------------------------------------
+
+    def erase(self, ids: Iterable[str], operation: str) -> list[str]:
+        """Delete records, their vectors and image files; log the operation (ids only); compact.
+
+        The caller decides what to erase (derived memories included); this makes it so, all or
+        nothing: the record deletion, the audit entry and the queued vector deletion are one
+        transaction, and the queued deletion is finished at the next open if a kill interrupts it.
+        """
+        ids = list(dict.fromkeys(ids))
+        if not ids:
+            return []
+        doomed = self.records.get_many(ids)
+        shas = {m.image_sha256 for m in doomed if m.image_sha256}
+        with self.records.transaction():
+            self.records.delete(ids)
+            job = self.records.add_job("vector_delete", {"ids": ids})
+            self.records.audit(operation, ids)
+        self.vectors.delete(TEXT, ids)
+        self.vectors.delete(IMAGES, ids)
+        with self.records.transaction():
+            self.records.finish_job(job)
+        for sha in shas:
+            if not self.records.image_in_use(sha):
+                for path in self.images_dir.glob(f"{sha[:2]}/{sha}.*"):
+                    _shred(path)
+        self.records.compact()
+        compact_vector_files(self.user_dir)
+        return ids
+
+    def size_bytes(self) -> int:
+        total = 0
+        for root, _dirs, files in os.walk(self.user_dir):
+            for f in files:
+                try:
+                    total += os.path.getsize(os.path.join(root, f))
+                except OSError:
+                    pass
+        return total
+
+
+def vector_metadata(m: Memory) -> dict:
+    start = m.occurred.timestamp()
+    end = from_iso(m.occurred_end).timestamp() if m.occurred_end else start
+    return {"type": m.type, "ts": start, "end_ts": end, "current": m.current, "role": m.role,
+            "session_id": m.session_id}
+
+
+def _shred(path: Path) -> None:
+    """Overwrite then unlink, so an erased image's bytes do not linger in the file's blocks."""
+    try:
+        size = path.stat().st_size
+        with open(path, "r+b") as fh:
+            fh.write(b"\0" * size)
+            fh.flush()
+            os.fsync(fh.fileno())
+        path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def compact_vector_files(user_dir: Path) -> None:
+    """Vacuum Chroma's own SQLite file, where deleted documents would otherwise linger in free pages."""
+    import sqlite3
+
+    db = Path(user_dir) / "chroma" / "chroma.sqlite3"
+    if not db.exists():
+        return
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        con.execute("PRAGMA secure_delete=ON")
+        con.execute("VACUUM")
+    finally:
+        con.close()
+
+
+def new_memory(kind: str, text: str, at, **fields) -> Memory:
+    stamp = iso(at) if not isinstance(at, str) else at
+    return Memory(id=new_id(kind), type=kind, text=text, occurred_at=stamp, created_at=iso(now()), **fields)
+
