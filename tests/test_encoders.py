@@ -76,7 +76,9 @@ def test_long_text_is_truncated_not_refused(text_encoder):
 def clip():
     from personavlm_cli.adapters.image_encoder import ImageEncoder
 
-    return ImageEncoder(weights=None, seed=0)
+    # One torch thread: on the shared 2-vCPU development VMs two OpenMP threads ran 5-10x slower
+    # than one (see the report in the encoder's docstring); this also exercises ``threads``.
+    return ImageEncoder(weights=None, seed=0, threads=1)
 
 
 @pytest.fixture(scope="module")

@@ -41,7 +41,9 @@ RATING_SCHEMA = {
 
 @pytest.fixture(scope="module")
 def model():
-    m = ChatModel(embedded_model_path(), n_ctx=N_CTX, gpu_layers="auto", threads=2)
+    # One thread: on a shared two-core machine, ggml's spinning worker threads can turn a 0.2 s
+    # answer into tens of seconds when another process holds the second core.
+    m = ChatModel(embedded_model_path(), n_ctx=N_CTX, gpu_layers="auto", threads=1)
     yield m
     m.close()
 

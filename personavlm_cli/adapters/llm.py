@@ -380,9 +380,14 @@ class _NativeLog:
     """Swallows llama.cpp/ggml log text (it would otherwise land on the user's terminal) while keeping
     what we need from it: the offloaded-layers count, and recent lines to explain a load failure."""
 
+    # ggml_log_level in this llama.cpp: 1 debug, 2 info, 3 warn, 4 error, 5 continues the previous
+    # message. (llama-cpp-python's own _logger.py still maps the older numbering.)
+    WARN, ERROR, CONT = 3, 4, 5
+
     def __init__(self) -> None:
-        self.lines: collections.deque[str] = collections.deque(maxlen=50)
+        self.lines: collections.deque[tuple[int, str]] = collections.deque(maxlen=50)
         self.partial = ""
+        self.level = 0
         self.offloaded: tuple[int, int] | None = None
         self.callback = None  # the ctypes function object; must stay referenced while installed
 
@@ -391,26 +396,41 @@ class _NativeLog:
         self.partial = ""
         self.offloaded = None
 
-    def feed(self, text: str) -> None:
+    def feed(self, level: int, text: str) -> None:
+        if level != self.CONT:
+            self.level = level
         text = self.partial + text
         *done, self.partial = text.split("\n")
         for line in done:
             line = line.strip()
             if not line:
                 continue
-            self.lines.append(line)
+            self.lines.append((self.level, line))
             m = _OFFLOADED.search(line)
             if m:
                 self.offloaded = (int(m.group(1)), int(m.group(2)))
 
+    def tail(self) -> list[str]:
+        return [t for _, t in self.lines] + ([self.partial.strip()] if self.partial.strip() else [])
+
     def failure_reason(self) -> str | None:
-        lines = list(self.lines) + ([self.partial.strip()] if self.partial.strip() else [])
-        # The first error line is the specific one; later ones repeat "failed to load model".
-        for pattern in (r"error", r"fail|invalid|unknown|not supported|unsupported|cannot|missing"):
-            for line in lines:
-                if re.search(pattern, line, re.IGNORECASE):
+        lines = list(self.lines) + ([(self.level, self.partial.strip())] if self.partial.strip() else [])
+        # The first error is the specific one; later lines only repeat "failed to load model".
+        tests = (
+            lambda lv, t: lv == self.ERROR,
+            lambda lv, t: re.search(r"\berror\b", t, re.IGNORECASE),
+            lambda lv, t: lv == self.WARN and re.search(r"fail|invalid|unsupported|not supported|cannot", t, re.I),
+        )
+        for test in tests:
+            for lv, line in lines:
+                if test(lv, line):
                     return _strip_prefix(line)
         return None
+
+
+def native_log_tail() -> list[str]:
+    """The last lines llama.cpp logged (swallowed from the terminal), for --debug style reporting."""
+    return _native_log.tail()
 
 
 def _strip_prefix(line: str) -> str:
@@ -432,7 +452,7 @@ def _llama_cpp():
         @llama_cpp.llama_log_callback
         def _on_log(level, text, user_data):  # noqa: ARG001 - fixed C signature
             try:
-                _native_log.feed(text.decode("utf-8", errors="replace") if text else "")
+                _native_log.feed(level, text.decode("utf-8", errors="replace") if text else "")
             except Exception:  # noqa: BLE001 - an exception must never cross back into C
                 pass
 
@@ -656,7 +676,7 @@ class ChatModel:
     # -- generation --------------------------------------------------------------------------------
 
     def stream(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 512, temperature: float = 0.7,
-               top_p: float = 0.95, stop: list[str] | None = None) -> Iterator[str]:
+               top_p: float = 0.95, stop: list[str] | None = None, repeat_penalty: float = 1.1) -> Iterator[str]:
         """Text pieces of the answer as they are generated.
 
         Stopping early (``break``, ``close()``, KeyboardInterrupt between pieces) leaves the model
@@ -669,7 +689,8 @@ class ChatModel:
         try:
             try:
                 it = llm.create_chat_completion(msgs, stream=True, max_tokens=max_tokens, temperature=temperature,
-                                                top_p=top_p, stop=stop or [], seed=self._seed)
+                                                top_p=top_p, stop=stop or [], seed=self._seed,
+                                                repeat_penalty=repeat_penalty)
                 for chunk in it:
                     piece = chunk["choices"][0]["delta"].get("content")
                     if piece:
@@ -723,8 +744,8 @@ class ChatModel:
         with _captured_stderr() as captured:
             sampler = llama_cpp.llama_sampler_init_grammar(vocab, gbnf.encode("utf-8"), b"root")
         if not sampler:
-            _native_log.feed(captured.text + "\n")
-            reason = _native_log.failure_reason() or "llama.cpp could not parse it (is there a root rule?)"
+            said = [ln.strip() for ln in captured.text.splitlines() if re.search(r"\berror\b", ln, re.I)]
+            reason = (_strip_prefix(said[0]) if said else _native_log.failure_reason()) or "llama.cpp could not parse it"
             raise ValueError(_one_line(f"invalid GBNF grammar: {reason}"))
         llama_cpp.llama_sampler_free(sampler)
         self._grammars_ok.add(gbnf)

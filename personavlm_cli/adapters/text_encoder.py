@@ -85,6 +85,9 @@ class TextEncoder:
             opts.intra_op_num_threads = self.threads
             opts.inter_op_num_threads = 1
             opts.log_severity_level = 3  # errors only: no warnings on stderr
+            # No busy-waiting between runs: onnxruntime's pool otherwise spins after each query and
+            # takes the CPU from what runs next in this process (llama.cpp, torch).
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             try:
                 session = ort.InferenceSession(str(model_path), sess_options=opts,
                                                providers=["CPUExecutionProvider"])
