@@ -135,10 +135,16 @@ def _quiet_logs():
 
     root = logging.getLogger()
     root.addFilter(drop_open_clip)
+    # huggingface_hub warns on stderr at every retry of a failing download; the failure itself
+    # reaches the user as one ImageError line.
+    hub = logging.getLogger("huggingface_hub")
+    hub_level = hub.level
+    hub.setLevel(logging.ERROR + 1)
     try:
         yield
     finally:
         root.removeFilter(drop_open_clip)
+        hub.setLevel(hub_level)
 
 
 # The user's own choice, read before we set HF_HUB_OFFLINE ourselves.
@@ -176,7 +182,8 @@ def _sha256_prefix(paths: list[Path], n: int = 12) -> str:
 
 
 def _one_line(e: BaseException, limit: int = 200) -> str:
-    return (" ".join(str(e).split()) or type(e).__name__)[:limit]
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 class ImageEncoder:
@@ -261,11 +268,17 @@ class ImageEncoder:
     def _creation_error(self, e: BaseException) -> PersonaError:
         text = _one_line(e)
         if self.kind == "tag":
-            offline_markers = ("offline", "OfflineModeIsEnabled", "LocalEntryNotFound", "cannot find the requested files",
+            # open_clip wraps the hub's LocalEntryNotFoundError / OfflineModeIsEnabled / connection
+            # errors into "RuntimeError: Failed to download weights for tag ...".
+            offline_markers = ("offline", "LocalEntryNotFound", "cannot find the requested files",
                                "Failed to download", "Connection", "resolve", "Max retries")
-            if not self.allow_download and any(m.lower() in (text + type(e).__name__).lower() for m in offline_markers):
+            if not self.allow_download and any(m.lower() in (text + type(e).__name__).lower()
+                                               for m in offline_markers):
                 return ImageError(f"CLIP weights '{self._tag}' are not available offline; run with --download "
                                   f"or set clip.weights to a local file")
+            if self.allow_download and any(m.lower() in text.lower() for m in offline_markers):
+                return ImageError(f"cannot download CLIP weights '{self._tag}' for {self.model_name} from the "
+                                  f"model hub (no connection?): {text}")
             return ImageError(f"cannot load CLIP weights '{self._tag}' for {self.model_name}: {text}")
         if self.kind == "file":
             return ImageError(f"cannot load CLIP weights file {self._weights_file} into {self.model_name}: {text}")

@@ -170,7 +170,7 @@ def _open(data: bytes, show: str):
 
 def _reason(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
-    return text[:120]
+    return text if len(text) <= 120 else text[:117].rstrip() + "..."
 
 
 def _decode_first_frame(im, show: str):
@@ -363,7 +363,10 @@ def load_rgb(path, max_side: int | None = None) -> "_PILImage.Image":
             frame = im
         if "transparency" in im.info and "transparency" not in frame.info:
             frame.info["transparency"] = im.info["transparency"]
-        out = _to_rgb(frame, Image)
+        try:
+            out = _to_rgb(frame, Image)
+        except ValueError:  # e.g. a LAB TIFF: Pillow has no direct conversion
+            raise ImageError(f"unsupported colour mode {frame.mode}: {show}") from None
         if out is im:
             out = im.copy()
     except ImageError:

@@ -15,6 +15,7 @@ import os
 import re
 import stat
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -576,6 +577,8 @@ class ChatModel:
         self.projector = proj
         self._seed = int(seed)
         self._dirty = False
+        # llama.cpp contexts are not thread-safe: every use of the model is serialised here.
+        self._lock = threading.RLock()
         self._grammars_ok: set[str] = set()
 
         t0 = time.perf_counter()
@@ -675,7 +678,7 @@ class ChatModel:
 
     # -- generation --------------------------------------------------------------------------------
 
-    def stream(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 512, temperature: float = 0.7,
+    def _stream(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 512, temperature: float = 0.7,
                top_p: float = 0.95, stop: list[str] | None = None, repeat_penalty: float = 1.1) -> Iterator[str]:
         """Text pieces of the answer as they are generated.
 
@@ -703,7 +706,7 @@ class ChatModel:
             if close is not None:
                 close()
 
-    def complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256, temperature: float = 0.0,
+    def _complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256, temperature: float = 0.0,
                  grammar: str | None = None, json_schema: dict | None = None, stop: list[str] | None = None,
                  seed: int | None = None) -> str:
         """The whole answer at once, optionally constrained by a GBNF grammar or a JSON schema."""
@@ -799,10 +802,21 @@ class ChatModel:
         tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
         raise ModelOutputError(_one_line(f"the model did not produce valid JSON after {tries}: {reason}"))
 
+    def stream(self, messages: Sequence[Mapping[str, Any]], **kwargs) -> Iterator[str]:
+        """Text pieces of the answer as they come; see ``_stream``. Holds the model while streaming."""
+        with self._lock:
+            yield from self._stream(messages, **kwargs)
+
+    def complete(self, messages: Sequence[Mapping[str, Any]], **kwargs) -> str:
+        """The whole answer at once; see ``_complete``."""
+        with self._lock:
+            return self._complete(messages, **kwargs)
+
     def count_tokens(self, text: str) -> int:
         if not text:
             return 0
-        return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
+        with self._lock:
+            return len(self._model().tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
     def close(self) -> None:
         llm, self._llm = self._llm, None

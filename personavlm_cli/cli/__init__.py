@@ -13,7 +13,7 @@ import sys
 import typer
 
 from personavlm_cli.cli import chat as chat_cmd
-from personavlm_cli.cli import housekeeping, memory, models, profile
+from personavlm_cli.cli import evaluate, housekeeping, memory, models, profile
 
 app = typer.Typer(
     name="personavlm",
@@ -32,6 +32,7 @@ app.add_typer(housekeeping.config_app, name="config")
 
 
 app.add_typer(models.app, name="model")
+app.add_typer(evaluate.app, name="eval")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -42,10 +43,12 @@ def main(argv: list[str] | None = None) -> None:
     from personavlm_cli.core.errors import PersonaError
 
     private_umask()
+    try:  # typer vendors Click since 0.26
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions
+
     command = typer.main.get_command(app)
-    click = sys.modules[type(command).__module__.split(".")[0]]  # typer's own (vendored) click
-    exceptions = sys.modules.get(f"{click.__name__}.exceptions") or __import__(
-        f"{click.__name__}.exceptions", fromlist=["ClickException"])
     try:
         result = command.main(args=argv, prog_name="personavlm", standalone_mode=False)
         code = result if isinstance(result, int) else 0

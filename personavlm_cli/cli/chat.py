@@ -186,8 +186,11 @@ class ChatSession:
             return
         model = self.assistant.model
         budget = max(256, model.n_ctx // 2)
-        if model.count_tokens(text) > budget:
-            text = _trim_to_tokens(model, text, budget)
+        with self.env.model_lock:  # the update thread may be using the model
+            too_long = model.count_tokens(text) > budget
+            if too_long:
+                text = _trim_to_tokens(model, text, budget)
+        if too_long:
             err.print(f"[yellow]Your message was longer than the context allows; only its first {budget} "
                       "tokens were kept.[/yellow]")
         images, self.staged = self.staged, []

@@ -43,13 +43,6 @@ def memory_json(m) -> dict:
     return d
 
 
-def _readonly_store(env):
-    from personavlm_cli.adapters.records import RecordStore
-
-    path = env.user_dir(create=False)
-    return RecordStore(path, readonly=(path / RecordStore.FILENAME).exists() is True)
-
-
 @app.command("list")
 def list_(
     user: UserOpt = None,
@@ -264,12 +257,12 @@ def forget(
             err.print("nothing to forget")
             return
         p = forgetting.plan(store, ids)
+        if not yes and not sys.stdin.isatty():
+            raise PersonaError(f"refusing to forget {len(p.targets)} memories without confirmation: pass --yes")
         for m in p.targets[:20]:
             err.print(f"  [cyan]{m.id}[/cyan] [dim]{m.type}[/dim] {short(m.text)}")
         extra = f" (and {len(p.derived)} derived)" if p.derived else ""
         if not yes:
-            if not sys.stdin.isatty():
-                raise PersonaError("refusing to forget without confirmation: pass --yes")
             if not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
                 raise typer.Exit(1)
         updates = None

@@ -314,8 +314,9 @@ class UpdateStage:
                 episode = new_memory("episodic", t["summary"].strip(), members[0].occurred_at,
                                      occurred_end=members[-1].occurred_at, keywords=t["keywords"].strip(),
                                      source_ids=[m.id for m in members], session_id=session_id)
-                episode.id = stable_id("episodic", session_id, *episode.source_ids)
-                new.append(episode)
+                episode.id = stable_id("episodic", session_id, str(start), episode.text, *episode.source_ids)
+                if all(e.id != episode.id for e in new):
+                    new.append(episode)
         keep = {m.id for m in new}
         stale = [m.id for m in old if m.id not in keep]
         if stale:

@@ -1,0 +1,285 @@
+"""`personavlm eval ...`: measure recall (and answers) on public benchmarks.
+
+``eval locomo DATA`` replays each LoCoMo conversation into a fresh temporary store (the real
+record file, the real Chroma index, the real MiniLM encoder) and asks it every question of
+categories 1-4 that has annotated evidence. ``--retrieval-only`` measures recall@k without a
+chat model; otherwise each question also goes through the real response stage and its answer is
+scored with LoCoMo's token F1. Nothing touches the user's own memories.
+"""
+
+from __future__ import annotations
+
+import json as jsonlib
+import statistics
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from personavlm_cli.cli.common import err, make_env, out
+from personavlm_cli.core.errors import PersonaError
+
+app = typer.Typer(help="Measure recall and answers on public benchmarks (LoCoMo).", no_args_is_help=True)
+
+EXTRA_KS = (5, 10, 25)
+
+
+def _parse_weights(signals: str | None, weight: list[str] | None) -> dict[str, float]:
+    from personavlm_cli.core.recall import WEIGHTS
+
+    weights: dict[str, float] = {}
+    if signals:
+        chosen = [s.strip() for s in signals.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in WEIGHTS]
+        if unknown:
+            raise PersonaError(f"unknown signal '{unknown[0]}' (use {', '.join(WEIGHTS)})")
+        weights = {name: (WEIGHTS[name] if name in chosen else 0.0) for name in WEIGHTS}
+    for item in weight or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in WEIGHTS:
+            raise PersonaError(f"bad --weight '{item}': use NAME=NUMBER with NAME one of {', '.join(WEIGHTS)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise PersonaError(f"bad --weight '{item}': '{value}' is not a number") from None
+    return weights
+
+
+def _never_images():
+    raise PersonaError("the LoCoMo evaluation has no images to embed")
+
+
+@app.command("locomo")
+def locomo(
+    data: Annotated[Path, typer.Argument(help="LoCoMo's JSON (e.g. locomo10.json, or the development split).",
+                                         show_default=False)],
+    retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Measure recall only (no chat model).")] = False,
+    k: Annotated[int, typer.Option("--k", min=1, help="Recall is measured over the first K distinct turns.")] = 10,
+    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Ask at most N questions in all.")] = None,
+    conversations: Annotated[Optional[str], typer.Option(
+        "--conversations", help="Only these conversations, comma-separated (e.g. conv-26,conv-30).")] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
+    signals: Annotated[Optional[str], typer.Option(
+        "--signals", help="Use only these recall signals, comma-separated (dense, keywords, lexical, context, "
+        "speaker, date, image); default: all.")] = None,
+    weight: Annotated[Optional[list[str]], typer.Option(
+        "--weight", help="Override one signal's weight, NAME=NUMBER (repeatable).")] = None,
+    fusion: Annotated[str, typer.Option("--fusion", help="score (normalised scores, the default) or rrf (the "
+                                                         "reciprocal-rank baseline).")] = "score",
+    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="Candidate pool per signal.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
+    gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
+    context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
+    force_retrieve: Annotated[bool, typer.Option(
+        "--force-retrieve/--model-decides", help="Always search memory before answering (default), or let the "
+        "model decide as in chat.")] = True,
+):
+    """Replay LoCoMo conversations into a temporary store; score recall@k (and answers' token F1)."""
+    from personavlm_cli.core import locomo as lc
+    from personavlm_cli.core.recall import CANDIDATES, FUSIONS, WEIGHTS
+
+    if fusion not in FUSIONS:
+        raise PersonaError(f"unknown fusion '{fusion}' (use {' or '.join(FUSIONS)})")
+    weights = _parse_weights(signals, weight)
+    pool = candidates or CANDIDATES
+    only = [c for c in conversations.split(",")] if conversations else None
+    convs = lc.load(data, only)
+    plan: list[tuple[lc.Conversation, list[lc.Question]]] = []
+    left = limit
+    for conv in convs:
+        questions = [q for q in conv.questions if q.scored]
+        if left is not None:
+            questions = questions[:left]
+            left -= len(questions)
+        if questions:
+            plan.append((conv, questions))
+    total = sum(len(qs) for _c, qs in plan)
+    if total == 0:
+        raise PersonaError(f"no questions of categories 1-4 with evidence in {data}")
+
+    env = None
+    llm = None
+    if not retrieval_only:
+        env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers, "model.context": context})
+        with err.status("Loading the model…", spinner="dots"):
+            llm = env.model()
+
+    used = {**WEIGHTS, **weights}
+    started = time.perf_counter()
+    rows: list[dict] = []
+    per_conv: dict[str, dict] = {}
+    recall_ms: list[float] = []
+    try:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from personavlm_cli.adapters.text_encoder import TextEncoder
+
+        encoder = TextEncoder()
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=False) as progress:
+            task = progress.add_task("LoCoMo", total=total)
+            for conv, questions in plan:
+                progress.update(task, description=f"{conv.sample_id}: replaying")
+                t0 = time.perf_counter()
+                with tempfile.TemporaryDirectory(prefix="personavlm-locomo-", ignore_cleanup_errors=True) as tmp:
+                    store = _temporary_store(Path(tmp), encoder)
+                    try:
+                        dia_of = lc.replay(conv, store)
+                        replay_s = time.perf_counter() - t0
+                        progress.update(task, description=f"{conv.sample_id}: asking")
+                        t1 = time.perf_counter()
+                        conv_rows = []
+                        for q in questions:
+                            row = _ask(store, conv, q, dia_of, k, pool, weights, fusion, llm, env, force_retrieve,
+                                       recall_ms)
+                            conv_rows.append(row)
+                            progress.advance(task)
+                        ask_s = time.perf_counter() - t1
+                    finally:
+                        store.close()
+                rows.extend(conv_rows)
+                per_conv[conv.sample_id] = {
+                    "turns": len(dia_of), "questions": len(conv_rows),
+                    "recall_at_k": lc.mean([r["recall"] for r in conv_rows]),
+                    **({"f1": lc.mean([r["f1"] for r in conv_rows])} if llm is not None else {}),
+                    "replay_s": round(replay_s, 2), "questions_s": round(ask_s, 2),
+                    "total_s": round(time.perf_counter() - t0, 2),
+                }
+    finally:
+        if env is not None:
+            env.close()
+
+    result = {
+        "benchmark": "locomo",
+        "data": str(data),
+        "conversations": list(per_conv),
+        "k": k,
+        "questions": len(rows),
+        "recall_at_k": _rounded(lc.by_category(rows, "recall")),
+        "recall_at": {str(x): _rounded(lc.by_category(rows, f"recall@{x}")) for x in sorted({*EXTRA_KS, k})},
+        "signals": [name for name, w in used.items() if w > 0] if fusion == "score" else
+                   [name for name in ("dense", "keywords", "lexical", "image") if used.get(name, 0) > 0],
+        "signals_seen": sorted({name for row in rows for name in row.pop("_signals")}),
+        "weights": used,
+        "fusion": fusion,
+        "candidates": pool,
+        "mode": "retrieval-only" if retrieval_only else "answer",
+        "timings": {
+            "total_s": round(time.perf_counter() - started, 2),
+            "recall_ms_mean": round(statistics.fmean(recall_ms), 2) if recall_ms else None,
+            "recall_ms_p95": round(_percentile(recall_ms, 95), 2) if recall_ms else None,
+            "per_conversation": {c: {x: v[x] for x in ("replay_s", "questions_s", "total_s")} for c, v in per_conv.items()},
+        },
+        "per_conversation": {c: {x: (round(y, 4) if isinstance(y, float) else y) for x, y in v.items()
+                                 if x not in ("replay_s", "questions_s", "total_s")} for c, v in per_conv.items()},
+        "items": rows,
+    }
+    if llm is not None:
+        result["f1"] = _rounded(lc.by_category(rows, "f1"))
+        result["force_retrieve"] = force_retrieve
+        result["model"] = str(getattr(llm, "path", "") or "")
+    if json_out is not None:
+        try:
+            json_out.write_text(jsonlib.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise PersonaError(f"cannot write {json_out}: {exc.strerror or exc}") from None
+    _print_table(result, llm is not None)
+
+
+def _temporary_store(path: Path, encoder):
+    from personavlm_cli.adapters.vectors import VectorIndex
+    from personavlm_cli.core.store import MemoryStore
+
+    return MemoryStore(path, text_encoder=lambda: encoder, image_encoder=_never_images,
+                       vectors=lambda: VectorIndex(path=path / "chroma"))
+
+
+def _ask(store, conv, q, dia_of, k, pool, weights, fusion, llm, env, force_retrieve, recall_ms) -> dict:
+    from personavlm_cli.core import locomo as lc
+    from personavlm_cli.core.recall import Query, recall
+
+    depth = max(k, *EXTRA_KS)
+    t = time.perf_counter()
+    hits = recall(store, Query(text=q.question), k=depth, candidates=pool, weights=weights, fusion=fusion)
+    recall_ms.append((time.perf_counter() - t) * 1000)
+    ranked = lc.ranked_turns(hits, dia_of, store.records)
+    row = {"_signals": {name for h in hits[:k] for name in h.signals},
+           "conversation": conv.sample_id, "index": q.index, "category": q.category, "question": q.question,
+           "evidence": q.evidence, "found": ranked[:k], "recall": lc.recall_at_k(ranked, q.evidence, k)}
+    for x in sorted({*EXTRA_KS, k}):
+        row[f"recall@{x}"] = lc.recall_at_k(ranked, q.evidence, x)
+    if llm is not None:
+        prediction, used = _answer(store, conv, q, llm, env, pool, weights, fusion, force_retrieve)
+        row.update(answer=q.answer, prediction=prediction, f1=lc.token_f1(prediction, q.answer or "", q.category),
+                   answer_used=[dia_of.get(m) for m in used if dia_of.get(m)])
+    return row
+
+
+def _answer(store, conv, q, llm, env, pool, weights, fusion, force_retrieve) -> tuple[str, list[str]]:
+    """Ask the question through the real response stage, a day after the last session."""
+    from personavlm_cli.core.assistant import Assistant
+    from personavlm_cli.core.reasoning import ResponseStage
+    from personavlm_cli.core.recall import recall
+
+    s = env.settings
+    assistant = Assistant(store, llm, conv.speaker_a, profile=s["model.prompt_profile"],
+                          vision=getattr(llm, "vision", False))
+    at = conv.last_time + timedelta(days=1)
+    ctx = assistant.context(q.question, at, [], [])
+    stage = ResponseStage(llm, assistant.profile,
+                          lambda query, n: recall(store, query, k=n, candidates=pool, weights=weights, fusion=fusion),
+                          assistant._expand)
+    reasoning = stage.think(ctx, force_retrieve=force_retrieve)
+    pieces = stage.answer(ctx, reasoning, max_tokens=min(int(s["model.max_tokens"]), 128), temperature=0.0)
+    return "".join(pieces).strip(), [m.id for m in reasoning.used]
+
+
+def _rounded(values: dict) -> dict:
+    return {key: (round(v, 4) if isinstance(v, float) else v) for key, v in values.items()}
+
+
+def _percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _print_table(result: dict, answered: bool) -> None:
+    from rich.table import Table
+
+    from personavlm_cli.core.locomo import CATEGORY_NAMES
+
+    k = result["k"]
+    table = Table(title=f"LoCoMo: {result['questions']} questions, {', '.join(result['conversations'])}")
+    table.add_column("category")
+    table.add_column("questions", justify="right")
+    table.add_column(f"recall@{k}", justify="right")
+    for x in sorted(result["recall_at"], key=int):
+        if int(x) != k:
+            table.add_column(f"@{x}", justify="right")
+    if answered:
+        table.add_column("F1", justify="right")
+    counts: dict[str, int] = {"overall": result["questions"]}
+    for row in result["items"]:
+        counts[str(row["category"])] = counts.get(str(row["category"]), 0) + 1
+
+    def cell(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    for key in ("1", "2", "3", "4", "overall"):
+        if key != "overall" and not counts.get(key):
+            continue
+        label = "overall" if key == "overall" else f"{key} {CATEGORY_NAMES[int(key)]}"
+        cells = [label, str(counts.get(key, 0)), cell(result["recall_at_k"][key])]
+        cells += [cell(result["recall_at"][x][key]) for x in sorted(result["recall_at"], key=int) if int(x) != k]
+        if answered:
+            cells.append(cell(result["f1"][key]))
+        table.add_row(*cells, style="bold" if key == "overall" else None)
+    out.print(table)
+    t = result["timings"]
+    out.print(f"signals: {', '.join(result['signals'])} ({result['fusion']} fusion); recall {t['recall_ms_mean']} ms "
+              f"mean, {t['recall_ms_p95']} ms p95; {t['total_s']} s in all")
