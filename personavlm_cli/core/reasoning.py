@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
+from personavlm_cli.core import timewords
 from personavlm_cli.core.memory import Memory
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, Context, Step
 from personavlm_cli.core.recall import Hit, Query
@@ -52,6 +53,11 @@ class ResponseStage:
             if step.action != "retrieve":
                 r.steps.append(step)
                 return r
+            if step.start_time is None and step.end_time is None:
+                named = timewords.window(ctx.message, ctx.now)
+                if named is not None:
+                    step.start_time, step.end_time = named
+                    step.think = (step.think + " " if step.think else "") + "(time window from the message)"
             query = Query(
                 text=ctx.message, keywords=step.keywords or ctx.message,
                 since=step.start_time.timestamp() if step.start_time else None,
