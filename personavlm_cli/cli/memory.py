@@ -295,12 +295,13 @@ def import_(
     user: UserOpt = None,
 ):
     """Import an archive into this user's store (memories already present are kept)."""
-    from personavlm_cli.core.archive import import_archive
+    from personavlm_cli.core.archive import import_archive, read_archive
 
     env = make_env(user)
+    verified = read_archive(file)  # refuse a corrupt or tampered archive before creating anything
     try:
         store = env.store(write=True)
-        summary = import_archive(store, file)
+        summary = import_archive(store, verified)
     finally:
         env.close()
     err.print(f"[green]Imported[/green] {summary['added']} memories ({summary['skipped']} already present)")

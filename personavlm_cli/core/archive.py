@@ -96,10 +96,9 @@ def read_archive(file: Path) -> tuple[dict, dict[str, bytes]]:
     return manifest, data
 
 
-def import_archive(store, file: Path) -> dict:
-    from personavlm_cli.adapters.images import store_image  # noqa: F401  (same layout as attachments)
-
-    manifest, data = read_archive(file)
+def import_archive(store, archive: tuple[dict, dict[str, bytes]]) -> dict:
+    """Write a verified archive (from ``read_archive``) into ``store``; what is there already is kept."""
+    manifest, data = archive
     records = store.records
     memories = [Memory.from_dict(json.loads(line)) for line in data["memories.jsonl"].decode().splitlines() if line]
     for name, blob in data.items():

@@ -111,7 +111,7 @@ class GenericProfile:
     STEP_SCHEMA = {
         "type": "object",
         "properties": {
-            "think": {"type": "string", "maxLength": 240},
+            "think": {"type": "string", "maxLength": 160},
             "action": {"type": "string", "enum": ["answer", "retrieve"]},
             "keywords": {"type": "string", "maxLength": 80},
             "start_time": {"type": "string", "maxLength": 16},
