@@ -163,3 +163,12 @@ def test_config_errors_are_one_line(tmp_path, text, needle):
     with pytest.raises(ConfigError) as e:
         Settings.load({}, environ={"PERSONAVLM_HOME": str(tmp_path)})
     assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+def test_extracted_memories_must_be_grounded_in_what_the_user_said():
+    from personavlm_cli.core.update import grounded
+
+    assert grounded("The user is a nurse in Lisbon", "I'm a nurse, I live in Lisbon")
+    assert grounded("The user's name is Ada", "Hello, I am Ada.")
+    assert not grounded("Your name is {user_name}.", "Hello, I am Ada.")
+    assert not grounded("The user is a software engineer", "I work as a nurse in Lisbon")

@@ -96,6 +96,20 @@ def content_words(text: str) -> set[str]:
     return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _STOP and len(w) > 2}
 
 
+def grounded(memory: str, message: str) -> bool:
+    """A memory must be about what the user said: share a quarter of its content words with it.
+
+    Small models asked to extract facts invent them ("Your name is {user_name}"); this check keeps
+    paraphrases ("The user is a nurse" from "I'm a nurse") and drops inventions.
+    """
+    said = {w[:5] for w in content_words(message)}
+    words = {w[:5] for w in content_words(memory)} - {"user", "user'", "users"}
+    if not words:
+        return False
+    shared = len(words & said)
+    return shared >= 1 and shared / len(words) >= 0.25
+
+
 def _rounds(turns: list[Memory]) -> list[tuple[Memory, Memory | None]]:
     out, pending = [], None
     for t in turns:
@@ -239,6 +253,9 @@ class UpdateStage:
         ]
         out = self._ask(messages, SEMANTIC_SCHEMA, max_tokens=200)
         if not out or not out["decision"] or not out["content"].strip():
+            return None
+        if not grounded(out["content"], user_turn.text):
+            log.info("extracted memory not grounded in the message; dropped")
             return None
         sources = [user_turn.id] + [m.id for m in images]
         memory = new_memory("semantic", out["content"].strip(), user_turn.occurred_at,
