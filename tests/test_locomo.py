@@ -12,7 +12,11 @@ from personavlm_cli.core import locomo as lc
 from personavlm_cli.core.memory import Memory
 from tests.conftest import assert_one_line_error
 
-DEV = Path("/work/shared/data/locomo/locomo-dev.json")
+ROOT = Path(__file__).resolve().parent.parent
+DEV = next((p for p in (ROOT / "shared" / "data" / "locomo" / "locomo-dev.json",
+                        ROOT.parent / "shared" / "data" / "locomo" / "locomo-dev.json",
+                        Path("/work/shared/data/locomo/locomo-dev.json")) if p.exists()),
+           Path("/work/shared/data/locomo/locomo-dev.json"))
 
 
 def synthetic() -> list[dict]:

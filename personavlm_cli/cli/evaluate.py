@@ -27,7 +27,9 @@ app = typer.Typer(help="Measure recall and answers on public benchmarks (LoCoMo)
 EXTRA_KS = (5, 10, 25)
 
 
-def _parse_weights(signals: str | None, weight: list[str] | None) -> dict[str, float]:
+def _parse_weights(signals: str | None, weight: list[str] | None, fusion: str) -> dict[str, float]:
+    """Weights for recall: the chosen signals keep their weights (each 1.0 with rrf: the plain
+    reciprocal-rank fusion of the reference figures), the others are off; --weight overrides."""
     from personavlm_cli.core.recall import WEIGHTS
 
     weights: dict[str, float] = {}
@@ -36,7 +38,7 @@ def _parse_weights(signals: str | None, weight: list[str] | None) -> dict[str, f
         unknown = [s for s in chosen if s not in WEIGHTS]
         if unknown:
             raise PersonaError(f"unknown signal '{unknown[0]}' (use {', '.join(WEIGHTS)})")
-        weights = {name: (WEIGHTS[name] if name in chosen else 0.0) for name in WEIGHTS}
+        weights = {name: ((1.0 if fusion == "rrf" else WEIGHTS[name]) if name in chosen else 0.0) for name in WEIGHTS}
     for item in weight or []:
         name, sep, value = item.partition("=")
         name = name.strip()
@@ -57,12 +59,14 @@ def _never_images():
 def locomo(
     data: Annotated[Path, typer.Argument(help="LoCoMo's JSON (e.g. locomo10.json, or the development split).",
                                          show_default=False)],
-    retrieval_only: Annotated[bool, typer.Option("--retrieval-only", help="Measure recall only (no chat model).")] = False,
+    retrieval_only: Annotated[bool, typer.Option(
+        "--retrieval-only", help="Measure recall only (no chat model).")] = False,
     k: Annotated[int, typer.Option("--k", min=1, help="Recall is measured over the first K distinct turns.")] = 10,
     limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Ask at most N questions in all.")] = None,
     conversations: Annotated[Optional[str], typer.Option(
         "--conversations", help="Only these conversations, comma-separated (e.g. conv-26,conv-30).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
+    json_out: Annotated[Optional[Path], typer.Option(
+        "--json", help="Also write the results as JSON to this file.")] = None,
     signals: Annotated[Optional[str], typer.Option(
         "--signals", help="Use only these recall signals, comma-separated (dense, keywords, lexical, context, "
         "speaker, date, image); default: all.")] = None,
@@ -84,7 +88,7 @@ def locomo(
 
     if fusion not in FUSIONS:
         raise PersonaError(f"unknown fusion '{fusion}' (use {' or '.join(FUSIONS)})")
-    weights = _parse_weights(signals, weight)
+    weights = _parse_weights(signals, weight, fusion)
     pool = candidates or CANDIDATES
     only = [c for c in conversations.split(",")] if conversations else None
     convs = lc.load(data, only)
@@ -172,7 +176,8 @@ def locomo(
             "total_s": round(time.perf_counter() - started, 2),
             "recall_ms_mean": round(statistics.fmean(recall_ms), 2) if recall_ms else None,
             "recall_ms_p95": round(_percentile(recall_ms, 95), 2) if recall_ms else None,
-            "per_conversation": {c: {x: v[x] for x in ("replay_s", "questions_s", "total_s")} for c, v in per_conv.items()},
+            "per_conversation": {c: {x: v[x] for x in ("replay_s", "questions_s", "total_s")}
+                                 for c, v in per_conv.items()},
         },
         "per_conversation": {c: {x: (round(y, 4) if isinstance(y, float) else y) for x, y in v.items()
                                  if x not in ("replay_s", "questions_s", "total_s")} for c, v in per_conv.items()},
@@ -181,7 +186,8 @@ def locomo(
     if llm is not None:
         result["f1"] = _rounded(lc.by_category(rows, "f1"))
         result["force_retrieve"] = force_retrieve
-        result["model"] = str(getattr(llm, "path", "") or "")
+        info = getattr(llm, "load_info", None)
+        result["model"] = info.summary_line() if info is not None else type(llm).__name__
     if json_out is not None:
         try:
             json_out.write_text(jsonlib.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")

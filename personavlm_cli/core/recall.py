@@ -3,22 +3,26 @@
 Each retrieval signal proposes its own candidates; the candidates are then scored by a convex
 combination of the signals' scores, each divided by that signal's best score for this query (so
 BM25's unbounded scale and cosine's do not have to be calibrated against each other, yet a
-signal's confidence still counts, which reciprocal-rank fusion throws away). Two more signals
-re-rank the candidates; neither can bring a memory in on its own:
+signal's confidence still counts, which reciprocal-rank fusion throws away). Three more signals
+re-rank; only the first can bring a memory in:
 
 - ``context``: a turn is understood with its neighbours. Part of the lexical score of the turns
   next to it in its session (half at distance 1, a fifth at distance 2) is added to its own: an
   answer often shares no word with the question that the turn before it asked. A turn that only
   its neighbours match becomes a candidate, but it is not marked ``lexical``.
-- ``speaker``: a memory whose speaker (``meta["speaker"]``, set for transcripts that name who
+- ``speaker``: a turn whose speaker (``meta["speaker"]``, set for transcripts that name who
   spoke) is named in the query is preferred: "what did Anna say about..." is about Anna's turns.
+- ``date``: a memory from a day or month the query names ("on October 13, 2023", "in June") is
+  preferred, and one from the week after a named day a little (people tell of things afterwards).
+  This is a soft preference; the model's own time window (``since``/``until``) is a hard filter.
 
 The lexical query leaves out stop words and question words ("what", "did", "would"): they match
 every short chatty turn. The time window is a real filter on every signal (the reference code's
 filter did nothing), and superseded memories are left out unless asked for.
 
-Measured on LoCoMo's development split (docs/benchmarks.md): recall@10 0.569 with plain
-reciprocal-rank fusion, 0.77 with this.
+On LoCoMo's development split (docs/benchmarks.md) recall@10 goes from 0.57 with plain
+reciprocal-rank fusion (``fusion="rrf"``, kept as the baseline) to 0.785; at 10k memories a
+recall takes about 30 ms on two CPU cores, the query's embedding included.
 """
 
 from __future__ import annotations
@@ -38,8 +42,6 @@ FUSIONS = ("score", "rrf")
 RRF_K = 60  # only for fusion="rrf", kept as the baseline the benchmark compares against
 CANDIDATES = 100
 
-RETRIEVERS = ("dense", "keywords", "lexical", "image")
-
 STOP_WORDS = frozenset("""
 a about above after again against all also am an and any are as at be because been before being below
 between both but by can could did do does doing done down during each either ever few for from further
@@ -55,12 +57,16 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 _MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
            "november", "december")
-_MONTH = r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)"
+_MONTH = (r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
+          r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
 _DATE_PATTERNS = (
     # 13 October, 2023 / 13 Oct 2023
     ("day", re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+(\d{{4}})\b", re.I), (3, 2, 1)),
     # October 13, 2023 / Oct 13th 2023
     ("day", re.compile(rf"\b{_MONTH}\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.I), (3, 1, 2)),
+    # October 13 / 13 October (any year)
+    ("day", re.compile(rf"\b(?:on\s+)?{_MONTH}\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?!\s*[:.]?\d)", re.I), (None, 1, 2)),
+    ("day", re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\b", re.I), (None, 2, 1)),
     # 2023-10-13
     ("day", re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b"), (1, 2, 3)),
     # October 2023
@@ -116,46 +122,93 @@ def _where(q: Query) -> dict | None:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def _neighbours(records, ids: list[str], q: Query, width: int) -> tuple[dict[str, list[tuple[str, int]]], set[str]]:
-    """For the turns among ``ids``: the turns up to ``width`` away in the same session, with distance.
+def _filter_sql(q: Query, types) -> tuple[str, list]:
+    """The query's filters as SQL over ``memories`` (the record file is the truth Chroma mirrors)."""
+    clauses, args = [], []
+    types = list(types)
+    if set(types) != set(TYPES):
+        clauses.append(f"type IN ({','.join('?' for _ in types)})")
+        args.extend(types)
+    if q.since is not None:
+        clauses.append("end_ts >= ?")
+        args.append(q.since)
+    if q.until is not None:
+        clauses.append("occurred_ts <= ?")
+        args.append(q.until)
+    if not q.include_superseded:
+        clauses.append("valid_to IS NULL")
+    return (" AND ".join(clauses) or "1"), args
 
-    Also returns the neighbours that the query's filters admit as candidates themselves (type turn,
-    inside the time window, current, not excluded)."""
-    if not ids or width <= 0 or "turn" not in q.types:
-        return {}, set()
-    db = records.db
-    out: dict[str, list[tuple[str, int]]] = {}
-    wanted = set(ids)
-    rows = []
+
+def _rows(records, sql: str, args: list) -> list[tuple]:
+    """Plain tuples (the record store's connection makes slower sqlite3.Row objects)."""
+    cursor = records.db.cursor()
+    cursor.row_factory = None
+    try:
+        return cursor.execute(sql, args).fetchall()
+    finally:
+        cursor.close()
+
+
+def _admitted(records, ids: list[str], q: Query, types=None) -> set[str]:
+    """Those of ``ids`` that the query's filters (types, time window, current) admit."""
+    sql, args = _filter_sql(q, q.types if types is None else types)
+    out: set[str] = set()
     for i in range(0, len(ids), 500):
         chunk = ids[i:i + 500]
         marks = ",".join("?" for _ in chunk)
-        rows.extend(db.execute(
-            "SELECT id, session_id, occurred_ts, end_ts, valid_to FROM memories WHERE type='turn' AND "
-            f"session_id IN (SELECT DISTINCT session_id FROM memories WHERE id IN ({marks}) AND type='turn') "
-            "ORDER BY session_id, occurred_ts, rowid", chunk).fetchall())
-    by_session: dict[str, list[tuple]] = {}
-    for row in rows:
-        by_session.setdefault(row[1], []).append(tuple(row))
+        out.update(r[0] for r in _rows(records, f"SELECT id FROM memories WHERE id IN ({marks}) AND {sql}",
+                                       [*chunk, *args]))
+    return out - set(q.exclude_ids)
+
+
+def _vector_search(store: MemoryStore, name: str, vec, pool: int, q: Query,
+                   where: dict | None) -> list[tuple[str, float]]:
+    """Nearest vectors that pass the query's filters.
+
+    Chroma's metadata filter costs ~40 ms at 10k memories against ~4 ms without it, and the usual
+    filter (current memories, maybe a time window) keeps most of them: so search unfiltered with
+    room to spare and filter on the record file; only when too few pass, ask Chroma to filter."""
+    if where is None:
+        return store.vectors.query(name, vec, pool, None)
+    room = pool * 2 + 20
+    found = store.vectors.query(name, vec, room, None)
+    keep = _admitted(store.records, [i for i, _ in found], q)
+    kept = [(i, score) for i, score in found if i in keep]
+    if len(kept) >= pool or len(found) < room:
+        return kept[:pool]
+    return store.vectors.query(name, vec, pool, where)
+
+
+def _neighbours(records, ids: list[str], q: Query, width: int) -> tuple[dict[str, list[tuple[str, int]]], set[str]]:
+    """For the turns among ``ids``: the turns up to ``width`` away in the same session, with distance.
+
+    Also returns which of those neighbours the query's filters admit as candidates themselves."""
+    if not ids or width <= 0 or "turn" not in q.types:
+        return {}, set()
+    rows: list[tuple] = []
+    for i in range(0, len(ids), 500):
+        chunk = ids[i:i + 500]
+        marks = ",".join("?" for _ in chunk)
+        # "+type": without it SQLite walks the type index over every turn instead of the session index.
+        rows.extend(_rows(records,
+                          "SELECT id, session_id, occurred_ts, end_ts, valid_to IS NULL FROM memories WHERE "
+                          f"+type='turn' AND session_id IN (SELECT DISTINCT session_id FROM memories WHERE id IN "
+                          f"({marks})) ORDER BY session_id, occurred_ts, rowid", chunk))
+    sequences: dict[str, list[str]] = {}
     admitted: set[str] = set()
-    for seq in by_session.values():
-        for pos, row in enumerate(seq):
-            if row[0] not in wanted:
-                continue
-            near = []
-            for d in range(1, width + 1):
-                for other in (pos - d, pos + d):
-                    if 0 <= other < len(seq):
-                        near.append((seq[other][0], d))
-            out[row[0]] = near
-        for row in seq:
-            ok = (row[4] is None or q.include_superseded) and row[0] not in q.exclude_ids
-            if q.since is not None and row[3] < q.since:
-                ok = False
-            if q.until is not None and row[2] > q.until:
-                ok = False
-            if ok:
-                admitted.add(row[0])
+    for memory_id, session_id, start, end, current in rows:
+        sequences.setdefault(session_id, []).append(memory_id)
+        if ((current or q.include_superseded) and (q.since is None or end >= q.since)
+                and (q.until is None or start <= q.until) and memory_id not in q.exclude_ids):
+            admitted.add(memory_id)
+    wanted = set(ids)
+    out: dict[str, list[tuple[str, int]]] = {}
+    for seq in sequences.values():
+        for pos, memory_id in enumerate(seq):
+            if memory_id in wanted:
+                out[memory_id] = [(seq[other], d) for d in range(1, width + 1) for other in (pos - d, pos + d)
+                                  if 0 <= other < len(seq)]
     return out, admitted
 
 
@@ -231,15 +284,17 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
     where = _where(q)
     pool = candidates + len(q.exclude_ids)
 
-    texts = [t for t in (q.text.strip(), q.keywords.strip()) if t]
-    want_dense = bool(q.text.strip()) and weights.get("dense", 0) > 0
-    want_keywords = bool(q.keywords.strip()) and weights.get("keywords", 0) > 0
-    if texts and (want_dense or want_keywords):
-        vecs = store.text_encoder.embed(texts)
+    text, keywords = q.text.strip(), q.keywords.strip()
+    want_dense = bool(text) and weights.get("dense", 0) > 0
+    want_keywords = bool(keywords) and weights.get("keywords", 0) > 0
+    if want_dense or want_keywords:
+        texts = list(dict.fromkeys(t for t in (text if want_dense else "", keywords if want_keywords else "") if t))
+        vecs = dict(zip(texts, store.text_encoder.embed(texts), strict=True))
         if want_dense:
-            rankings["dense"] = store.vectors.query(TEXT, vecs[0], pool, where)
+            rankings["dense"] = _vector_search(store, TEXT, vecs[text], pool, q, where)
         if want_keywords:
-            rankings["keywords"] = store.vectors.query(TEXT, vecs[-1], pool, where)
+            rankings["keywords"] = (rankings["dense"] if want_dense and keywords == text else
+                                    _vector_search(store, TEXT, vecs[keywords], pool, q, where))
     if weights.get("lexical", 0) > 0:
         lexical_text = f"{q.text} {q.keywords}".strip()
         if lexical_text:
@@ -249,7 +304,7 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
                                                         q.include_superseded)
     if q.image_paths and weights.get("image", 0) > 0 and "image" in q.types:
         vec = store.image_encoder.embed_images(q.image_paths).mean(axis=0)
-        rankings["image"] = store.vectors.query(IMAGES, vec, pool, where)
+        rankings["image"] = _vector_search(store, IMAGES, vec, pool, q, where)
 
     signals: dict[str, dict[str, dict]] = {}
     raw: dict[str, dict[str, float]] = {}
@@ -297,13 +352,17 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
     for memory_id in signals:
         fused.setdefault(memory_id, 0.0)
 
-    # Speaker and date: priors over the candidates, never a way in.
+    # Speaker and date: priors over the candidates, never a way in. Only the candidates that a
+    # prior could lift into the first k are looked at.
     memories: dict[str, Memory] | None = None
     query_text = f"{q.text} {q.keywords}"
     dates = query_dates(query_text) if weights.get("date", 0) > 0 else []
-    if fused and (weights.get("speaker", 0) > 0 or dates):
+    lift = max(weights.get("speaker", 0), 0) + (max(weights.get("date", 0), 0) if dates else 0)
+    if fused and lift > 0:
         words = {w.lower() for w in _WORD.findall(query_text)}
-        memories = {m.id: m for m in store.records.get_many(list(fused))}
+        ordered = sorted(fused.values(), reverse=True)
+        floor = ordered[min(k, len(ordered)) - 1] - lift
+        memories = {m.id: m for m in store.records.get_many([i for i, v in fused.items() if v >= floor])}
         for memory_id, m in memories.items():
             if weights.get("speaker", 0) > 0 and _speakers_named(m, words):
                 fused[memory_id] += weights["speaker"]
@@ -318,8 +377,11 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
 
 def _hits(store: MemoryStore, fused: dict[str, float], signals: dict, k: int,
           memories: dict[str, Memory] | None = None) -> list[Hit]:
-    best = sorted(fused, key=lambda i: (-fused[i], i))[: max(k * 2, k + 5)]
-    if memories is None:
-        memories = {m.id: m for m in store.records.get_many(best)}
+    # Ties keep the order the signals proposed them in (ids are random: no tie-break on them).
+    best = sorted(fused, key=lambda i: -fused[i])[: max(k * 2, k + 5)]  # spares for vanished records
+    memories = dict(memories or {})
+    missing = [i for i in best if i not in memories]
+    if missing:
+        memories.update((m.id, m) for m in store.records.get_many(missing))
     hits = [Hit(memories[i], fused[i], signals.get(i, {})) for i in best if i in memories]
     return hits[:k]
