@@ -175,7 +175,7 @@ class RecordStore:
                 for statement in _split_script(_SCHEMA):
                     self.db.execute(statement)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES('format_version', ?)", (str(FORMAT_VERSION),))
-                self.db.execute("INSERT OR IGNORE INTO meta VALUES('created_at', ?)", (iso(now()),))
+                self.db.execute("INSERT OR IGNORE INTO meta VALUES('created_at', ?)", (json.dumps(iso(now())),))
 
     def transaction(self):
         return _Transaction(self.db)
@@ -189,6 +189,16 @@ class RecordStore:
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
         return json.loads(row["value"]) if row and key != "format_version" else (
             int(row["value"]) if row else default)
+
+    def store_id(self) -> str:
+        """A random id of this store, made once: it tells two stores of the same user name apart."""
+        value = self.get_meta("store_id")
+        if not value:
+            import secrets
+
+            value = secrets.token_hex(8)
+            self.set_meta("store_id", value)
+        return value
 
     def set_meta(self, key: str, value: Any) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta VALUES(?, ?)", (key, json.dumps(value)))

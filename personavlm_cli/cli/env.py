@@ -62,7 +62,7 @@ class Env:
             path,
             text_encoder=_text_encoder,
             image_encoder=lambda: _image_encoder(s),
-            vectors=lambda: _vectors(s, path, self.user),
+            vectors=lambda: _vectors(s, path, namespace(self.user, self._store.records)),
             readonly=not write,
         )
         return self._store
@@ -100,7 +100,8 @@ class Env:
 
                 if not s["model.url"]:
                     raise ModelError("model.kind is openai-compatible but model.url is not set")
-                self._model = RemoteChatModel(s["model.url"], s["model.name"], n_ctx=s["model.context"] or 4096)
+                self._model = RemoteChatModel(s["model.url"], s["model.name"], n_ctx=s["model.context"] or 4096,
+                                              vision=s["model.vision"], api_key=s["model.api_key"])
             else:
                 from personavlm_cli.adapters.llm import ChatModel
 
@@ -124,13 +125,18 @@ def _image_encoder(s: Settings):
                         cache_dir=s.locations.cache_dir / "clip")
 
 
-def _vectors(s: Settings, path: Path, user: str):
+def namespace(user: str, records) -> str:
+    """Collection-name prefix of a user's store on a shared Chroma server: user name and store id."""
+    return f"u-{user}-{records.store_id()[:8]}-"
+
+
+def _vectors(s: Settings, path: Path, ns: str):
     from personavlm_cli.adapters.vectors import VectorIndex
 
     if s["store.kind"] == "server":
         if not s["store.url"]:
             raise NotFoundError("store.kind is server but store.url is not set")
-        return VectorIndex(url=s["store.url"], namespace=f"u-{user}-")
+        return VectorIndex(url=s["store.url"], namespace=ns)
     return VectorIndex(path=path / "chroma")
 
 

@@ -77,6 +77,16 @@ def users_rm(name: Annotated[str, typer.Argument(help="The user to remove, with 
         if not typer.confirm(f"Remove user '{name}' and all their data?", err=True):
             raise typer.Exit(1)
     with StoreLock(path, name):
+        if env.settings["store.kind"] == "server":
+            from personavlm_cli.adapters.records import RecordStore
+            from personavlm_cli.adapters.vectors import VectorIndex
+            from personavlm_cli.cli.env import namespace
+
+            records = RecordStore(path)
+            try:
+                VectorIndex(url=env.settings["store.url"], namespace=namespace(name, records)).drop(["memories", "images"])
+            finally:
+                records.close()
         users_core.remove_user(env.settings, name)
     err.print(f"Removed user '{name}'")
 
@@ -108,6 +118,24 @@ def doctor(
         report["llama.cpp build"] = (info.decode() if isinstance(info, bytes) else str(info)).strip()
     except Exception as exc:  # doctor reports problems instead of failing on them
         report["llama.cpp"] = f"unavailable: {exc}"
+    if s["model.kind"] == "openai-compatible":
+        from personavlm_cli.adapters.remote_llm import RemoteChatModel
+
+        report["model server"] = s["model.url"]
+        try:
+            report["model server check"] = RemoteChatModel(s["model.url"], s["model.name"]).check()
+        except Exception as exc:
+            report["model problem"] = str(exc).splitlines()[0]
+        load = False
+    if s["store.kind"] == "server":
+        from personavlm_cli.adapters.vectors import VectorIndex
+
+        report["store server"] = s["store.url"]
+        try:
+            VectorIndex(url=s["store.url"], namespace="u-doctor-check-")
+            report["store server check"] = "reachable"
+        except Exception as exc:
+            report["store problem"] = str(exc).splitlines()[0]
     try:
         path, mmproj = env.model_path()
         report["model"] = str(path)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterator
 
 from personavlm_cli.core import personality as pem
+from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import Memory, new_id
 from personavlm_cli.core.prompts import PROFILES, Context
 from personavlm_cli.core.reasoning import Reasoning, ResponseStage
@@ -143,8 +144,8 @@ class Assistant:
                     for piece in stage.answer(ctx, ex.reasoning, **(sampling or {})):
                         pieces.append(piece)
                         yield piece
-            except (KeyboardInterrupt, GeneratorExit):
-                ex.interrupted = True
+            except (KeyboardInterrupt, GeneratorExit, PersonaError):
+                ex.interrupted = True  # the partial answer is kept, and marked
                 raise
             finally:
                 ex.answer = "".join(pieces).strip()

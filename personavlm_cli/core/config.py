@@ -54,6 +54,8 @@ KEYS: dict[str, Key] = {
         Key("model.url", str, None, "base URL of an OpenAI-compatible server (model.kind openai-compatible)",
             nullable=True),
         Key("model.name", str, None, "model name to ask that server for", nullable=True),
+        Key("model.api_key", str, None, "API key for that server (sent as a Bearer token)", nullable=True),
+        Key("model.vision", bool, False, "that server's model sees images"),
         Key("clip.model", str, "ViT-B-32", "open_clip architecture for image memories"),
         Key("clip.weights", str, "none",
             "CLIP weights: none (seeded random init: exact and near-duplicate image matching only), "

@@ -1,0 +1,457 @@
+"""A chat model on another machine: an OpenAI-compatible server (llama.cpp's ``llama-server`` or
+llama-cpp-python's ``python -m llama_cpp.server``), with the same interface as :class:`ChatModel`.
+
+Only the standard library is used (``http.client``): no new dependency. Nothing is sent when the
+object is made, so a server that is down costs nothing until the first message; from then on every
+failure to reach it (refused, timed out, or gone in the middle of an answer) is one
+:class:`ModelError` line that names the server.
+
+What is sent: the whole prompt of each request (the recent turns, recalled memories, the core
+profile) and, for a vision model, the attached images as data URIs. See docs/deploy.md.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import math
+import os
+import socket
+import ssl
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
+
+from personavlm_cli.adapters.llm import ModelOutputError, _json_type, _one_line, prepare_messages, validate_json
+from personavlm_cli.core.errors import ModelError
+
+CONNECT_TIMEOUT = 10.0
+# Characters per token for the estimate used when the server has no tokenizer endpoint: low on
+# purpose (English averages about 4), so the estimate errs towards "too long" and a message is
+# trimmed a little early rather than overflowing the context.
+CHARS_PER_TOKEN = 3.0
+
+
+@dataclass
+class RemoteLoadInfo:
+    """What ``chat`` shows instead of a load line: there is nothing to load here."""
+
+    url: str
+    name: str | None
+    n_ctx: int
+    vision: bool
+    served: Callable[[], str | None] | None = None
+    load_seconds: float = 0.0
+
+    def summary_line(self) -> str:
+        """e.g. ``remote model qwen2.5-7b at http://gpu-box:8080 · ctx 8192``."""
+        name = self.name or (self.served() if self.served else None)
+        parts = [f"remote model {name} at {self.url}" if name else f"remote model at {self.url}",
+                 f"ctx {self.n_ctx}"]
+        if self.vision:
+            parts.append("vision")
+        return " · ".join(parts)
+
+
+class _Unreachable(Exception):
+    """The server could not be reached or stopped answering (becomes a ModelError)."""
+
+
+class _ServerSaid(Exception):
+    """The server answered with an error status (becomes a ModelError with its message)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+class RemoteChatModel:
+    """A chat model served over HTTP by an OpenAI-compatible server."""
+
+    def __init__(self, url: str, name: str | None = None, *, n_ctx: int = 4096, timeout: float = 600.0,
+                 vision: bool = False, api_key: str | None = None, seed: int = 0,
+                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+        parts = urlsplit(str(url or "").strip())
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ModelError(f"model.url must be an http:// or https:// URL, got {str(url)!r}")
+        try:
+            port = parts.port
+        except ValueError:
+            raise ModelError(f"model.url has an invalid port: {str(url)!r}") from None
+        if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx <= 0:
+            raise ModelError(f"invalid context size {n_ctx!r} for a remote model: use a number of tokens")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = port or (443 if self._https else 80)
+        path = parts.path.rstrip("/")
+        if path.endswith("/v1"):  # OpenAI-style base URLs end in /v1; our paths add it
+            path = path[:-3]
+        self._prefix = path
+        netloc = self._host if ":" not in self._host else f"[{self._host}]"
+        if port:
+            netloc += f":{port}"
+        # Shown in messages: never the credentials a URL may carry.
+        self.url = urlunsplit((parts.scheme, netloc, path, "", ""))
+        self.name = name or None
+        self.timeout = float(timeout)
+        self.connect_timeout = float(connect_timeout)
+        self._seed = int(seed)
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+                         "User-Agent": "personavlm"}
+        key = api_key or os.environ.get("PERSONAVLM_MODEL_API_KEY")
+        if key:
+            self._headers["Authorization"] = f"Bearer {key}"
+        elif parts.username:
+            raw = f"{parts.username}:{parts.password or ''}".encode("utf-8")
+            self._headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
+        self._tokenize_path: str | None = ""  # "": not probed yet; None: the server has no endpoint
+        self._down_until = 0.0
+        self._served: str | None = None
+        self._closed = False
+        self.load_info = RemoteLoadInfo(url=self.url, name=self.name, n_ctx=n_ctx, vision=bool(vision),
+                                        served=self._served_model)
+
+    # -- properties --------------------------------------------------------------------------------
+
+    @property
+    def n_ctx(self) -> int:
+        return self.load_info.n_ctx
+
+    @property
+    def vision(self) -> bool:
+        return self.load_info.vision
+
+    # -- HTTP ------------------------------------------------------------------------------------------
+
+    def _connect(self, connect_timeout: float, timeout: float) -> http.client.HTTPConnection:
+        if self._closed:
+            raise ModelError("the model is closed")
+        if self._https:
+            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
+                self._host, self._port, timeout=connect_timeout, context=ssl.create_default_context())
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=connect_timeout)
+        try:
+            conn.connect()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise _Unreachable(_reason(e, connect_timeout)) from None
+        conn.sock.settimeout(timeout)
+        return conn
+
+    def _request(self, method: str, path: str, body: dict | None = None, *, quick: bool = False
+                 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+        """Send a request; return the open connection and response (status < 400), or raise.
+        ``quick``: short timeouts, for requests that generate nothing."""
+        connect_timeout = min(self.connect_timeout, 3.0) if quick else self.connect_timeout
+        timeout = min(self.timeout, 10.0) if quick else self.timeout
+        conn = self._connect(connect_timeout, timeout)
+        try:
+            data = json.dumps(body).encode("utf-8") if body is not None else None
+            conn.request(method, self._prefix + path, body=data, headers=self._headers)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            conn.close()
+            raise _Unreachable(_reason(e, timeout)) from None
+        if resp.status >= 400:
+            try:
+                raw = resp.read(64 * 1024)
+            except (OSError, http.client.HTTPException):
+                raw = b""
+            finally:
+                conn.close()
+            raise _ServerSaid(resp.status, _error_message(resp.status, resp.reason, raw))
+        return conn, resp
+
+    def _post_json(self, path: str, body: dict, *, quick: bool = False) -> Any:
+        conn, resp = self._request("POST", path, body, quick=quick)
+        try:
+            raw = resp.read()
+        except (OSError, http.client.HTTPException) as e:
+            raise _Unreachable(_reason(e, self.timeout)) from None
+        finally:
+            conn.close()
+        try:
+            return json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise _ServerSaid(resp.status, "the answer is not JSON (is model.url an OpenAI-compatible server?)") from None
+
+    def _unreachable(self, reason: str) -> ModelError:
+        return ModelError(_one_line(f"the model server at {self.url} is not reachable: {reason}"))
+
+    def _refused(self, message: str) -> ModelError:
+        return ModelError(_one_line(f"the model server at {self.url} could not answer: {message}"))
+
+    # -- generation --------------------------------------------------------------------------------
+
+    def _body(self, messages: Sequence[Mapping[str, Any]], **fields) -> dict:
+        body: dict[str, Any] = {"messages": prepare_messages(messages, vision=self.vision)}
+        if self.name:
+            body["model"] = self.name
+        body.update({k: v for k, v in fields.items() if v is not None})
+        return body
+
+    def stream(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 512, temperature: float = 0.7,
+               top_p: float = 0.95, stop: list[str] | None = None, repeat_penalty: float = 1.1) -> Iterator[str]:
+        """Text pieces of the answer as the server sends them (server-sent events).
+
+        Stopping early (``break``, ``close()``, Ctrl-C) closes the connection, which tells the
+        server to stop generating.
+        """
+        body = self._body(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                          stop=list(stop) if stop else None, repeat_penalty=repeat_penalty, seed=self._seed,
+                          stream=True)
+        try:
+            conn, resp = self._request("POST", "/v1/chat/completions", body)
+        except _Unreachable as e:
+            raise self._unreachable(str(e)) from None
+        except _ServerSaid as e:
+            raise self._refused(str(e)) from None
+        finished = False
+        try:
+            try:
+                for event in _sse_events(resp):
+                    if event == "[DONE]":
+                        finished = True
+                        break
+                    try:
+                        chunk = json.loads(event)
+                    except ValueError:
+                        raise self._refused("it sent an event that is not JSON") from None
+                    if not isinstance(chunk, dict):
+                        continue
+                    if chunk.get("error"):
+                        raise self._refused(_error_text(chunk["error"]))
+                    for choice in chunk.get("choices") or []:
+                        piece = (choice.get("delta") or {}).get("content")
+                        if piece:
+                            yield piece
+                        if choice.get("finish_reason"):
+                            finished = True
+            except (OSError, http.client.HTTPException) as e:
+                raise self._unreachable(_reason(e, self.timeout, mid_answer=True)) from None
+            if not finished:
+                raise self._unreachable("the connection closed in the middle of the answer")
+        finally:
+            conn.close()
+
+    def complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256, temperature: float = 0.0,
+                 grammar: str | None = None, json_schema: dict | None = None, stop: list[str] | None = None,
+                 seed: int | None = None) -> str:
+        """The whole answer at once, optionally constrained by a GBNF grammar or a JSON schema.
+
+        Both llama.cpp servers take a JSON schema as ``response_format={"type": "json_object",
+        "schema": ...}`` and GBNF as ``grammar``. ``repeat_penalty`` is sent as 1.0 on purpose: with
+        llama-cpp-python's server default (1.1) the grammar is silently not applied (0.3.36).
+        """
+        if grammar is not None and json_schema is not None:
+            raise ValueError("pass either grammar or json_schema, not both")
+        fields: dict[str, Any] = {"max_tokens": max_tokens, "temperature": temperature,
+                                  "stop": list(stop) if stop else None,
+                                  "seed": self._seed if seed is None else int(seed)}
+        if json_schema is not None or grammar is not None:
+            fields["repeat_penalty"] = 1.0
+        if json_schema is not None:
+            fields["response_format"] = {"type": "json_object", "schema": json_schema}
+        if grammar is not None:
+            fields["grammar"] = grammar
+        try:
+            out = self._post_json("/v1/chat/completions", self._body(messages, **fields))
+        except _Unreachable as e:
+            raise self._unreachable(str(e)) from None
+        except _ServerSaid as e:
+            raise self._refused(str(e)) from None
+        try:
+            return out["choices"][0]["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            if isinstance(out, dict) and out.get("error"):
+                raise self._refused(_error_text(out["error"])) from None
+            raise self._refused("the answer has no choices[0].message") from None
+
+    def complete_json(self, messages: Sequence[Mapping[str, Any]], schema: dict, *, max_tokens: int = 256,
+                      validate: Callable[[dict], str | None] | None = None, retries: int = 1) -> dict:
+        """A JSON object that satisfies ``schema`` (checked here: a grammar is not the whole schema,
+        and a server may ignore it); invalid output is retried ``retries`` times, then
+        ModelOutputError. A server that cannot be reached raises ModelError at once (no retry)."""
+        reason = "no attempt made"
+        attempts = max(0, int(retries)) + 1
+        for attempt in range(attempts):
+            raw = self.complete(messages, max_tokens=max_tokens, temperature=0.0 if attempt == 0 else 0.2,
+                                json_schema=schema, seed=self._seed + attempt)
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as e:
+                reason = f"not JSON ({e.msg} at character {e.pos}; the answer may have been cut off)"
+                continue
+            errors = validate_json(obj, schema)
+            if not errors and validate is not None:
+                try:
+                    extra = validate(obj)
+                except ValueError as e:
+                    extra = str(e) or "rejected by the caller's check"
+                if extra:
+                    errors = [str(extra)]
+            if not errors:
+                if not isinstance(obj, dict):
+                    reason = f"expected a JSON object, got {_json_type(obj)}"
+                    continue
+                return obj
+            reason = errors[0]
+        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+        raise ModelOutputError(_one_line(f"the model did not produce valid JSON after {tries}: {reason}"))
+
+    # -- tokens ------------------------------------------------------------------------------------
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens in ``text`` by the server's own tokenizer (``/extras/tokenize`` of llama-cpp-python's
+        server, ``/tokenize`` of llama-server); a character-based estimate where it has none.
+
+        A server that cannot be reached gets the estimate too (for a few seconds, without asking
+        again): the message is then stored, and the answer's request reports the server as down.
+        """
+        if not text:
+            return 0
+        if self._tokenize_path is None or time.monotonic() < self._down_until:
+            return estimate_tokens(text)
+        known = self._tokenize_path
+        for path in [known] if known else ["/extras/tokenize", "/tokenize"]:
+            body = {"input": text} if path == "/extras/tokenize" else {"content": text, "add_special": False}
+            try:
+                out = self._post_json(path, body, quick=True)
+            except _Unreachable:
+                self._down_until = time.monotonic() + 5.0
+                return estimate_tokens(text)
+            except _ServerSaid as e:
+                if e.status in (404, 405, 422, 501):
+                    continue  # not this server's endpoint
+                return estimate_tokens(text)  # a passing failure: ask again next time
+            tokens = out.get("tokens") if isinstance(out, dict) else None
+            if isinstance(tokens, list):
+                self._tokenize_path = path
+                return len(tokens)
+        # Neither endpoint (or the known one has gone: another server behind the URL now).
+        self._tokenize_path = "" if known else None
+        return estimate_tokens(text)
+
+    # -- information -------------------------------------------------------------------------------
+
+    def check(self) -> str:
+        """Ask the server which model it serves (``GET /v1/models``), for ``doctor``: the model's id,
+        or ModelError (one line) when the server cannot be reached or refuses."""
+        try:
+            conn, resp = self._request("GET", "/v1/models", quick=True)
+            try:
+                raw = resp.read()
+            finally:
+                conn.close()
+        except _Unreachable as e:
+            raise self._unreachable(str(e)) from None
+        except _ServerSaid as e:
+            raise self._refused(str(e)) from None
+        except (OSError, http.client.HTTPException) as e:
+            raise self._unreachable(_reason(e, self.timeout)) from None
+        try:
+            models = [m.get("id") for m in json.loads(raw)["data"]]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise self._refused("GET /v1/models did not return a model list") from None
+        ids = [m for m in models if isinstance(m, str) and m]
+        if self.name and self.name not in ids and len(ids) > 1:
+            raise self._refused(f"it does not serve a model named {self.name!r} (it has {', '.join(ids[:5])})")
+        # llama-cpp-python reports the file path; its file name is what users recognise.
+        return (self.name or (ids[0] if ids else "")).rstrip("/").rsplit("/", 1)[-1]
+
+    def _served_model(self) -> str | None:
+        """The served model's id for the summary line (asked once); None when the server cannot say."""
+        if self._served is None:
+            try:
+                self._served = self.check()
+            except ModelError:
+                self._served = ""
+        return self._served or None
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> "RemoteChatModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN)) if text else 0
+
+
+def _sse_events(resp: http.client.HTTPResponse) -> Iterator[str]:
+    """The ``data`` of each server-sent event (lines joined), comments and other fields skipped."""
+    data: list[str] = []
+    while True:
+        line = resp.readline()
+        if not line:
+            if data:
+                yield "\n".join(data)
+            return
+        text = line.decode("utf-8", errors="replace").rstrip("\r\n")
+        if not text:
+            if data:
+                yield "\n".join(data)
+                data = []
+            continue
+        if text.startswith(":"):
+            continue  # a comment or keep-alive ping
+        field, _, value = text.partition(":")
+        if field == "data":
+            data.append(value[1:] if value.startswith(" ") else value)
+            if data[-1].strip() == "[DONE]":
+                yield "[DONE]"
+                return
+
+
+def _reason(exc: BaseException, timeout: float, mid_answer: bool = False) -> str:
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"no response within {timeout:g} s"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host ({exc.strerror or exc})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or exc})"
+    if isinstance(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionResetError,
+                        BrokenPipeError, ConnectionAbortedError)):
+        return "the connection closed in the middle of the answer" if mid_answer else "the connection closed"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _error_text(err: Any) -> str:
+    if isinstance(err, Mapping):
+        err = err.get("message") or err.get("detail") or json.dumps(err)
+    elif isinstance(err, list) and err:
+        err = "; ".join(str(e.get("msg", e)) if isinstance(e, Mapping) else str(e) for e in err[:3])
+    return str(err)
+
+
+def _error_message(status: int, reason: str, raw: bytes) -> str:
+    text = raw.decode("utf-8", errors="replace").strip()
+    message = ""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, Mapping):
+        message = _error_text(data.get("error") or data.get("detail") or data.get("message") or "")
+    elif text and not text.lstrip().startswith("<"):
+        message = text
+    if status == 401 or status == 403:
+        message = (message + " " if message else "") + "(check the API key)"
+    head = f"HTTP {status} {reason}".strip()
+    return f"{head}: {message}" if message else head
