@@ -280,6 +280,42 @@ class RecordStore:
                f"ON m.rowid = memory_fts.rowid WHERE memory_fts MATCH ? {where} ORDER BY rank LIMIT ?")
         return [(r["id"], -r["rank"]) for r in self.db.execute(sql, [match, *args, k])]
 
+    def _tuples(self, sql: str, args: list) -> list[tuple]:
+        """Plain tuples: sqlite3.Row objects cost more, and recall reads thousands of rows."""
+        cursor = self.db.cursor()
+        cursor.row_factory = None
+        try:
+            return cursor.execute(sql, args).fetchall()
+        finally:
+            cursor.close()
+
+    def filter_ids(self, ids: list[str], types: Iterable[str] | None = None, since: float | None = None,
+                   until: float | None = None, include_superseded: bool = False) -> set[str]:
+        """Those of ``ids`` that pass the filters (recall checks Chroma's unfiltered hits here)."""
+        where, args = self._where(types, since, until, include_superseded, None)
+        where = where.replace("WHERE ", "AND ") if where else ""
+        out: set[str] = set()
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" for _ in chunk)
+            out.update(r[0] for r in self._tuples(f"SELECT id FROM memories WHERE id IN ({marks}) {where}",
+                                                  [*chunk, *args]))
+        return out
+
+    def session_turns(self, ids: list[str]) -> list[tuple]:
+        """Every turn of the sessions that ``ids`` belong to, in order:
+        (id, session_id, occurred_ts, end_ts, current)."""
+        rows: list[tuple] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" for _ in chunk)
+            # "+type": without it SQLite walks the type index over every turn instead of the session index.
+            rows.extend(self._tuples(
+                "SELECT id, session_id, occurred_ts, end_ts, valid_to IS NULL FROM memories WHERE "
+                f"+type='turn' AND session_id IN (SELECT DISTINCT session_id FROM memories WHERE id IN "
+                f"({marks})) ORDER BY session_id, occurred_ts, rowid", chunk))
+        return rows
+
     def unembedded(self, limit: int = 1000) -> list[Memory]:
         rows = self.db.execute("SELECT * FROM memories WHERE vector_state=0 LIMIT ?", (limit,))
         return [_row_to_memory(r) for r in rows]

@@ -122,43 +122,11 @@ def _where(q: Query) -> dict | None:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def _filter_sql(q: Query, types) -> tuple[str, list]:
-    """The query's filters as SQL over ``memories`` (the record file is the truth Chroma mirrors)."""
-    clauses, args = [], []
-    types = list(types)
-    if set(types) != set(TYPES):
-        clauses.append(f"type IN ({','.join('?' for _ in types)})")
-        args.extend(types)
-    if q.since is not None:
-        clauses.append("end_ts >= ?")
-        args.append(q.since)
-    if q.until is not None:
-        clauses.append("occurred_ts <= ?")
-        args.append(q.until)
-    if not q.include_superseded:
-        clauses.append("valid_to IS NULL")
-    return (" AND ".join(clauses) or "1"), args
-
-
-def _rows(records, sql: str, args: list) -> list[tuple]:
-    """Plain tuples (the record store's connection makes slower sqlite3.Row objects)."""
-    cursor = records.db.cursor()
-    cursor.row_factory = None
-    try:
-        return cursor.execute(sql, args).fetchall()
-    finally:
-        cursor.close()
-
-
 def _admitted(records, ids: list[str], q: Query, types=None) -> set[str]:
     """Those of ``ids`` that the query's filters (types, time window, current) admit."""
-    sql, args = _filter_sql(q, q.types if types is None else types)
-    out: set[str] = set()
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        marks = ",".join("?" for _ in chunk)
-        out.update(r[0] for r in _rows(records, f"SELECT id FROM memories WHERE id IN ({marks}) AND {sql}",
-                                       [*chunk, *args]))
+    types = list(q.types if types is None else types)
+    out = records.filter_ids(ids, types if set(types) != set(TYPES) else None, q.since, q.until,
+                             q.include_superseded)
     return out - set(q.exclude_ids)
 
 
@@ -186,15 +154,7 @@ def _neighbours(records, ids: list[str], q: Query, width: int) -> tuple[dict[str
     Also returns which of those neighbours the query's filters admit as candidates themselves."""
     if not ids or width <= 0 or "turn" not in q.types:
         return {}, set()
-    rows: list[tuple] = []
-    for i in range(0, len(ids), 500):
-        chunk = ids[i:i + 500]
-        marks = ",".join("?" for _ in chunk)
-        # "+type": without it SQLite walks the type index over every turn instead of the session index.
-        rows.extend(_rows(records,
-                          "SELECT id, session_id, occurred_ts, end_ts, valid_to IS NULL FROM memories WHERE "
-                          f"+type='turn' AND session_id IN (SELECT DISTINCT session_id FROM memories WHERE id IN "
-                          f"({marks})) ORDER BY session_id, occurred_ts, rowid", chunk))
+    rows = records.session_turns(ids)
     sequences: dict[str, list[str]] = {}
     admitted: set[str] = set()
     for memory_id, session_id, start, end, current in rows:
