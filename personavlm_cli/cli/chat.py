@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import shlex
+import signal
 import sys
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -40,8 +43,14 @@ def chat(
     show_reasoning: Annotated[bool, typer.Option("--show-reasoning", help="Print the reasoning steps to stderr.")] = False,
     force_retrieve: Annotated[bool, typer.Option("--force-retrieve", help="Always search memory before answering.")] = False,
     no_update: Annotated[bool, typer.Option("--no-update", help="Do not learn from this chat (no memory extraction).")] = False,
+    plain: Annotated[bool, typer.Option("--plain", help="Plain output: no Markdown styling, colours or spinners "
+                                        "(always so when stdout is not a terminal).")] = False,
 ):
-    """Chat with your assistant: a REPL, or --once, or one message per line from stdin."""
+    """Chat with your assistant: a REPL, or --once, or one message per line from stdin.
+
+    In the REPL: /help lists the commands, \"\"\" opens a multi-line message, Tab completes commands
+    and /attach paths, Ctrl-C stops an answer (twice at an empty prompt quits), Ctrl-D quits.
+    """
     from personavlm_cli.core.assistant import parse_at
 
     at_time = parse_at(at) if at else None  # validate before loading anything
@@ -49,22 +58,30 @@ def chat(
                             "model.context": context})
     try:
         session = ChatSession(env, pinned_time=at_time, show_reasoning=show_reasoning,
-                              force_retrieve=force_retrieve, learn=not no_update)
+                              force_retrieve=force_retrieve, learn=not no_update, plain=plain)
         for path in attach or []:
             session.stage(path)
         if once is not None:
             session.start(quiet=True)
-            session.send(once)
+            finished = session.send(once)
             session.finish(consolidate=False)
+            if not finished:
+                raise typer.Exit(130)
         elif not is_tty(sys.stdin):
             session.start(quiet=True)
+            stopped = False
             for line in sys.stdin:
                 line = line.rstrip("\n")
                 if not line.strip():
                     continue
                 if not session.handle(line):
                     break
+                if session.interrupted:
+                    stopped = True  # Ctrl-C stops a scripted chat, not only the answer
+                    break
             session.finish(consolidate=True)
+            if stopped:
+                raise typer.Exit(130)
         else:
             session.start(quiet=False)
             code = session.repl()
@@ -76,17 +93,30 @@ def chat(
 
 
 class ChatSession:
-    def __init__(self, env: Env, pinned_time=None, show_reasoning=False, force_retrieve=False, learn=True):
+    def __init__(self, env: Env, pinned_time=None, show_reasoning=False, force_retrieve=False, learn=True,
+                 plain=False):
         self.env = env
         self.pinned_time = pinned_time
         self.show_reasoning = show_reasoning
         self.force_retrieve = force_retrieve
         self.learn = learn and env.settings["memory.update"]
+        self.plain = plain
+        # Styled answers only in a terminal; plain text whenever stdout is a file or a pipe.
+        self.styled = not plain and is_tty(sys.stdout)
+        self.spinners = not plain and is_tty(sys.stderr)
+        if plain:
+            out.no_color = True
+            err.no_color = True
         self.staged: list[Path] = []
         self.assistant = None
         self.updates = None
         self.background = None
         self.stats: dict = {}
+        self.totals = {"answers": 0, "tokens": 0, "seconds": 0.0}
+        self.interrupted = False
+        self._trim_shown = 0
+        self.stats_trim: dict = {}
+        self._token_cache: dict[str, int] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -96,17 +126,16 @@ class ChatSession:
         return self.pinned_time or now()
 
     def start(self, quiet: bool) -> None:
+        from personavlm_cli.cli.repl import Spinner
         from personavlm_cli.core.assistant import Assistant
         from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
 
         env = self.env
         store = env.store(write=True)
-        if quiet or not is_tty(sys.stderr):
+        with Spinner("Loading the model…", enabled=self.spinners):
             model = env.model()
-        else:
-            with err.status("Loading the model…", spinner="dots"):
-                model = env.model()
-            err.print(f"[dim]{model.load_info.summary_line()}[/dim]")
+        if not quiet and is_tty(sys.stderr) and getattr(model, "load_info", None) is not None:
+            err.print(f"[dim]{model.load_info.summary_line()}[/dim]", highlight=False)
         if not env.settings["model.path"] and env.settings["model.kind"] == "llama-cpp":
             self._embedded_notice(store, quiet)
         with env.model_lock:
@@ -151,7 +180,7 @@ class ChatSession:
         if not pending:
             return
         try:
-            if is_tty(sys.stderr):
+            if self.spinners:
                 from rich.progress import Progress
 
                 with Progress(transient=True, console=err) as progress:
@@ -177,53 +206,180 @@ class ChatSession:
         self.send(line[1:] if line.startswith("//") else line)
         return True
 
-    def send(self, text: str) -> None:
-        from personavlm_cli.core.memory import prompt_time
+    def send(self, text: str) -> bool:
+        """Send one message and stream the answer. False when Ctrl-C stopped it (the partial answer is
+        kept, marked as interrupted)."""
+        from personavlm_cli.cli.repl import AnswerWriter, Spinner
 
+        self.interrupted = False
         text = "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
         if not text.strip():
             err.print("[yellow]Empty message: nothing sent.[/yellow]")
-            return
+            return True
         model = self.assistant.model
-        budget = max(256, model.n_ctx // 2)
-        with self.env.model_lock:  # the update thread may be using the model
-            too_long = model.count_tokens(text) > budget
-            if too_long:
-                text = _trim_to_tokens(model, text, budget)
-        if too_long:
-            err.print(f"[yellow]Your message was longer than the context allows; only its first {budget} "
-                      "tokens were kept.[/yellow]")
-        images, self.staged = self.staged, []
         s = self.env.settings
-        ex, stream = self.assistant.respond(
-            text, self.now(), images, force_retrieve=self.force_retrieve,
-            updates=self.updates if self.learn else None,
-            sampling={"max_tokens": s["model.max_tokens"], "temperature": s["model.temperature"]})
-        start, first, count = time.perf_counter(), None, 0
-        try:
-            for piece in stream:
-                if first is None:
-                    first = time.perf_counter()
-                    if self.show_reasoning:
-                        _print_reasoning(ex)
-                count += 1
-                sys.stdout.write(piece)
-                sys.stdout.flush()
-        except KeyboardInterrupt:
-            stream.close()
-            sys.stdout.write("\n")
-            err.print("[yellow](answer stopped; the partial answer is kept)[/yellow]")
-        else:
-            sys.stdout.write("\n")
-            sys.stdout.flush()
+        at = self.now()
+        notices: list[str] = []
+        spinner = Spinner("Thinking…", enabled=self.spinners)
+        writer = AnswerWriter(sys.stdout, styled=self.styled)
+        ex = stream = None
+        start = time.perf_counter()
+        first = None
+        with _sigint_once():
+            try:
+                spinner.start()
+                budget = max(256, model.n_ctx // 2)
+                with self.env.model_lock:  # the update thread may be using the model
+                    too_long = model.count_tokens(text) > budget
+                    if too_long:
+                        text = _trim_to_tokens(model, text, budget)
+                    trimmed = self._fit_context(text, at)
+                if too_long:
+                    notices.append(f"[yellow]Your message was longer than the context allows; only its first "
+                                   f"{budget} tokens were kept.[/yellow]")
+                if trimmed:
+                    notices.append(trimmed)
+                images, self.staged = self.staged, []
+                ex, stream = self.assistant.respond(
+                    text, at, images, force_retrieve=self.force_retrieve,
+                    updates=self.updates if self.learn else None,
+                    sampling={"max_tokens": s["model.max_tokens"], "temperature": s["model.temperature"]})
+                for piece in stream:
+                    if first is None:
+                        first = time.perf_counter()
+                        spinner.stop()
+                        for notice in notices:
+                            err.print(notice)
+                        notices = []
+                        if self.show_reasoning:
+                            _print_reasoning(ex)
+                    writer.write(piece)
+            except KeyboardInterrupt:
+                self.interrupted = True
+                spinner.stop()
+                if stream is not None:
+                    stream.close()  # the core stores the partial answer, marked as interrupted
+                if writer.started:
+                    writer.end(interrupted=True)
+                mark = ("(answer stopped; the partial answer is kept)" if ex is not None
+                        else "(stopped before the answer began)")
+                err.print(f"[yellow]{mark}[/yellow]" if not self.plain else mark)
+            else:
+                spinner.stop()
+                for notice in notices:
+                    err.print(notice)
+                writer.end()
+            finally:
+                spinner.stop()
+                if writer.started and not writer.ended:  # an error cut the answer: end its line
+                    writer.end(interrupted=True)
         end = time.perf_counter()
-        self.stats = {"pieces": count, "seconds": round(end - start, 2),
-                      "first_token_s": round((first or end) - start, 3),
-                      "tokens_per_s": round(count / max(end - (first or end), 1e-6), 1) if count > 1 else None,
-                      "context": model.n_ctx, "session": ex.user_turn.session_id,
-                      "time": prompt_time(ex.user_turn.occurred)}
+        self.assistant.recent_turns = s["chat.recent_turns"]
+        if ex is not None:
+            self._record_stats(ex, model, start, first, end, writer.text)
         if self.background is not None:
             self.background.poke()
+        return not self.interrupted
+
+    def _fit_context(self, text: str, at) -> str | None:
+        """Leave the oldest recent turns out of the prompt when they no longer fit; say so once.
+
+        The prompt gets the recent turns (at most ``chat.recent_turns``, within the session gap), the
+        system text and the recalled memories, and the answer needs room too. Turns left out stay in
+        long-term memory, where recall can still find them. Called with the model lock held.
+        """
+        a = self.assistant
+        cap = self.env.settings["chat.recent_turns"]
+        a.recent_turns = cap
+        model = a.model
+        n_ctx = model.n_ctx
+        since = (at - a.gap).timestamp()
+        window = a.store.records.list(types=["turn"], since=since, until=at.timestamp(), newest_first=True,
+                                      limit=cap + 1)
+        left_out = max(0, len(window) - cap)
+        recent = window[:cap]
+        reserve = min(1024, n_ctx // 4)  # system text, profile and recalled memories
+        answer = min(self.env.settings["model.max_tokens"], n_ctx // 4)
+        room = n_ctx - answer - reserve - model.count_tokens(text)
+        keep = 0
+        for m in recent:  # newest first
+            n = self._token_cache.get(m.id)
+            if n is None:
+                n = self._token_cache[m.id] = model.count_tokens(m.text) + 8
+            if room - n < 0:
+                break
+            room -= n
+            keep += 1
+        by_tokens = len(recent) - keep
+        if by_tokens:
+            a.recent_turns = keep
+        self.stats_trim = {"turns_left_out": by_tokens + left_out, "by_context": by_tokens}
+        total = by_tokens + left_out
+        if not total:
+            self._trim_shown = 0
+            return None
+        if by_tokens and self._trim_shown < 2:
+            self._trim_shown = 2
+            return (f"[yellow]Context full: the {by_tokens} oldest turn{'s' if by_tokens > 1 else ''} of this "
+                    f"conversation no longer fit in the {n_ctx}-token context and were left out "
+                    "(they stay in memory).[/yellow]")
+        if left_out and self._trim_shown < 1:
+            self._trim_shown = 1
+            return (f"[dim]Older turns of this conversation are left out of the prompt (only the last {cap} are "
+                    "kept, `chat.recent_turns`); they stay in memory.[/dim]")
+        return None
+
+    def _record_stats(self, ex, model, start, first, end, text) -> None:
+        from personavlm_cli.core.memory import prompt_time
+
+        answer = ex.answer or text
+        # Read before anything else uses the model: llama.cpp's token count of the last evaluation.
+        used = getattr(getattr(model, "_llm", None), "n_tokens", None)
+        if not isinstance(used, int) or used <= 0:
+            used = None
+        try:
+            with self.env.model_lock:
+                tokens = model.count_tokens(answer)
+        except Exception:  # noqa: BLE001 - stats must never break a chat
+            tokens = None
+        gen_s = end - (first or end)
+        self.stats = {
+            "answer_tokens": tokens,
+            "seconds": round(end - start, 2),
+            "first_token_s": round((first or end) - start, 3),
+            "tokens_per_s": round(tokens / gen_s, 1) if tokens and gen_s > 0.05 else None,
+            "context_used": used,
+            "context": model.n_ctx,
+            "prompt_tokens": max(0, used - tokens) if used is not None and tokens is not None else None,
+            "interrupted": ex.interrupted,
+            "turns_left_out": self.stats_trim.get("turns_left_out", 0),
+            "session": ex.user_turn.session_id,
+            "time": prompt_time(ex.user_turn.occurred),
+        }
+        self.totals["answers"] += 1
+        self.totals["tokens"] += tokens or 0
+        self.totals["seconds"] += end - start
+
+    def _print_stats(self) -> None:
+        st = self.stats
+        if not st:
+            out.print("  no answer yet")
+            return
+        speed = f" ({st['tokens_per_s']} tokens/s)" if st["tokens_per_s"] else ""
+        cut = " [yellow](stopped)[/yellow]" if st["interrupted"] else ""
+        out.print(f"  last answer: {st['answer_tokens']} tokens in {st['seconds']} s{speed}, "
+                  f"first token after {st['first_token_s']} s{cut}")
+        if st["context_used"] is not None:
+            pct = 100 * st["context_used"] / max(1, st["context"])
+            out.print(f"  context: {st['context_used']} of {st['context']} tokens used ({pct:.0f}%): "
+                      f"prompt {st['prompt_tokens']}, answer {st['answer_tokens']}")
+        else:
+            out.print(f"  context: {st['context']} tokens")
+        if st["turns_left_out"]:
+            out.print(f"  left out of the prompt: {st['turns_left_out']} older turns (still in memory)")
+        t = self.totals
+        out.print(f"  this chat: {t['answers']} answers, {t['tokens']} tokens, {t['seconds']:.1f} s")
+        out.print(f"  session {st['session']} · {st['time']}")
 
     # -- slash commands ---------------------------------------------------------------------------
 
@@ -259,10 +415,7 @@ class ChatSession:
             elif name == "/why":
                 self._why()
             elif name == "/stats":
-                for k, v in self.stats.items():
-                    out.print(f"  {k}: {v}")
-                if not self.stats:
-                    out.print("  no answer yet")
+                self._print_stats()
             else:
                 raise PersonaError(f"unknown command {name} (try /help)")
         except PersonaError as exc:
@@ -355,27 +508,83 @@ class ChatSession:
     # -- the REPL ---------------------------------------------------------------------------------
 
     def repl(self) -> int:
-        from personavlm_cli.cli.repl import LineReader
+        """Read and answer until Ctrl-D or /exit (0), or two Ctrl-C at an empty prompt (130)."""
+        from rich.markup import escape
 
-        reader = LineReader(self.env, self)
-        err.print("[dim]Type a message, /help for commands, Ctrl-D to quit.[/dim]")
+        from personavlm_cli.cli.repl import LineReader, pick_up_images
+
+        history = self.env.user_dir() / "input_history" if self.env.settings["chat.history"] else None
+        reader = LineReader(self, self.env.user, history_file=history, styled=not self.plain, commands=SLASH_HELP)
+        err.print('[dim]Type a message; /help for commands; """ for several lines; Tab completes; '
+                  "Ctrl-C stops an answer; Ctrl-D quits.[/dim]")
         interrupts = 0
         while True:
             try:
-                line = reader.read()
-            except KeyboardInterrupt:
-                interrupts += 1
-                if interrupts >= 2:
-                    return 130
-                err.print("[dim](Ctrl-C again or Ctrl-D to quit)[/dim]")
-                continue
-            except EOFError:
-                return 0
-            interrupts = 0
-            if not line.strip():
-                continue
-            if not self.handle(line):
-                return 0
+                try:
+                    line = reader.read()
+                except KeyboardInterrupt:
+                    interrupts += 1
+                    if interrupts >= 2:
+                        return 130
+                    err.print("[dim](Ctrl-C again or Ctrl-D to quit)[/dim]")
+                    continue
+                except EOFError:
+                    return 0
+                interrupts = 0
+                if not line.strip():
+                    continue
+                if not line.startswith("/") or line.startswith("//"):
+                    line, found = pick_up_images(line)
+                    try:
+                        for path in found:
+                            self.stage(path)
+                    except PersonaError as exc:
+                        self.staged = [p for p in self.staged if p not in found]
+                        err.print(f"[red]Error:[/red] {exc} (nothing sent)")
+                        continue
+                    if found:
+                        rest = line
+                        for path in found:
+                            rest = rest.replace(path.name, "", 1)
+                        if not rest.strip():  # only dropped files: staged, like /attach
+                            names = ", ".join(p.name for p in found)
+                            err.print(f"[green]Attached {names}[/green] (sent with your next message)")
+                            continue
+                try:
+                    if not self.handle(line):
+                        return 0
+                except PersonaError as exc:  # one message failed; the chat goes on
+                    err.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)
+            except KeyboardInterrupt:  # during a slash command, or between answer and prompt
+                interrupts = 0
+                err.print("[yellow](stopped)[/yellow]")
+
+
+@contextmanager
+def _sigint_once():
+    """While an answer is being produced, the first Ctrl-C raises KeyboardInterrupt and any further
+    one is ignored until the partial answer is stored and the prompt is back."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum, frame):
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _print_reasoning(ex, console=None) -> None:

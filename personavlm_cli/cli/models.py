@@ -1,17 +1,19 @@
-"""`personavlm model ...`: a small registry of GGUF chat models."""
+"""`personavlm model ...`: a small registry of GGUF chat models, and downloads from the Hugging Face hub."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from personavlm_cli.cli.common import JsonOpt, err, human_size, make_env, out, print_json
+from personavlm_cli.cli.env import is_tty
 from personavlm_cli.core import models as registry
 from personavlm_cli.core.errors import NotFoundError, PersonaError
 
-app = typer.Typer(help="Register, list and choose GGUF chat models.", no_args_is_help=True)
+app = typer.Typer(help="Download, register, list and choose GGUF chat models.", no_args_is_help=True)
 
 
 def _describe(name: str, entry: dict, default: str | None) -> dict:
@@ -57,6 +59,12 @@ def add(path: Annotated[Path, typer.Argument(help="A GGUF chat model file.")],
         name: Annotated[Optional[str], typer.Option("--name", help="Name to register it under.")] = None,
         mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Its vision projector GGUF.")] = None):
     """Register a GGUF model (its metadata is read and checked)."""
+    env = make_env(None)
+    _register(env, path, mmproj, name, lambda g: (g.name or path.stem))
+
+
+def _register(env, path: Path, mmproj: Path | None, name: str | None, default_label) -> str:
+    """Check the files' metadata, register them under ``name`` (or ``default_label(info)``), say so."""
     from personavlm_cli.adapters.llm import inspect_gguf
 
     g = inspect_gguf(path)
@@ -64,44 +72,174 @@ def add(path: Annotated[Path, typer.Argument(help="A GGUF chat model file.")],
         raise PersonaError(f"{path} is a vision projector (mmproj), not a chat model; pass it with --mmproj")
     if mmproj is not None and not inspect_gguf(mmproj).is_projector:
         raise PersonaError(f"{mmproj} is not a vision projector (mmproj) file")
-    env = make_env(None)
-    data = registry.load(env.settings.locations)
-    label = name or (g.name or path.stem).replace(" ", "-").lower()
-    data["models"][label] = {"path": str(path.resolve()), **({"mmproj": str(mmproj.resolve())} if mmproj else {})}
-    registry.save(env.settings.locations, data)
-    err.print(f"Registered '{label}': {g.architecture} {g.quantization}, context {g.context_length}")
+    label = name or default_label(g).replace(" ", "-").lower()
+    registry.register(env.settings.locations, label, path, mmproj)
+    vision = ", vision" if mmproj is not None else ""
+    err.print(f"Registered '{label}': {g.architecture} {g.quantization}, context {g.context_length}{vision}",
+              highlight=False)
+    return label
 
 
 @app.command()
 def default(name: Annotated[str, typer.Argument(help="A registered name, or 'embedded'.")]):
     """Use this model when no --model is given (sets model.path in config.yaml)."""
-    import yaml
+    _set_default(make_env(None), name)
 
-    env = make_env(None)
+
+def _set_default(env, name: str) -> None:
     loc = env.settings.locations
     data = registry.load(loc)
     if name != "embedded" and name not in data["models"]:
         raise NotFoundError(f"no model named '{name}' (see `personavlm model list`)")
     data["default"] = None if name == "embedded" else name
     registry.save(loc, data)
-    cfg = {}
-    if loc.config_file.exists():
-        cfg = yaml.safe_load(loc.config_file.read_text()) or {}
-    cfg.setdefault("model", {})["path"] = data["default"]
-    loc.config_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    loc.config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    _write_default(loc, data["default"])
     err.print(f"Default model: {name}")
 
 
+def _write_default(loc, value: str | None) -> None:
+    """model.path in config.yaml names the default model (empty: the embedded one)."""
+    import yaml
+
+    cfg = {}
+    if loc.config_file.exists():
+        cfg = yaml.safe_load(loc.config_file.read_text()) or {}
+    cfg.setdefault("model", {})["path"] = value
+    loc.config_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    loc.config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
 @app.command()
-def rm(name: Annotated[str, typer.Argument(help="A registered name.")]):
-    """Forget a registered model (the file itself is left alone)."""
+def rm(name: Annotated[str, typer.Argument(help="A registered name.")],
+       delete_files: Annotated[bool, typer.Option(
+           "--delete-files", help="Also delete its files, if `model pull` downloaded them.")] = False):
+    """Forget a registered model (its files are left alone unless --delete-files)."""
     env = make_env(None)
-    data = registry.load(env.settings.locations)
+    loc = env.settings.locations
+    data = registry.load(loc)
     if name not in data["models"]:
         raise NotFoundError(f"no model named '{name}'")
-    del data["models"][name]
-    if data["default"] == name:
+    entry = data["models"].pop(name)
+    was_default = data["default"] == name
+    if was_default:
         data["default"] = None
-    registry.save(env.settings.locations, data)
-    err.print(f"Removed '{name}' from the registry")
+    registry.save(loc, data)
+    if was_default:
+        _write_default(loc, None)
+    err.print(f"Removed '{name}' from the registry" + (" (the default is now the embedded model)" if was_default else ""))
+    if delete_files:
+        root = registry.models_dir(loc).resolve()
+        still_used = {v for e in data["models"].values() for v in (e.get("path"), e.get("mmproj")) if v}
+        for key in ("path", "mmproj"):
+            value = entry.get(key)
+            if not value:
+                continue
+            f = Path(value)
+            if not f.resolve().is_relative_to(root):
+                err.print(f"Kept {f}: not downloaded by `model pull`", highlight=False)
+            elif value in still_used:
+                err.print(f"Kept {f}: another registered model uses it", highlight=False)
+            elif f.exists():
+                f.unlink()
+                err.print(f"Deleted {f}", highlight=False)
+
+
+@app.command()
+def pull(
+    model: Annotated[Optional[str], typer.Argument(
+        help="A recommended model's name (run `personavlm model pull` alone for the list), or a hub repository "
+             "such as ggml-org/gemma-3-4b-it-GGUF.", metavar="NAME|REPO", show_default=False)] = None,
+    file: Annotated[Optional[str], typer.Argument(
+        help="With a repository: the GGUF file to download.", metavar="FILE", show_default=False)] = None,
+    mmproj: Annotated[Optional[str], typer.Option(
+        "--mmproj", help="With a repository: its vision projector file, downloaded too.")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="Name to register it under.")] = None,
+    make_default: Annotated[bool, typer.Option("--default", help="Also make it the default model.")] = False,
+    revision: Annotated[str, typer.Option("--revision", help="Branch, tag or commit on the hub.")] = "main",
+):
+    """Download a model from the Hugging Face hub (resumable, sha256-verified) and register it.
+
+    Files go to the data directory's models/ folder. HF_ENDPOINT picks a mirror, HF_TOKEN opens gated
+    repositories, HF_HUB_OFFLINE=1 forbids downloads.
+    """
+    from personavlm_cli.adapters import hub
+
+    if model is None:
+        _print_recommended()
+        return
+    if model in registry.RECOMMENDED and file is None:
+        rec = registry.RECOMMENDED[model]
+        repo, files, label = rec.repo, [rec.file] + ([rec.mmproj] if rec.mmproj and mmproj is None else []), model
+        if mmproj is not None:
+            files.append(mmproj)
+    elif "/" in model:
+        if file is None:
+            raise PersonaError(f"name the GGUF file to download: personavlm model pull {model} FILE.gguf")
+        repo, files, label = model, [file] + ([mmproj] if mmproj else []), None
+    else:
+        names = ", ".join(registry.RECOMMENDED)
+        raise NotFoundError(f"no recommended model named '{model}' (known: {names}); or give a hub repository "
+                            "and file: personavlm model pull OWNER/REPO FILE.gguf")
+    hub.check_repo(repo)
+    for f in files:
+        hub.check_filename(f)
+    env = make_env(None)
+    folder = registry.models_dir(env.settings.locations) / repo.replace("/", "--")
+    paths = []
+    for f in files:
+        remote = hub.remote_info(repo, f, revision)
+        dest = folder / f
+        try:
+            paths.append(_download(hub, remote, dest))
+        except KeyboardInterrupt:
+            kept = hub.partial_size(dest)
+            err.print(f"[yellow]Download interrupted: {human_size(kept)} of {f} kept; run the same command again "
+                      "to resume.[/yellow]", highlight=False)
+            raise typer.Exit(130) from None
+    label = _register(env, paths[0], paths[1] if len(paths) > 1 else None, name or label,
+                      lambda g: g.display_name)
+    if make_default:
+        _set_default(env, label)
+    else:
+        err.print(f"Use it with `personavlm chat --model {label}`, or make it the default: "
+                  f"`personavlm model default {label}`", highlight=False)
+
+
+def _download(hub, remote, dest: Path) -> Path:
+    """One file, with a progress bar on a terminal (and nothing but the result otherwise)."""
+    size = f" ({human_size(remote.size)})" if remote.size else ""
+    if not is_tty(sys.stderr):
+        path = hub.download(remote, dest)
+        err.print(f"Downloaded {remote.filename}{size}, sha256 verified", highlight=False)
+        return path
+    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                               TransferSpeedColumn)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=False) as progress:
+        tasks = {}
+
+        def report(phase: str, done: int, total):
+            if phase not in tasks:
+                label = remote.filename if phase == "download" else "  checking sha256"
+                tasks[phase] = progress.add_task(label, total=total, completed=done)
+            progress.update(tasks[phase], completed=done, total=total)
+
+        path = hub.download(remote, dest, progress=report)
+        if "verify" in tasks:
+            progress.remove_task(tasks["verify"])  # the bar that stays is the download's
+    err.print(f"{remote.filename}: sha256 verified" + ("" if "download" in tasks else " (already downloaded)"),
+              highlight=False)
+    return path
+
+
+def _print_recommended() -> None:
+    from rich.table import Table
+
+    table = Table(box=None, title="Recommended models (personavlm model pull NAME)", title_justify="left")
+    for col in ("name", "size", "vision", "repository", "about"):
+        table.add_column(col, overflow="fold")
+    for r in registry.RECOMMENDED.values():
+        table.add_row(r.name, "~" + r.approx_size, "yes" if r.mmproj else "no", r.repo, r.note)
+    out.print(table)

@@ -1,80 +1,441 @@
-"""Reading lines for the REPL: editing, per-user history, multi-line input, completion.
+"""The terminal side of `chat`: reading lines, and writing answers as they stream.
 
-prompt_toolkit gives line editing, bracketed paste and completion; a `\"\"\"` line opens a
-multi-line block that the next `\"\"\"` line closes. Image paths typed or dropped into a message
-are recognised and staged as attachments.
+Reading (prompt_toolkit): line editing, a per-user input history (``chat.history``, file 0600),
+bracketed paste, a `\"\"\"` line that opens a multi-line block the next `\"\"\"` closes, Tab completion
+of slash commands and of image paths after ``/attach``, and a prompt that shows the user and the
+staged attachments. Image paths typed or dropped into a message are recognised and attached.
+
+Writing: ``AnswerWriter`` streams the answer's text as it comes and never redraws more than the
+line the cursor is on, so nothing is duplicated or lost: in a terminal a finished line that fits on
+one row is restyled once (light Markdown: headings, bullets, **bold**, `code`, code blocks); every
+other line stays exactly as streamed. ``Spinner`` shows on stderr while the model loads or thinks.
 """
 
 from __future__ import annotations
 
+import os
 import re
-import shlex
+import sys
+import threading
+import time
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
-from personavlm_cli.cli.chat import SLASH_HELP
+IMAGE_EXT = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
 
-_IMAGE_EXT = (".png", ".jpg", ".jpeg", ".gif", ".webp", ".bmp", ".tif", ".tiff")
+
+# --------------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------------
+
+
+def open_block(text: str) -> bool:
+    """True while a `\"\"\"` block is open: Enter then adds a line instead of sending."""
+    s = text.lstrip()
+    if not s.startswith('"""'):
+        return False
+    rest = s[3:]
+    return not rest.rstrip().endswith('"""')
+
+
+def strip_block(text: str) -> str:
+    """The message inside a `\"\"\"` ... `\"\"\"` block (the delimiters removed)."""
+    s = text.strip()
+    if not s.startswith('"""'):
+        return text
+    body = s[3:]
+    if body.rstrip().endswith('"""'):
+        body = body.rstrip()[:-3]
+    return body.strip("\n").rstrip()
+
+
+def prepare_history_file(path: Path) -> Path:
+    """The input history holds what the user typed: owner-only (0600), created before it is used."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_CREAT | os.O_APPEND | os.O_WRONLY, 0o600)
+    os.close(fd)
+    os.chmod(path, 0o600)
+    return path
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXT)
 
 
 class LineReader:
-    def __init__(self, env, session):
+    """One prompt_toolkit session for the whole chat."""
+
+    def __init__(self, session, user: str, history_file: Path | None = None, styled: bool = True,
+                 commands: dict[str, str] | None = None):
         from prompt_toolkit import PromptSession
         from prompt_toolkit.completion import Completer, Completion, PathCompleter
+        from prompt_toolkit.document import Document
+        from prompt_toolkit.filters import Condition
         from prompt_toolkit.history import FileHistory, InMemoryHistory
+        from prompt_toolkit.key_binding import KeyBindings
+        from prompt_toolkit.styles import Style
+
+        from personavlm_cli.core.personality import TRAITS
 
         self.session = session
-        self.user = env.user
+        self.user = user
+        self.styled = styled
         history = InMemoryHistory()
-        if env.settings["chat.history"]:
-            history = FileHistory(str(env.user_dir() / "input_history"))
-        commands = [k.split()[0] for k in SLASH_HELP]
-        paths = PathCompleter(expanduser=True)
+        if history_file is not None:
+            history = FileHistory(str(prepare_history_file(history_file)))
+        commands = commands or {}
+        names = sorted({k.split()[0] for k in commands} | {"/quit"})
+        help_of = {k.split()[0]: v for k, v in commands.items()}
+        paths = PathCompleter(expanduser=True, file_filter=lambda p: os.path.isdir(p) or _is_image_name(p))
 
         class SlashCompleter(Completer):
             def get_completions(self, document, complete_event):
                 text = document.text_before_cursor
                 if text.startswith("/attach "):
-                    from prompt_toolkit.document import Document
-
-                    sub = Document(text[len("/attach "):])
+                    sub = Document(text[len("/attach "):].lstrip())
                     yield from paths.get_completions(sub, complete_event)
+                elif text.startswith("/personality "):
+                    word = text.split(" ")[-1]
+                    if "=" not in word:
+                        for t in TRAITS:
+                            if t.startswith(word.lower()):
+                                yield Completion(t + "=", start_position=-len(word))
                 elif text.startswith("/") and " " not in text:
-                    for c in commands:
+                    for c in names:
                         if c.startswith(text):
-                            yield Completion(c, start_position=-len(text))
+                            yield Completion(c, start_position=-len(text), display_meta=help_of.get(c, ""))
 
-        self.prompt = PromptSession(history=history, completer=SlashCompleter(), complete_while_typing=False,
-                                    enable_history_search=True)
+        kb = KeyBindings()
+        in_block = Condition(lambda: open_block(self.prompt.default_buffer.text))
 
-    def _label(self) -> str:
-        staged = self.session.staged
-        extra = f" [+{len(staged)} image{'s' if len(staged) > 1 else ''}]" if staged else ""
-        return f"{self.user}{extra}> "
+        @kb.add("enter", filter=in_block, eager=True)
+        def _newline(event):
+            event.current_buffer.newline(copy_margin=False)
+
+        @kb.add("c-c", eager=True)
+        def _interrupt(event):
+            buf = event.current_buffer
+            if buf.text:
+                buf.reset()  # a first Ctrl-C clears what was typed, like a shell
+            else:
+                event.app.exit(exception=KeyboardInterrupt, style="class:aborting")
+
+        output = None
+        if not _isatty(sys.stdout) and _isatty(sys.stderr):
+            from prompt_toolkit.output import create_output
+
+            output = create_output(stdout=sys.stderr)  # answers go to the redirect, the prompt to the screen
+        style = Style.from_dict({"user": "bold ansigreen", "attach": "ansicyan", "cont": "ansibrightblack"}
+                                if styled else {})
+        self.prompt = PromptSession(
+            history=history, completer=SlashCompleter(), complete_while_typing=False, key_bindings=kb,
+            enable_history_search=True, prompt_continuation=self._continuation, style=style,
+            include_default_pygments_style=False, output=output, color_depth=None if styled else _mono())
+
+    def label(self) -> list[tuple[str, str]]:
+        staged = [p.name for p in self.session.staged]
+        parts = [("class:user", self.user)]
+        if staged:
+            shown = ", ".join(staged[:2]) + (f" +{len(staged) - 2}" if len(staged) > 2 else "")
+            parts.append(("class:attach", f" [{shown}]"))
+        parts.append(("", "> "))
+        return parts
+
+    def _continuation(self, width, line_number, is_soft_wrap):
+        return [("class:cont", "... ".rjust(width))]
 
     def read(self) -> str:
-        line = self.prompt.prompt(self._label())
-        if line.strip() == '"""':
-            lines = []
-            while True:
-                more = self.prompt.prompt("... ")
-                if more.strip() == '"""':
-                    break
-                lines.append(more)
-            return "\n".join(lines)
-        if not line.startswith("/"):
-            line = self.pick_up_images(line)
-        return line
+        """One message or command; multi-line blocks come back as one text."""
+        text = self.prompt.prompt(self.label)
+        if text.lstrip().startswith('"""'):
+            return strip_block(text)
+        return text
 
-    def pick_up_images(self, line: str) -> str:
-        """Stage image files named in a message (typed or dropped, quoted or not); keep the words."""
+
+def _mono():
+    from prompt_toolkit.output import ColorDepth
+
+    return ColorDepth.MONOCHROME
+
+
+def _isatty(stream) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+_TOKEN = re.compile(r"""'([^']+)'|"([^"]+)"|((?:\\.|[^\s'"\\])+)""")
+
+
+def pick_up_images(line: str) -> tuple[str, list[Path]]:
+    """Image files named in a message (typed, or dropped: quoted, backslash-escaped or file://).
+
+    Returns the message with each path replaced by the file's name, and the paths found. Words that
+    only look like image names but are not existing files are left alone.
+    """
+    found: list[Path] = []
+    pieces: list[str] = []
+    last = 0
+    for m in _TOKEN.finditer(line):
+        raw = m.group(1) or m.group(2) or re.sub(r"\\(.)", r"\1", m.group(3))
+        if raw.startswith("file://"):
+            raw = unquote(urlparse(raw).path)
+        if not _is_image_name(raw):
+            continue
+        path = Path(raw).expanduser()
+        if not path.is_file():
+            continue
+        found.append(path)
+        pieces.append(line[last:m.start()])
+        pieces.append(path.name)
+        last = m.end()
+    pieces.append(line[last:])
+    text = "".join(pieces)
+    return (text if found else line), found
+
+
+# --------------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------------
+
+
+class Spinner:
+    """A one-line spinner on stderr ("⠋ Thinking… 3 s"); cleared without a trace when it stops."""
+
+    FRAMES = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+
+    def __init__(self, text: str, enabled: bool = True, stream=None):
+        self.text = text
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+
+    def start(self) -> "Spinner":
+        if self.enabled and self._thread is None:
+            self._t0 = time.monotonic()
+            self._thread = threading.Thread(target=self._run, name="spinner", daemon=True)
+            self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        i = 0
+        while not self._stop.is_set():
+            elapsed = time.monotonic() - self._t0
+            extra = f" {elapsed:.0f} s" if elapsed >= 2 else ""
+            try:
+                self.stream.write(f"\r\x1b[2K{self.FRAMES[i % len(self.FRAMES)]} {self.text}{extra}")
+                self.stream.flush()
+            except (OSError, ValueError):
+                return
+            i += 1
+            self._stop.wait(0.1)
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
         try:
-            words = shlex.split(line)
-        except ValueError:
-            words = line.split()
-        for word in words:
-            if word.lower().endswith(_IMAGE_EXT):
-                path = Path(word).expanduser()
-                if path.is_file():
-                    self.session.stage(path)
-                    line = re.sub(re.escape(word) + r"|'" + re.escape(word) + "'", path.name, line, count=1)
-        return line
+            self.stream.write("\r\x1b[2K")
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def __enter__(self) -> "Spinner":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+_HEADING = re.compile(r"^(#{1,6})\s+(.*)$")
+_BULLET = re.compile(r"^(\s*)[-*+]\s+(.*)$")
+_QUOTE = re.compile(r"^>\s?(.*)$")
+_RULE = re.compile(r"^\s*(?:-\s*){3,}$|^\s*(?:\*\s*){3,}$|^\s*(?:_\s*){3,}$")
+_INLINE = re.compile(r"(`[^`]+`)|(\*\*[^*]+\*\*|__[^_]+__)|(\*[^*\s][^*]*\*)")
+_SAFE_CHARS = re.compile(r"^[\x20-\x7e\u00a0-\u024f\u2010-\u2027\u2030-\u205e]*$")  # one cell each
+
+
+class AnswerWriter:
+    """Streams an answer to ``stream``; in a terminal, wraps at word boundaries and restyles each
+    finished line once.
+
+    Every piece is shown as soon as it comes. A word that would cross the right edge is moved to the
+    next row: the part of it already shown (always on the cursor's row) is erased and written again
+    there. A finished line is restyled only when it fits on one row and holds only characters whose
+    width is certain, by going back to its start (``\\r``) and clearing that row: nothing is ever
+    redrawn on another row, so nothing can be duplicated or lost. Plain mode writes the text exactly
+    as it comes.
+    """
+
+    _TOKENS = re.compile(r"\n|[ \t]+|[^\s]+|\s")
+
+    def __init__(self, stream=None, styled: bool = False, width: int | None = None):
+        self.stream = stream or sys.stdout
+        self.styled = styled
+        self._width = width
+        self.line = ""        # the logical line being written (up to the next newline)
+        self.col = 0          # the cursor's column on the screen
+        self.word = ""        # the word being written, and where it started
+        self.word_col = 0
+        self.word_shown = 0   # how many of its characters are on the screen
+        self.wrapped = False  # the current line takes more than one row
+        self.in_code = False
+        self.started = False
+        self.ended = False
+        self.text = ""
+        self._console = None
+
+    def width(self) -> int:
+        if self._width:
+            return self._width
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (OSError, ValueError, AttributeError):
+            return 80
+
+    def write(self, piece: str) -> None:
+        self.started = True
+        self.text += piece
+        if not self.styled:
+            self.stream.write(piece)
+            self.stream.flush()
+            return
+        width = self.width()
+        for tok in self._TOKENS.findall(piece.replace("\r", "")):
+            if tok == "\n":
+                self._end_word(width)
+                self._finish_line(width)
+                self.stream.write("\n")
+                self.col, self.wrapped = 0, False
+            elif tok.isspace():
+                self._end_word(width)
+                self.line += tok
+                if self.col + len(tok) >= width:  # spaces at the edge: the next word starts a row
+                    self.col = width
+                else:
+                    self.stream.write(tok)
+                    self.col += len(tok)
+            else:
+                self._word_piece(tok, width)
+        self.stream.flush()
+
+    def _word_piece(self, frag: str, width: int) -> None:
+        from rich.cells import cell_len
+
+        if not self.word:
+            self.word_col, self.word_shown = self.col, 0
+        self.word += frag
+        w = cell_len(self.word)
+        if self.word_col + w <= width - 1:
+            pass  # fits on this row, with the last column to spare
+        elif self.word_col > 0 and w <= width - 1:  # would cross the edge: start the word on a new row
+            shown = cell_len(self.word[:self.word_shown])
+            if shown:
+                self.stream.write(f"\x1b[{shown}D\x1b[K")
+            self.stream.write("\n")
+            self.word_col, self.word_shown, self.wrapped = 0, 0, True
+        else:
+            self.wrapped = True  # longer than a row: the terminal wraps it
+        self.stream.write(self.word[self.word_shown:])
+        self.word_shown = len(self.word)
+
+    def _end_word(self, width: int) -> None:
+        if not self.word:
+            return
+        from rich.cells import cell_len
+
+        self.line += self.word
+        self.col = self.word_col + cell_len(self.word)
+        if self.col >= width:
+            self.col = self.col % width
+        self.word = ""
+
+    def end(self, interrupted: bool = False) -> None:
+        """The answer is over: restyle the last line (unless it was cut off) and end it."""
+        if self.styled:
+            width = self.width()
+            self._end_word(width)
+            if self.line and not interrupted:
+                self._finish_line(width)
+        self.line, self.col, self.wrapped, self.in_code = "", 0, False, False
+        self.ended = True
+        self.stream.write("\n")
+        self.stream.flush()
+
+    def _finish_line(self, width: int) -> None:
+        line, self.line = self.line, ""
+        styled = self.render(line)
+        if styled is None or self.wrapped:
+            return
+        from rich.cells import cell_len
+
+        if "\t" in line or not _SAFE_CHARS.match(line) or cell_len(line) + 1 >= width:
+            return
+        self.stream.write("\r\x1b[2K" + styled)
+
+    def render(self, line: str) -> str | None:
+        """The line with light Markdown styling as ANSI text, or None when it needs none."""
+        from rich.text import Text
+
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            self.in_code = not self.in_code
+            return self._ansi(Text(line, style="dim"))
+        if self.in_code:
+            return self._ansi(Text(line, style="cyan")) if line else None
+        if _RULE.match(line) and len(stripped) >= 3:
+            return self._ansi(Text("─" * min(len(line), 40), style="dim"))
+        m = _HEADING.match(line)
+        if m:
+            return self._ansi(self._inline(m.group(2), "bold underline" if len(m.group(1)) == 1 else "bold"))
+        m = _BULLET.match(line)
+        if m:
+            text = Text(m.group(1) + "• ")
+            text.append_text(self._inline(m.group(2)))
+            return self._ansi(text)
+        m = _QUOTE.match(line)
+        if m:
+            text = Text("▌ ", style="dim")
+            text.append_text(self._inline(m.group(1), "italic"))
+            return self._ansi(text)
+        if not _INLINE.search(line):
+            return None
+        return self._ansi(self._inline(line))
+
+    @staticmethod
+    def _inline(text: str, base: str = ""):
+        from rich.text import Text
+
+        out = Text(style=base)
+        last = 0
+        for m in _INLINE.finditer(text):
+            out.append(text[last:m.start()])
+            token = m.group(0)
+            if m.group(1):
+                out.append(token[1:-1], style="cyan")
+            elif m.group(2):
+                out.append(token[2:-2], style="bold")
+            else:
+                out.append(token[1:-1], style="italic")
+            last = m.end()
+        out.append(text[last:])
+        return out
+
+    def _ansi(self, text) -> str:
+        import io
+
+        from rich.console import Console
+
+        if self._console is None:
+            self._console = Console(file=io.StringIO(), force_terminal=True, color_system="standard",
+                                    width=10_000, highlight=False, emoji=False, markup=False)
+        buf = self._console.file
+        buf.seek(0)
+        buf.truncate()
+        self._console.print(text, end="", soft_wrap=True)
+        return buf.getvalue()
