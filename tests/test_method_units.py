@@ -172,3 +172,14 @@ def test_extracted_memories_must_be_grounded_in_what_the_user_said():
     assert grounded("The user's name is Ada", "Hello, I am Ada.")
     assert not grounded("Your name is {user_name}.", "Hello, I am Ada.")
     assert not grounded("The user is a software engineer", "I work as a nurse in Lisbon")
+
+
+def test_forgetting_scrubs_the_repl_input_history(tmp_path):
+    from personavlm_cli.core.forgetting import scrub_input_history
+
+    history = tmp_path / "input_history"
+    history.write_text("\n# 2026-01-01 10:00\n+hello there\n\n# 2026-01-02 10:00\n+/remember my code is Quetzal9\n"
+                       "\n# 2026-01-03 10:00\n+bye\n")
+    scrub_input_history(history, ["my code is Quetzal9"])
+    assert b"Quetzal9" not in history.read_bytes()
+    assert "+hello there" in history.read_text() and "+bye" in history.read_text()

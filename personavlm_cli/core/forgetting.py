@@ -48,6 +48,7 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> 
     sessions |= {m.session_id for m in p.derived if m.type in ("episodic", "core", "procedural") and m.session_id}
     revive = [m for m in records.list(include_superseded=True)
               if m.superseded_by in ids and m.id not in ids]
+    scrub_input_history(store.user_dir / "input_history", [m.text for m in p.targets + p.derived])
     erased = store.erase(p.ids, operation)
     with records.transaction():
         for m in revive:
@@ -64,3 +65,32 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> 
             if records.list(types=["turn"], session_id=session, limit=1):
                 updates.enqueue_session(session)
     return erased
+
+
+def scrub_input_history(path, texts: list[str]) -> None:
+    """Drop the REPL's remembered input lines that hold forgotten text (prompt_toolkit's file format:
+    entries of "# time" then "+line" lines), rewriting the file so the old bytes do not linger."""
+    import os
+
+    texts = [t.strip() for t in texts if t and len(t.strip()) >= 4]
+    if not texts or not path.exists():
+        return
+    entries, current = [], []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
+        if line.startswith("#") and current:
+            entries.append(current)
+            current = []
+        current.append(line)
+    if current:
+        entries.append(current)
+    kept = [e for e in entries
+            if not any(t in "".join(x[1:] for x in e if x.startswith("+")) for t in texts)]
+    if len(kept) == len(entries):
+        return
+    data = "".join("".join(e) for e in kept).encode("utf-8")
+    size = path.stat().st_size
+    with open(path, "r+b") as fh:  # overwrite in place, then cut: no copy of the old text is left
+        fh.write(data + b"\0" * max(0, size - len(data)))
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.truncate(len(data))
