@@ -6,7 +6,7 @@ import fcntl
 import os
 from pathlib import Path
 
-from personavlm_cli.core.errors import StoreBusyError
+from personavlm_cli.core.errors import StoreBusyError, StoreError
 
 
 class StoreLock:
@@ -16,7 +16,14 @@ class StoreLock:
         self._fd: int | None = None
 
     def acquire(self) -> "StoreLock":
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except PermissionError:
+            raise StoreError(f"cannot open user '{self.user}' for writing: {self.path.parent} is read-only "
+                             "(permission denied); fix its permissions or use another user") from None
+        except OSError as e:
+            raise StoreError(f"cannot open user '{self.user}' for writing: {self.path} "
+                             f"({e.strerror or e})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

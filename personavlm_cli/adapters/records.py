@@ -132,24 +132,70 @@ class RecordStore:
         self.path = Path(user_dir) / self.FILENAME
         if readonly and not self.path.exists():
             raise StoreError(f"no store yet at {self.path}")
+        if not readonly:
+            self._check_writable()
         try:
             fresh = not self.path.exists()
             if fresh:
                 fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
                 os.close(fd)
-            uri = f"file:{self.path}?mode={'ro' if readonly else 'rw'}"
-            self.db = sqlite3.connect(uri, uri=True, timeout=10, isolation_level=None,
-                                      check_same_thread=False)
+            self.db = self._connect(readonly)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA secure_delete=ON")
             if not readonly:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()
-            else:
-                self._check_version()
+                self._finish_interrupted_compaction()
+            elif self._check_version() < 1:
+                # The schema and its format version are written in one transaction: a file without
+                # them is empty (a writer is creating it right now) or is someone else's database.
+                raise StoreError(f"the store {self.path} is empty or not a personavlm store")
+        except PermissionError:
+            raise StoreError(f"the store {self.path} is read-only (permission denied)") from None
+        except sqlite3.OperationalError as exc:
+            if _is_readonly_error(exc):
+                raise StoreError(f"the store {self.path} is read-only ({exc}); fix the permissions of "
+                                 f"{self.path.parent}") from None
+            raise StoreError(f"the store {self.path} is damaged or not a personavlm store ({exc})") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"the store {self.path} is damaged or not a personavlm store ({exc})") from None
+
+    def _connect(self, readonly: bool) -> sqlite3.Connection:
+        def connect(mode: str) -> sqlite3.Connection:
+            return sqlite3.connect(f"file:{self.path}?{mode}", uri=True, timeout=10, isolation_level=None,
+                                   check_same_thread=False)
+
+        if not readonly:
+            return connect("mode=rw")
+        db = connect("mode=ro")
+        try:
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            return db
+        except sqlite3.OperationalError:
+            # A WAL-mode file in a directory we may not write to, with no -shm file to share: SQLite
+            # cannot open it read-only. No writer can be active without a WAL file, so the file is
+            # stable; read it as immutable instead.
+            db.close()
+            wal = Path(f"{self.path}-wal")
+            if os.access(self.path.parent, os.W_OK) or (wal.exists() and wal.stat().st_size > 0):
+                raise
+            return connect("mode=ro&immutable=1")
+
+    def _check_writable(self) -> None:
+        """Refuse, in one line, a store that cannot be written (read-only file or directory).
+
+        SQLite would open a read-only file "read-write" and fail only at the first write, in the
+        middle of a chat; a WAL file it must create in a read-only directory fails as "unable to open".
+        """
+        d = self.path.parent
+        side = [Path(f"{self.path}-wal"), Path(f"{self.path}-shm")]
+        denied = [p for p in (self.path, *side) if p.exists() and not os.access(p, os.W_OK)]
+        must_create = not self.path.exists() or not all(p.exists() for p in side)
+        if denied or (must_create and not os.access(d, os.W_OK | os.X_OK)):
+            where = denied[0] if denied else d
+            raise StoreError(f"the store {self.path} is read-only ({where} is not writable); fix its permissions "
+                             "to chat or change memories (reading still works)")
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -176,6 +222,15 @@ class RecordStore:
                     self.db.execute(statement)
                 self.db.execute("INSERT OR REPLACE INTO meta VALUES('format_version', ?)", (str(FORMAT_VERSION),))
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES('created_at', ?)", (json.dumps(iso(now())),))
+
+    def _finish_interrupted_compaction(self) -> None:
+        """An erasure killed between its commit and its compaction leaves the erased text in FTS
+        segments and free pages; the flag it set with the deletion says so, and it is finished here."""
+        if self.get_meta("compact_pending"):
+            try:
+                self.compact()
+            except sqlite3.OperationalError:  # a reader in the way: the next open tries again
+                pass
 
     def transaction(self):
         return _Transaction(self.db)
@@ -243,6 +298,14 @@ class RecordStore:
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [_row_to_memory(r) for r in self.db.execute(sql, args)]
+
+    def has_current_besides(self, ids: Iterable[str]) -> bool:
+        """Is there any current memory other than ``ids``? (Cheaper than counting at 100k.)"""
+        ids = list(ids)
+        marks = ",".join("?" for _ in ids) or "''"
+        row = self.db.execute(f"SELECT 1 FROM memories WHERE valid_to IS NULL AND id NOT IN ({marks}) LIMIT 1",
+                              ids).fetchone()
+        return row is not None
 
     def count(self, types: Iterable[str] | None = None, include_superseded: bool = True) -> int:
         sql, args = self._where(types, None, None, include_superseded, None)
@@ -330,6 +393,10 @@ class RecordStore:
             chunk = ids[i:i + 500]
             marks = ",".join("?" for _ in chunk)
             total += self.db.execute(f"DELETE FROM memories WHERE id IN ({marks})", chunk).rowcount
+        if total:
+            # Cleared by compact(): until then the deleted text may survive in the FTS index's
+            # segments and in free pages, so an open finishes a compaction a kill interrupted.
+            self.set_meta("compact_pending", True)
         return total
 
     def derived_from(self, ids: Iterable[str]) -> list[Memory]:
@@ -350,6 +417,7 @@ class RecordStore:
         self.db.execute("INSERT INTO memory_fts(memory_fts) VALUES('optimize')")
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.execute("VACUUM")
+        self.db.execute("DELETE FROM meta WHERE key='compact_pending'")
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     # -- pending work --------------------------------------------------------------------------
@@ -420,6 +488,11 @@ class _Transaction:
         else:
             self.db.execute("ROLLBACK")
         return False
+
+
+def _is_readonly_error(exc: sqlite3.Error) -> bool:
+    text = str(exc).lower()
+    return "readonly" in text or "read-only" in text or "unable to open" in text
 
 
 def _split_script(script: str) -> Iterator[str]:

@@ -13,7 +13,8 @@ import sys
 import typer
 
 from personavlm_cli.cli import chat as chat_cmd
-from personavlm_cli.cli import evaluate, housekeeping, memory, models, profile
+from personavlm_cli.cli import bench as bench_cmd
+from personavlm_cli.cli import eval_persona, evaluate, housekeeping, memory, models, profile
 
 app = typer.Typer(
     name="personavlm",
@@ -32,7 +33,10 @@ app.add_typer(housekeeping.config_app, name="config")
 
 
 app.add_typer(models.app, name="model")
+evaluate.app.command("persona-mme")(eval_persona.persona_mme)
+evaluate.app.command("personamem")(eval_persona.personamem)
 app.add_typer(evaluate.app, name="eval")
+app.command("bench")(bench_cmd.bench)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ import typer
 from personavlm_cli.cli.common import err, make_env, out
 from personavlm_cli.core.errors import PersonaError
 
-app = typer.Typer(help="Measure recall and answers on public benchmarks (LoCoMo).", no_args_is_help=True)
+app = typer.Typer(help="Measure recall and answers on public benchmarks (LoCoMo, Persona-MME, PERSONAMEM).", no_args_is_help=True)
 
 EXTRA_KS = (5, 10, 25)
 

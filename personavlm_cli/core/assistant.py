@@ -77,11 +77,11 @@ class Assistant:
         vector = dict(records.get_meta("personality") or pem.initial())
         if self.personality_override:
             vector.update(self.personality_override)
-        long_term = records.count(include_superseded=False) - len(recent) - len(current_ids)
         return Context(user=self.user, now=at, message=message, images=images, recent=recent,
                        core=core[-1].meta.get("facts", {}) if core else {},
                        procedural=records.list(types=["procedural"]), personality=vector, vision=self.vision,
-                       has_long_term_memory=long_term > 0, current_ids=set(current_ids))
+                       has_long_term_memory=records.has_current_besides({m.id for m in recent} | set(current_ids)),
+                       current_ids=set(current_ids))
 
     # -- storing ----------------------------------------------------------------------------------
 
