@@ -183,3 +183,34 @@ def test_forgetting_scrubs_the_repl_input_history(tmp_path):
     scrub_input_history(history, ["my code is Quetzal9"])
     assert b"Quetzal9" not in history.read_bytes()
     assert "+hello there" in history.read_text() and "+bye" in history.read_text()
+
+
+def test_a_waiting_answer_goes_before_background_updates():
+    import threading
+    import time
+
+    from personavlm_cli.core.gate import ModelGate
+
+    gate, order = ModelGate(), []
+    holding = threading.Event()
+
+    def first_update():
+        with gate.background():
+            holding.set()
+            time.sleep(0.3)
+            order.append("update 1")
+
+    def second_update():
+        time.sleep(0.05)
+        with gate.background():
+            order.append("update 2")
+
+    threads = [threading.Thread(target=first_update), threading.Thread(target=second_update)]
+    for t in threads:
+        t.start()
+    holding.wait()
+    with gate:  # an answer arrives while update 1 holds the model and update 2 waits
+        order.append("answer")
+    for t in threads:
+        t.join()
+    assert order == ["update 1", "answer", "update 2"]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from personavlm_cli.core import users
 from personavlm_cli.core.config import Settings
 from personavlm_cli.core.errors import ModelError, NotFoundError
+from personavlm_cli.core.gate import ModelGate
 
 
 @dataclass
@@ -26,7 +26,7 @@ class Env:
     _store: Any = None
     _lock: Any = None
     _model: Any = None
-    model_lock: threading.Lock = field(default_factory=threading.Lock)
+    model_lock: ModelGate = field(default_factory=ModelGate)
 
     # -- configuration ----------------------------------------------------------------------------
 

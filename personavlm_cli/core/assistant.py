@@ -7,7 +7,6 @@ the answer, never before it.
 
 from __future__ import annotations
 
-import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Iterator
 
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, new_id
 from personavlm_cli.core.prompts import PROFILES, Context
 from personavlm_cli.core.reasoning import Reasoning, ResponseStage
@@ -38,7 +38,7 @@ class Exchange:
 
 class Assistant:
     def __init__(self, store: MemoryStore, model, user: str, *, profile: str = "generic",
-                 session_gap_minutes: int = 60, recent_turns: int = 20, model_lock: threading.Lock | None = None,
+                 session_gap_minutes: int = 60, recent_turns: int = 20, model_lock: ModelGate | None = None,
                  vision: bool = False):
         self.store = store
         self.model = model
@@ -46,7 +46,7 @@ class Assistant:
         self.profile = PROFILES[profile]()
         self.gap = timedelta(minutes=session_gap_minutes)
         self.recent_turns = recent_turns
-        self.model_lock = model_lock or threading.Lock()
+        self.model_lock = model_lock or ModelGate()
         self.vision = vision
         self.personality_override: dict[str, float] | None = None
         self.last: Exchange | None = None

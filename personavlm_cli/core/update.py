@@ -17,6 +17,7 @@ from typing import Callable
 
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, iso, now
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
@@ -137,12 +138,12 @@ def _dialogue(rounds) -> str:
 class UpdateStage:
     """Runs queued update jobs against one store with one model."""
 
-    def __init__(self, store: MemoryStore, model, user: str, model_lock: threading.Lock | None = None,
+    def __init__(self, store: MemoryStore, model, user: str, model_lock: ModelGate | None = None,
                  enabled: bool = True):
         self.store = store
         self.model = model
         self.user = user
-        self.model_lock = model_lock or threading.Lock()
+        self.model_lock = model_lock or ModelGate()
         self.enabled = enabled
 
     # -- queueing ---------------------------------------------------------------------------------
@@ -196,7 +197,9 @@ class UpdateStage:
 
     def _ask(self, messages, schema, max_tokens=200) -> dict | None:
         try:
-            with self.model_lock:
+            # Background use: an answer the user is waiting for goes first.
+            gate = self.model_lock.background() if hasattr(self.model_lock, "background") else self.model_lock
+            with gate:
                 return self.model.complete_json(messages, schema, max_tokens=max_tokens, retries=1)
         except PersonaError as exc:
             log.warning("model gave no valid answer (%s); skipped", exc)
