@@ -174,11 +174,6 @@ def test_user_files_are_owner_only_under_any_umask(traced_run):
     assert stat.S_IMODE(traced_run["archive"].stat().st_mode) == 0o600, "the export is private too"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "onnxruntime 1.29+ (1.32 installed) ships 1DS telemetry on Linux: after ~10 s its thread resolves "
-    "mobile.events.data.microsoft.com and writes ~/.cache/Microsoft/DeveloperTools/.onnxruntime/{deviceid,"
-    "onnxruntime.db}. Fix in adapters/text_encoder.py: os.environ['ORT_DISABLE_TELEMETRY'] = '1' before "
-    "`import onnxruntime` (and in personavlm_cli/__init__.py for every entry point)"))
 def test_no_internet_socket_even_from_native_code_and_nothing_written_outside_the_home(traced_run):
     outside = sorted(str(p.relative_to(traced_run["fake_home"])) for p in traced_run["fake_home"].rglob("*"))
     if traced_run["traces"] is None:
@@ -203,11 +198,6 @@ _CRASH = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cli/__init__.py main(): `exceptions.Abort` and `exceptions.Exit` do not exist in typer._click.exceptions "
-    "(typer 0.29 keeps them in typer.exceptions), so evaluating `except (KeyboardInterrupt, exceptions.Abort)` "
-    "raises AttributeError and every non-PersonaError exception ends in a double traceback. Fix: "
-    "`from typer.exceptions import Abort, Exit` and `from typer._click.exceptions import ClickException`"))
 def test_an_unexpected_error_prints_one_line_without_traceback_or_locals(isolated_home):
     env = {k: v for k, v in os.environ.items() if k != "PERSONAVLM_DEBUG"}
     proc = subprocess.run([sys.executable, "-c", _CRASH], capture_output=True, text=True, cwd=ROOT, env=env,

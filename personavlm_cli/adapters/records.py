@@ -157,6 +157,9 @@ class RecordStore:
             if _is_readonly_error(exc):
                 raise StoreError(f"the store {self.path} is read-only ({exc}); fix the permissions of "
                                  f"{self.path.parent}") from None
+            if "locked" in str(exc).lower() or "busy" in str(exc).lower():
+                raise StoreError(f"the store {self.path} is busy ({exc}): another process is writing it; "
+                                 "try again") from None
             raise StoreError(f"the store {self.path} is damaged or not a personavlm store ({exc})") from None
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"the store {self.path} is damaged or not a personavlm store ({exc})") from None

@@ -65,6 +65,7 @@ class TextEncoder:
             if not self._tokenizer_path.is_file():
                 raise PersonaError(f"MiniLM tokenizer not found: {self._tokenizer_path}")
             try:
+                os.environ["ORT_DISABLE_TELEMETRY"] = "1"  # its native code phones home otherwise
                 import onnxruntime as ort
                 from tokenizers import Tokenizer
             except ImportError as e:

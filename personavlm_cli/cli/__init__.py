@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> None:
     from personavlm_cli.core.errors import PersonaError
 
     private_umask()
-    try:  # typer vendors Click since 0.26
-        from typer._click import exceptions
-    except ImportError:  # pragma: no cover - older typer
-        from click import exceptions
+    import sqlite3
+
+    from typer._click.exceptions import ClickException  # typer vendors Click since 0.26
+    from typer.exceptions import Abort, Exit
 
     command = typer.main.get_command(app)
     try:
@@ -59,14 +59,18 @@ def main(argv: list[str] | None = None) -> None:
     except PersonaError as exc:
         err.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         code = exc.exit_code
-    except (KeyboardInterrupt, exceptions.Abort):
+    except (KeyboardInterrupt, Abort):
         sys.stderr.write("\n")
         code = 130
-    except exceptions.Exit as exc:
+    except Exit as exc:
         code = exc.exit_code
-    except exceptions.ClickException as exc:
+    except ClickException as exc:
         exc.show()
         code = exc.exit_code
+    except sqlite3.DatabaseError as exc:
+        err.print(f"[red]Error:[/red] the memory store is damaged ({escape(str(exc))}); restore it from an export",
+                  highlight=False, soft_wrap=True)
+        code = 1
     except BrokenPipeError:
         code = 0
     except Exception as exc:

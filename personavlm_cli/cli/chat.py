@@ -54,6 +54,8 @@ def chat(
     from personavlm_cli.core.assistant import parse_at
 
     at_time = parse_at(at) if at else None  # validate before loading anything
+    if once is not None and not "".join(ch for ch in once if ch.isprintable()).strip():
+        raise PersonaError("empty message: nothing sent")
     env = make_env(user, **{"model.path": model, "model.mmproj": mmproj, "model.gpu_layers": gpu_layers,
                             "model.context": context})
     try:
@@ -202,7 +204,7 @@ class ChatSession:
     def handle(self, line: str) -> bool:
         """One input line: a slash command or a message. False means quit."""
         if line.startswith("/") and not line.startswith("//"):
-            return self.command(line)
+            return self.command("".join(ch for ch in line if ch == "\t" or ch.isprintable()))
         self.send(line[1:] if line.startswith("//") else line)
         return True
 

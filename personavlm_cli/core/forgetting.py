@@ -49,8 +49,10 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> 
     revive = [m for m in records.list(include_superseded=True)
               if m.superseded_by in ids and m.id not in ids]
     scrub_input_history(store.user_dir / "input_history", [m.text for m in p.targets + p.derived])
-    erased = store.erase(p.ids, operation)
-    with records.transaction():
+
+    def revive_and_reopen() -> None:
+        # A version whose successor is erased becomes current again, and the sessions it touched are
+        # consolidated again: both with the erasure itself, so a kill cannot leave one without the other.
         for m in revive:
             m.valid_to, m.superseded_by = None, None
             records.update(m)
@@ -58,6 +60,8 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> 
         for session in sessions:
             done.pop(session, None)
         records.set_meta("consolidated", done)
+
+    erased = store.erase(p.ids, operation, before_commit=revive_and_reopen)
     if revive:
         store.embed(revive)
     if updates is not None:

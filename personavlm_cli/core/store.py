@@ -120,7 +120,7 @@ class MemoryStore:
 
     # -- forgetting -------------------------------------------------------------------------------
 
-    def erase(self, ids: Iterable[str], operation: str) -> list[str]:
+    def erase(self, ids: Iterable[str], operation: str, before_commit: Callable[[], None] | None = None) -> list[str]:
         """Delete records, their vectors and image files; log the operation (ids only); compact.
 
         The caller decides what to erase (derived memories included); this makes it so, all or
@@ -136,6 +136,8 @@ class MemoryStore:
             self.records.delete(ids)
             job = self.records.add_job("vector_delete", {"ids": ids})
             self.records.audit(operation, ids)
+            if before_commit is not None:  # what must change with the erasure, in the same transaction
+                before_commit()
         self.vectors.delete(TEXT, ids)
         self.vectors.delete(IMAGES, ids)
         with self.records.transaction():
