@@ -775,32 +775,8 @@ class ChatModel:
         reason (or raises ValueError) when it is not. Invalid output is retried ``retries`` times at a
         slightly higher temperature, then ModelOutputError is raised.
         """
-        reason = "no attempt made"
-        attempts = max(0, int(retries)) + 1
-        for attempt in range(attempts):
-            raw = self.complete(messages, max_tokens=max_tokens, temperature=0.0 if attempt == 0 else 0.2,
-                                json_schema=schema, seed=self._seed + attempt)
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                reason = f"not JSON ({e.msg} at character {e.pos}; the answer may have been cut off)"
-                continue
-            errors = validate_json(obj, schema)
-            if not errors and validate is not None:
-                try:
-                    extra = validate(obj)
-                except ValueError as e:
-                    extra = str(e) or "rejected by the caller's check"
-                if extra:
-                    errors = [str(extra)]
-            if not errors:
-                if not isinstance(obj, dict):
-                    reason = f"expected a JSON object, got {_json_type(obj)}"
-                    continue
-                return obj
-            reason = errors[0]
-        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-        raise ModelOutputError(_one_line(f"the model did not produce valid JSON after {tries}: {reason}"))
+        return complete_json_with(self.complete, messages, schema, max_tokens=max_tokens, validate=validate,
+                                  retries=retries, seed=self._seed)
 
     def stream(self, messages: Sequence[Mapping[str, Any]], **kwargs) -> Iterator[str]:
         """Text pieces of the answer as they come; see ``_stream``. Holds the model while streaming."""
@@ -975,3 +951,36 @@ def validate_json(value: Any, schema: Mapping[str, Any], where: str = "$") -> li
             for i, v in enumerate(value):
                 errors.extend(validate_json(v, items, f"{where}[{i}]"))
     return errors
+
+
+def complete_json_with(complete: Callable[..., str], messages, schema: dict, *, max_tokens: int,
+                       validate: Callable[[dict], str | None] | None, retries: int, seed: int) -> dict:
+    """The JSON protocol both model runtimes share: ask under the schema, parse, check against the
+    schema (a grammar is not the whole schema, and a server may ignore it) and the caller's own
+    check, retry at a slightly higher temperature, then raise ModelOutputError."""
+    reason = "no attempt made"
+    attempts = max(0, int(retries)) + 1
+    for attempt in range(attempts):
+        raw = complete(messages, max_tokens=max_tokens, temperature=0.0 if attempt == 0 else 0.2,
+                       json_schema=schema, seed=seed + attempt)
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as e:
+            reason = f"not JSON ({e.msg} at character {e.pos}; the answer may have been cut off)"
+            continue
+        errors = validate_json(obj, schema)
+        if not errors and validate is not None:
+            try:
+                extra = validate(obj)
+            except ValueError as e:
+                extra = str(e) or "rejected by the caller's check"
+            if extra:
+                errors = [str(extra)]
+        if not errors:
+            if not isinstance(obj, dict):
+                reason = f"expected a JSON object, got {_json_type(obj)}"
+                continue
+            return obj
+        reason = errors[0]
+    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
+    raise ModelOutputError(_one_line(f"the model did not produce valid JSON after {tries}: {reason}"))

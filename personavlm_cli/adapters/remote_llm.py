@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from personavlm_cli.adapters.llm import ModelOutputError, _json_type, _one_line, prepare_messages, validate_json
+from personavlm_cli.adapters.llm import _one_line, complete_json_with, prepare_messages
 from personavlm_cli.core.errors import ModelError
 
 CONNECT_TIMEOUT = 10.0
@@ -275,32 +275,8 @@ class RemoteChatModel:
         """A JSON object that satisfies ``schema`` (checked here: a grammar is not the whole schema,
         and a server may ignore it); invalid output is retried ``retries`` times, then
         ModelOutputError. A server that cannot be reached raises ModelError at once (no retry)."""
-        reason = "no attempt made"
-        attempts = max(0, int(retries)) + 1
-        for attempt in range(attempts):
-            raw = self.complete(messages, max_tokens=max_tokens, temperature=0.0 if attempt == 0 else 0.2,
-                                json_schema=schema, seed=self._seed + attempt)
-            try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as e:
-                reason = f"not JSON ({e.msg} at character {e.pos}; the answer may have been cut off)"
-                continue
-            errors = validate_json(obj, schema)
-            if not errors and validate is not None:
-                try:
-                    extra = validate(obj)
-                except ValueError as e:
-                    extra = str(e) or "rejected by the caller's check"
-                if extra:
-                    errors = [str(extra)]
-            if not errors:
-                if not isinstance(obj, dict):
-                    reason = f"expected a JSON object, got {_json_type(obj)}"
-                    continue
-                return obj
-            reason = errors[0]
-        tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-        raise ModelOutputError(_one_line(f"the model did not produce valid JSON after {tries}: {reason}"))
+        return complete_json_with(self.complete, messages, schema, max_tokens=max_tokens, validate=validate,
+                                  retries=retries, seed=self._seed)
 
     # -- tokens ------------------------------------------------------------------------------------
 
