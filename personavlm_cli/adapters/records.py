@@ -412,6 +412,22 @@ class RecordStore:
                 out.append(_row_to_memory(row))
         return out
 
+    def superseded_by_any(self, ids: Iterable[str]) -> list[Memory]:
+        """Memories whose successor is one of ``ids``."""
+        ids = list(ids)
+        out: list[Memory] = []
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            marks = ",".join("?" for _ in chunk)
+            out.extend(_row_to_memory(r) for r in
+                       self.db.execute(f"SELECT * FROM memories WHERE superseded_by IN ({marks})", chunk))
+        return out
+
+    def turn_counts(self) -> dict[str, int]:
+        """Turns per chat session."""
+        return {r[0]: r[1] for r in self.db.execute(
+            "SELECT session_id, COUNT(*) FROM memories WHERE type='turn' GROUP BY session_id")}
+
     def image_in_use(self, sha256: str) -> bool:
         return self.db.execute("SELECT 1 FROM memories WHERE image_sha256=? LIMIT 1", (sha256,)).fetchone() is not None
 

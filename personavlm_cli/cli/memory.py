@@ -295,13 +295,16 @@ def import_(
     user: UserOpt = None,
 ):
     """Import an archive into this user's store (memories already present are kept)."""
+    summary = import_file(make_env(user), file)
+    err.print(f"[green]Imported[/green] {summary['added']} memories ({summary['skipped']} already present)")
+
+
+def import_file(env, file: Path) -> dict:
+    """Verify an archive, then write it into ``env``'s user store (shared by `memory` and `profile import`)."""
     from personavlm_cli.core.archive import import_archive, read_archive
 
-    env = make_env(user)
     verified = read_archive(file)  # refuse a corrupt or tampered archive before creating anything
     try:
-        store = env.store(write=True)
-        summary = import_archive(store, verified)
+        return import_archive(env.store(write=True), verified)
     finally:
         env.close()
-    err.print(f"[green]Imported[/green] {summary['added']} memories ({summary['skipped']} already present)")

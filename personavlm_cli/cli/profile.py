@@ -176,13 +176,8 @@ def profile_markdown(data: dict, records) -> str:
 def import_(file: Annotated[Path, typer.Argument(help="An archive from `profile export --archive`.")],
             user: UserOpt = None):
     """Restore a full archive into this home, under this (or another) user name."""
-    from personavlm_cli.core.archive import import_archive, read_archive
+    from personavlm_cli.cli.memory import import_file
 
     env = make_env(user)
-    verified = read_archive(file)  # refuse a corrupt or tampered archive before creating anything
-    try:
-        store = env.store(write=True)
-        summary = import_archive(store, verified)
-    finally:
-        env.close()
+    summary = import_file(env, file)
     err.print(f"[green]Imported[/green] {summary['added']} memories for user '{env.user}'")

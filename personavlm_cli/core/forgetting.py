@@ -46,8 +46,7 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> 
     ids = set(p.ids)
     sessions = {m.session_id for m in p.targets + p.derived if m.type == "turn" and m.session_id}
     sessions |= {m.session_id for m in p.derived if m.type in ("episodic", "core", "procedural") and m.session_id}
-    revive = [m for m in records.list(include_superseded=True)
-              if m.superseded_by in ids and m.id not in ids]
+    revive = [m for m in records.superseded_by_any(ids) if m.id not in ids]
     scrub_input_history(store.user_dir / "input_history", [m.text for m in p.targets + p.derived])
 
     def revive_and_reopen() -> None:

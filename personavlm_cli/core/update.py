@@ -159,10 +159,7 @@ class UpdateStage:
     def enqueue_unconsolidated(self, except_session: str | None = None) -> None:
         """Sessions with turns that no consolidation has seen yet (a kill before exit, say)."""
         done = self.store.records.get_meta("consolidated", {}) or {}
-        counts: dict[str, int] = {}
-        for t in self.store.records.list(types=["turn"]):
-            counts[t.session_id] = counts.get(t.session_id, 0) + 1
-        for session, n in counts.items():
+        for session, n in self.store.records.turn_counts().items():
             if session != except_session and done.get(session) != n:
                 self.enqueue_session(session)
 
