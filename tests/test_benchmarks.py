@@ -449,7 +449,7 @@ def test_bench_measures_startup_recall_and_replay_and_judges_the_bars(tmp_path, 
     app.command("bench")(bench_cmd.bench)
     app.command("unused")(lambda: None)
     out = tmp_path / "bench.json"
-    result = CliRunner().invoke(app, ["bench", "--quick", "--only", "startup,recall,replay", "--sizes", "600",
+    result = CliRunner().invoke(app, ["bench", "--quick", "--only", "startup,recall,replay,forget", "--sizes", "600",
                                       "--repeat", "1", "--json", str(out)])
     assert result.exit_code == 0, result.output
     assert "personavlm --help" in result.output and "recall p50 at 600" in result.output
@@ -459,5 +459,6 @@ def test_bench_measures_startup_recall_and_replay_and_judges_the_bars(tmp_path, 
     entry = report["sections"]["recall"]["sizes"]["600"]
     assert entry["recall"]["n"] == 20 and entry["pre_token"]["total"]["p50_ms"] > 0
     assert report["sections"]["replay"]["messages_per_s"] > 0 and report["peak_memory_mb"] > 0
+    assert report["sections"]["forget"]["sizes"]["600"]["n"] == 3 and "forget (one memory) p50 at 600" in result.output
     bad = CliRunner().invoke(app, ["bench", "--only", "nothing"])
     assert isinstance(bad.exception, PersonaError)

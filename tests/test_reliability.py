@@ -342,37 +342,144 @@ def test_kill_between_erasure_and_revival_keeps_the_superseded_version_visible(i
     assert [m["text"] for m in visible] == ["I love Sprite"], "forgetting the newer version revives the older"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Chroma keeps the vectors of erased memories: its write-ahead log (chroma.sqlite3 embeddings_queue) "
-    "is purged only when the HNSW segment persists (hnsw sync_threshold, 1000 by default), and HNSW only "
-    "marks deleted elements. A sentence embedding can be inverted to approximate text, so forget is not "
-    "complete. Fix in core/store.py erase()/compact_vector_files or adapters/vectors.py: after a deletion, "
-    "rebuild the affected collections (copy the surviving ids/vectors/metadata to a fresh collection, "
-    "drop the old one; or drop chroma/ and mark every record vector_state=0 so sync_vectors re-embeds), "
-    "then VACUUM chroma.sqlite3. (A small hnsw sync_threshold purges the log but not the HNSW file.)"))
-def test_forget_leaves_no_vector_of_an_erased_memory_in_the_vector_store(isolated_home):
+_VECTORS = textwrap.dedent("""
+    import json, sys
+    from personavlm_cli.cli.env import Env
+    env = Env()
+    store = env.store()
+    print(json.dumps(store.vectors.get_embeddings("memories", sys.argv[1:])))
+    env.close()
+""")
+
+
+def vectors_of(ids: list[str]) -> list:
+    """The text vectors Chroma holds for ``ids`` (as float32 arrays), read through the product's adapter."""
     import numpy as np
 
-    ids = seed(20, WORD)
-    db = user_dir(isolated_home) / "chroma" / "chroma.sqlite3"
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    raw = con.execute("SELECT vector FROM embeddings_queue WHERE id=? AND vector IS NOT NULL", (ids[0],)).fetchone()[0]
-    con.close()
-    vector = np.frombuffer(raw, dtype=np.float32)
-    needles = [raw[:32], (vector / np.linalg.norm(vector)).astype(np.float32).tobytes()[:32]]
-    assert any(n in p.read_bytes() for p in (user_dir(isolated_home) / "chroma").rglob("*") if p.is_file()
-               for n in needles), "the vector is found before forgetting"
+    proc = subprocess.run([sys.executable, "-c", _VECTORS, *ids], capture_output=True, text=True, cwd=ROOT,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    return [np.asarray(got[i], dtype=np.float32) for i in ids]
+
+
+def files_holding(root: Path, vector) -> list[str]:
+    """Files under ``root`` holding ``vector`` (or its unit-length form: HNSW stores that for cosine)
+    as float32 at any byte alignment, to 1e-5: the first 16 components must all match."""
+    import numpy as np
+
+    forms = [vector, vector / np.linalg.norm(vector)]
+    hits = []
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        found = False
+        for off in range(4):
+            usable = (len(data) - off) // 4
+            if usable < 16 or found:
+                continue
+            arr = np.frombuffer(data, dtype=np.float32, count=usable, offset=off)
+            for v in forms:
+                with np.errstate(invalid="ignore", over="ignore"):  # arbitrary bytes hold NaN and inf
+                    starts = np.flatnonzero(np.abs(arr - v[0]) <= 1e-5 * max(abs(float(v[0])), 1e-3))
+                for at in starts:
+                    if at + 16 <= len(arr) and np.allclose(arr[at:at + 16], v[:16], rtol=1e-5, atol=1e-7,
+                                                           equal_nan=False):
+                        found = True
+                        break
+                if found:
+                    break
+        if found:
+            hits.append(str(path.relative_to(root)))
+    return hits
+
+
+def segment_dirs(home: Path) -> tuple[set[str], set[str]]:
+    """(index directories on disk, index segments Chroma knows) in a user's vector store."""
+    root = user_dir(home) / "chroma"
+    con = sqlite3.connect(f"file:{root / 'chroma.sqlite3'}?mode=ro", uri=True)
+    try:
+        known = {r[0] for r in con.execute("SELECT id FROM segments WHERE scope='VECTOR'")}
+    finally:
+        con.close()
+    return {p.name for p in root.iterdir() if p.is_dir()}, known
+
+
+BIG = 1200  # past Chroma's HNSW sync threshold (1000), so the index is written to disk too
+
+
+def test_forget_leaves_no_vector_of_an_erased_memory_in_the_vector_store(isolated_home):
+    ids = seed(BIG, WORD)
+    chroma = user_dir(isolated_home) / "chroma"
+    erased, kept = vectors_of([ids[7], ids[8]])
+    before = files_holding(chroma, erased)
+    assert "chroma.sqlite3" in before and any("/" in h for h in before), (
+        f"before forgetting, the vector is in Chroma's log and in its on-disk index: {before}")
+
+    r = run_cli("memory", "forget", ids[7], "--yes")
+    assert r.code == 0, r.err
+    assert files_holding(chroma, erased) == [], "the erased vector is in no file of the vector store"
+    assert chroma_rows(isolated_home, [ids[7]]) == 0
+    assert chroma_rows(isolated_home, ids) == BIG - 1, "every other vector is still there"
+    on_disk, known = segment_dirs(isolated_home)
+    assert on_disk <= known, f"no index directory of a dropped collection is left: {on_disk - known}"
+    assert files_holding(chroma, kept), "a kept memory's vector is still stored"
+    r = run_cli("memory", "search", f"my {WORD}8 collection", "--json", "--limit", "1")
+    assert r.code == 0, r.err
+    assert [m["id"] for m in r.json()] == [ids[8]], "search still works on the rebuilt index"
+
     r = run_cli("memory", "forget", "--all", "--yes")
     assert r.code == 0, r.err
-    assert chroma_rows(isolated_home, ids) == 0, "Chroma no longer returns them"
-    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
-    marks = ",".join("?" * len(ids))
-    left = con.execute(f"SELECT COUNT(*) FROM embeddings_queue WHERE id IN ({marks}) AND vector IS NOT NULL",
-                       ids).fetchone()[0]
-    con.close()
-    holders = [p.name for p in (user_dir(isolated_home) / "chroma").rglob("*") if p.is_file()
-               and any(n in p.read_bytes() for n in needles)]
-    assert (left, holders) == (0, []), f"{left} vectors in Chroma's log; the erased vector is still in {holders}"
+    assert files_holding(chroma, kept) == []
+    assert chroma_rows(isolated_home, ids) == 0
+    assert query(isolated_home, "SELECT COUNT(*) FROM jobs") == [(0,)]
+
+
+def test_kill_while_the_vector_store_is_rebuilt_loses_no_vector_and_the_next_start_finishes(isolated_home):
+    ids = seed(N, WORD)
+    chroma = user_dir(isolated_home) / "chroma"
+    erased = vectors_of(ids[:5])
+    search = ("memory", "search", f"my {WORD}9 collection", "--json", "--limit", "1")
+
+    # Pinned after the copy and the drop of the original, before the copy takes its name: the next
+    # start renames the copy (the kept vectors are all there), and the queued job finishes the purge.
+    killed_at("chromadb.api.models.Collection:Collection.modify", "before", "memory", "forget", ids[0], "--yes")
+    assert count(isolated_home) == N - 1
+    assert query(isolated_home, "SELECT kind FROM jobs") == [("vector_delete",)]
+    r = run_cli(*search)
+    assert r.code == 0, r.err
+    assert [m["id"] for m in r.json()] == [ids[9]]
+    assert chroma_rows(isolated_home, ids) == N - 1
+    assert query(isolated_home, "SELECT COUNT(*) FROM jobs") == [(0,)], "the purge was finished"
+    assert files_holding(chroma, erased[0]) == []
+
+    # Pinned once the copy is written, before the original is dropped: the copy is thrown away, the
+    # original is untouched, and the next start rebuilds again.
+    killed_at("chromadb.api.models.Collection:Collection.add", "after", "memory", "forget", ids[1], "--yes")
+    r = run_cli(*search)
+    assert r.code == 0, r.err
+    assert [m["id"] for m in r.json()] == [ids[9]]
+    assert chroma_rows(isolated_home, ids) == N - 2
+    assert query(isolated_home, "SELECT COUNT(*) FROM jobs") == [(0,)]
+    assert files_holding(chroma, erased[1]) == []
+
+    # Timed: killed at several moments of a forget; each time the next start leaves one clean store
+    # (the memory is there with its vector, or gone with its vector).
+    for k, delay in enumerate((0.3, 0.8, 1.5), start=2):
+        proc = spawn("memory", "forget", ids[k], "--yes")
+        wait_for(lambda: holds_lock(isolated_home, proc) or proc.poll() is not None, what="the store opened")
+        time.sleep(delay)
+        kill(proc)
+        r = run_cli(*search)
+        assert r.code == 0, r.err
+        assert [m["id"] for m in r.json()] == [ids[9]]
+        assert chroma_rows(isolated_home, ids) == count(isolated_home)
+        assert query(isolated_home, "SELECT COUNT(*) FROM jobs") == [(0,)]
+        gone = count(isolated_home, f"id='{ids[k]}'") == 0
+        assert (files_holding(chroma, erased[k]) == []) == gone
+    on_disk, known = segment_dirs(isolated_home)
+    assert on_disk <= known
 
 
 # --------------------------------------------------------------------------------------------------

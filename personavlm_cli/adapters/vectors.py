@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 from personavlm_cli.core.errors import StoreError
 
 HNSW = {"space": "cosine", "ef_search": 200, "ef_construction": 200, "max_neighbors": 32}
+SPARE = ".rebuild"  # suffix of the collection a rebuild fills before it replaces the original
+PAGE = 2000  # vectors per request while a collection is copied
 
 
 def _chroma():
@@ -63,12 +66,16 @@ class VectorIndex:
                 raise StoreError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
             raise StoreError(f"cannot open the vector store at {self.where}: {_first_line(exc)}") from None
         self._collections: dict[str, Any] = {}
+        # One operation at a time: the chat's thread and the background updates share this object,
+        # and a rebuild swaps a collection underneath both.
+        self._lock = threading.RLock()
 
     @contextlib.contextmanager
     def _guard(self, action: str):
         """Chroma's and the network's exceptions become one StoreError line."""
         try:
-            yield
+            with self._lock:
+                yield
         except StoreError:
             raise
         except Exception as exc:  # noqa: BLE001 - httpx, ChromaError, ValueError...: all one line
@@ -80,15 +87,35 @@ class VectorIndex:
         return f"{self.namespace}{name}" if self.namespace else name
 
     def collection(self, name: str):
-        coll = self._collections.get(name)
-        if coll is None:
-            with self._guard(f"open collection {self._name(name)}"):
-                coll = self.client.get_or_create_collection(
-                    self._name(name), embedding_function=None, configuration={"hnsw": HNSW},
-                    metadata={"app": "personavlm"},
-                )
-            self._collections[name] = coll
-        return coll
+        with self._lock:
+            coll = self._collections.get(name)
+            if coll is None:
+                with self._guard(f"open collection {self._name(name)}"):
+                    coll = self._existing(self._name(name))
+                    if coll is None:
+                        # A rebuild killed after dropping the original and before renaming its
+                        # complete copy: finish it rather than start an empty collection.
+                        coll = self._existing(self._name(name + SPARE))
+                        if coll is not None:
+                            coll.modify(name=self._name(name))
+                        else:
+                            coll = self._create(self._name(name))
+                self._collections[name] = coll
+            return coll
+
+    def _existing(self, full_name: str):
+        try:
+            return self.client.get_collection(full_name, embedding_function=None)
+        except Exception as exc:  # noqa: BLE001 - NotFoundError locally, a ValueError over HTTP
+            if self.remote and _is_transport_error(exc):
+                raise
+            if _is_missing(str(exc)):
+                return None
+            raise
+
+    def _create(self, full_name: str):
+        return self.client.create_collection(full_name, embedding_function=None, configuration={"hnsw": HNSW},
+                                             metadata={"app": "personavlm"})
 
     def upsert(self, name: str, ids: list[str], embeddings, documents: list[str] | None = None,
                metadatas: list[dict] | None = None) -> None:
@@ -145,6 +172,51 @@ class VectorIndex:
         with self._guard("count vectors"):
             return coll.count()
 
+    def rebuild(self, name: str) -> int:
+        """Replace collection ``name`` by a fresh copy of its live vectors; the number copied.
+
+        Chroma deletes by marking: the HNSW index keeps a deleted element's vector and its
+        write-ahead log keeps the vector until the next index flush. Copying the live vectors to a
+        new collection and dropping the old one is what makes an erased vector go. A kill at any
+        point is safe: the original is dropped only once the copy is complete, and ``collection()``
+        finishes a rename that a kill interrupted.
+        """
+        with self._lock:
+            old = self.collection(name)
+            spare_name = self._name(name + SPARE)
+            with self._guard(f"rebuild collection {self._name(name)}"):
+                if self._existing(spare_name) is not None:  # a copy a kill interrupted
+                    self.client.delete_collection(spare_name)
+                spare = self._create(spare_name)
+                copied, offset = 0, 0
+                while True:
+                    page = old.get(include=["embeddings", "metadatas", "documents"], limit=PAGE, offset=offset)
+                    if not page["ids"]:
+                        break
+                    docs = page.get("documents")
+                    spare.add(ids=page["ids"], embeddings=page["embeddings"],
+                              metadatas=[m or None for m in page["metadatas"]],
+                              documents=[d or "" for d in docs] if docs and any(docs) else None)
+                    copied += len(page["ids"])
+                    offset += len(page["ids"])
+                    if len(page["ids"]) < PAGE:
+                        break
+                self._collections.pop(name, None)
+                self.client.delete_collection(self._name(name))
+                spare.modify(name=self._name(name))
+                self._collections[name] = spare
+            return copied
+
+    def purge(self, names) -> None:
+        """Make erased vectors unrecoverable: rebuild ``names``, then, for a store on this machine,
+        shred the files of dropped index segments and vacuum Chroma's SQLite file. (A server's files
+        are the server's: its own compaction removes what a dropped collection left; docs/deploy.md.)"""
+        with self._lock:
+            for name in names:
+                self.rebuild(name)
+            if self.path is not None and not self.remote:
+                compact_local_files(self.path)
+
     def drop(self, names) -> None:
         """Delete this namespace's collections ``names`` (missing ones are fine), e.g. when a user is
         removed: on a server their vectors do not live in the user's directory."""
@@ -160,6 +232,37 @@ class VectorIndex:
     def drop_all(self) -> None:
         """Delete the collections this object has opened (never lists the server's collections)."""
         self.drop(list(self._collections))
+
+
+def compact_local_files(path: Path) -> None:
+    """Shred the index directories of dropped collections (Chroma leaves them on disk) and vacuum
+    ``chroma.sqlite3``, where deleted rows would otherwise linger in free pages."""
+    import sqlite3
+
+    from personavlm_cli.adapters.files import shred_tree
+
+    db = Path(path) / "chroma.sqlite3"
+    if not db.exists():
+        return
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        live = {str(r[0]) for r in con.execute("SELECT id FROM segments")}
+        for entry in Path(path).iterdir():
+            if entry.is_dir() and not entry.is_symlink() and _is_uuid(entry.name) and entry.name not in live:
+                shred_tree(entry)
+        con.execute("PRAGMA secure_delete=ON")
+        con.execute("VACUUM")
+    finally:
+        con.close()
+
+
+def _is_uuid(name: str) -> bool:
+    import uuid
+
+    try:
+        return str(uuid.UUID(name)) == name
+    except ValueError:
+        return False
 
 
 def _chain(exc: BaseException) -> list[BaseException]:

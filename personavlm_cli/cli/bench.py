@@ -51,7 +51,7 @@ BARS = {
     "chat_vs_raw_tokens_per_s": (">= 0.95", lambda v: v >= 0.95),
     "post_answer_wait_ms": ("no wait (< 100 ms)", lambda v: v < 100),
 }
-SECTIONS = ("startup", "recall", "pretoken", "generation", "clip", "replay", "update")
+SECTIONS = ("startup", "recall", "pretoken", "forget", "generation", "clip", "replay", "update")
 
 
 def bench(
@@ -67,7 +67,8 @@ def bench(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
     gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
 ):
-    """Measure start-up, recall, memory work before the first token, generation, CLIP, replay, updates."""
+    """Measure start-up, recall, memory work before the first token, forgetting, generation, CLIP, replay,
+    updates."""
     chosen = _sections(only)
     plan = {
         "sizes": [int(s) for s in sizes.split(",")] if sizes else ([1000, 10000] if quick else [1000, 10000, 100000]),
@@ -80,6 +81,7 @@ def bench(
         "clip_images": 5 if quick else 10,
         "replay_rounds": 100 if quick else 400,
         "update_turns": 2 if quick else 4,
+        "forgets": 3 if quick else 5,
     }
     if any(s < 1 for s in plan["sizes"]):
         raise PersonaError("--sizes must be positive numbers of memories")
@@ -93,6 +95,7 @@ def bench(
             runs: list[tuple[str, Callable[[], dict]]] = [
                 ("startup", lambda: bench_startup(work / "home", plan["startup_runs"])),
                 ("recall", lambda: bench_recall(work / "big", plan, rng)),
+                ("forget", lambda: bench_forget(work / "forget", plan, rng)),
                 ("clip", lambda: bench_clip(env, work / "images", plan["clip_images"])),
                 ("replay", lambda: bench_replay(work / "replay", plan["replay_rounds"], rng)),
                 ("generation", lambda: bench_generation(env, work / "chat", plan, rng)),
@@ -400,6 +403,31 @@ def bench_recall(path: Path, plan: dict, rng: random.Random) -> dict:
             err.print(f"  {size:>7} memories: recall p50 {entry['recall']['p50_ms']} ms"
                       + (f", before the first token p50 {entry['pre_token']['total']['p50_ms']} ms"
                          if "pre_token" in entry else ""))
+    finally:
+        big.store.close()
+    return out_
+
+
+def bench_forget(path: Path, plan: dict, rng: random.Random) -> dict:
+    """``memory forget`` of one memory at each store size: the record deletion, the vector deletion,
+    the rebuild of the vector collection that makes the erased vector go (it copies every vector),
+    the shredding of dropped index files and the compaction of both SQLite files."""
+    from personavlm_cli.core.store import TEXT
+
+    big = BigStore(path, plan["pool"], rng)
+    out_: dict = {"sizes": {}}
+    try:
+        for size in sorted(plan["sizes"]):
+            big.grow(size)
+            times = []
+            for _ in range(plan["forgets"] if size <= 10000 else 1):
+                victim = rng.choice(sorted(big.store.vectors.ids(TEXT)))
+                t = time.perf_counter()
+                big.store.erase([victim], "bench")
+                times.append(time.perf_counter() - t)
+                big.size -= 1
+            out_["sizes"][str(size)] = _ms(times)
+            err.print(f"  {size:>7} memories: forget one p50 {out_['sizes'][str(size)]['p50_ms']} ms")
     finally:
         big.store.close()
     return out_
@@ -816,6 +844,8 @@ def figures(results: dict) -> dict:
         if "pre_token" in entry:
             f[f"pre_token_ms_{size}"] = entry["pre_token"]["total"]["p50_ms"]
             f[f"pre_token_p95_ms_{size}"] = entry["pre_token"]["total"]["p95_ms"]
+    for size, entry in (s.get("forget") or {}).get("sizes", {}).items():
+        f[f"forget_ms_{size}"] = entry["p50_ms"]
     g = s.get("generation") or {}
     if g.get("ratio") is not None:
         f["chat_tokens_per_s"] = g["chat_tokens_per_s"]
@@ -867,7 +897,8 @@ def _label(key: str) -> tuple[str, str]:
         return LABELS[key]
     for prefix, text in (("recall_p50_ms_", "recall p50 at {}"), ("recall_p95_ms_", "recall p95 at {}"),
                          ("pre_token_ms_", "before first token p50 at {}"),
-                         ("pre_token_p95_ms_", "before first token p95 at {}")):
+                         ("pre_token_p95_ms_", "before first token p95 at {}"),
+                         ("forget_ms_", "memory forget (one memory) p50 at {}")):
         if key.startswith(prefix):
             n = int(key[len(prefix):])
             return text.format(f"{n // 1000}k" if n >= 1000 else n), "ms"

@@ -460,7 +460,8 @@ class ChatSession:
             err.print(f"Forgetting {ids[0]}: {short(hits[0].memory.text)}")
         with self.env.model_lock:
             p = forgetting.plan(store, ids)
-            erased = forgetting.execute(store, p, "forget", self.updates)
+            with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
+                erased = forgetting.execute(store, p, "forget", self.updates)
         err.print(f"[green]Forgot {len(erased)} memories.[/green]")
 
     def _memories(self, query: str) -> None:

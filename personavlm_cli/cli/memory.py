@@ -268,7 +268,9 @@ def forget(
         updates = None
         if any(m.type == "turn" for m in p.targets + p.derived):
             updates = UpdateStage(store, None, env.user)  # queues re-consolidation; runs at the next chat
-        erased = forgetting.execute(store, p, operation, updates)
+        # The vector index is rebuilt so that no copy of an erased vector is left: seconds on a big store.
+        with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
+            erased = forgetting.execute(store, p, operation, updates)
         err.print(f"[green]Erased {len(erased)} memories.[/green]")
     finally:
         env.close()

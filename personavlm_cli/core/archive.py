@@ -276,7 +276,7 @@ def import_archive(store, archive: tuple[dict, dict[str, bytes]]) -> dict:
 
 def finish_interrupted_imports(store) -> int:
     """Shred the image files of imports that were killed before their records were committed."""
-    from personavlm_cli.core.store import _shred
+    from personavlm_cli.adapters.files import shred
 
     records = store.records
     removed = 0
@@ -290,7 +290,7 @@ def finish_interrupted_imports(store) -> int:
                 if candidate == path and records.image_in_use(found.group(2)):
                     continue
                 if candidate.exists():
-                    _shred(candidate)
+                    shred(candidate)
                     removed += 1
         with records.transaction():
             records.finish_job(job["id"])

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Callable, Iterable
 
+from personavlm_cli.adapters.files import shred
 from personavlm_cli.adapters.records import RecordStore
 from personavlm_cli.core.memory import Memory, from_iso, iso, new_id, now
 
@@ -95,7 +96,10 @@ class MemoryStore:
         for job in self.records.jobs(["vector_delete"]):
             self.vectors.delete(TEXT, job["payload"]["ids"])
             self.vectors.delete(IMAGES, job["payload"]["ids"])
-            self.records.finish_job(job["id"])
+            if job["payload"].get("purge", True):
+                self.vectors.purge([TEXT, IMAGES])
+            with self.records.transaction():
+                self.records.finish_job(job["id"])
         while True:
             pending = self.records.unembedded(batch)
             if not pending:
@@ -120,12 +124,16 @@ class MemoryStore:
 
     # -- forgetting -------------------------------------------------------------------------------
 
-    def erase(self, ids: Iterable[str], operation: str, before_commit: Callable[[], None] | None = None) -> list[str]:
+    def erase(self, ids: Iterable[str], operation: str, before_commit: Callable[[], None] | None = None,
+              purge: bool = True) -> list[str]:
         """Delete records, their vectors and image files; log the operation (ids only); compact.
 
         The caller decides what to erase (derived memories included); this makes it so, all or
         nothing: the record deletion, the audit entry and the queued vector deletion are one
         transaction, and the queued deletion is finished at the next open if a kill interrupts it.
+        ``purge`` rebuilds the vector collections so that no copy of an erased vector is left; it
+        copies every vector (seconds at 10k memories), so the update stage, which replaces its own
+        derived summaries, passes ``purge=False``: their vectors go at the next purge.
         """
         ids = list(dict.fromkeys(ids))
         if not ids:
@@ -134,20 +142,24 @@ class MemoryStore:
         shas = {m.image_sha256 for m in doomed if m.image_sha256}
         with self.records.transaction():
             self.records.delete(ids)
-            job = self.records.add_job("vector_delete", {"ids": ids})
+            job = self.records.add_job("vector_delete", {"ids": ids, "purge": purge})
             self.records.audit(operation, ids)
             if before_commit is not None:  # what must change with the erasure, in the same transaction
                 before_commit()
+        images = [IMAGES] if any(m.type == "image" for m in doomed) else []
         self.vectors.delete(TEXT, ids)
-        self.vectors.delete(IMAGES, ids)
+        for name in images:
+            self.vectors.delete(name, ids)
+        # Chroma only marks deletions: the vectors go for good when the collections are rebuilt.
+        if purge:
+            self.vectors.purge([TEXT] + images)
         with self.records.transaction():
             self.records.finish_job(job)
         for sha in shas:
             if not self.records.image_in_use(sha):
                 for path in self.images_dir.glob(f"{sha[:2]}/{sha}.*"):
-                    _shred(path)
+                    shred(path)
         self.records.compact()
-        compact_vector_files(self.user_dir)
         return ids
 
     def size_bytes(self) -> int:
@@ -166,34 +178,6 @@ def vector_metadata(m: Memory) -> dict:
     end = from_iso(m.occurred_end).timestamp() if m.occurred_end else start
     return {"type": m.type, "ts": start, "end_ts": end, "current": m.current, "role": m.role,
             "session_id": m.session_id}
-
-
-def _shred(path: Path) -> None:
-    """Overwrite then unlink, so an erased image's bytes do not linger in the file's blocks."""
-    try:
-        size = path.stat().st_size
-        with open(path, "r+b") as fh:
-            fh.write(b"\0" * size)
-            fh.flush()
-            os.fsync(fh.fileno())
-        path.unlink()
-    except FileNotFoundError:
-        pass
-
-
-def compact_vector_files(user_dir: Path) -> None:
-    """Vacuum Chroma's own SQLite file, where deleted documents would otherwise linger in free pages."""
-    import sqlite3
-
-    db = Path(user_dir) / "chroma" / "chroma.sqlite3"
-    if not db.exists():
-        return
-    con = sqlite3.connect(db, timeout=30)
-    try:
-        con.execute("PRAGMA secure_delete=ON")
-        con.execute("VACUUM")
-    finally:
-        con.close()
 
 
 def new_memory(kind: str, text: str, at, **fields) -> Memory:

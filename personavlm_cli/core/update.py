@@ -337,7 +337,8 @@ class UpdateStage:
         keep = {m.id for m in new}
         stale = [m.id for m in old if m.id not in keep]
         if stale:
-            self.store.erase(stale, "consolidation-replace")
+            # Replaced summaries, not a user's erasure: no rebuild of the vector index (store.erase).
+            self.store.erase(stale, "consolidation-replace", purge=False)
         fresh = [m for m in new if self.store.records.get(m.id) is None]
         self.store.add(fresh)
 
