@@ -114,6 +114,70 @@ def test_forget_a_turn_takes_its_images_and_derived_memories_along(cli, tmp_path
     assert [m for m in cli("memory", "list", "--all", "--json").json() if m["type"] != "core"] == []
 
 
+def test_edit_corrects_a_memory_keeps_its_history_and_can_erase_the_old_text(cli, isolated_home):
+    r = cli("chat", "--at", "2026-11-01 10:00", "--no-update",
+            input="Good morning\n/remember My sister Ottilie lives in Lyon\n/remember I like tea\n")
+    assert r.code == 0, r.err
+    listing = cli("memory", "list", "--type", "semantic", "--json").json()
+    first = next(m["id"] for m in listing if "Ottilie" in m["text"])
+
+    r = cli("memory", "edit", first, "My sister Ottilie lives in Marseille")
+    assert r.code == 0, r.err
+    second = r.out.strip()
+    assert second != first and "kept as history" in r.err
+    current = {m["text"] for m in cli("memory", "list", "--type", "semantic", "--json").json()}
+    assert current == {"My sister Ottilie lives in Marseille", "I like tea"}
+    old = next(m for m in cli("memory", "list", "--all", "--json").json() if m["id"] == first)
+    assert old["superseded_by"] == second and old["valid_to"]
+    shown = cli("memory", "show", second)
+    assert "Versions" in shown.out and first in shown.out and "edited by the user" in shown.out
+    hits = cli("memory", "search", "Where does Ottilie live", "--json").json()
+    assert hits[0]["id"] == second and first not in [h["id"] for h in hits], "search reads the corrected text"
+
+    # What cannot be edited is one line and changes nothing.
+    turn = next(m for m in cli("memory", "list", "--type", "turn", "--json").json())
+    assert_one_line_error(cli("memory", "edit", turn["id"], "something else"), "cannot be edited", "forget")
+    assert_one_line_error(cli("memory", "edit", first, "Lyon again"), "older version", second)
+    assert_one_line_error(cli("memory", "edit", "sem_0000000000", "x"), "no memory")
+    assert_one_line_error(cli("memory", "edit", second, " \x01 "), "empty")
+    same = cli("memory", "edit", second, "My sister Ottilie lives in Marseille")
+    assert same.code == 0 and same.out.strip() == second and "nothing changed" in same.err
+
+    # Text from stdin, and the wrong version erased for real: the line of versions skips it.
+    r = cli("memory", "edit", second, "-", "--erase-old", "--json", input="My sister Ottilie lives in Nice\n")
+    assert r.code == 0, r.err
+    third = r.json()
+    assert third["text"] == "My sister Ottilie lives in Nice" and third["superseded_by"] is None
+    assert grep_bytes(user_dir(isolated_home), b"Marseille") == [], "the erased version leaves no byte behind"
+    everything = {m["id"]: m for m in cli("memory", "list", "--all", "--json").json()}
+    assert second not in everything
+    assert everything[first]["superseded_by"] == third["id"], "the first version now leads to the third"
+    assert [m["text"] for m in cli("memory", "list", "--type", "semantic", "--json").json()
+            if "Ottilie" in m["text"]] == ["My sister Ottilie lives in Nice"]
+    import sqlite3
+
+    log = sqlite3.connect(user_dir(isolated_home) / "personavlm.db").execute(
+        "SELECT operation, ids FROM audit").fetchall()
+    assert ("edit", f'["{first}", "{second}"]') in log and ("edit-erase-old", f'["{second}"]') in log
+
+
+def test_forgetting_a_middle_version_links_the_older_to_the_newer(cli):
+    for day, text in (("01", "I love Sprite"), ("03", "I switched from Sprite to Coke"),
+                      ("05", "I switched from Coke to water")):
+        assert cli("chat", "--at", f"2026-11-{day} 10:00", "--no-update", input=f"/remember {text}\n").code == 0
+    chain = sorted(cli("memory", "list", "--type", "semantic", "--all", "--json").json(), key=lambda m: m["created_at"])
+    assert [m["text"] for m in chain if not m["superseded_by"]] == ["I switched from Coke to water"], chain
+    by_text = {m["text"]: m for m in chain}
+    middle = by_text["I switched from Sprite to Coke"]["id"]
+    assert cli("memory", "forget", middle, "--yes").code == 0
+    after = {m["text"]: m for m in cli("memory", "list", "--type", "semantic", "--all", "--json").json()}
+    assert set(after) == {"I love Sprite", "I switched from Coke to water"}
+    assert after["I love Sprite"]["superseded_by"] == by_text["I switched from Coke to water"]["id"]
+    assert after["I love Sprite"]["valid_to"], "the oldest version does not come back as current"
+    assert [m["text"] for m in cli("memory", "list", "--type", "semantic", "--json").json()] == [
+        "I switched from Coke to water"]
+
+
 def test_forget_refuses_without_confirmation_when_not_interactive(cli):
     cli("chat", "--no-update", input="/remember I like tea\n")
     assert_one_line_error(cli("memory", "forget", "--query", "tea"), "--yes")

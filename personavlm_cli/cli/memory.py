@@ -1,4 +1,4 @@
-"""`personavlm memory ...`: see, search, explain, forget, export and import memories."""
+"""`personavlm memory ...`: see, search, explain, correct, forget, export and import memories."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from personavlm_cli.cli.common import JsonOpt, UserOpt, err, make_env, out, prin
 from personavlm_cli.core.errors import NotFoundError, PersonaError
 from personavlm_cli.core.memory import TYPES, parse_time
 
-app = typer.Typer(help="See, search, explain, forget, export and import memories.", no_args_is_help=True)
+app = typer.Typer(help="See, search, explain, correct, forget, export and import memories.", no_args_is_help=True)
 
 TypeOpt = Annotated[Optional[list[str]], typer.Option(
     "--type", "-t", help=f"Only these types ({'|'.join(TYPES)}); repeatable.")]
@@ -272,6 +272,60 @@ def forget(
         with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
             erased = forgetting.execute(store, p, operation, updates)
         err.print(f"[green]Erased {len(erased)} memories.[/green]")
+    finally:
+        env.close()
+
+
+@app.command()
+def edit(
+    memory_id: Annotated[str, typer.Argument(help="The memory's id (a semantic, episodic, procedural or core memory).")],
+    text: Annotated[str, typer.Argument(help="The corrected text; - reads it from stdin.")],
+    user: UserOpt = None,
+    erase_old: Annotated[bool, typer.Option(
+        "--erase-old", help="Erase the old version for real (and what was derived from it) instead of keeping "
+                            "it as history.")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask before erasing derived memories.")] = False,
+    json: JsonOpt = False,
+):
+    """Correct a memory: the new text becomes its current version; the old one stays as history
+    (memory show) unless --erase-old."""
+    from personavlm_cli.core import corrections, forgetting
+
+    if text == "-":
+        text = sys.stdin.read()
+    env = make_env(user)
+    try:
+        store = env.store(write=True, create=False)
+        store.sync_vectors()
+        new = corrections.correct(store, memory_id, text)
+        if new is None:
+            err.print(f"'{memory_id}' already says that: nothing changed")
+            if json:
+                print_json(memory_json(store.records.get(memory_id)))
+            else:
+                out.print(memory_id, markup=False, highlight=False)
+            return
+        if erase_old:
+            p = forgetting.plan(store, [memory_id])
+            if p.derived:
+                for m in p.derived[:20]:
+                    err.print(f"  [cyan]{m.id}[/cyan] [dim]{m.type}[/dim] {short(m.text)}")
+                if not yes:
+                    if not sys.stdin.isatty():
+                        raise PersonaError(f"the edit is saved as {new.id}; erasing the old version would also "
+                                           f"erase {len(p.derived)} derived memories: pass --yes")
+                    if not typer.confirm(f"Erase the old version and {len(p.derived)} derived memories?", err=True):
+                        raise typer.Exit(1)
+            with err.status("Erasing the old version (rebuilding the vector index)…", spinner="dots"):
+                forgetting.execute(store, p, "edit-erase-old")
+            err.print(f"[green]Edited[/green] {memory_id} → {new.id}; the old version is erased.")
+        else:
+            err.print(f"[green]Edited[/green] {memory_id} → {new.id}; the old version is kept as history "
+                      f"(memory show {new.id}; --erase-old erases it).")
+        if json:
+            print_json(memory_json(store.records.get(new.id)))
+        else:
+            out.print(new.id, markup=False, highlight=False)
     finally:
         env.close()
 

@@ -46,14 +46,19 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> 
     ids = set(p.ids)
     sessions = {m.session_id for m in p.targets + p.derived if m.type == "turn" and m.session_id}
     sessions |= {m.session_id for m in p.derived if m.type in ("episodic", "core", "procedural") and m.session_id}
-    revive = [m for m in records.superseded_by_any(ids) if m.id not in ids]
+    erased_now = {x.id: x for x in p.targets + p.derived}
+    relink = [(m, _survivor(m, erased_now)) for m in records.superseded_by_any(ids) if m.id not in ids]
     scrub_input_history(store.user_dir / "input_history", [m.text for m in p.targets + p.derived])
 
     def revive_and_reopen() -> None:
-        # A version whose successor is erased becomes current again, and the sessions it touched are
-        # consolidated again: both with the erasure itself, so a kill cannot leave one without the other.
-        for m in revive:
-            m.valid_to, m.superseded_by = None, None
+        # A version whose successor is erased points to the next version that survives; when none does,
+        # it becomes current again (or stays closed, if the erased line had been closed). The sessions
+        # the erasure touched are consolidated again. All in the erasure's own transaction, so a kill
+        # cannot leave one without the other.
+        for m, (successor, closed) in relink:
+            m.superseded_by = successor
+            if successor is None and not closed:
+                m.valid_to = None
             records.update(m)
         done = records.get_meta("consolidated", {}) or {}
         for session in sessions:
@@ -61,13 +66,27 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> 
         records.set_meta("consolidated", done)
 
     erased = store.erase(p.ids, operation, before_commit=revive_and_reopen)
-    if revive:
-        store.embed(revive)
+    if relink:  # their vectors' "current" flag may have changed (a kill here: the next start embeds them)
+        store.embed([m for m, _ in relink])
     if updates is not None:
         for session in sorted(sessions):
             if records.list(types=["turn"], session_id=session, limit=1):
                 updates.enqueue_session(session)
     return erased
+
+
+def _survivor(m: Memory, erased: dict[str, Memory]) -> tuple[str | None, bool]:
+    """Where ``m``'s line of versions goes once ``erased`` are gone: (the first later version that
+    survives, or None; whether the line had been closed with no successor)."""
+    nxt = m.superseded_by
+    seen = set()
+    while nxt in erased and nxt not in seen:
+        seen.add(nxt)
+        last = erased[nxt]
+        if last.superseded_by is None:
+            return None, last.valid_to is not None
+        nxt = last.superseded_by
+    return nxt, False
 
 
 def scrub_input_history(path, texts: list[str]) -> None:

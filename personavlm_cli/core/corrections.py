@@ -1,0 +1,56 @@
+"""Correcting a memory: the user's own wording replaces it as a new version.
+
+The corrected text becomes the current version of the memory; the old one is kept as history, closed
+at the moment of the edit and linked to its successor, as a contradiction learnt in conversation is
+(``memory show`` lists both). When the old text was simply wrong and must not stay, the caller erases
+it afterwards with ``forgetting`` (``memory edit --erase-old``): what was derived from it goes too.
+
+Only what the assistant learnt can be corrected: semantic facts, episodes, habits and goals, the core
+profile. Turns are the record of what was said and images are what was shown; those are forgotten,
+not rewritten.
+"""
+
+from __future__ import annotations
+
+from personavlm_cli.core.errors import NotFoundError, PersonaError
+from personavlm_cli.core.memory import Memory, iso, new_id, now
+from personavlm_cli.core.store import MemoryStore
+
+EDITABLE = ("core", "semantic", "episodic", "procedural")
+MAX_CHARS = 4000
+
+
+def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | None:
+    """Make ``text`` the current version of memory ``memory_id``; the new memory, or None when the text
+    is unchanged. Raises NotFoundError / PersonaError with one line for what cannot be edited."""
+    records = store.records
+    old = records.get(memory_id)
+    if old is None:
+        raise NotFoundError(f"no memory with id '{memory_id}'")
+    if old.type not in EDITABLE:
+        what = "a turn is the record of what was said" if old.type == "turn" else "an image memory is what was shown"
+        raise PersonaError(f"'{memory_id}' cannot be edited: {what}; forget it instead "
+                           f"(only {', '.join(EDITABLE)} memories are edited)")
+    if not old.current:
+        successor = f"superseded by {old.superseded_by}" if old.superseded_by else "closed"
+        raise PersonaError(f"'{memory_id}' is an older version ({successor}): edit the current one")
+    text = " ".join("".join(ch if ch.isprintable() or ch in "\t\n" else " " for ch in text).split())
+    if not text:
+        raise PersonaError("empty text: nothing changed")
+    if len(text) > MAX_CHARS:
+        raise PersonaError(f"the new text has {len(text)} characters; a memory holds at most {MAX_CHARS}")
+    if text == old.text:
+        return None
+    when = iso(at or now())
+    meta = {k: v for k, v in old.meta.items() if k not in ("merged", "reasoning", "origin", "reason")}
+    meta.update(origin="edited by the user", edited_from=old.id)
+    new = Memory(id=new_id(old.type), type=old.type, text=text, occurred_at=old.occurred_at, created_at=when,
+                 source_ids=list(old.source_ids), session_id=old.session_id, keywords="",
+                 occurred_end=old.occurred_end, meta=meta)
+    with records.transaction():
+        records.insert([new])
+        records.supersede(old.id, new.id, when)
+        records.audit("edit", [old.id, new.id])
+    old.valid_to, old.superseded_by = when, new.id
+    store.embed([old, new])  # the old vector's "current" flag changes; a kill here is repaired at the next start
+    return new
