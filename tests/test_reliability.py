@@ -561,6 +561,11 @@ def test_one_writer_per_user_readers_are_free_and_other_users_are_independent(is
         assert_one_line_error(r, "in use by another personavlm process", f"(PID {chat.pid})")
         r = run_cli("memory", "forget", "--all", "--yes")
         assert_one_line_error(r, "in use by another personavlm process", f"(PID {chat.pid})")
+        # Search reads the record file as any reader does: by words, and it says so.
+        r = run_cli("memory", "search", "tea", "--json")
+        assert r.code == 0, r.err
+        assert [(h["text"], set(h["signals"])) for h in r.json()] == [("I like tea", {"lexical"})]
+        assert "searching by words only" in r.err and f"PID {chat.pid}" in r.err
         # Readers work while the chat writes: feed it memories and read in between.
         for i in range(30):
             chat.stdin.write(f"/remember Fact number {i} about my garden\n".encode())

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from personavlm_cli.cli.common import JsonOpt, UserOpt, err, make_env, out, print_json, short
-from personavlm_cli.core.errors import NotFoundError, PersonaError
+from personavlm_cli.core.errors import NotFoundError, PersonaError, StoreBusyError
 from personavlm_cli.core.memory import TYPES, parse_time
 
 app = typer.Typer(help="See, search, explain, correct, forget, export and import memories.", no_args_is_help=True)
@@ -188,18 +188,29 @@ def search(
         raise PersonaError("give a QUERY or --image PATH")
     env = make_env(user)
     try:
-        store = env.store(write=True, create=False)
+        weights = None
+        try:
+            store = env.store(write=True, create=False)
+        except StoreBusyError as exc:
+            # A chat holds the store. The embedded vector engine is one process's, but the record file
+            # has free readers: search by words (BM25) and say so. An image search needs the vectors.
+            if image is not None:
+                raise
+            store = env.store(write=False, create=False)
+            weights = {"dense": 0.0, "keywords": 0.0, "image": 0.0}
+            err.print(f"[yellow]{str(exc).split(';')[0]}: searching by words only[/yellow]")
         images = []
         if image is not None:
             from personavlm_cli.adapters.images import inspect_image
 
             inspect_image(image)
             images = [image]
-        store.sync_vectors()
+        if weights is None:
+            store.sync_vectors()
         q = Query(text=query, types=tuple(_types(type) or TYPES), image_paths=images, include_superseded=all,
                   since=parse_time(since, "--since").timestamp() if since else None,
                   until=parse_time(until, "--until").timestamp() if until else None)
-        hits = recall(store, q, k=limit)
+        hits = recall(store, q, k=limit, weights=weights)
     finally:
         env.close()
     if json:
