@@ -214,3 +214,10 @@ def test_a_waiting_answer_goes_before_background_updates():
     for t in threads:
         t.join()
     assert order == ["update 1", "answer", "update 2"]
+
+
+def test_counts_read_as_english():
+    from personavlm_cli.cli.common import count
+
+    assert [count(n, "memory") for n in (0, 1, 2)] == ["0 memories", "1 memory", "2 memories"]
+    assert count(1, "image") == "1 image" and count(3, "image") == "3 images"

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from personavlm_cli.cli.common import UserOpt, err, make_env, out, short
+from personavlm_cli.cli.common import UserOpt, count, err, make_env, out, short
 from personavlm_cli.cli.env import Env, is_tty
 from personavlm_cli.core.errors import PersonaError
 
@@ -462,7 +462,7 @@ class ChatSession:
             p = forgetting.plan(store, ids)
             with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
                 erased = forgetting.execute(store, p, "forget", self.updates)
-        err.print(f"[green]Forgot {len(erased)} memories.[/green]")
+        err.print(f"[green]Forgot {count(len(erased), 'memory')}.[/green]")
 
     def _memories(self, query: str) -> None:
         store = self.env.store()

@@ -29,6 +29,13 @@ def print_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+def count(n: int, noun: str) -> str:
+    """``1 memory``, ``3 memories``."""
+    if n == 1:
+        return f"1 {noun}"
+    return f"{n} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
+
+
 def short(text: str, width: int = 70) -> str:
     line = " ".join((text or "").split())
     return line if len(line) <= width else line[: width - 1] + "…"

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from personavlm_cli.cli.common import JsonOpt, UserOpt, err, make_env, out, print_json, short
+from personavlm_cli.cli.common import JsonOpt, UserOpt, count, err, make_env, out, print_json, short
 from personavlm_cli.core.errors import NotFoundError, PersonaError, StoreBusyError
 from personavlm_cli.core.memory import TYPES, parse_time
 
@@ -86,7 +86,7 @@ def list_(
     out.print(table)
     pending_jobs = [j for j in records.jobs() if j["kind"] in ("turn", "session")]
     tail = f"; {len(pending_jobs)} update(s) pending" if pending_jobs else ""
-    err.print(f"[dim]{len(items)} memories{tail}[/dim]")
+    err.print(f"[dim]{count(len(items), 'memory')}{tail}[/dim]")
 
 
 def _open_records(env):
@@ -282,7 +282,7 @@ def forget(
         # The vector index is rebuilt so that no copy of an erased vector is left: seconds on a big store.
         with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
             erased = forgetting.execute(store, p, operation, updates)
-        err.print(f"[green]Erased {len(erased)} memories.[/green]")
+        err.print(f"[green]Erased {count(len(erased), 'memory')}.[/green]")
     finally:
         env.close()
 
@@ -352,8 +352,8 @@ def export(
     env = make_env(user)
     records = _open_records(env)
     summary = export_archive(records, env.user_dir(create=False), file, env.user)
-    err.print(f"[green]Exported[/green] {summary['counts']['memories']} memories and "
-              f"{summary['counts']['images']} images to {file}")
+    err.print(f"[green]Exported[/green] {count(summary['counts']['memories'], 'memory')} and "
+              f"{count(summary['counts']['images'], 'image')} to {file}")
 
 
 @app.command("import")
@@ -363,7 +363,7 @@ def import_(
 ):
     """Import an archive into this user's store (memories already present are kept)."""
     summary = import_file(make_env(user), file)
-    err.print(f"[green]Imported[/green] {summary['added']} memories ({summary['skipped']} already present)")
+    err.print(f"[green]Imported[/green] {count(summary['added'], 'memory')} ({summary['skipped']} already present)")
 
 
 def import_file(env, file: Path) -> dict:
