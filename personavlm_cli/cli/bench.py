@@ -439,30 +439,28 @@ def pre_token(big: BigStore, messages: int, rng: random.Random) -> dict:
     from personavlm_cli.core.recall import Query
 
     assistant = Assistant(big.store, None, "bench")
-    parts: dict[str, list[float]] = {k: [] for k in ("store_and_embed_message", "context", "recall", "prompt",
-                                                      "total", "total_cpu")}
+    parts: dict[str, list[float]] = {k: [] for k in ("store_message_and_context", "recall", "prompt",
+                                                      "total", "total_cpu", "after_answer_embed")}
     at = big.last_time + timedelta(minutes=5)
     for i in range(messages + 2):
         text = query_line(rng)
         at += timedelta(seconds=30)
         c0 = time.process_time()  # CPU time of this process (all its threads): what the load of others hides
         t0 = time.perf_counter()
-        recent = assistant.recent(at)
-        ex, _previous = assistant.store_user_turn(text, at, [])
-        big.store.embed([ex.user_turn])
+        ex, ctx = assistant.prepare(text, at, [])  # what Assistant.respond does before the model
         t1 = time.perf_counter()
-        ctx = assistant.context(text, at, [], recent, {ex.user_turn.id})
-        t2 = time.perf_counter()
-        seen = {m.id for m in recent} | {ex.user_turn.id}
+        seen = {m.id for m in ctx.recent} | {ex.user_turn.id}
         hits = assistant._recall(Query(text=text, keywords=text, exclude_ids=seen), 8)
         used = assistant._expand([h.memory for h in hits])
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         assistant.profile.answer_messages(ctx, used)
+        t3 = time.perf_counter()
+        c3 = time.process_time()
+        big.store.embed([ex.user_turn])  # what respond does once the answer is over
         t4 = time.perf_counter()
-        c4 = time.process_time()
         if i >= 2:  # two warm-up messages
-            for key, v in (("store_and_embed_message", t1 - t0), ("context", t2 - t1), ("recall", t3 - t2),
-                           ("prompt", t4 - t3), ("total", t4 - t0), ("total_cpu", c4 - c0)):
+            for key, v in (("store_message_and_context", t1 - t0), ("recall", t2 - t1), ("prompt", t3 - t2),
+                           ("total", t3 - t0), ("total_cpu", c3 - c0), ("after_answer_embed", t4 - t3)):
                 parts[key].append(v)
     return {k: _ms(v) for k, v in parts.items()}
 

@@ -124,15 +124,7 @@ class Assistant:
         The generator stores the assistant's turn when it ends, including when the consumer stops
         it early (Ctrl-C): the partial answer is kept and marked as interrupted.
         """
-        image_paths = [Path(p) for p in image_paths or []]
-        recent = self.recent(at)
-        ex, previous_session = self.store_user_turn(text, at, image_paths)
-        if previous_session and updates is not None:
-            updates.enqueue_session(previous_session)
-        with self.model_lock:
-            self.store.embed([ex.user_turn, *ex.images])
-        stored = [self.store.images_dir / m.meta["path"] for m in ex.images]
-        ctx = self.context(text, at, stored, recent, {ex.user_turn.id, *(m.id for m in ex.images)})
+        ex, ctx = self.prepare(text, at, image_paths, updates)
         stage = ResponseStage(self.model, self.profile, self._recall, self._expand)
         self.last = ex
 
@@ -149,15 +141,29 @@ class Assistant:
                 raise
             finally:
                 ex.answer = "".join(pieces).strip()
-                if ex.answer or ex.interrupted:
-                    assistant = self.store_assistant_turn(ex, at)
-                    with self.model_lock:
-                        self.store.embed([assistant])
-                    if updates is not None:
-                        updates.enqueue_turn(ex.user_turn, assistant)
+                assistant = self.store_assistant_turn(ex, at) if ex.answer or ex.interrupted else None
+                # The message's own vectors are written after the answer: this answer's recall leaves the
+                # message out anyway, and its text vector is the query's, cached by the encoder. A kill
+                # before this point leaves them unembedded; the next start embeds them.
+                with self.model_lock:
+                    self.store.embed([ex.user_turn, *ex.images, *([assistant] if assistant else [])])
+                if assistant is not None and updates is not None:
+                    updates.enqueue_turn(ex.user_turn, assistant)
                 self.personality_override = None  # an override holds for the next answer only
 
         return ex, stream()
+
+    def prepare(self, text: str, at: datetime, image_paths: list[Path] | None = None,
+                updates: UpdateStage | None = None) -> tuple[Exchange, Context]:
+        """Everything before the model runs: store the user's turn (and its images), then gather the
+        context for the answer."""
+        image_paths = [Path(p) for p in image_paths or []]
+        recent = self.recent(at)
+        ex, previous_session = self.store_user_turn(text, at, image_paths)
+        if previous_session and updates is not None:
+            updates.enqueue_session(previous_session)
+        stored = [self.store.images_dir / m.meta["path"] for m in ex.images]
+        return ex, self.context(text, at, stored, recent, {ex.user_turn.id, *(m.id for m in ex.images)})
 
     def _recall(self, query: Query, k: int):
         return recall(self.store, query, k=k)
