@@ -390,3 +390,44 @@ def test_export_then_import_into_a_fresh_store_gives_identical_records(tmp_path_
     assert [m.to_dict() for m in dst.records.list(include_superseded=True)] == [m.to_dict() for m in before]
     src.close()
     dst.close()
+
+
+def test_any_damaged_byte_of_an_archive_is_refused_with_a_persona_error_or_changes_nothing(tmp_path):
+    """Every single-byte flip of a real export (compressed members, an image, the zip directory): reading
+    it either raises one PersonaError (one line at the CLI) or gives exactly the original content,
+    never another exception (a zlib error got through once: "unexpected error" at the CLI)."""
+    from personavlm_cli.core.archive import export_archive, read_archive
+    from personavlm_cli.core.errors import PersonaError
+
+    src, _ = make_store(tmp_path / "src")
+    data = png_bytes(2)
+    sha = hashlib.sha256(data).hexdigest()
+    (src.images_dir / sha[:2]).mkdir(parents=True)
+    (src.images_dir / sha[:2] / f"{sha}.png").write_bytes(data)
+    memories = [Memory(id=f"sem_{i:04d}a", type="semantic", text=f"Fact {i}: the user's cousin likes {i * 7} "
+                       "kinds of tea, and keeps them in a blue tin by the window.", occurred_at=iso(
+                           datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)),
+                       created_at="2026-01-02T00:00:00+00:00") for i in range(40)]
+    memories.append(Memory(id="img_0000a", type="image", text="a picture", occurred_at=memories[0].occurred_at,
+                           created_at=memories[0].created_at, image_sha256=sha, meta={"path": f"{sha[:2]}/{sha}.png"}))
+    with src.records.transaction():
+        src.records.insert(memories)
+    file = tmp_path / "out.pvm"
+    export_archive(src.records, src.user_dir, file, "ada")
+    src.close()
+    original = read_archive(file)
+    blob = file.read_bytes()
+    bad = tmp_path / "bad.pvm"
+    refused = 0
+    for pos in range(len(blob)):
+        for mask in (0x01, 0x80):
+            damaged = bytearray(blob)
+            damaged[pos] ^= mask
+            bad.write_bytes(bytes(damaged))
+            try:
+                got = read_archive(bad)
+            except PersonaError:
+                refused += 1
+                continue
+            assert got[1] == original[1], f"byte {pos} ^ {mask:#x}: read without error but the content differs"
+    assert refused > len(blob), "most damage is refused"

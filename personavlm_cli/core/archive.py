@@ -18,6 +18,7 @@ import json
 import os
 import re
 import zipfile
+import zlib
 from pathlib import Path
 
 from personavlm_cli.core.errors import PersonaError
@@ -101,7 +102,7 @@ def read_archive(file: Path) -> tuple[dict, dict[str, bytes]]:
                 raise PersonaError(f"archive {file} is corrupt (a checksum does not match)")
             manifest = json.loads(z.read("manifest.json"))
             data = {name: z.read(name) for name in names if name != "manifest.json"}
-    except (zipfile.BadZipFile, KeyError, ValueError, OSError, EOFError, zipfile.LargeZipFile,
+    except (zipfile.BadZipFile, zlib.error, KeyError, ValueError, OSError, EOFError, zipfile.LargeZipFile,
             NotImplementedError, RuntimeError) as exc:
         raise PersonaError(f"archive {file} is corrupt or not a personavlm archive ({type(exc).__name__})") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
