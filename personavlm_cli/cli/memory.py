@@ -308,6 +308,17 @@ def edit(
     try:
         store = env.store(write=True, create=False)
         store.sync_vectors()
+        corrections.editable(store.records, memory_id)
+        p = forgetting.plan(store, [memory_id]) if erase_old else None
+        if p is not None and p.derived:  # ask before anything changes
+            for m in p.derived[:20]:
+                err.print(f"  [cyan]{m.id}[/cyan] [dim]{m.type}[/dim] {short(m.text)}")
+            if not yes:
+                if not sys.stdin.isatty():
+                    raise PersonaError(f"erasing the old version would also erase {count(len(p.derived), 'derived memory')}: "
+                                       "pass --yes")
+                if not typer.confirm(f"Erase the old version and {count(len(p.derived), 'derived memory')}?", err=True):
+                    raise typer.Exit(1)
         new = corrections.correct(store, memory_id, text)
         if new is None:
             err.print(f"'{memory_id}' already says that: nothing changed")
@@ -316,17 +327,8 @@ def edit(
             else:
                 out.print(memory_id, markup=False, highlight=False)
             return
-        if erase_old:
-            p = forgetting.plan(store, [memory_id])
-            if p.derived:
-                for m in p.derived[:20]:
-                    err.print(f"  [cyan]{m.id}[/cyan] [dim]{m.type}[/dim] {short(m.text)}")
-                if not yes:
-                    if not sys.stdin.isatty():
-                        raise PersonaError(f"the edit is saved as {new.id}; erasing the old version would also "
-                                           f"erase {len(p.derived)} derived memories: pass --yes")
-                    if not typer.confirm(f"Erase the old version and {len(p.derived)} derived memories?", err=True):
-                        raise typer.Exit(1)
+        if p is not None:
+            p = forgetting.plan(store, [memory_id])  # again: the old version now names its successor
             with err.status("Erasing the old version (rebuilding the vector index)…", spinner="dots"):
                 forgetting.execute(store, p, "edit-erase-old")
             err.print(f"[green]Edited[/green] {memory_id} → {new.id}; the old version is erased.")

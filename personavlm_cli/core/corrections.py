@@ -20,10 +20,8 @@ EDITABLE = ("core", "semantic", "episodic", "procedural")
 MAX_CHARS = 4000
 
 
-def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | None:
-    """Make ``text`` the current version of memory ``memory_id``; the new memory, or None when the text
-    is unchanged. Raises NotFoundError / PersonaError with one line for what cannot be edited."""
-    records = store.records
+def editable(records, memory_id: str) -> Memory:
+    """The memory, if it can be edited; else NotFoundError / PersonaError with one line."""
     old = records.get(memory_id)
     if old is None:
         raise NotFoundError(f"no memory with id '{memory_id}'")
@@ -34,6 +32,14 @@ def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | 
     if not old.current:
         successor = f"superseded by {old.superseded_by}" if old.superseded_by else "closed"
         raise PersonaError(f"'{memory_id}' is an older version ({successor}): edit the current one")
+    return old
+
+
+def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | None:
+    """Make ``text`` the current version of memory ``memory_id``; the new memory, or None when the text
+    is unchanged. Raises NotFoundError / PersonaError with one line for what cannot be edited."""
+    records = store.records
+    old = editable(records, memory_id)
     text = " ".join("".join(ch if ch.isprintable() or ch in "\t\n" else " " for ch in text).split())
     if not text:
         raise PersonaError("empty text: nothing changed")
