@@ -188,9 +188,9 @@ class VectorIndex:
                 if self._existing(spare_name) is not None:  # a copy a kill interrupted
                     self.client.delete_collection(spare_name)
                 spare = self._create(spare_name)
-                copied, offset = 0, 0
+                copied = 0
                 while True:
-                    page = old.get(include=["embeddings", "metadatas", "documents"], limit=PAGE, offset=offset)
+                    page = old.get(include=["embeddings", "metadatas", "documents"], limit=PAGE, offset=copied)
                     if not page["ids"]:
                         break
                     docs = page.get("documents")
@@ -198,7 +198,6 @@ class VectorIndex:
                               metadatas=[m or None for m in page["metadatas"]],
                               documents=[d or "" for d in docs] if docs and any(docs) else None)
                     copied += len(page["ids"])
-                    offset += len(page["ids"])
                     if len(page["ids"]) < PAGE:
                         break
                 self._collections.pop(name, None)

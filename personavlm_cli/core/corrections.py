@@ -38,8 +38,7 @@ def editable(records, memory_id: str) -> Memory:
 def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | None:
     """Make ``text`` the current version of memory ``memory_id``; the new memory, or None when the text
     is unchanged. Raises NotFoundError / PersonaError with one line for what cannot be edited."""
-    records = store.records
-    old = editable(records, memory_id)
+    old = editable(store.records, memory_id)
     text = " ".join("".join(ch if ch.isprintable() or ch in "\t\n" else " " for ch in text).split())
     if not text:
         raise PersonaError("empty text: nothing changed")
@@ -53,10 +52,5 @@ def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | 
     new = Memory(id=new_id(old.type), type=old.type, text=text, occurred_at=old.occurred_at, created_at=when,
                  source_ids=list(old.source_ids), session_id=old.session_id, keywords="",
                  occurred_end=old.occurred_end, meta=meta)
-    with records.transaction():
-        records.insert([new])
-        records.supersede(old.id, new.id, when)
-        records.audit("edit", [old.id, new.id])
-    old.valid_to, old.superseded_by = when, new.id
-    store.embed([old, new])  # the old vector's "current" flag changes; a kill here is repaired at the next start
+    store.supersede(old, new, at=when, operation="edit")
     return new

@@ -93,12 +93,14 @@ class MemoryStore:
     def sync_vectors(self, batch: int = 256) -> int:
         """Repair after a kill: embed records without vectors, finish queued vector deletions."""
         done = 0
-        for job in self.records.jobs(["vector_delete"]):
+        jobs = self.records.jobs(["vector_delete"])
+        for job in jobs:
             self.vectors.delete(TEXT, job["payload"]["ids"])
             self.vectors.delete(IMAGES, job["payload"]["ids"])
-            if job["payload"].get("purge", True):
-                self.vectors.purge([TEXT, IMAGES])
-            with self.records.transaction():
+        if any(job["payload"].get("purge", True) for job in jobs):
+            self.vectors.purge([TEXT, IMAGES])  # one rebuild for every deletion a kill left
+        with self.records.transaction():
+            for job in jobs:
                 self.records.finish_job(job["id"])
         while True:
             pending = self.records.unembedded(batch)
@@ -113,12 +115,16 @@ class MemoryStore:
             self.records.update(memory)
         self.embed([memory])
 
-    def supersede(self, old: Memory, new: Memory | None, at: str | None = None) -> None:
+    def supersede(self, old: Memory, new: Memory | None, at: str | None = None, operation: str | None = None) -> None:
+        """Close ``old`` (replaced by ``new``, if any); ``operation`` is logged in the audit log with both
+        ids, in the same transaction."""
         when = at or iso(now())
         with self.records.transaction():
             if new is not None:
                 self.records.insert([new])
             self.records.supersede(old.id, new.id if new else None, when)
+            if operation is not None:
+                self.records.audit(operation, [old.id] + ([new.id] if new else []))
         old.valid_to, old.superseded_by = when, new.id if new else None
         self.embed([old] + ([new] if new else []))
 
