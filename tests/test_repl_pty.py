@@ -393,3 +393,24 @@ def test_words_move_whole_to_the_next_row_and_nothing_is_lost_at_the_edge():
     w = AnswerWriter(buf, styled=True, width=40)
     w.write("Once upon a ti")
     assert buf.getvalue() == "Once upon a ti"
+
+
+def test_a_terminal_nobody_sized_wraps_at_80_columns():
+    """A pty whose size was never set (`script` in a pipeline, some CI runners) reports 0 columns; the
+    answer is still written, wrapped as on an 80-column terminal (it divided by zero once)."""
+    from personavlm_cli.cli.repl import AnswerWriter
+
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=False) as tty:
+            assert os.get_terminal_size(tty.fileno()).columns == 0
+            w = AnswerWriter(tty, styled=True)
+            assert w.width() == 80
+            w.write("word " * 40)
+            w.end()
+            tty.flush()
+        shown = os.read(master, 65536).decode(errors="replace")
+        assert shown.count("word") == 40
+    finally:
+        os.close(master)
+        os.close(slave)

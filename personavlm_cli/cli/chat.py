@@ -273,6 +273,10 @@ class ChatSession:
                 writer.end()
             finally:
                 spinner.stop()
+                if stream is not None:
+                    # An error cut the answer: the core stores what came, marked, while the store is
+                    # still open (not later, when the generator is collected). A no-op once it ended.
+                    stream.close()
                 if writer.started and not writer.ended:  # an error cut the answer: end its line
                     writer.end(interrupted=True)
         end = time.perf_counter()

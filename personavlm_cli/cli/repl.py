@@ -294,7 +294,7 @@ class AnswerWriter:
         if self._width:
             return self._width
         try:
-            return os.get_terminal_size(self.stream.fileno()).columns
+            return os.get_terminal_size(self.stream.fileno()).columns or 80  # a pty nobody sized says 0
         except (OSError, ValueError, AttributeError):
             return 80
 
