@@ -165,13 +165,15 @@ def test_config_errors_are_one_line(tmp_path, text, needle):
     assert needle in str(e.value) and "\n" not in str(e.value)
 
 
-def test_extracted_memories_must_be_grounded_in_what_the_user_said():
-    from personavlm_cli.core.update import grounded
+def test_learnt_statements_must_be_supported_by_what_the_user_said():
+    from personavlm_cli.core.learning import supported
 
-    assert grounded("The user is a nurse in Lisbon", "I'm a nurse, I live in Lisbon")
-    assert grounded("The user's name is Ada", "Hello, I am Ada.")
-    assert not grounded("Your name is {user_name}.", "Hello, I am Ada.")
-    assert not grounded("The user is a software engineer", "I work as a nurse in Lisbon")
+    assert supported("The user is a nurse in Lisbon", ["I'm a nurse, I live in Lisbon"])
+    assert supported("user switches to green tea", ["I switched from coffee to green tea"])
+    assert not supported("The user's name is Ada", ["Hello, I am Ada."]), "'name' was never said"
+    assert not supported("Your name is {user_name}.", ["Hello, I am Ada."])
+    assert not supported("The user is a software engineer", ["I work as a nurse in Lisbon"])
+    assert not supported("The user loves Portugal", ["Sure! Portugal is lovely."][:0]), "no evidence, no fact"
 
 
 def test_forgetting_scrubs_the_repl_input_history(tmp_path):

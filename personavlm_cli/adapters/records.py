@@ -17,7 +17,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-from personavlm_cli.core.errors import StoreError
+from personavlm_cli.core.errors import StoreError, disk_full, is_disk_full
 from personavlm_cli.core.memory import Memory, from_iso, iso, now
 
 FORMAT_VERSION = 1
@@ -137,8 +137,13 @@ class RecordStore:
         try:
             fresh = not self.path.exists()
             if fresh:
-                fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
-                os.close(fd)
+                try:
+                    fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+                    os.close(fd)
+                except OSError as exc:
+                    if is_disk_full(exc):
+                        raise disk_full(self.path.parent) from None
+                    raise
             self.db = self._connect(readonly)
             self.db.row_factory = sqlite3.Row
             self.db.execute("PRAGMA secure_delete=ON")
@@ -147,6 +152,7 @@ class RecordStore:
                 self.db.execute("PRAGMA synchronous=NORMAL")
                 self._migrate()
                 self._finish_interrupted_compaction()
+                self.finish_interrupted_imports(self.path.parent / "images")
             elif self._check_version() < 1:
                 # The schema and its format version are written in one transaction: a file without
                 # them is empty (a writer is creating it right now) or is someone else's database.
@@ -154,6 +160,8 @@ class RecordStore:
         except PermissionError:
             raise StoreError(f"the store {self.path} is read-only (permission denied)") from None
         except sqlite3.OperationalError as exc:
+            if is_disk_full(exc):
+                raise disk_full(self.path.parent) from None
             if _is_readonly_error(exc):
                 raise StoreError(f"the store {self.path} is read-only ({exc}); fix the permissions of "
                                  f"{self.path.parent}") from None
@@ -236,7 +244,7 @@ class RecordStore:
                 pass
 
     def transaction(self):
-        return _Transaction(self.db)
+        return _Transaction(self.db, self.path.parent)
 
     def close(self) -> None:
         self.db.close()
@@ -452,6 +460,36 @@ class RecordStore:
                for r in rows]
         return [j for j in out if kinds is None or j["kind"] in kinds]
 
+    # Kinds of pending work a user is shown (`memory list --pending`): updates still to run, and the
+    # clean-up of an import that was killed (its image files are shredded at the next writer open).
+    PENDING_KINDS = ("turn", "session", "import_files")
+
+    def pending_jobs(self) -> list[dict]:
+        return self.jobs(self.PENDING_KINDS)
+
+    def finish_interrupted_imports(self, images_dir: Path) -> int:
+        """Shred the image files of imports killed before their records were committed (named by their
+        committed ``import_files`` job), except those a record uses; then drop the job. Every writer
+        open runs it, so a forget (``--all`` included) never starts with such files left behind."""
+        from personavlm_cli.adapters.files import shred
+
+        removed = 0
+        for job in self.jobs(["import_files"]):
+            for rel in job["payload"].get("paths", []):
+                found = _IMAGE_PATH.fullmatch(str(rel))
+                if not found:
+                    continue
+                path = Path(images_dir) / str(rel)
+                for candidate in (path.with_name(path.name + ".part"), path):
+                    if candidate == path and self.image_in_use(found.group(2)):
+                        continue
+                    if candidate.is_file() and not candidate.is_symlink():
+                        shred(candidate)
+                        removed += 1
+            with self.transaction():
+                self.finish_job(job["id"])
+        return removed
+
     def job_attempted(self, job_id: int) -> None:
         self.db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id=?", (job_id,))
 
@@ -486,11 +524,17 @@ class RecordStore:
         return sum(p.stat().st_size for p in self.path.parent.glob(self.FILENAME + "*") if p.is_file())
 
 
-class _Transaction:
-    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (KeyboardInterrupt included)."""
+_IMAGE_PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,5})")
 
-    def __init__(self, db: sqlite3.Connection):
+
+class _Transaction:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any exception (KeyboardInterrupt included). A full
+    disk (SQLITE_FULL) inside it or at its commit becomes one DiskFullError: the transaction is
+    rolled back, so nothing of it was written and nothing before it was lost."""
+
+    def __init__(self, db: sqlite3.Connection, where: Path | None = None):
         self.db = db
+        self.where = where
         self.depth_owner = False
 
     def __enter__(self):
@@ -503,10 +547,22 @@ class _Transaction:
         if not self.depth_owner:
             return False
         if exc_type is None:
-            self.db.execute("COMMIT")
-        else:
-            self.db.execute("ROLLBACK")
+            try:
+                self.db.execute("COMMIT")
+            except sqlite3.OperationalError as error:
+                if not is_disk_full(error):
+                    raise
+                self._rollback()
+                raise disk_full(self.where or "the disk") from None
+            return False
+        self._rollback()
+        if exc is not None and isinstance(exc, sqlite3.OperationalError) and is_disk_full(exc):
+            raise disk_full(self.where or "the disk") from None
         return False
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            self.db.execute("ROLLBACK")
 
 
 def _is_readonly_error(exc: sqlite3.Error) -> bool:

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
 from personavlm_cli.cli import chat as chat_cmd
 from personavlm_cli.cli import bench as bench_cmd
-from personavlm_cli.cli import eval_persona, evaluate, housekeeping, memory, models, profile
+from personavlm_cli.cli import eval_persona, evaluate, housekeeping, memory, memory_learning, models, profile
 
 app = typer.Typer(
     name="personavlm",
@@ -24,8 +25,53 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+def _show_flags_without_a_type() -> None:
+    """Typer 0.29 prints ``<bool>`` after every flag in --help (``--json <bool>``, ``--help <bool>``), as if
+    it took a value, and ``<list[str]>`` after a repeatable option. A flag shows no type; a repeatable
+    option shows the type of one value (the help says it repeats)."""
+    import re
+
+    from typer.core import TyperArgument, TyperOption
+
+    for cls in (TyperOption, TyperArgument):
+        original = cls.display_type_rich
+        if getattr(original, "_personavlm", False):
+            continue
+
+        def display_type_rich(self, ctx, _original=original):
+            if getattr(self, "is_flag", False) or getattr(self, "count", False):
+                return None
+            shown = _original(self, ctx)
+            return re.sub(r"^<list\[(.+)\]>$", r"<\1>", shown) if isinstance(shown, str) else shown
+
+        display_type_rich._personavlm = True
+        cls.display_type_rich = display_type_rich
+
+
+_show_flags_without_a_type()
+
+
+def _version(value: bool) -> None:
+    if value:
+        import personavlm_cli
+
+        sys.stdout.write(f"personavlm {personavlm_cli.__version__}\n")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option(
+        "--version", "-V", help="Print the version and exit.", callback=_version, is_eager=True)] = False) -> None:
+    pass
+
+
 app.command("chat")(chat_cmd.chat)
+memory.app.command("update")(memory_learning.update)
+memory.app.command("verify")(memory_learning.verify)
 app.add_typer(memory.app, name="memory")
+app.command("logs")(housekeeping.logs)
 app.add_typer(profile.app, name="profile")
 app.command("doctor")(housekeeping.doctor)
 app.add_typer(housekeeping.users_app, name="users")
@@ -40,9 +86,7 @@ app.command("bench")(bench_cmd.bench)
 
 
 def main(argv: list[str] | None = None) -> None:
-    from rich.markup import escape
-
-    from personavlm_cli.cli.common import err
+    from personavlm_cli.cli.common import err, line
     from personavlm_cli.cli.env import private_umask
     from personavlm_cli.core.errors import PersonaError
 
@@ -52,12 +96,15 @@ def main(argv: list[str] | None = None) -> None:
     from typer._click.exceptions import ClickException  # typer vendors Click since 0.26
     from typer.exceptions import Abort, Exit
 
+    def error(message: str) -> None:  # messages quote user input and stored text: never markup
+        err.print(line(("Error:", "red"), " ", message), soft_wrap=True)
+
     command = typer.main.get_command(app)
     try:
         result = command.main(args=argv, prog_name="personavlm", standalone_mode=False)
         code = result if isinstance(result, int) else 0
     except PersonaError as exc:
-        err.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False, soft_wrap=True)
+        error(str(exc))
         code = exc.exit_code
     except (KeyboardInterrupt, Abort):
         sys.stderr.write("\n")
@@ -68,8 +115,7 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         code = exc.exit_code
     except sqlite3.DatabaseError as exc:
-        err.print(f"[red]Error:[/red] the memory store is damaged ({escape(str(exc))}); restore it from an export",
-                  highlight=False, soft_wrap=True)
+        error(f"the memory store is damaged ({exc}); restore it from an export")
         code = 1
     except BrokenPipeError:
         code = 0
@@ -77,8 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         if os.environ.get("PERSONAVLM_DEBUG"):
             raise
         first = (str(exc).splitlines() or [""])[0][:300]
-        err.print(f"[red]Error:[/red] unexpected {type(exc).__name__}: {escape(first)} "
-                  "(run with PERSONAVLM_DEBUG=1 for details)", highlight=False, soft_wrap=True)
+        error(f"unexpected {type(exc).__name__}: {first} (run with PERSONAVLM_DEBUG=1 for details)")
         code = 1
     sys.stdout.flush()
     sys.exit(code)

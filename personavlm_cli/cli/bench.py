@@ -50,8 +50,11 @@ BARS = {
     "pre_token_ms_100000": ("< 150 ms", lambda v: v < 150),
     "chat_vs_raw_tokens_per_s": (">= 0.95", lambda v: v >= 0.95),
     "post_answer_wait_ms": ("no wait (< 100 ms)", lambda v: v < 100),
+    "ttft_cold_ratio_no_update": ("<= 1.15", lambda v: v <= 1.15),
+    "ttft_warm_ratio_no_update": ("<= 0.6", lambda v: v <= 0.6),
+    "ttft_evidence_in_context_no_update": (">= 0.70", lambda v: v >= 0.70),
 }
-SECTIONS = ("startup", "recall", "pretoken", "forget", "generation", "clip", "replay", "update")
+SECTIONS = ("startup", "recall", "pretoken", "forget", "generation", "clip", "replay", "update", "ttft")
 
 
 def bench(
@@ -66,6 +69,9 @@ def bench(
         "--only", help=f"Only these sections, comma-separated: {', '.join(SECTIONS)}.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
     gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
+    locomo: Annotated[Optional[Path], typer.Option(
+        "--locomo", help="LoCoMo JSON for the ttft section (a long real history; e.g. the development split).")] = None,
+    questions: Annotated[Optional[int], typer.Option("--questions", min=1, help="ttft: questions asked.")] = None,
 ):
     """Measure start-up, recall, memory work before the first token, forgetting, generation, CLIP, replay,
     updates."""
@@ -82,6 +88,7 @@ def bench(
         "replay_rounds": 100 if quick else 400,
         "update_turns": 2 if quick else 4,
         "forgets": 3 if quick else 5,
+        "ttft_questions": questions or (10 if quick else 24),
     }
     if any(s < 1 for s in plan["sizes"]):
         raise PersonaError("--sizes must be positive numbers of memories")
@@ -100,6 +107,7 @@ def bench(
                 ("replay", lambda: bench_replay(work / "replay", plan["replay_rounds"], rng)),
                 ("generation", lambda: bench_generation(env, work / "chat", plan, rng)),
                 ("update", lambda: bench_update(env, work / "update", plan, rng)),
+                ("ttft", lambda: bench_ttft(env, work / "ttft", plan, locomo)),
             ]
             for name, fn in runs:
                 wanted = name in chosen or (name == "recall" and "pretoken" in chosen)
@@ -690,6 +698,125 @@ def _chat_path_overhead_us(assistant, at, tokens: int = 20000) -> float:
     return max(0.0, ((last - first) - direct * (tokens - 1) / tokens) / (tokens - 1) * 1e6)
 
 
+def bench_ttft(env, path: Path, plan: dict, locomo: Path | None) -> dict:
+    """Time to the first token through the real chat path on a long real history, against raw
+    llama-cpp-python on the exact same final prompt in a fresh context.
+
+    A LoCoMo conversation (conv-26 if present) is replayed into a temporary user; then, for each
+    question, a new chat session starts (two hours after the previous one) and the question goes
+    through ``ChatSession.send``, as the REPL sends it, then a follow-up message in the same session
+    ("And what else do you remember about that?"). Recorded per question: first token through chat
+    (cold: a new session), the raw model's first token on that exact prompt after ``reset()``, the
+    follow-up's first token (warm: the session's prefix is cached) and the raw one on the follow-up's
+    prompt, prompt tokens, and whether the question's evidence turns were in the prompt. Run twice:
+    learning off (``--no-update``) and on (the update thread working between messages).
+    """
+    import io
+    import os
+
+    from personavlm_cli.cli.chat import ChatSession
+    from personavlm_cli.core import locomo as lc
+
+    s = env.settings
+    if s["model.kind"] != "llama-cpp":
+        return {"skipped": "the chat model is a remote server: no raw llama-cpp-python to compare with"}
+    data = locomo
+    if data is None:
+        for guess in (Path("../shared/data/locomo/locomo-dev.json"), Path("shared/data/locomo/locomo-dev.json")):
+            if guess.is_file():
+                data = guess
+                break
+    if data is None:
+        return {"skipped": "no LoCoMo data: pass --locomo PATH (e.g. the development split)"}
+    convs = lc.load(data, None)
+    conv = next((c for c in convs if c.sample_id == "conv-26"), convs[0])
+    asked = [q for q in conv.questions if q.scored][: plan["ttft_questions"]]
+    with err.status("Loading the model…", spinner="dots"):
+        model = env.model()
+    info = model.load_info
+    raw = _raw_llama(info, s)
+    results: dict = {"model": info.summary_line(), "conversation": conv.sample_id, "questions": len(asked)}
+    saved_home = os.environ.get("PERSONAVLM_HOME")
+    try:
+        for learn in (False, True):
+            home = path / ("learn" if learn else "no-update")
+            os.environ["PERSONAVLM_HOME"] = str(home)
+            overrides = {k: s[k] for k in ("model.path", "model.gpu_layers", "model.context", "model.threads",
+                                           "model.max_tokens", "model.prompt_profile") if s[k] is not None}
+            overrides["model.temperature"] = 0.0
+            tenv = make_env("bench", **overrides)
+            tenv._model = model  # the same loaded model
+            store = tenv.store(write=True)
+            dia_of = lc.replay(conv, store)
+            session = ChatSession(tenv, pinned_time=conv.last_time + timedelta(days=1), learn=learn, plain=True)
+            rows = []
+            real_stdout = sys.stdout
+            try:
+                session.start(quiet=True)
+                for i, q in enumerate(asked):
+                    at = conv.last_time + timedelta(days=1, hours=2 * i)
+                    row = {"question": q.question}
+                    for kind, text, when in (("cold", q.question, at),
+                                             ("warm", "And what else do you remember about that?",
+                                              at + timedelta(minutes=1))):
+                        session.pinned_time = when
+                        sys.stdout = io.StringIO()
+                        try:
+                            session.send(text)
+                        finally:
+                            sys.stdout = real_stdout
+                        ex = session.assistant.last
+                        usage = dict(getattr(model, "last_usage", None) or {})
+                        raw.reset()
+                        t = time.perf_counter()
+                        for chunk in raw.create_chat_completion(ex.prompt, stream=True, max_tokens=1,
+                                                                temperature=0.0, seed=0):
+                            break
+                        raw_s = time.perf_counter() - t
+                        row[f"{kind}_chat_s"] = session.stats["first_token_s"]
+                        row[f"{kind}_raw_s"] = round(raw_s, 3)
+                        row[f"{kind}_prompt_tokens"] = usage.get("prompt_tokens")
+                        row[f"{kind}_cached_tokens"] = usage.get("cached_tokens")
+                        if kind == "cold":
+                            used = list(ex.reasoning.used) if ex.reasoning else []
+                            in_prompt = lc.ranked_turns(used, dia_of, store.records)
+                            row["evidence_in_context"] = lc.recall_at_k(in_prompt, q.evidence, len(in_prompt) or 1)
+                            row["recalled"] = len(used)
+                        if session.background is not None:
+                            session.background.wait_idle(0)  # the thread works on: no waiting
+                    rows.append(row)
+                    err.print(f"  {'learning' if learn else 'no-update'} {i + 1}/{len(asked)}: cold "
+                              f"{row['cold_chat_s']} s (raw {row['cold_raw_s']} s), warm {row['warm_chat_s']} s "
+                              f"(raw {row['warm_raw_s']} s)", highlight=False)
+            finally:
+                sys.stdout = real_stdout
+                session.finish(consolidate=False)
+                tenv._model = None
+                tenv.close()
+            cold = [r["cold_chat_s"] / r["cold_raw_s"] for r in rows if r["cold_raw_s"]]
+            warm = [r["warm_chat_s"] / r["warm_raw_s"] for r in rows if r["warm_raw_s"]]
+            results["learning" if learn else "no_update"] = {
+                "cold_ratio_median": round(statistics.median(cold), 3) if cold else None,
+                "cold_ratio_p90": round(pct(cold, 90), 3) if cold else None,
+                "warm_ratio_median": round(statistics.median(warm), 3) if warm else None,
+                "warm_ratio_p90": round(pct(warm, 90), 3) if warm else None,
+                "cold_chat_s_median": round(statistics.median(r["cold_chat_s"] for r in rows), 3),
+                "cold_raw_s_median": round(statistics.median(r["cold_raw_s"] for r in rows), 3),
+                "warm_chat_s_median": round(statistics.median(r["warm_chat_s"] for r in rows), 3),
+                "warm_raw_s_median": round(statistics.median(r["warm_raw_s"] for r in rows), 3),
+                "prompt_tokens_median": statistics.median(r["cold_prompt_tokens"] or 0 for r in rows),
+                "evidence_in_context": round(statistics.fmean(r["evidence_in_context"] for r in rows), 3),
+                "rows": rows,
+            }
+    finally:
+        raw.close()
+        if saved_home is None:
+            os.environ.pop("PERSONAVLM_HOME", None)
+        else:
+            os.environ["PERSONAVLM_HOME"] = saved_home
+    return results
+
+
 def _raw_llama(info, settings):
     import llama_cpp
 
@@ -861,6 +988,15 @@ def figures(results: dict) -> dict:
         f["update_session_job_s"] = u["session_job_s"]
         f["post_answer_wait_ms"] = u["post_answer_wait_ms"]
         f["delay_from_running_update_s"] = u["delay_from_running_update_s"]
+    t = s.get("ttft") or {}
+    for mode in ("no_update", "learning"):
+        m = t.get(mode)
+        if m:
+            f[f"ttft_cold_ratio_{mode}"] = m["cold_ratio_median"]
+            f[f"ttft_warm_ratio_{mode}"] = m["warm_ratio_median"]
+            f[f"ttft_cold_chat_s_{mode}"] = m["cold_chat_s_median"]
+            f[f"ttft_warm_chat_s_{mode}"] = m["warm_chat_s_median"]
+            f[f"ttft_evidence_in_context_{mode}"] = m["evidence_in_context"]
     f["peak_memory_mb"] = results.get("peak_memory_mb")
     return f
 
@@ -887,6 +1023,11 @@ LABELS = {
     "post_answer_wait_ms": ("wait after an answer (update queued)", "ms"),
     "delay_from_running_update_s": ("answer delay while an update runs", "s"),
     "peak_memory_mb": ("peak memory (this process)", "MB"),
+    "ttft_cold_ratio_no_update": ("first token, new session: chat / raw (median)", ""),
+    "ttft_warm_ratio_no_update": ("first token, follow-up: chat / raw cold (median)", ""),
+    "ttft_cold_ratio_learning": ("... with the update thread working: cold", ""),
+    "ttft_warm_ratio_learning": ("... with the update thread working: follow-up", ""),
+    "ttft_evidence_in_context_no_update": ("evidence turns in the answer's prompt (LoCoMo)", ""),
 }
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from personavlm_cli.cli.common import UserOpt, count, err, make_env, out, short
+from personavlm_cli.cli.common import UserOpt, count, err, line, log_to_file, make_env, out, short
 from personavlm_cli.cli.env import Env, is_tty
 from personavlm_cli.core.errors import PersonaError
 
@@ -130,24 +130,31 @@ class ChatSession:
     def start(self, quiet: bool) -> None:
         from personavlm_cli.cli.repl import Spinner
         from personavlm_cli.core.assistant import Assistant
+        from personavlm_cli.core.capability import choose_extractor, choose_prompt_style
         from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
 
         env = self.env
         store = env.store(write=True)
+        log_to_file(env)  # background warnings go to the user's log, never onto the chat
         with Spinner("Loading the model…", enabled=self.spinners):
             model = env.model()
         if not quiet and is_tty(sys.stderr) and getattr(model, "load_info", None) is not None:
-            err.print(f"[dim]{model.load_info.summary_line()}[/dim]", highlight=False)
+            err.print(line((model.load_info.summary_line(), "dim")))
         if not env.settings["model.path"] and env.settings["model.kind"] == "llama-cpp":
             self._embedded_notice(store, quiet)
         with env.model_lock:
             store.sync_vectors()
+            # Build the shared parts here, before the update thread can race to build them twice.
+            store.vectors, store.text_encoder  # noqa: B018
         s = env.settings
         self.assistant = Assistant(store, model, env.user, profile=s["model.prompt_profile"],
                                    session_gap_minutes=s["chat.session_gap_minutes"],
                                    recent_turns=s["chat.recent_turns"], model_lock=env.model_lock,
-                                   vision=getattr(model, "vision", False))
-        self.updates = UpdateStage(store, model, env.user, env.model_lock, enabled=self.learn)
+                                   vision=getattr(model, "vision", False), mode=s["chat.retrieval"],
+                                   model_search=s["chat.model_search"], answer_tokens=s["model.max_tokens"],
+                                   prompt_style=choose_prompt_style(s["model.prompt_style"], model))
+        self.updates = UpdateStage(store, model, env.user, env.model_lock, enabled=self.learn,
+                                   extractor=choose_extractor(s["memory.extractor"], model))
         if self.learn:
             current, _ = self.assistant.session_for(self.now())
             self.updates.enqueue_unconsolidated(except_session=current)
@@ -155,10 +162,19 @@ class ChatSession:
             self.background.poke()
 
     def _worker_stage(self):
+        """The update thread's stage: its own record connection, and its own model context (a fork
+        over the same weights), so background work never evicts the answers' KV cache."""
         from personavlm_cli.core.update import UpdateStage
 
-        return UpdateStage(self.env._store.fork(), self.assistant.model, self.env.user, self.env.model_lock,
-                           enabled=self.learn)
+        model = self.assistant.model
+        fork = getattr(model, "fork", None)
+        worker_model = fork() if fork is not None else model
+        self._worker_model = worker_model
+        interrupt = getattr(worker_model, "interrupt", None)
+        if interrupt is not None:
+            self.env.model_lock.on_wait.append(interrupt)
+        return UpdateStage(self.env._store.fork(), worker_model, self.env.user, self.env.model_lock,
+                           enabled=self.learn, extractor=self.updates.extractor)
 
     def _embedded_notice(self, store, quiet: bool) -> None:
         if store.records.get_meta("embedded_notice_shown"):
@@ -168,10 +184,20 @@ class ChatSession:
                   "For real use, pass --model PATH or run `personavlm model pull`.[/yellow]")
 
     def finish(self, consolidate: bool) -> None:
+        """Quit at once, whatever learning is pending: the queue is durable, and the next chat's
+        background thread (or `personavlm memory update`) finishes it. One line says what is left."""
+
         if self.assistant is None:
             return
+        stopped = True
         if self.background is not None:
-            self.background.stop()
+            stopped = self.background.stop()
+            if self.background.error is not None:
+                err.print(line(("Background learning stopped with an error (see `personavlm logs`): "
+                                + short(str(self.background.error), 200), "yellow")))
+        worker = getattr(self, "_worker_model", None)
+        if worker is not None and worker is not self.assistant.model and stopped:
+            worker.close()
         if not self.learn:
             return
         if consolidate:
@@ -179,19 +205,9 @@ class ChatSession:
             if last is not None:
                 self.updates.enqueue_session(last.session_id)
         pending = self.updates.pending()
-        if not pending:
-            return
-        try:
-            if self.spinners:
-                from rich.progress import Progress
-
-                with Progress(transient=True, console=err) as progress:
-                    task = progress.add_task("Updating memories", total=len(pending))
-                    self.updates.run_pending(progress=lambda d, t: progress.update(task, completed=d, total=t))
-            else:
-                self.updates.run_pending()
-        except KeyboardInterrupt:
-            err.print("[yellow]Memory updates left pending; they resume at the next start.[/yellow]")
+        if pending:
+            err.print(f"[dim]{count(len(pending), 'update')} left to learn from this chat: they run in the background "
+                      "of your next chat, or now with `personavlm memory update`.[/dim]")
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -232,20 +248,26 @@ class ChatSession:
                 spinner.start()
                 budget = max(256, model.n_ctx // 2)
                 with self.env.model_lock:  # the update thread may be using the model
-                    too_long = model.count_tokens(text) > budget
+                    n_message = model.count_tokens(text)
+                    too_long = n_message > budget
                     if too_long:
                         text = _trim_to_tokens(model, text, budget)
-                    trimmed = self._fit_context(text, at)
                 if too_long:
-                    notices.append(f"[yellow]Your message was longer than the context allows; only its first "
-                                   f"{budget} tokens were kept.[/yellow]")
-                if trimmed:
-                    notices.append(trimmed)
+                    notices.append(f"[yellow]Your message ({n_message} tokens) was longer than the "
+                                   f"{model.n_ctx}-token context allows; only its first {budget} tokens were kept "
+                                   "(the whole message is not stored).[/yellow]")
                 images, self.staged = self.staged, []
+                if images and not getattr(model, "vision", False):
+                    notices.append("[yellow]This model cannot see images: the image is stored and remembered, "
+                                   "but the answer does not see it (use a vision model: `personavlm model pull`)."
+                                   "[/yellow]")
                 ex, stream = self.assistant.respond(
                     text, at, images, force_retrieve=self.force_retrieve,
                     updates=self.updates if self.learn else None,
                     sampling={"max_tokens": s["model.max_tokens"], "temperature": s["model.temperature"]})
+                trimmed = self._trim_notice(ex.turns_left_out, model.n_ctx)
+                if trimmed:
+                    notices.append(trimmed)
                 for piece in stream:
                     if first is None:
                         first = time.perf_counter()
@@ -265,7 +287,7 @@ class ChatSession:
                     writer.end(interrupted=True)
                 mark = ("(answer stopped; the partial answer is kept)" if ex is not None
                         else "(stopped before the answer began)")
-                err.print(f"[yellow]{mark}[/yellow]" if not self.plain else mark)
+                err.print(line((mark, "yellow")))
             else:
                 spinner.stop()
                 for notice in notices:
@@ -280,83 +302,48 @@ class ChatSession:
                 if writer.started and not writer.ended:  # an error cut the answer: end its line
                     writer.end(interrupted=True)
         end = time.perf_counter()
-        self.assistant.recent_turns = s["chat.recent_turns"]
         if ex is not None:
             self._record_stats(ex, model, start, first, end, writer.text)
         if self.background is not None:
             self.background.poke()
         return not self.interrupted
 
-    def _fit_context(self, text: str, at) -> str | None:
-        """Leave the oldest recent turns out of the prompt when they no longer fit; say so once.
-
-        The prompt gets the recent turns (at most ``chat.recent_turns``, within the session gap), the
-        system text and the recalled memories, and the answer needs room too. Turns left out stay in
-        long-term memory, where recall can still find them. Called with the model lock held.
-        """
-        a = self.assistant
-        cap = self.env.settings["chat.recent_turns"]
-        a.recent_turns = cap
-        model = a.model
-        n_ctx = model.n_ctx
-        since = (at - a.gap).timestamp()
-        window = a.store.records.list(types=["turn"], since=since, until=at.timestamp(), newest_first=True,
-                                      limit=cap + 1)
-        left_out = max(0, len(window) - cap)
-        recent = window[:cap]
-        reserve = min(1024, n_ctx // 4)  # system text, profile and recalled memories
-        answer = min(self.env.settings["model.max_tokens"], n_ctx // 4)
-        room = n_ctx - answer - reserve - model.count_tokens(text)
-        keep = 0
-        for m in recent:  # newest first
-            n = self._token_cache.get(m.id)
-            if n is None:
-                n = self._token_cache[m.id] = model.count_tokens(m.text) + 8
-            if room - n < 0:
-                break
-            room -= n
-            keep += 1
-        by_tokens = len(recent) - keep
-        if by_tokens:
-            a.recent_turns = keep
-        self.stats_trim = {"turns_left_out": by_tokens + left_out, "by_context": by_tokens}
-        total = by_tokens + left_out
-        if not total:
+    def _trim_notice(self, left_out: int, n_ctx: int) -> str | None:
+        """Say once that the oldest turns of this conversation no longer fit (they stay in memory)."""
+        self.stats_trim = {"turns_left_out": left_out}
+        if not left_out:
             self._trim_shown = 0
             return None
-        if by_tokens and self._trim_shown < 2:
-            self._trim_shown = 2
-            return (f"[yellow]Context full: the {by_tokens} oldest turn{'s' if by_tokens > 1 else ''} of this "
-                    f"conversation no longer fit in the {n_ctx}-token context and were left out "
-                    "(they stay in memory).[/yellow]")
-        if left_out and self._trim_shown < 1:
-            self._trim_shown = 1
-            return (f"[dim]Older turns of this conversation are left out of the prompt (only the last {cap} are "
-                    "kept, `chat.recent_turns`); they stay in memory.[/dim]")
-        return None
+        if self._trim_shown:
+            return None
+        self._trim_shown = 1
+        return (f"[yellow]Context full: the {count(left_out, 'oldest turn')} of this conversation no longer fit "
+                f"in the {n_ctx}-token context and were left out (they stay in memory).[/yellow]")
 
     def _record_stats(self, ex, model, start, first, end, text) -> None:
         from personavlm_cli.core.memory import prompt_time
 
         answer = ex.answer or text
-        # Read before anything else uses the model: llama.cpp's token count of the last evaluation.
-        used = getattr(getattr(model, "_llm", None), "n_tokens", None)
-        if not isinstance(used, int) or used <= 0:
-            used = None
-        try:
-            with self.env.model_lock:
-                tokens = model.count_tokens(answer)
-        except Exception:  # noqa: BLE001 - stats must never break a chat
-            tokens = None
+        usage = dict(getattr(model, "last_usage", None) or {})
+        tokens = usage.get("completion_tokens")
+        if tokens is None:
+            try:
+                with self.env.model_lock:
+                    tokens = model.count_tokens(answer)
+            except Exception:  # noqa: BLE001 - stats must never break a chat
+                tokens = None
         gen_s = end - (first or end)
+        prompt = usage.get("prompt_tokens")
         self.stats = {
             "answer_tokens": tokens,
             "seconds": round(end - start, 2),
             "first_token_s": round((first or end) - start, 3),
             "tokens_per_s": round(tokens / gen_s, 1) if tokens and gen_s > 0.05 else None,
-            "context_used": used,
+            "context_used": (prompt + (tokens or 0)) if prompt is not None else None,
             "context": model.n_ctx,
-            "prompt_tokens": max(0, used - tokens) if used is not None and tokens is not None else None,
+            "prompt_tokens": prompt,
+            "cached_tokens": usage.get("cached_tokens"),
+            "recalled": len(ex.reasoning.used) if ex.reasoning else 0,
             "interrupted": ex.interrupted,
             "turns_left_out": self.stats_trim.get("turns_left_out", 0),
             "session": ex.user_turn.session_id,
@@ -377,12 +364,18 @@ class ChatSession:
                   f"first token after {st['first_token_s']} s{cut}")
         if st["context_used"] is not None:
             pct = 100 * st["context_used"] / max(1, st["context"])
+            cached = f" ({st['cached_tokens']} reused from the cache)" if st.get("cached_tokens") else ""
             out.print(f"  context: {st['context_used']} of {st['context']} tokens used ({pct:.0f}%): "
-                      f"prompt {st['prompt_tokens']}, answer {st['answer_tokens']}")
+                      f"prompt {st['prompt_tokens']}{cached}, answer {st['answer_tokens']}")
         else:
             out.print(f"  context: {st['context']} tokens")
+        out.print(f"  memories recalled into the prompt: {st.get('recalled', 0)}")
         if st["turns_left_out"]:
             out.print(f"  left out of the prompt: {st['turns_left_out']} older turns (still in memory)")
+        dropped = self.env.store().records.get_meta("learning_dropped") or 0
+        pending = len(self.updates.pending()) if self.updates is not None else 0
+        out.print(f"  learning: {count(pending, 'update')} pending; {count(int(dropped), 'statement')} not supported "
+                  "by your own words dropped so far")
         t = self.totals
         out.print(f"  this chat: {t['answers']} answers, {t['tokens']} tokens, {t['seconds']:.1f} s")
         out.print(f"  session {st['session']} · {st['time']}")
@@ -397,13 +390,13 @@ class ChatSession:
                 return False
             if name == "/help":
                 for k, v in SLASH_HELP.items():
-                    out.print(f"  [bold]{k}[/bold]  {v}")
+                    out.print(line("  ", (k, "bold"), "  ", v))
             elif name == "/attach":
                 if not arg:
                     raise PersonaError("usage: /attach PATH")
                 path = Path(_unquote(arg)).expanduser()
                 self.stage(path)
-                err.print(f"[green]Attached {path.name}[/green] (sent with your next message)")
+                err.print(line((f"Attached {path.name}", "green"), " (sent with your next message)"))
             elif name == "/remember":
                 if not arg:
                     raise PersonaError("usage: /remember TEXT")
@@ -425,26 +418,35 @@ class ChatSession:
             else:
                 raise PersonaError(f"unknown command {name} (try /help)")
         except PersonaError as exc:
-            err.print(f"[red]Error:[/red] {exc}")
+            err.print(line(("Error:", "red"), " ", str(exc)))
         return True
 
     def _remember(self, text: str) -> None:
+        from personavlm_cli.core import learning
         from personavlm_cli.core.store import new_memory
 
         at = self.now()
+        session, _ = self.assistant.session_for(at)
         last = self.assistant.last_turn()
-        session = last.session_id if last and abs((at - last.occurred).total_seconds()) < 3600 else None
-        memory = new_memory("semantic", text, at, keywords="", session_id=session, meta={"origin": "/remember"})
+        if last is None or last.session_id != session:
+            session = None
+        memory = new_memory("semantic", text, at, keywords=learning.keywords_of(text), session_id=session,
+                            meta={"origin": "/remember"})
         with self.env.model_lock:
             kept = self.updates.integrate_semantic(memory)
+            if kept.id == memory.id:
+                self.updates.update_profile(learning.profile_of(text), memory)  # "my name is ..." and the like
         if kept.id != memory.id:
             err.print(f"[green]Already known[/green] ({kept.id}); merged.")
         elif memory.meta.get("supersedes"):
-            err.print(f"[green]Remembered[/green] {memory.id}; it replaces {memory.meta['supersedes']}.")
+            old = memory.meta["supersedes"]
+            err.print(line(("Remembered", "green"), f" {memory.id}; it replaces "
+                           f"{old if isinstance(old, str) else ', '.join(old)}."))
         else:
             err.print(f"[green]Remembered[/green] {memory.id}")
 
     def _forget(self, arg: str) -> None:
+
         from personavlm_cli.core import forgetting
         from personavlm_cli.core.memory import type_of_id
 
@@ -454,19 +456,38 @@ class ChatSession:
         if type_of_id(arg) and store.records.get(arg):
             ids = [arg]
         else:
-            from personavlm_cli.core.recall import Query, recall
-
             with self.env.model_lock:
-                hits = recall(store, Query(text=arg, types=("semantic", "episodic", "procedural", "image")), k=1)
-            if not hits:
-                raise PersonaError(f"no memory matches '{arg}'")
-            ids = [hits[0].memory.id]
-            err.print(f"Forgetting {ids[0]}: {short(hits[0].memory.text)}")
+                found = forgetting.matching(store, arg)
+            if not found:
+                err.print(line(f"Nothing matches '{short(arg)}': nothing was forgotten."))
+                return
+            err.print(line(f"{count(len(found), 'memory')} match '{short(arg)}':"))
+            for m in found:
+                mark = " (older version)" if m.superseded_by else ""
+                err.print(line("  ", (m.id, "cyan"), " ", (f"{m.type}{mark}", "dim"), " ", short(m.text, 70)))
+            if not self._confirm(f"Forget {'it' if len(found) == 1 else 'them'} and what was learnt from "
+                                 f"{'it' if len(found) == 1 else 'them'}?"):
+                err.print("Nothing was forgotten.")
+                return
+            ids = [m.id for m in found]
         with self.env.model_lock:
             p = forgetting.plan(store, ids)
             with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
                 erased = forgetting.execute(store, p, "forget", self.updates)
         err.print(f"[green]Forgot {count(len(erased), 'memory')}.[/green]")
+
+    def _confirm(self, question: str) -> bool:
+        """Ask yes/no at the terminal; a chat without one (a script, a pipe) never confirms."""
+        if not (is_tty(sys.stdin) and is_tty(sys.stderr)):
+            err.print(line(question, " ", ("(no terminal to ask: use /forget ID)", "dim")))
+            return False
+        try:
+            from prompt_toolkit import prompt
+
+            answer = prompt(f"{question} [y/N] ")
+        except (EOFError, KeyboardInterrupt):
+            return False
+        return answer.strip().lower() in ("y", "yes")
 
     def _memories(self, query: str) -> None:
         store = self.env.store()
@@ -480,7 +501,8 @@ class ChatSession:
             items = store.records.list(types=["semantic", "episodic", "procedural", "core", "image"],
                                        newest_first=True, limit=10)
         for m in items:
-            out.print(f"  [cyan]{m.id}[/cyan] [dim]{m.occurred_at[:16].replace('T', ' ')} {m.type}[/dim] {short(m.text)}")
+            out.print(line("  ", (m.id, "cyan"), " ", (f"{m.occurred_at[:16].replace('T', ' ')} {m.type}", "dim"), " ",
+                           short(m.text)))
         if not items:
             out.print("  no memories yet")
 
@@ -516,7 +538,6 @@ class ChatSession:
 
     def repl(self) -> int:
         """Read and answer until Ctrl-D or /exit (0), or two Ctrl-C at an empty prompt (130)."""
-        from rich.markup import escape
 
         from personavlm_cli.cli.repl import LineReader, pick_up_images
 
@@ -547,7 +568,7 @@ class ChatSession:
                             self.stage(path)
                     except PersonaError as exc:
                         self.staged = [p for p in self.staged if p not in found]
-                        err.print(f"[red]Error:[/red] {exc} (nothing sent)")
+                        err.print(line(("Error:", "red"), f" {exc} (nothing sent)"))
                         continue
                     if found:
                         rest = line
@@ -555,13 +576,13 @@ class ChatSession:
                             rest = rest.replace(path.name, "", 1)
                         if not rest.strip():  # only dropped files: staged, like /attach
                             names = ", ".join(p.name for p in found)
-                            err.print(f"[green]Attached {names}[/green] (sent with your next message)")
+                            err.print(line((f"Attached {names}", "green"), " (sent with your next message)"))
                             continue
                 try:
                     if not self.handle(line):
                         return 0
                 except PersonaError as exc:  # one message failed; the chat goes on
-                    err.print(f"[red]Error:[/red] {escape(str(exc))}", highlight=False)
+                    err.print(line(("Error:", "red"), " ", str(exc)))
             except KeyboardInterrupt:  # during a slash command, or between answer and prompt
                 interrupts = 0
                 err.print("[yellow](stopped)[/yellow]")
@@ -595,6 +616,8 @@ def _sigint_once():
 
 
 def _print_reasoning(ex, console=None) -> None:
+    """Exactly what produced the answer shown: each step, and the memories the prompt held."""
+
     console = console or err
     r = ex.reasoning
     if r is None:
@@ -604,15 +627,22 @@ def _print_reasoning(ex, console=None) -> None:
         if step.start_time or step.end_time:
             window = f" window {step.start_time or '…'} → {step.end_time or '…'}"
         forced = " (forced)" if step.forced else ""
-        console.print(f"[dim]step {i}: {step.action}{forced}[/dim] {short(step.think, 90)}")
+        console.print(line((f"step {i}: {step.action}{forced}", "dim"), " ", short(step.think, 90)))
         if step.action == "retrieve":
-            console.print(f"[dim]  keywords:[/dim] {step.keywords}{window}")
+            console.print(line(("  keywords:", "dim"), " ", short(step.keywords, 90), window))
             for mid in step.retrieved:
                 m = next((x for x in r.used if x.id == mid), None)
                 if m is not None:
-                    console.print(f"    [cyan]{m.id}[/cyan] [dim]{m.occurred_at[:16].replace('T', ' ')}[/dim] {short(m.text, 70)}")
+                    hit = r.hits.get(m.id)
+                    why = ("(" + ", ".join(sorted(hit.signals)) + ")") if hit and hit.signals else ""
+                    console.print(line("    ", (m.id, "cyan"), " ", (m.occurred_at[:16].replace("T", " "), "dim"), " ",
+                                       short(m.text, 70), " ", (why, "dim")))
             if not step.retrieved:
                 console.print("    (nothing new found)")
+    if not r.used:
+        console.print("[dim]  no memories were recalled into this answer's prompt[/dim]")
+    else:
+        console.print(f"[dim]  the answer's prompt held {count(len(r.used), 'recalled memory')}[/dim]")
 
 
 def _unquote(text: str) -> str:

@@ -1,18 +1,140 @@
-"""Options shared by every command, the consoles, and small output helpers."""
+"""Options shared by every command, the consoles, and small output helpers.
+
+Showing text that came from a user, a model or an archive (memory text, profile values, model
+metadata, paths, error messages) goes through these helpers, never straight into a Rich markup
+string:
+
+- ``safe(text)``: a Rich ``Text`` of ``text`` exactly as stored, never parsed as markup, with terminal
+  control characters made visible (``\\x1b``, ``\\x9b``, ``\\u202e``) instead of acting on the terminal.
+- ``line(*parts)``: one line built from literal parts: a ``str`` is shown as it is (through ``safe``),
+  a ``(text, style)`` pair is styled; nothing is markup.
+- ``one_line(text)``: ``clean`` plus whitespace collapsed, for table cells and one-line listings.
+- ``listing_table(*columns)``: the one table layout of listings (``Text`` cells, one line per row).
+- ``escape_markup(text)``: only where a markup string cannot be avoided (it must end the string).
+
+As a second line of defence the two consoles (``out``, ``err``) run every rendered piece through
+``clean`` as well, so a control character that reaches them by another road still cannot act on the
+terminal; and ``print_json`` escapes the characters JSON would otherwise leave raw (C1 controls, bidi
+overrides).
+"""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderHook, RenderResult
+from rich.segment import Segment
+from rich.text import Text
 
 from personavlm_cli.cli.env import Env
 
-out = Console(highlight=False, soft_wrap=False)
-err = Console(stderr=True, highlight=False)
+# Characters that would act on a terminal, or reorder or hide text, instead of being shown: C0 controls
+# but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI on some terminals), the bidi marks,
+# embeddings, overrides and isolates, the line and paragraph separators, and lone surrogates (which
+# cannot even be written as UTF-8). Zero-width joiners are kept: emoji need them.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _visible(match: re.Match) -> str:
+    c = ord(match.group())
+    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
+
+
+def clean(text: Any) -> str:
+    """``text`` as a string with every terminal control character shown as an escape (``\\x1b``);
+    tab and newline are kept (a Windows ``\\r\\n`` is a newline)."""
+    s = text if isinstance(text, str) else str(text)
+    if "\r\n" in s:
+        s = s.replace("\r\n", "\n")
+    return _CONTROL.sub(_visible, s)
+
+
+def one_line(text: Any) -> str:
+    """``clean(text)`` on one line: runs of whitespace, newlines included, become one space."""
+    return " ".join(clean("" if text is None else text).split())
+
+
+def safe(text: Any, style: str | None = None, *, single_line: bool = False) -> Text:
+    """Stored or model-made text as a Rich ``Text``: shown literally (``[/b]`` stays ``[/b]``), never
+    parsed as markup, with control characters visible. The one way to show such text."""
+    s = "" if text is None else text
+    return Text(one_line(s) if single_line else clean(s), style=style or "")
+
+
+def line(*parts: Any) -> Text:
+    """One line from literal parts: a ``str`` (or anything else) is shown as it is, a ``(text, style)``
+    pair is shown in that style. Nothing is parsed as markup."""
+    result = Text()
+    for part in parts:
+        if isinstance(part, Text):
+            result.append_text(part)
+        elif isinstance(part, tuple):
+            text, style = part
+            result.append(clean("" if text is None else text), style=style)
+        else:
+            result.append(clean("" if part is None else part))
+    return result
+
+
+def listing_table(*columns: str, styles: dict[str, str] | None = None, wrap: bool = False):
+    """The table of every listing. By default one line per row: the last column is cut with … where the
+    terminal ends (never wrapped as well), the others are never cut (`memory show ID` has a whole text).
+    With ``wrap`` the last column wraps at word boundaries instead, and nothing is cut.
+    Cells may be ``str`` (shown literally, like ``safe``) or ``Text``; nothing is markup."""
+    from rich.table import Table
+
+    class Listing(Table):
+        def add_row(self, *cells: Any, **kwargs: Any) -> None:
+            texts = [c.copy() if isinstance(c, Text) else safe(c) for c in cells]
+            for t in texts[:-1]:
+                t.no_wrap, t.overflow = True, "ellipsis"
+            if texts:
+                texts[-1].no_wrap, texts[-1].overflow = (False, "fold") if wrap else (True, "ellipsis")
+            super().add_row(*texts, **kwargs)
+
+    table = Listing(box=None, pad_edge=False)
+    styles = {"id": "cyan", "when": "dim", **(styles or {})}
+    for col in columns:
+        last = col == columns[-1]
+        # Only the last column may give up width when the terminal is narrow.
+        table.add_column(col, style=styles.get(col), no_wrap=not last, min_width=12 if last else None)
+    return table
+
+
+class _Sanitized:
+    """A renderable whose rendered text goes through ``clean`` (styles and cursor controls untouched)."""
+
+    def __init__(self, renderable: Any):
+        self.renderable = renderable
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for segment in console.render(self.renderable, options):
+            text = segment.text
+            if segment.control or not _CONTROL.search(text):
+                yield segment
+            else:
+                yield Segment(clean(text), segment.style)
+
+
+class _SanitizeHook(RenderHook):
+    def process_renderables(self, renderables: list) -> list:
+        from rich.control import Control
+
+        return [r if isinstance(r, Control) else _Sanitized(r) for r in renderables]
+
+
+def _console(**kwargs: Any) -> Console:
+    console = Console(highlight=False, emoji=False, **kwargs)  # ":smile:" in a memory stays as typed
+    console.push_render_hook(_SanitizeHook())
+    return console
+
+
+out = _console(soft_wrap=False)
+err = _console(stderr=True)
 
 UserOpt = Annotated[Optional[str], typer.Option(
     "--user", "-u", help="Whose memories to use (default: config 'user', else your login name).",
@@ -24,8 +146,23 @@ def make_env(user: str | None, **overrides: Any) -> Env:
     return Env(overrides={k: v for k, v in overrides.items() if v is not None}, user_flag=user)
 
 
+# JSON leaves C1 controls, bidi overrides and separators raw when ensure_ascii is off: escape them
+# (\\u009b is the same string to a JSON reader, and inert on a terminal).
+_JSON_RAW = re.compile("[\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def json_text(data: Any) -> str:
+    """``data`` as indented JSON that is safe to print on a terminal (and the same data to a reader)."""
+    text = json.dumps(data, ensure_ascii=False, indent=2)
+    return _JSON_RAW.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, indent=2) + "\n")
+    text = json_text(data) + "\n"
+    try:
+        sys.stdout.write(text)
+    except UnicodeEncodeError:  # lone surrogates, or a terminal that is not UTF-8
+        sys.stdout.write(json.dumps(data, ensure_ascii=True, indent=2) + "\n")
     sys.stdout.flush()
 
 
@@ -36,9 +173,31 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
 
 
-def short(text: str, width: int = 70) -> str:
-    line = " ".join((text or "").split())
-    return line if len(line) <= width else line[: width - 1] + "…"
+# What Rich's markup parser treats specially: a tag-like ``[...]`` and the backslashes before a ``[``.
+_MARKUP_BRACKET = re.compile(r"(\\*)(\[(?:[a-z#/@][^[]*?\])?)")
+
+
+def escape_markup(text: Any) -> str:
+    """``text`` (control characters made visible) escaped so that Rich's markup parser gives it back
+    exactly, when it ENDS a markup string or is followed by plain text: ``f"[dim]{m.id}[/dim] {escape_markup(x)}"``.
+    A tag-like ``[b]`` gets a backslash (and the backslashes before it are doubled), a lone ``[`` after
+    backslashes gets one more (Rich turns ``\\[`` into ``[``). Unlike rich.markup.escape, no backslash is
+    added at the very end. Prefer ``line(...)`` and ``safe(...)``: they need no escaping at all."""
+
+    def sub(m: re.Match) -> str:
+        slashes, bracket = m.group(1), m.group(2)
+        if len(bracket) > 1:
+            return f"{slashes}{slashes}\\{bracket}"
+        return f"{slashes}\\{bracket}" if slashes else bracket
+
+    return _MARKUP_BRACKET.sub(sub, clean(text))
+
+
+def short(text: Any, width: int = 70) -> str:
+    """``text`` on one line (control characters visible), cut to ``width`` with …. Plain text: give it to
+    ``line``/``safe``, or through ``escape_markup`` into a markup string."""
+    s = one_line(text)
+    return s if len(s) <= width else s[: width - 1] + "…"
 
 
 def human_size(n: int) -> str:
@@ -47,3 +206,27 @@ def human_size(n: int) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return f"{n} B"
+
+
+def log_file(env) -> "Path":
+    """The user's log of background work (updates, dropped statements): ids and counts, never text."""
+    from pathlib import Path
+
+    return Path(env.user_dir()) / "personavlm.log"
+
+
+def log_to_file(env) -> None:
+    """Send personavlm's log (warnings from the update thread and the like) to the user's log file,
+    not onto the terminal: `personavlm logs` shows it, `/stats` and `doctor` summarise it."""
+    import logging
+    from logging.handlers import RotatingFileHandler
+
+    logger = logging.getLogger("personavlm")
+    path = log_file(env)
+    if any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
+        return
+    handler = RotatingFileHandler(path, maxBytes=1_000_000, backupCount=1, encoding="utf-8", delay=True)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

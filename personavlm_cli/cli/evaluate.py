@@ -78,9 +78,10 @@ def locomo(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
     gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
     context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
-    force_retrieve: Annotated[bool, typer.Option(
-        "--force-retrieve/--model-decides", help="Always search memory before answering (default), or let the "
-        "model decide as in chat.")] = True,
+    force_retrieve: Annotated[Optional[bool], typer.Option(
+        "--force-retrieve/--model-decides", help="Override the chat's own retrieval (config chat.retrieval, "
+        "retrieve-first by default): always recall up front, or let the model decide with a separate call.",
+        show_default=False)] = None,
 ):
     """Replay LoCoMo conversations into a temporary store; score recall@k (and answers' token F1)."""
     from personavlm_cli.core import locomo as lc
@@ -107,8 +108,11 @@ def locomo(
 
     env = None
     llm = None
+    mode = None
     if not retrieval_only:
         env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers, "model.context": context})
+        mode = ("force" if force_retrieve else "model-decides") if force_retrieve is not None \
+            else env.settings["chat.retrieval"]
         with err.status("Loading the model…", spinner="dots"):
             llm = env.model()
 
@@ -138,7 +142,7 @@ def locomo(
                         t1 = time.perf_counter()
                         conv_rows = []
                         for q in questions:
-                            row = _ask(store, conv, q, dia_of, k, pool, weights, fusion, llm, env, force_retrieve,
+                            row = _ask(store, conv, q, dia_of, k, pool, weights, fusion, llm, env, mode,
                                        recall_ms)
                             conv_rows.append(row)
                             progress.advance(task)
@@ -149,7 +153,9 @@ def locomo(
                 per_conv[conv.sample_id] = {
                     "turns": len(dia_of), "questions": len(conv_rows),
                     "recall_at_k": lc.mean([r["recall"] for r in conv_rows]),
-                    **({"f1": lc.mean([r["f1"] for r in conv_rows])} if llm is not None else {}),
+                    **({"f1": lc.mean([r["f1"] for r in conv_rows]),
+                        "evidence_in_context": lc.mean([r["evidence_in_context"] for r in conv_rows])}
+                       if llm is not None else {}),
                     "replay_s": round(replay_s, 2), "questions_s": round(ask_s, 2),
                     "total_s": round(time.perf_counter() - t0, 2),
                 }
@@ -185,7 +191,10 @@ def locomo(
     }
     if llm is not None:
         result["f1"] = _rounded(lc.by_category(rows, "f1"))
-        result["force_retrieve"] = force_retrieve
+        result["evidence_in_context"] = _rounded(lc.by_category(rows, "evidence_in_context"))
+        tokens = [r["prompt_tokens"] for r in rows if r.get("prompt_tokens")]
+        result["prompt_tokens_mean"] = round(statistics.fmean(tokens), 1) if tokens else None
+        result["retrieval"] = mode
         info = getattr(llm, "load_info", None)
         result["model"] = info.summary_line() if info is not None else type(llm).__name__
     if json_out is not None:
@@ -204,7 +213,7 @@ def _temporary_store(path: Path, encoder):
                        vectors=lambda: VectorIndex(path=path / "chroma"))
 
 
-def _ask(store, conv, q, dia_of, k, pool, weights, fusion, llm, env, force_retrieve, recall_ms) -> dict:
+def _ask(store, conv, q, dia_of, k, pool, weights, fusion, llm, env, mode, recall_ms) -> dict:
     from personavlm_cli.core import locomo as lc
     from personavlm_cli.core.recall import Query, recall
 
@@ -219,29 +228,39 @@ def _ask(store, conv, q, dia_of, k, pool, weights, fusion, llm, env, force_retri
     for x in sorted({*EXTRA_KS, k}):
         row[f"recall@{x}"] = lc.recall_at_k(ranked, q.evidence, x)
     if llm is not None:
-        prediction, used = _answer(store, conv, q, llm, env, pool, weights, fusion, force_retrieve)
+        prediction, used = _answer(store, conv, q, llm, env, pool, weights, fusion, mode)
+        in_prompt = lc.ranked_turns(used, dia_of, store.records)
+        usage = getattr(llm, "last_usage", None) or {}
         row.update(answer=q.answer, prediction=prediction, f1=lc.token_f1(prediction, q.answer or "", q.category),
-                   answer_used=[dia_of.get(m) for m in used if dia_of.get(m)])
+                   answer_used=[dia_of.get(m.id) for m in used if dia_of.get(m.id)],
+                   evidence_in_context=lc.recall_at_k(in_prompt, q.evidence, len(in_prompt) or 1),
+                   prompt_tokens=usage.get("prompt_tokens"))
     return row
 
 
-def _answer(store, conv, q, llm, env, pool, weights, fusion, force_retrieve) -> tuple[str, list[str]]:
-    """Ask the question through the real response stage, a day after the last session."""
+def _answer(store, conv, q, llm, env, pool, weights, fusion, mode) -> tuple[str, list]:
+    """Ask the question through the chat's response stage (same mode and defaults), a day after the
+    last session; nothing is stored, so one question never becomes memory for the next."""
     from personavlm_cli.core.assistant import Assistant
-    from personavlm_cli.core.reasoning import ResponseStage
+    from personavlm_cli.core.reasoning import Reasoning, ResponseStage
     from personavlm_cli.core.recall import recall
 
     s = env.settings
+    from personavlm_cli.core.capability import choose_prompt_style
+
     assistant = Assistant(store, llm, conv.speaker_a, profile=s["model.prompt_profile"],
-                          vision=getattr(llm, "vision", False))
+                          vision=getattr(llm, "vision", False),
+                          prompt_style=choose_prompt_style(s["model.prompt_style"], llm))
     at = conv.last_time + timedelta(days=1)
     ctx = assistant.context(q.question, at, [], [])
     stage = ResponseStage(llm, assistant.profile,
                           lambda query, n: recall(store, query, k=n, candidates=pool, weights=weights, fusion=fusion),
-                          assistant._expand)
-    reasoning = stage.think(ctx, force_retrieve=force_retrieve)
-    pieces = stage.answer(ctx, reasoning, max_tokens=min(int(s["model.max_tokens"]), 128), temperature=0.0)
-    return "".join(pieces).strip(), [m.id for m in reasoning.used]
+                          assistant._expand,
+                          model_search=s["chat.model_search"] and assistant.profile.style == "full")
+    reasoning = Reasoning()
+    pieces = stage.respond(ctx, reasoning, mode=mode, max_tokens=min(int(s["model.max_tokens"]), 128),
+                           temperature=0.0)
+    return "".join(pieces).strip(), list(reasoning.used)
 
 
 def _rounded(values: dict) -> dict:
@@ -269,6 +288,7 @@ def _print_table(result: dict, answered: bool) -> None:
             table.add_column(f"@{x}", justify="right")
     if answered:
         table.add_column("F1", justify="right")
+        table.add_column("evidence in context", justify="right")
     counts: dict[str, int] = {"overall": result["questions"]}
     for row in result["items"]:
         counts[str(row["category"])] = counts.get(str(row["category"]), 0) + 1
@@ -284,8 +304,95 @@ def _print_table(result: dict, answered: bool) -> None:
         cells += [cell(result["recall_at"][x][key]) for x in sorted(result["recall_at"], key=int) if int(x) != k]
         if answered:
             cells.append(cell(result["f1"][key]))
+            cells.append(cell(result["evidence_in_context"][key]))
         table.add_row(*cells, style="bold" if key == "overall" else None)
     out.print(table)
     t = result["timings"]
     out.print(f"signals: {', '.join(result['signals'])} ({result['fusion']} fusion); recall {t['recall_ms_mean']} ms "
               f"mean, {t['recall_ms_p95']} ms p95; {t['total_s']} s in all")
+    if answered:
+        out.print(f"answers: {result['retrieval']} retrieval; {result['prompt_tokens_mean']} prompt tokens per answer "
+                  "(mean); evidence in context = share of the evidence turns that were in the answer's prompt")
+
+
+@app.command("facts")
+def facts(
+    data: Annotated[Path, typer.Argument(help="Scripted people (the format of shared/data/personas).",
+                                         show_default=False)],
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
+    gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
+    context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
+    max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens in one answer.")] = 96,
+):
+    """Do they learn true facts and use them? Replays scripted people through the chat turn with learning,
+    then asks about each fact: learnt, truthful, grounded and answered (docs/benchmarks.md)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.core.assistant import Assistant
+    from personavlm_cli.core.capability import choose_extractor, choose_prompt_style
+    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.evals import facts as fx
+
+    people = fx.load(data)
+    env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers, "model.context": context})
+    s = env.settings
+    results = []
+    started = time.perf_counter()
+    try:
+        with err.status("Loading the model…", spinner="dots"):
+            llm = env.model()
+        extractor = choose_extractor(s["memory.extractor"], llm)
+        encoder = TextEncoder()
+        steps = sum(sum(len(x["messages"]) for x in p.sessions) + len(p.facts) for p in people)
+        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=err, transient=False) as progress:
+            task = progress.add_task("facts", total=steps)
+            for person in people:
+                with tempfile.TemporaryDirectory(prefix="personavlm-facts-", ignore_cleanup_errors=True) as tmp:
+                    store = _temporary_store(Path(tmp), encoder)
+                    try:
+                        def make(store=store, person=person):
+                            a = Assistant(store, llm, person.user, profile=s["model.prompt_profile"],
+                                          session_gap_minutes=s["chat.session_gap_minutes"],
+                                          recent_turns=s["chat.recent_turns"], vision=getattr(llm, "vision", False),
+                                          mode=s["chat.retrieval"], model_search=s["chat.model_search"],
+                                          answer_tokens=max_tokens,
+                                          prompt_style=choose_prompt_style(s["model.prompt_style"], llm))
+                            return a, UpdateStage(store, llm, person.user, a.model_lock, extractor=extractor)
+
+                        results.append(fx.run_person(person, make, {"max_tokens": max_tokens, "temperature": 0.0},
+                                                     progress=lambda u: progress.update(task, advance=1,
+                                                                                        description=u)))
+                    finally:
+                        store.close()
+    finally:
+        env.close()
+    result = {"benchmark": "facts", "data": str(data), "people": len(people), "extractor": extractor,
+              "retrieval": s["chat.retrieval"], "seconds": round(time.perf_counter() - started, 1),
+              **fx.summarize(results)}
+    info = getattr(llm, "load_info", None)
+    result["model"] = info.summary_line() if info is not None else type(llm).__name__
+    if json_out is not None:
+        try:
+            json_out.write_text(jsonlib.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise PersonaError(f"cannot write {json_out}: {exc.strerror or exc}") from None
+    from rich.table import Table
+
+    table = Table(title=f"Facts: {len(people)} people, {result['counts']['facts']} facts ({extractor} learning)")
+    for col in ("person", "learnt", "truthful", "grounded", "answered"):
+        table.add_column(col, justify="left" if col == "person" else "right")
+
+    def cell(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    for user, m in result["people"].items():
+        table.add_row(user, *(cell(m[k]) for k in ("learnt", "truthful", "grounded", "answered")))
+    o = result["overall"]
+    table.add_row("overall", *(cell(o[k]) for k in ("learnt", "truthful", "grounded", "answered")), style="bold")
+    out.print(table)
+    for user, m in result["people"].items():
+        for line in m["untrue"]:
+            out.print(f"untrue ({user}): {line}", markup=False, highlight=False)

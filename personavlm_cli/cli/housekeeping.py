@@ -8,9 +8,11 @@ from typing import Annotated
 
 import typer
 
-from personavlm_cli.cli.common import JsonOpt, UserOpt, err, human_size, make_env, out, print_json
+from personavlm_cli.cli.common import (JsonOpt, UserOpt, err, human_size, line, listing_table, make_env, one_line,
+                                      out, print_json, safe)
 from personavlm_cli.core import users as users_core
 from personavlm_cli.core.config import KEYS, env_var
+from personavlm_cli.core.errors import PersonaError
 
 config_app = typer.Typer(help="Show the configuration and where everything lives.", no_args_is_help=True)
 users_app = typer.Typer(help="The users on this machine.", no_args_is_help=True)
@@ -24,13 +26,9 @@ def config_show(json: JsonOpt = False):
     if json:
         print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table(box=None)
-    for col in ("key", "value", "from", "meaning"):
-        table.add_column(col, overflow="fold")
+    table = listing_table("key", "value", "from", "meaning", styles={"key": "cyan", "from": "dim"}, wrap=True)
     for r in rows:
-        table.add_row(r["key"], "" if r["value"] is None else str(r["value"]), r["origin"], r["doc"])
+        table.add_row(r["key"], "" if r["value"] is None else one_line(r["value"]), r["origin"], r["doc"])
     out.print(table)
 
 
@@ -41,12 +39,13 @@ def config_path(user: UserOpt = None, json: JsonOpt = False):
     loc = env.settings.locations
     paths = {"config_file": str(loc.config_file), "models_file": str(loc.models_file),
              "data_dir": str(loc.data_dir), "users_dir": str(loc.users_dir), "cache_dir": str(loc.cache_dir),
-             "user_dir": str(users_core.user_dir(env.settings, env.user))}
+             "user_dir": str(users_core.user_dir(env.settings, env.user)),
+             "log_file": str(users_core.user_dir(env.settings, env.user) / "personavlm.log")}
     if json:
         print_json(paths)
     else:
         for k, v in paths.items():
-            out.print(f"{k:<12} {v}")
+            out.print(line(f"{k:<12} ", v), soft_wrap=True)
 
 
 @users_app.command("list")
@@ -58,7 +57,7 @@ def users_list(json: JsonOpt = False):
         print_json(names)
     else:
         for n in names:
-            out.print(n)
+            out.print(safe(n))
         if not names:
             err.print("no users yet")
 
@@ -88,7 +87,7 @@ def users_rm(name: Annotated[str, typer.Argument(help="The user to remove, with 
             finally:
                 records.close()
         users_core.remove_user(env.settings, name)
-    err.print(f"Removed user '{name}'")
+    err.print(line(f"Removed user '{name}'"))
 
 
 def doctor(
@@ -173,5 +172,23 @@ def doctor(
     if json:
         print_json(report)
         return
-    for k, v in report.items():
-        out.print(f"[bold]{k:<22}[/bold] {v}")
+    for k, v in report.items():  # versions, paths and error text from libraries: shown literally
+        out.print(line((f"{k:<22}", "bold"), " ", "none" if v is None else one_line(v)), soft_wrap=True)
+
+
+def logs(user: UserOpt = None,
+         lines: Annotated[int, typer.Option("--lines", "-n", min=1, help="How many of the last lines.")] = 40):
+    """The log of background work (learning, dropped statements, errors): ids and counts, never memory text."""
+    from personavlm_cli.cli.common import log_file
+
+    env = make_env(user)
+    path = log_file(env)
+    if not path.exists():
+        err.print(line("No log yet (", str(path), ")."))
+        return
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise PersonaError(f"cannot read {path}: {exc.strerror or exc}") from None
+    for entry in text[-lines:]:
+        out.print(safe(entry), soft_wrap=True)

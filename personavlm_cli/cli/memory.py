@@ -8,7 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from personavlm_cli.cli.common import JsonOpt, UserOpt, count, err, make_env, out, print_json, short
+from personavlm_cli.cli.common import (JsonOpt, UserOpt, count, err, line, listing_table, make_env, one_line, out,
+                                      print_json, safe)
 from personavlm_cli.core.errors import NotFoundError, PersonaError, StoreBusyError
 from personavlm_cli.core.memory import TYPES, parse_time
 
@@ -62,9 +63,7 @@ def list_(
         if json:
             print_json(jobs)
         else:
-            for j in jobs:
-                out.print(f"  {j['kind']:<8} {j['payload']}")
-            out.print(f"{len(jobs)} pending update(s)")
+            _print_pending(records, jobs)
         return
     s = parse_time(since, "--since").timestamp() if since else None
     u = parse_time(until, "--until").timestamp() if until else None
@@ -75,18 +74,38 @@ def list_(
     if json:
         print_json([memory_json(m) for m in items])
         return
-    from rich.table import Table
-
-    table = Table(box=None, pad_edge=False)
-    for col in ("id", "type", "when", "text"):
-        table.add_column(col, style={"id": "cyan", "when": "dim"}.get(col), no_wrap=col != "text")
+    table = listing_table("id", "type", "when", "text")
     for m in items:
-        flag = " [dim](superseded)[/dim]" if not m.current else ""
-        table.add_row(m.id, m.type, m.occurred_at[:16].replace("T", " "), short(m.text, 80) + flag)
+        text = safe(m.text, single_line=True)
+        if not m.current:
+            text = line(("(superseded) ", "yellow"), text)
+        table.add_row(safe(m.id), safe(m.type), safe(_when(m)), text)
     out.print(table)
     pending_jobs = [j for j in records.jobs() if j["kind"] in ("turn", "session")]
-    tail = f"; {len(pending_jobs)} update(s) pending" if pending_jobs else ""
-    err.print(f"[dim]{count(len(items), 'memory')}{tail}[/dim]")
+    tail = f"; {count(len(pending_jobs), 'update')} pending (memory list --pending)" if pending_jobs else ""
+    err.print(line((f"{count(len(items), 'memory')}{tail}", "dim")))
+
+
+def _when(m) -> str:
+    return (m.occurred_at or "")[:16].replace("T", " ")
+
+
+def _print_pending(records, jobs: list[dict]) -> None:
+    """Queued update work, one line per job: what it will learn from."""
+    table = listing_table("job", "kind", "tries", "learns from")
+    for j in jobs:
+        payload = j.get("payload") or {}
+        if j["kind"] == "turn":
+            turn = records.get(payload.get("user") or "")
+            what = line(str(payload.get("user")), ": ", safe(turn.text if turn else "(erased)", single_line=True))
+        elif j["kind"] == "session":
+            what = line("the whole session ", str(payload.get("session")))
+        else:
+            what = safe(payload, single_line=True)
+        table.add_row(safe(j["id"]), safe(j["kind"]), safe(j.get("attempts", 0)), what)
+    if jobs:
+        out.print(table)
+    err.print(line((count(len(jobs), "pending update"), "dim")))
 
 
 def _open_records(env):
@@ -113,38 +132,48 @@ def show(memory_id: Annotated[str, typer.Argument(help="The memory's id.")], use
         print_json({**memory_json(m), "meta": m.meta, "sources": [memory_json(x) for x in sources],
                     "derived": [memory_json(x) for x in derived], "versions": [memory_json(x) for x in versions]})
         return
-    out.print(f"[bold cyan]{m.id}[/bold cyan]  {m.type}{'' if m.current else '  [yellow](superseded)[/yellow]'}")
-    out.print(m.text)
-    out.print(f"[dim]happened[/dim]  {m.occurred_at}{' → ' + m.occurred_end if m.occurred_end else ''}")
-    out.print(f"[dim]recorded[/dim]  {m.created_at}")
+    out.print(line((m.id, "bold cyan"), "  ", m.type, ("" if m.current else "  (superseded)", "yellow")))
+    out.print(safe(m.text))
+    out.print(line(("happened", "dim"), "  ", m.occurred_at, f" → {m.occurred_end}" if m.occurred_end else ""))
+    out.print(line(("recorded", "dim"), "  ", m.created_at))
     if m.keywords:
-        out.print(f"[dim]keywords[/dim]  {m.keywords}")
+        out.print(line(("keywords", "dim"), "  ", one_line(m.keywords)))
     if m.valid_to:
-        out.print(f"[dim]valid to[/dim]  {m.valid_to}  superseded by {m.superseded_by or '(nothing: closed)'}")
+        out.print(line(("valid to", "dim"), "  ", m.valid_to, "  superseded by ",
+                       m.superseded_by or "(nothing: closed)"))
     if m.image_sha256:
-        out.print(f"[dim]image[/dim]     sha256 {m.image_sha256}  {m.meta.get('filename', '')} "
-                  f"{m.meta.get('width', '')}x{m.meta.get('height', '')}")
+        out.print(line(("image", "dim"), "     sha256 ", m.image_sha256, "  ",
+                       one_line(m.meta.get("filename", "")), f" {m.meta.get('width', '')}x{m.meta.get('height', '')}"))
     if m.meta.get("origin"):
-        out.print(f"[dim]origin[/dim]    {m.meta['origin']}{': ' + m.meta['reason'] if m.meta.get('reason') else ''}")
+        reason = m.meta.get("reason")
+        out.print(line(("origin", "dim"), "    ", one_line(m.meta["origin"]), f": {one_line(reason)}" if reason else ""))
     if sources:
-        out.print("[bold]Comes from[/bold]")
+        out.print(line(("Comes from", "bold")))
         for x in sources:
-            out.print(f"  [cyan]{x.id}[/cyan] [dim]{x.type} {x.occurred_at[:16].replace('T', ' ')}[/dim] {short(x.text)}")
+            _print_brief(out, x, f"{x.type} {_when(x)}")
     if derived:
-        out.print("[bold]Led to[/bold]")
+        out.print(line(("Led to", "bold")))
         for x in derived:
-            out.print(f"  [cyan]{x.id}[/cyan] [dim]{x.type}[/dim] {short(x.text)}")
+            _print_brief(out, x, x.type)
     if len(versions) > 1:
-        out.print("[bold]Versions[/bold]")
+        out.print(line(("Versions", "bold")))
         for x in versions:
-            mark = "current" if x.current else f"until {x.valid_to[:16]}"
-            out.print(f"  [cyan]{x.id}[/cyan] [dim]{mark}[/dim] {short(x.text)}")
+            _print_brief(out, x, "current" if x.current else f"until {(x.valid_to or '')[:16]}")
     for merged in m.meta.get("merged", []):
-        out.print(f"[dim]merged[/dim]    {merged['at'][:16]} {short(merged['text'])}")
-    if m.meta.get("reasoning"):
-        steps = m.meta["reasoning"]["steps"]
-        out.print("[bold]Reasoning[/bold] " + " → ".join(s["action"] + (f"({s['keywords']})" if s["keywords"] else "")
-                                                    for s in steps))
+        if isinstance(merged, dict):
+            out.print(line(("merged", "dim"), "    ", str(merged.get("at", ""))[:16], " ",
+                           safe(merged.get("text", ""), single_line=True)), no_wrap=True, overflow="ellipsis")
+    reasoning = m.meta.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("steps"):
+        steps = " → ".join(str(s.get("action", "?")) + (f"({s['keywords']})" if s.get("keywords") else "")
+                           for s in reasoning["steps"] if isinstance(s, dict))
+        out.print(line(("Reasoning", "bold"), " ", one_line(steps)))
+
+
+def _print_brief(console, m, label: str, indent: str = "  ") -> None:
+    """One memory on one line: id, a dim label, its text cut with … at the terminal's width."""
+    console.print(line(indent, (m.id, "cyan"), " ", (label, "dim"), " ", safe(m.text, single_line=True)),
+                  no_wrap=True, overflow="ellipsis")
 
 
 def _versions(records, m) -> list:
@@ -198,7 +227,7 @@ def search(
                 raise
             store = env.store(write=False, create=False)
             weights = {"dense": 0.0, "keywords": 0.0, "image": 0.0}
-            err.print(f"[yellow]{str(exc).split(';')[0]}: searching by words only[/yellow]")
+            err.print(line((f"{str(exc).split(';')[0]}: searching by words only", "yellow")))
         images = []
         if image is not None:
             from personavlm_cli.adapters.images import inspect_image
@@ -218,10 +247,10 @@ def search(
         return
     for h in hits:
         m = h.memory
-        out.print(f"[cyan]{m.id}[/cyan] [dim]{m.type} {m.occurred_at[:16].replace('T', ' ')}[/dim] {short(m.text, 80)}")
+        _print_brief(out, m, f"{m.type} {_when(m)}", indent="")
         if explain:
             parts = [f"{name} #{s['rank']} ({s['score']})" for name, s in h.signals.items()]
-            out.print(f"    [dim]fused {h.score:.4f} = {' + '.join(parts)}[/dim]")
+            out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))
     if not hits:
         err.print("no matching memories")
 
@@ -271,7 +300,9 @@ def forget(
         if not yes and not sys.stdin.isatty():
             raise PersonaError(f"refusing to forget {len(p.targets)} memories without confirmation: pass --yes")
         for m in p.targets[:20]:
-            err.print(f"  [cyan]{m.id}[/cyan] [dim]{m.type}[/dim] {short(m.text)}")
+            _print_brief(err, m, m.type)
+        if len(p.targets) > 20:
+            err.print(line(("  … and ", "dim"), (f"{len(p.targets) - 20} more", "dim")))
         extra = f" (and {len(p.derived)} derived)" if p.derived else ""
         if not yes:
             if not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
@@ -312,7 +343,7 @@ def edit(
         p = forgetting.plan(store, [memory_id]) if erase_old else None
         if p is not None and p.derived:  # ask before anything changes
             for m in p.derived[:20]:
-                err.print(f"  [cyan]{m.id}[/cyan] [dim]{m.type}[/dim] {short(m.text)}")
+                _print_brief(err, m, m.type)
             if not yes:
                 if not sys.stdin.isatty():
                     raise PersonaError(f"erasing the old version would also erase {count(len(p.derived), 'derived memory')}: "
@@ -321,24 +352,24 @@ def edit(
                     raise typer.Exit(1)
         new = corrections.correct(store, memory_id, text)
         if new is None:
-            err.print(f"'{memory_id}' already says that: nothing changed")
+            err.print(line(f"'{memory_id}' already says that: nothing changed"))
             if json:
                 print_json(memory_json(store.records.get(memory_id)))
             else:
-                out.print(memory_id, markup=False, highlight=False)
+                out.print(safe(memory_id))
             return
         if p is not None:
             p = forgetting.plan(store, [memory_id])  # again: the old version now names its successor
             with err.status("Erasing the old version (rebuilding the vector index)…", spinner="dots"):
                 forgetting.execute(store, p, "edit-erase-old")
-            err.print(f"[green]Edited[/green] {memory_id} → {new.id}; the old version is erased.")
+            err.print(line(("Edited", "green"), f" {memory_id} → {new.id}; the old version is erased."))
         else:
-            err.print(f"[green]Edited[/green] {memory_id} → {new.id}; the old version is kept as history "
-                      f"(memory show {new.id}; --erase-old erases it).")
+            err.print(line(("Edited", "green"), f" {memory_id} → {new.id}; the old version is kept as history "
+                           f"(memory show {new.id}; --erase-old erases it)."))
         if json:
             print_json(memory_json(store.records.get(new.id)))
         else:
-            out.print(new.id, markup=False, highlight=False)
+            out.print(safe(new.id))
     finally:
         env.close()
 
@@ -354,8 +385,8 @@ def export(
     env = make_env(user)
     records = _open_records(env)
     summary = export_archive(records, env.user_dir(create=False), file, env.user)
-    err.print(f"[green]Exported[/green] {count(summary['counts']['memories'], 'memory')} and "
-              f"{count(summary['counts']['images'], 'image')} to {file}")
+    err.print(line(("Exported", "green"), f" {count(summary['counts']['memories'], 'memory')} and "
+                   f"{count(summary['counts']['images'], 'image')} to {file}"))
 
 
 @app.command("import")

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from personavlm_cli.cli.common import JsonOpt, err, human_size, make_env, out, print_json
+from personavlm_cli.cli.common import JsonOpt, err, human_size, line, listing_table, make_env, one_line, out, print_json
 from personavlm_cli.cli.env import is_tty
 from personavlm_cli.core import models as registry
 from personavlm_cli.core.errors import NotFoundError, PersonaError
@@ -42,16 +42,23 @@ def list_(json: JsonOpt = False):
     if json:
         print_json(rows)
         return
-    from rich.table import Table
-
-    table = Table(box=None)
-    for col in ("", "name", "architecture", "quant", "size", "context", "vision", "path"):
-        table.add_column(col, overflow="fold")
+    # One block per model: its facts on one line, then each file's path alone on its own line, never
+    # broken by us (a terminal too narrow wraps it, and a copy still gives the whole path).
+    width = max(len(one_line(r["name"])) for r in rows)
     for r in rows:
-        table.add_row("*" if r["default"] else "", r["name"], r.get("architecture", "?"), r.get("quantization", "?"),
-                      human_size(r["size"]) if "size" in r else "?", str(r.get("context", "?")),
-                      "yes" if r["vision"] else "no", r.get("problem") or r["path"])
-    out.print(table)
+        mark = ("* ", "bold green") if r["default"] else "  "
+        name = (one_line(r["name"]).ljust(width), "bold")
+        if "problem" in r:
+            facts = (one_line(r["problem"]), "yellow")
+        else:
+            facts = " · ".join([one_line(r.get("architecture") or "?"), one_line(r.get("quantization") or "?"),
+                                human_size(r["size"]), f"context {one_line(r.get('context') or '?')}",
+                                "vision" if r["vision"] else "text only"])
+        out.print(line(mark, name, "  ", facts), soft_wrap=True)
+        out.print(line("    ", r["path"]), soft_wrap=True)
+        if r.get("mmproj"):
+            out.print(line("    ", ("mmproj ", "dim"), r["mmproj"]), soft_wrap=True)
+    err.print(line(("* the default model (personavlm model default NAME)", "dim")))
 
 
 @app.command()
@@ -75,8 +82,8 @@ def _register(env, path: Path, mmproj: Path | None, name: str | None, default_la
     label = name or default_label(g).replace(" ", "-").lower()
     registry.register(env.settings.locations, label, path, mmproj)
     vision = ", vision" if mmproj is not None else ""
-    err.print(f"Registered '{label}': {g.architecture} {g.quantization}, context {g.context_length}{vision}",
-              highlight=False)
+    err.print(line(f"Registered '{label}': {one_line(g.architecture)} {one_line(g.quantization)}, "
+                   f"context {g.context_length}{vision}"))
     return label
 
 
@@ -94,7 +101,7 @@ def _set_default(env, name: str) -> None:
     data["default"] = None if name == "embedded" else name
     registry.save(loc, data)
     _write_default(loc, data["default"])
-    err.print(f"Default model: {name}")
+    err.print(line(f"Default model: {name}"))
 
 
 def _write_default(loc, value: str | None) -> None:
@@ -126,7 +133,7 @@ def rm(name: Annotated[str, typer.Argument(help="A registered name.")],
     registry.save(loc, data)
     if was_default:
         _write_default(loc, None)
-    err.print(f"Removed '{name}' from the registry" + (" (the default is now the embedded model)" if was_default else ""))
+    err.print(line(f"Removed '{name}' from the registry" + (" (the default is now the embedded model)" if was_default else "")))
     if delete_files:
         root = registry.models_dir(loc).resolve()
         still_used = {v for e in data["models"].values() for v in (e.get("path"), e.get("mmproj")) if v}
@@ -136,12 +143,12 @@ def rm(name: Annotated[str, typer.Argument(help="A registered name.")],
                 continue
             f = Path(value)
             if not f.resolve().is_relative_to(root):
-                err.print(f"Kept {f}: not downloaded by `model pull`", highlight=False)
+                err.print(line(f"Kept {f}: not downloaded by `model pull`"))
             elif value in still_used:
-                err.print(f"Kept {f}: another registered model uses it", highlight=False)
+                err.print(line(f"Kept {f}: another registered model uses it"))
             elif f.exists():
                 f.unlink()
-                err.print(f"Deleted {f}", highlight=False)
+                err.print(line(f"Deleted {f}"))
 
 
 @app.command()
@@ -193,16 +200,16 @@ def pull(
             paths.append(_download(hub, remote, dest))
         except KeyboardInterrupt:
             kept = hub.partial_size(dest)
-            err.print(f"[yellow]Download interrupted: {human_size(kept)} of {f} kept; run the same command again "
-                      "to resume.[/yellow]", highlight=False)
+            err.print(line((f"Download interrupted: {human_size(kept)} of {f} kept; run the same command again "
+                            "to resume.", "yellow")))
             raise typer.Exit(130) from None
     label = _register(env, paths[0], paths[1] if len(paths) > 1 else None, name or label,
                       lambda g: g.display_name)
     if make_default:
         _set_default(env, label)
     else:
-        err.print(f"Use it with `personavlm chat --model {label}`, or make it the default: "
-                  f"`personavlm model default {label}`", highlight=False)
+        err.print(line(f"Use it with `personavlm chat --model {label}`, or make it the default: "
+                       f"`personavlm model default {label}`"))
 
 
 def _download(hub, remote, dest: Path) -> Path:
@@ -210,12 +217,12 @@ def _download(hub, remote, dest: Path) -> Path:
     size = f" ({human_size(remote.size)})" if remote.size else ""
     if not is_tty(sys.stderr):
         path = hub.download(remote, dest)
-        err.print(f"Downloaded {remote.filename}{size}, sha256 verified", highlight=False)
+        err.print(line(f"Downloaded {remote.filename}{size}, sha256 verified"))
         return path
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+    columns = (TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
     with Progress(*columns, console=err, transient=False) as progress:
         tasks = {}
@@ -229,17 +236,13 @@ def _download(hub, remote, dest: Path) -> Path:
         path = hub.download(remote, dest, progress=report)
         if "verify" in tasks:
             progress.remove_task(tasks["verify"])  # the bar that stays is the download's
-    err.print(f"{remote.filename}: sha256 verified" + ("" if "download" in tasks else " (already downloaded)"),
-              highlight=False)
+    err.print(line(f"{remote.filename}: sha256 verified" + ("" if "download" in tasks else " (already downloaded)")))
     return path
 
 
 def _print_recommended() -> None:
-    from rich.table import Table
-
-    table = Table(box=None, title="Recommended models (personavlm model pull NAME)", title_justify="left")
-    for col in ("name", "size", "vision", "repository", "about"):
-        table.add_column(col, overflow="fold")
+    out.print("Recommended models (personavlm model pull NAME)", markup=False)
+    table = listing_table("name", "size", "vision", "repository", "about", styles={"name": "bold"}, wrap=True)
     for r in registry.RECOMMENDED.values():
         table.add_row(r.name, "~" + r.approx_size, "yes" if r.mmproj else "no", r.repo, r.note)
     out.print(table)

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from personavlm_cli.cli.common import JsonOpt, UserOpt, err, make_env, out, print_json
+from personavlm_cli.cli.common import JsonOpt, UserOpt, clean, err, line, make_env, one_line, out, print_json
 from personavlm_cli.cli.memory import _open_records
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import PersonaError
@@ -32,19 +32,26 @@ def profile_data(records, user: str) -> dict:
 def render_profile(store_or_records, user: str | None = None) -> None:
     records = getattr(store_or_records, "records", store_or_records)
     data = profile_data(records, user or "")
-    out.print("[bold]Core profile[/bold]")
-    for k, v in data["core"].items() or []:
-        out.print(f"  {k}: {v}")
+    out.print(line(("Core profile", "bold")))
+    for k, v in data["core"].items():
+        out.print(line(f"  {one_line(k)}: ", _value(v)))
     if not data["core"]:
-        out.print("  (nothing yet: it is built when a chat session ends)")
-    out.print("[bold]Habits and goals[/bold]")
+        out.print("  (nothing yet: it is built when a chat session ends)", markup=False)
+    out.print(line(("Habits and goals", "bold")))
     for k, v in data["procedural"].items():
-        out.print(f"  {k}: {v}")
+        out.print(line(f"  {one_line(k)}: ", _value(v)))
     if not data["procedural"]:
-        out.print("  (none yet)")
-    out.print("[bold]Personality (Big Five, 1-5)[/bold]")
+        out.print("  (none yet)", markup=False)
+    out.print(line(("Personality (Big Five, 1-5)", "bold")))
     for t, v in data["big_five"].items():
-        out.print(f"  {t:<18} {v:4.2f}  {pem.reading(t, v)}")
+        out.print(line(f"  {t:<18} {v:4.2f}  {pem.reading(t, v)}"))
+
+
+def _value(v) -> str:
+    """A profile value as learnt: text as it is (control characters visible), lists joined."""
+    if isinstance(v, (list, tuple)):
+        return ", ".join(one_line(x) for x in v)
+    return clean(v).strip()
 
 
 @app.command()
@@ -78,10 +85,11 @@ def history(user: UserOpt = None, json: JsonOpt = False,
         table.add_column(col)
     for i, r in enumerate(rows, 1):
         inferred = r["inferred"] or {}
-        table.add_row(str(i), r["at"][:16].replace("T", " "), r["turn_id"] or "-",
-                      f"{r['lambda']:.3f}" if r["lambda"] is not None else "-",
-                      *[f"{r['after'][t]:.2f}" + (f" ({inferred[t]})" if t in inferred else "") for t in pem.TRAITS],
-                      r["note"])
+        cells = [str(i), str(r["at"])[:16].replace("T", " "), r["turn_id"] or "-",
+                 f"{r['lambda']:.3f}" if r["lambda"] is not None else "-",
+                 *[f"{r['after'][t]:.2f}" + (f" ({inferred[t]})" if t in inferred else "") for t in pem.TRAITS],
+                 r["note"] or ""]
+        table.add_row(*[line(one_line(c)) for c in cells])  # Text cells: a note is never markup
     out.print(table)
     if chart and len(rows) > 1 and sys.stdout.isatty():
         import plotext as plt
@@ -116,7 +124,7 @@ def reset(trait: Annotated[str, typer.Argument(help="A trait name, or 'all'.")],
             records.set_meta("personality", after)
     finally:
         env.close()
-    err.print(f"Reset {', '.join(wanted)} to 3.0")
+    err.print(line(f"Reset {', '.join(wanted)} to 3.0"))
 
 
 @app.command("export")
@@ -133,8 +141,8 @@ def export(
         from personavlm_cli.core.archive import export_archive
 
         m = export_archive(records, env.user_dir(create=False), archive, env.user)
-        err.print(f"[green]Archive written[/green] to {archive}: {m['counts']['memories']} memories, "
-                  f"{m['counts']['images']} images, {m['counts']['personality_updates']} personality updates")
+        err.print(line(("Archive written", "green"), f" to {archive}: {m['counts']['memories']} memories, "
+                       f"{m['counts']['images']} images, {m['counts']['personality_updates']} personality updates"))
         return
     data = profile_data(records, env.user)
     if format == "json":
@@ -153,20 +161,21 @@ def export(
         sys.stdout.write(text)
     else:
         output.write_text(text, encoding="utf-8")
-        err.print(f"Written to {output}")
+        err.print(line(f"Written to {output}"))
 
 
 def profile_markdown(data: dict, records) -> str:
+    # One line per item, control characters visible: the page is read on terminals too.
     lines = [f"# What personavlm knows about {data['user']}", ""]
     lines += ["## Core profile", ""]
-    lines += [f"- **{k}**: {v}" for k, v in data["core"].items()] or ["_Nothing yet._"]
+    lines += [f"- **{one_line(k)}**: {one_line(_value(v))}" for k, v in data["core"].items()] or ["_Nothing yet._"]
     lines += ["", "## Habits and goals", ""]
-    lines += [f"- {v}" for v in data["procedural"].values()] or ["_None yet._"]
+    lines += [f"- {one_line(v)}" for v in data["procedural"].values()] or ["_None yet._"]
     lines += ["", "## Personality (Big Five, 1 to 5)", "", "| trait | score | reading |", "|---|---|---|"]
     lines += [f"| {t} | {v:.2f} | {pem.reading(t, v)} |" for t, v in data["big_five"].items()]
     semantic = records.list(types=["semantic"])
     lines += ["", "## Things you asked me to remember, or told me", ""]
-    lines += [f"- {m.text} _({m.occurred_at[:10]})_" for m in semantic] or ["_None yet._"]
+    lines += [f"- {one_line(m.text)} _({m.occurred_at[:10]})_" for m in semantic] or ["_None yet._"]
     n = len(records.personality_history())
     lines += ["", f"_{n} personality updates so far; `personavlm profile history` shows each with its evidence._", ""]
     return "\n".join(lines)
@@ -176,8 +185,48 @@ def profile_markdown(data: dict, records) -> str:
 def import_(file: Annotated[Path, typer.Argument(help="An archive from `profile export --archive`.")],
             user: UserOpt = None):
     """Restore a full archive into this home, under this (or another) user name."""
-    from personavlm_cli.cli.memory import import_file
-
     env = make_env(user)
-    summary = import_file(env, file)
-    err.print(f"[green]Imported[/green] {summary['added']} memories for user '{env.user}'")
+    summary = import_with_progress(env, file)
+    err.print(line(("Imported", "green"), f" {summary['added']} memories for user '{env.user}'"))
+
+
+def import_with_progress(env, file: Path) -> dict:
+    """Check the whole archive (nothing is created before it passes), then write it into ``env``'s
+    store; a long import shows its progress on a terminal (stderr), and nothing when piped."""
+    from personavlm_cli.core.archive import import_archive, read_archive
+
+    with import_progress() as progress:
+        env.user  # a bad user name or configuration is refused before the archive is read
+        checked = read_archive(file, progress=progress)
+        try:
+            return import_archive(env.store(write=True), checked, progress=progress)
+        finally:
+            env.close()
+
+
+class import_progress:
+    """A transient progress bar on stderr (a terminal only) for ``read_archive``/``import_archive``."""
+
+    def __init__(self):
+        self.bar = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self):
+        if not err.is_terminal:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeRemainingColumn(), console=err, transient=True)
+        self.bar.start()
+        return self
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if what not in self.tasks:
+            self.tasks[what] = self.bar.add_task(what.capitalize(), total=total)
+        self.bar.update(self.tasks[what], completed=done)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False

@@ -299,7 +299,11 @@ class AnswerWriter:
             return 80
 
     def write(self, piece: str) -> None:
+        from personavlm_cli.cli.common import clean
+
         self.started = True
+        # Model-made text is data: terminal control characters in it are made visible, never obeyed.
+        piece = "\n".join(clean(part) for part in piece.split("\n"))
         self.text += piece
         if not self.styled:
             self.stream.write(piece)

@@ -7,41 +7,76 @@ Layout (format ``personavlm-archive`` version 1, see docs/formats.md):
   state.json         consolidation state
   images/<sha256>.<ext>
 Vectors are not exported: they are recomputed on import, so an archive moves between embedding
-models. Import verifies every file's sha256 before it writes anything, then writes the records in
-one transaction: a corrupt or tampered archive is refused whole.
+models. Import checks everything before it writes anything: every file's size (declared in the zip
+directory and actually read, both bounded) and sha256, every image member decodes as an image and is
+used by a memory, every memory (types, times in order, roles, links, text size), the personality
+(types and ranges) and the state; then it writes the records in one transaction. A corrupt, tampered
+or hostile archive is refused whole with one line.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import zipfile
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-from personavlm_cli.core.errors import PersonaError
-from personavlm_cli.core.memory import TYPES, Memory, from_iso, iso, now
+from personavlm_cli.core.errors import PersonaError, StoreError, disk_full, is_disk_full
+from personavlm_cli.core.memory import MAX_YEAR, MIN_YEAR, TYPES, Memory, from_iso, iso, now
 
 FORMAT = "personavlm-archive"
 VERSION = 1
 
-# Members are read into memory: their sizes are checked from the zip's directory first (a zip
-# bomb is refused before anything is decompressed; zipfile never returns more than the declared size).
-MAX_MEMBER_BYTES = 1 << 30
-MAX_TOTAL_BYTES = 4 << 30
+# Limits, checked before anything is written (docs/formats.md). Sizes are checked twice: as declared in
+# the zip's directory (a zip bomb is refused before anything is decompressed) and as actually read
+# (members are streamed in 1 MiB pieces and counted, so a member that lies about its size stops there).
+MAX_MEMBER_BYTES = 1 << 30      # memories.jsonl, personality.json, state.json: each
+MAX_MANIFEST_BYTES = 64 << 20   # manifest.json
+MAX_IMAGE_BYTES = 50 << 20      # each image member (the limit of an attached image)
+MAX_TOTAL_BYTES = 4 << 30       # all members together
+MAX_MEMBERS = 200_004           # 200,000 images and the four data members
+MAX_MEMORIES = 1_000_000
+MAX_TEXT_CHARS = 256 * 1024     # one memory's text, in characters
+MAX_KEYWORDS_CHARS = 4096
+MAX_LINE_BYTES = 2 << 20        # one line of memories.jsonl (refused while reading: never all in memory)
+_CHUNK = 1 << 20
+
 _IMAGE_MEMBER = re.compile(r"images/([0-9a-f]{64})\.([a-z0-9]{1,5})")
 _IMAGE_PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,5})")
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_SHA = re.compile(r"[0-9a-f]{64}")
 _DATA_MEMBERS = ("memories.jsonl", "personality.json", "state.json")
+_ROLES = ("user", "assistant")
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 
 def _sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _remove_partial(path: Path) -> None:
+    """A half-written file may hold memory text: overwrite it before unlinking (fall back to unlink)."""
+    from personavlm_cli.adapters.files import shred
+
+    try:
+        shred(path)
+    except OSError:
+        try:
+            path.unlink()
+        except OSError:
+            pass
+
+
 def export_archive(records, user_dir: Path, file: Path, user: str, models: dict | None = None,
                    progress=None) -> dict:
+    file = Path(file)
     memories = records.list(include_superseded=True)
     files: dict[str, bytes] = {
         "memories.jsonl": "".join(json.dumps(m.to_dict(), ensure_ascii=False) + "\n" for m in memories).encode(),
@@ -69,66 +104,253 @@ def export_archive(records, user_dir: Path, file: Path, user: str, models: dict 
     for name, path in images.items():
         manifest["files"][name] = _sha(path.read_bytes())
     tmp = Path(str(file) + ".part")
-    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-    os.close(fd)
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
-        z.writestr("manifest.json", json.dumps(manifest, indent=1))
-        for name, data in files.items():
-            z.writestr(name, data)
-        for i, (name, path) in enumerate(images.items(), 1):
-            z.write(path, name)
-            if progress:
-                progress(i, len(images))
-    os.replace(tmp, file)
+    try:
+        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+        os.close(fd)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
+            z.writestr("manifest.json", json.dumps(manifest, indent=1))
+            for name, data in files.items():
+                z.writestr(name, data)
+            for i, (name, path) in enumerate(images.items(), 1):
+                z.write(path, name)
+                if progress:
+                    progress(i, len(images))
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, file)
+    except BaseException as exc:
+        # Never leave a .part behind (it holds memory text): a full disk, a bad destination, Ctrl-C.
+        if tmp.exists():
+            _remove_partial(tmp)
+        if isinstance(exc, OSError):
+            if is_disk_full(exc):
+                raise disk_full(file.parent if str(file.parent) else Path(".")) from None
+            raise StoreError(f"cannot write the archive {file}: {exc.strerror or exc}") from None
+        raise
     return manifest
 
 
-def read_archive(file: Path) -> tuple[dict, dict[str, bytes]]:
-    """Open and verify an archive; returns (manifest, files). Raises PersonaError if anything is off."""
+# --- reading and checking ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageMember:
+    """An image member of a checked archive: its size, sha256 (= its name) and decoding were verified
+    by ``read_archive``; the bytes stay in the zip (read again, and checked again, when written)."""
+
+    name: str
+    sha256: str
+    size: int
+    file: Path = field(compare=False)
+
+    def open(self, z: zipfile.ZipFile):
+        return z.open(self.name)
+
+
+class Checked(tuple):
+    """``(manifest, files)`` from ``read_archive``, with the parsed and checked contents attached."""
+
+    memories: list
+    personality: dict
+    state: dict
+    file: Path
+
+
+def _refuse_constant(name: str):
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def strict_json(raw: bytes | str):
+    """json.loads without NaN, Infinity or numbers that overflow to them; deep nesting is a ValueError."""
+    try:
+        return json.loads(raw, parse_constant=_refuse_constant, parse_float=_finite_float)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
+class _LineLimit:
+    """Refuses a memories.jsonl line over MAX_LINE_BYTES while the member is still being read."""
+
+    def __init__(self, file: Path):
+        self.file, self.current, self.line = file, 0, 1
+
+    def __call__(self, chunk: bytes) -> None:
+        parts = chunk.split(b"\n")
+        self.current += len(parts[0])
+        self._check()
+        for part in parts[1:]:
+            self.line += 1
+            self.current = len(part)
+            self._check()
+
+    def _check(self) -> None:
+        if self.current > MAX_LINE_BYTES:
+            raise PersonaError(f"the archive's memory on line {self.line} is too large (over "
+                               f"{MAX_LINE_BYTES >> 20} MiB); nothing imported")
+
+
+def _stream(z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, file: Path, keep: bool,
+            on_chunk: Callable[[bytes], None] | None = None) -> tuple[str, int, bytes | None]:
+    """Read one member in pieces: (sha256, bytes actually read, the bytes if ``keep``)."""
+    digest, n, parts = hashlib.sha256(), 0, []
+    with z.open(info) as fh:
+        while True:
+            chunk = fh.read(_CHUNK)
+            if not chunk:
+                break
+            n += len(chunk)
+            if n > limit:
+                raise PersonaError(f"archive {file} is too large to import ({info.filename} is over "
+                                   f"{_size(limit)}); nothing imported")
+            digest.update(chunk)
+            if on_chunk is not None:
+                on_chunk(chunk)
+            if keep:
+                parts.append(chunk)
+    return digest.hexdigest(), n, b"".join(parts) if keep else None
+
+
+def _size(n: int) -> str:
+    return f"{n >> 30} GiB" if n >= 1 << 30 else f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def _limit(name: str) -> int:
+    if name == "manifest.json":
+        return MAX_MANIFEST_BYTES
+    if name in _DATA_MEMBERS:
+        return MAX_MEMBER_BYTES
+    return MAX_IMAGE_BYTES
+
+
+def read_archive(file: Path, progress: Progress | None = None) -> Checked:
+    """Open and check an archive completely (nothing is written): returns (manifest, files), where
+    files maps data members to their bytes and image members to ``ImageMember``. Raises PersonaError
+    (one line) if anything is off."""
     file = Path(file)
     if not file.is_file():
         raise PersonaError(f"archive not found: {file}")
     try:
         with zipfile.ZipFile(file) as z:
-            infos = z.infolist()
-            names = [i.filename for i in infos]
-            if len(names) != len(set(names)):
-                raise PersonaError(f"archive {file} has been altered (a member appears twice)")
-            big = next((i for i in infos if i.file_size > MAX_MEMBER_BYTES), None)
-            if big is not None or sum(i.file_size for i in infos) > MAX_TOTAL_BYTES:
-                raise PersonaError(f"archive {file} is too large to import "
-                                   f"({(big or infos[0]).filename if big else 'in total'})")
-            if z.testzip() is not None:
-                raise PersonaError(f"archive {file} is corrupt (a checksum does not match)")
-            manifest = json.loads(z.read("manifest.json"))
-            data = {name: z.read(name) for name in names if name != "manifest.json"}
+            manifest, data = _read_members(z, file, progress)
+    except PersonaError:
+        raise
+    except MemoryError:
+        raise PersonaError(f"archive {file} is too large to import (out of memory); nothing imported") from None
     except (zipfile.BadZipFile, zlib.error, KeyError, ValueError, OSError, EOFError, zipfile.LargeZipFile,
-            NotImplementedError, RuntimeError) as exc:
+            NotImplementedError, RuntimeError, OverflowError) as exc:
         raise PersonaError(f"archive {file} is corrupt or not a personavlm archive ({type(exc).__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PersonaError(f"{file} is not a personavlm archive")
-    if int(manifest.get("version", 0)) > VERSION:
-        raise PersonaError(f"archive {file} has format version {manifest['version']}; upgrade personavlm")
-    listed = manifest.get("files", {})
-    if set(listed) != set(data):
-        raise PersonaError(f"archive {file} has been altered (its files do not match its manifest)")
-    for name, digest in listed.items():
-        if _sha(data[name]) != digest:
-            raise PersonaError(f"archive {file} has been altered ({name} does not match its sha256)")
-    for name, blob in data.items():
-        if name in _DATA_MEMBERS:
-            continue
-        found = _IMAGE_MEMBER.fullmatch(name)
-        if found is None:
-            raise PersonaError(f"archive {file} has an unexpected member {name!r}")
-        if found.group(1) != _sha(blob):
-            raise PersonaError(f"archive {file} has been altered ({name} is not named by its sha256)")
     if "memories.jsonl" not in data:
         raise PersonaError(f"archive {file} has no memories.jsonl")
+    memories = _parse_memories(data)
+    personality, state = _parse_personality_and_state(data)
+    _check_links(memories, known=None)
+    _check_images_used(file, memories, data)
+    out = Checked((manifest, data))
+    out.memories, out.personality, out.state, out.file = memories, personality, state, file
+    return out
+
+
+def _read_members(z: zipfile.ZipFile, file: Path, progress: Progress | None) -> tuple[dict, dict]:
+    infos = z.infolist()
+    names = [i.filename for i in infos]
+    if len(names) > MAX_MEMBERS:
+        raise PersonaError(f"archive {file} has too many members ({len(names)}, limit {MAX_MEMBERS}); "
+                           "nothing imported")
+    if len(names) != len(set(names)):
+        raise PersonaError(f"archive {file} has been altered (a member appears twice)")
+    for name in names:
+        if name != "manifest.json" and name not in _DATA_MEMBERS and not _IMAGE_MEMBER.fullmatch(name):
+            raise PersonaError(f"archive {file} has an unexpected member {_shown(name)}")
+    big = next((i for i in infos if i.file_size > _limit(i.filename)), None)
+    if big is not None:
+        raise PersonaError(f"archive {file} is too large to import ({big.filename} declares "
+                           f"{big.file_size} bytes, limit {_size(_limit(big.filename))}); nothing imported")
+    if sum(i.file_size for i in infos) > MAX_TOTAL_BYTES:
+        raise PersonaError(f"archive {file} is too large to import (in total, limit {_size(MAX_TOTAL_BYTES)}); "
+                           "nothing imported")
+    if "manifest.json" not in names:
+        raise PersonaError(f"{file} is not a personavlm archive (no manifest.json)")
+    by_name = {i.filename: i for i in infos}
+    try:
+        manifest = strict_json(_stream(z, by_name["manifest.json"], MAX_MANIFEST_BYTES, file, keep=True)[2])
+    except (ValueError, UnicodeDecodeError):
+        raise PersonaError(f"{file} is not a personavlm archive (its manifest is not valid JSON)") from None
+    listed = _check_manifest(manifest, file)
+    members = [n for n in names if n != "manifest.json"]
+    if set(listed) != set(members):
+        raise PersonaError(f"archive {file} has been altered (its files do not match its manifest)")
+    data: dict = {}
+    images = [n for n in members if n not in _DATA_MEMBERS]
+    for name in members:
+        if name not in _DATA_MEMBERS:
+            continue
+        on_chunk = _LineLimit(file) if name == "memories.jsonl" else None
+        digest, _n, blob = _stream(z, by_name[name], MAX_MEMBER_BYTES, file, keep=True, on_chunk=on_chunk)
+        if digest != listed[name]:
+            raise PersonaError(f"archive {file} has been altered ({name} does not match its sha256)")
+        data[name] = blob
+    for i, name in enumerate(images, 1):
+        digest, n, blob = _stream(z, by_name[name], MAX_IMAGE_BYTES, file, keep=True)
+        if digest != listed[name]:
+            raise PersonaError(f"archive {file} has been altered ({name} does not match its sha256)")
+        if _IMAGE_MEMBER.fullmatch(name).group(1) != digest:
+            raise PersonaError(f"archive {file} has been altered ({name} is not named by its sha256)")
+        _check_image(file, name, blob)
+        data[name] = ImageMember(name=name, sha256=digest, size=n, file=file)
+        if progress is not None:
+            progress("checking images", i, len(images))
     return manifest, data
 
 
-def _parse_memories(data: dict[str, bytes]) -> list[Memory]:
+def _check_manifest(manifest, file: Path) -> dict:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PersonaError(f"{file} is not a personavlm archive")
+    version = manifest.get("version")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise PersonaError(f"archive {file} has an invalid format version ({_shown(version)}): "
+                           f"expected a whole number such as {VERSION}")
+    if version > VERSION:
+        raise PersonaError(f"archive {file} has format version {version if version < 10**6 else 'too new'}; "
+                           "upgrade personavlm")
+    listed = manifest.get("files")
+    if not isinstance(listed, dict) or not listed or not all(
+            isinstance(k, str) and isinstance(v, str) and _SHA.fullmatch(v) for k, v in listed.items()):
+        raise PersonaError(f"archive {file} has a malformed manifest ('files' must map each member to its sha256)")
+    return listed
+
+
+def _check_image(file: Path, name: str, blob: bytes) -> None:
+    """An image member must decode as an image of a supported format, under the attachment limits."""
+    from personavlm_cli.adapters import images as img
+    from personavlm_cli.core.errors import ImageError
+
+    ext = _IMAGE_MEMBER.fullmatch(name).group(2)
+    if ext not in set(img.EXTENSIONS.values()):
+        raise PersonaError(f"archive {file}: {name} is not an image file name (.{ext}); nothing imported")
+    try:
+        im = img._open(blob, name)
+        try:
+            img._decode_first_frame(im, name)
+        finally:
+            im.close()
+    except ImageError as exc:
+        raise PersonaError(f"archive {file}: {exc}; nothing imported") from None
+
+
+def _shown(value) -> str:
+    text = repr(value) if not isinstance(value, str) else "'" + value + "'"
+    text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _parse_memories(data: dict) -> list[Memory]:
     """The archive's memories, each checked as the record file will need it; raises PersonaError."""
     out: list[Memory] = []
     seen: set[str] = set()
@@ -141,40 +363,75 @@ def _parse_memories(data: dict[str, bytes]) -> list[Memory]:
     for n, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        if len(line) > MAX_LINE_BYTES:
+            raise PersonaError(f"the archive's memory on line {n} is too large; nothing imported")
         try:
-            raw = json.loads(line)
+            raw = strict_json(line)
             if not isinstance(raw, dict):
                 raise ValueError("not an object")
             m = Memory.from_dict(raw)
-            _check_memory(m, data)
-        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            _check_memory(m)
+        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
             raise PersonaError(f"the archive's memory on line {n} is invalid ({_short(exc)}); nothing imported") from None
         if m.id in seen:
             raise PersonaError(f"the archive has memory {m.id} twice; nothing imported")
         seen.add(m.id)
         out.append(m)
+        if len(out) > MAX_MEMORIES:
+            raise PersonaError(f"the archive has more than {MAX_MEMORIES} memories; nothing imported")
     return out
 
 
-def _check_memory(m: Memory, data: dict[str, bytes]) -> None:
+def _time(value: str, key: str):
+    when = from_iso(value)
+    if not MIN_YEAR <= when.year <= MAX_YEAR:
+        raise ValueError(f"{key} is out of range (years {MIN_YEAR}-{MAX_YEAR})")
+    when.timestamp()
+    return when
+
+
+def _check_memory(m: Memory) -> None:
     for key in ("id", "type", "text", "occurred_at", "created_at"):
         if not isinstance(getattr(m, key), str):
             raise ValueError(f"{key} must be a string")
     if m.type not in TYPES:
-        raise ValueError(f"unknown type {m.type!r}")
-    if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,128}", m.id):
+        raise ValueError(f"unknown type {_shown(m.type)}")
+    if not _ID.fullmatch(m.id):
         raise ValueError("bad id")
-    from_iso(m.occurred_at), from_iso(m.created_at)
-    for key in ("occurred_end", "valid_to"):
-        if getattr(m, key) is not None:
-            from_iso(getattr(m, key))
-    if not isinstance(m.source_ids, list) or not all(isinstance(x, str) for x in m.source_ids):
+    if len(m.text) > MAX_TEXT_CHARS:
+        raise ValueError(f"its text is {len(m.text)} characters, over the limit of {MAX_TEXT_CHARS}")
+    start = _time(m.occurred_at, "occurred_at")
+    _time(m.created_at, "created_at")
+    if m.occurred_end is not None:
+        if not isinstance(m.occurred_end, str):
+            raise ValueError("occurred_end must be a string")
+        if _time(m.occurred_end, "occurred_end") < start:
+            raise ValueError("occurred_end is before occurred_at")
+    if m.valid_to is not None:
+        if not isinstance(m.valid_to, str):
+            raise ValueError("valid_to must be a string")
+        _time(m.valid_to, "valid_to")
+    if not isinstance(m.source_ids, list) or not all(isinstance(x, str) and _ID.fullmatch(x) for x in m.source_ids):
         raise ValueError("source_ids must be a list of ids")
     if not isinstance(m.meta, dict) or not isinstance(m.keywords, str):
         raise ValueError("meta must be an object and keywords a string")
+    if len(m.keywords) > MAX_KEYWORDS_CHARS:
+        raise ValueError(f"its keywords are over the limit of {MAX_KEYWORDS_CHARS} characters")
     for key in ("role", "session_id", "image_sha256", "superseded_by"):
         if getattr(m, key) is not None and not isinstance(getattr(m, key), str):
             raise ValueError(f"{key} must be a string")
+    if m.role is not None and m.role not in _ROLES:
+        raise ValueError(f"role {_shown(m.role)} is not user or assistant")
+    if m.type == "turn" and m.role is None:
+        raise ValueError("a turn must have the role user or assistant")
+    if m.session_id is not None and len(m.session_id) > 256:
+        raise ValueError("session_id is too long")
+    if m.superseded_by is not None and not _ID.fullmatch(m.superseded_by):
+        raise ValueError("superseded_by is not an id")
+    if m.superseded_by == m.id:
+        raise ValueError("it supersedes itself")
+    if m.image_sha256 is not None and not _SHA.fullmatch(m.image_sha256):
+        raise ValueError("image_sha256 is not a sha256")
     path = m.meta.get("path")
     if path is not None:
         # An image memory names its file by content; anything else could point outside the store.
@@ -183,48 +440,140 @@ def _check_memory(m: Memory, data: dict[str, bytes]) -> None:
             raise ValueError(f"image path {str(path)[:80]!r} is not the content address of the image")
 
 
-def _check_personality(personality: dict) -> None:
+def _check_links(memories: list[Memory], known: set[str] | None) -> None:
+    """Version links: no loop among the archive's memories; with ``known`` (the store's ids) given,
+    every ``superseded_by`` names a memory of the archive or of the store."""
+    successor = {m.id: m.superseded_by for m in memories if m.superseded_by is not None}
+    ids = {m.id for m in memories}
+    if known is not None:
+        for m in memories:
+            if m.superseded_by is not None and m.superseded_by not in ids and m.superseded_by not in known:
+                raise PersonaError(f"the archive's memory {m.id} is superseded by {m.superseded_by}, which is "
+                                   "neither in the archive nor in the store; nothing imported")
+    done: set[str] = set()
+    for first in successor:
+        path: set[str] = set()
+        at = first
+        while at in successor and at not in done:
+            if at in path:
+                raise PersonaError(f"the archive's versions of memory {at} form a loop (superseded_by leads "
+                                   "back to itself); nothing imported")
+            path.add(at)
+            at = successor[at]
+        done |= path
+
+
+def _check_images_used(file: Path, memories: list[Memory], data: dict) -> None:
+    used = {Path(str(m.meta["path"])).name for m in memories if m.meta.get("path")}
+    for name in data:
+        if name.startswith("images/") and name[len("images/"):] not in used:
+            raise PersonaError(f"archive {file} has an image member no memory uses ({name}); nothing imported")
+
+
+def _is_number(v, low: float, high: float) -> bool:
+    return (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and low <= v <= high)
+
+
+def _parse_personality_and_state(data: dict) -> tuple[dict, dict]:
+    try:
+        personality = strict_json(data.get("personality.json", b"{}"))
+        state = strict_json(data.get("state.json", b"{}"))
+        if not isinstance(personality, dict) or not isinstance(state, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PersonaError(f"the archive's personality or state is invalid ({_short(exc)}); nothing imported") from None
+    problem = _personality_problem(personality)
+    if problem:
+        raise PersonaError(f"the archive's personality is invalid ({problem}); nothing imported")
+    consolidated = state.get("consolidated", {})
+    if consolidated is None:
+        consolidated = {}
+    if not isinstance(consolidated, dict) or not all(
+            isinstance(k, str) and len(k) <= 256 and isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 53
+            for k, v in consolidated.items()):
+        raise PersonaError("the archive's state is invalid ('consolidated' must map sessions to turn counts); "
+                           "nothing imported")
+    return personality, {**state, "consolidated": consolidated}
+
+
+def _personality_problem(personality: dict) -> str | None:
+    """What is wrong with the personality block (types and ranges), or None."""
     from personavlm_cli.core.personality import TRAITS
 
-    def vector(v) -> bool:
-        return isinstance(v, dict) and all(isinstance(v.get(t), (int, float)) and not isinstance(v.get(t), bool)
-                                           for t in TRAITS)
+    def vector_problem(v, what: str) -> str | None:
+        if not isinstance(v, dict) or set(v) != set(TRAITS):
+            return f"{what} must give the five traits"
+        bad = next((t for t in TRAITS if not _is_number(v[t], 1, 5)), None)
+        return f"{what}: {bad} must be a number from 1 to 5" if bad else None
 
-    state, history = personality.get("state"), personality.get("history", [])
-    ok = (state is None or vector(state)) and isinstance(history, list) and all(
-        isinstance(h, dict) and isinstance(h.get("at"), str) and vector(h.get("before")) and vector(h.get("after"))
-        for h in history)
-    if not ok:
-        raise PersonaError("the archive's personality is invalid (a Big Five vector or a history entry is malformed); "
-                           "nothing imported")
+    state = personality.get("state")
+    if state is not None and (problem := vector_problem(state, "the state")):
+        return problem
+    updates = personality.get("updates", 0)
+    if updates is None:
+        updates = 0
+    if not isinstance(updates, int) or isinstance(updates, bool) or not 0 <= updates < 1 << 53:
+        return "'updates' must be a count"
+    history = personality.get("history", [])
+    if history is None:
+        history = []
+    if not isinstance(history, list):
+        return "'history' must be a list"
+    for i, h in enumerate(history, 1):
+        where = f"history entry {i}"
+        if not isinstance(h, dict):
+            return f"{where} is not an object"
+        try:
+            if not isinstance(h.get("at"), str):
+                raise ValueError
+            _time(h["at"], "at")
+        except (ValueError, OverflowError):
+            return f"{where}: 'at' is not a time"
+        if h.get("turn_id") is not None and not (isinstance(h["turn_id"], str) and _ID.fullmatch(h["turn_id"])):
+            return f"{where}: 'turn_id' is not an id"
+        m = h.get("m")
+        if not isinstance(m, int) or isinstance(m, bool) or not 0 <= m < 1 << 53:
+            return f"{where}: 'm' must be a count"
+        if h.get("lambda") is not None and not _is_number(h["lambda"], 0, 1):
+            return f"{where}: 'lambda' must be a number from 0 to 1"
+        inferred = h.get("inferred")
+        if inferred is not None and not (isinstance(inferred, dict) and set(inferred) <= set(TRAITS)
+                                         and all(_is_number(v, 1, 5) for v in inferred.values())):
+            return f"{where}: 'inferred' must map traits to numbers from 1 to 5"
+        for key in ("before", "after"):
+            if problem := vector_problem(h.get(key), f"{where} '{key}'"):
+                return problem
+        if not isinstance(h.get("note", ""), str) or len(h.get("note", "")) > MAX_KEYWORDS_CHARS:
+            return f"{where}: 'note' must be a short text"
+    return None
 
 
 def _short(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
+    text = text.encode("unicode_escape", "backslashreplace").decode("ascii")
     return text[:120]
 
 
-def import_archive(store, archive: tuple[dict, dict[str, bytes]]) -> dict:
-    """Write a verified archive (from ``read_archive``) into ``store``; what is there already is kept.
+# --- writing ----------------------------------------------------------------------------------
 
-    All or nothing: every memory is checked before anything is written, and the records, the
-    personality history and the audit entry are one transaction. Image files are written before
-    it, under a job that names them, committed first: a kill before the records commit leaves the
-    job, and the next import shreds the files no record uses.
+
+def import_archive(store, archive, progress: Progress | None = None) -> dict:
+    """Write a checked archive (from ``read_archive``) into ``store``; what is there already is kept.
+
+    All or nothing: everything is checked before anything is written (``read_archive``, then the
+    links against the store), and the records, the personality history and the audit entry are one
+    transaction. Image files are written before it, under a job that names them, committed first: a
+    kill before the records commit leaves the job, and the next writer open shreds the files no
+    record uses. A full disk is its own one-line error, with every file written for it removed.
     """
+    if not isinstance(archive, Checked):  # a bare (manifest, files) tuple: check it the same way
+        raise TypeError("import_archive takes what read_archive returns")
     manifest, data = archive
     records = store.records
     finish_interrupted_imports(store)
-    memories = _parse_memories(data)
-    try:
-        personality = json.loads(data.get("personality.json", b"{}"))
-        state = json.loads(data.get("state.json", b"{}"))
-        if not isinstance(personality, dict) or not isinstance(state, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        raise PersonaError(f"the archive's personality or state is invalid ({_short(exc)}); nothing imported") from None
-    _check_personality(personality)
+    memories, personality, state = archive.memories, archive.personality, archive.state
     existing = {m.id for m in records.list(include_superseded=True)}
+    _check_links(memories, known=existing)
     new = [m for m in memories if m.id not in existing]
     shipped = {name[len("images/"):] for name in data if name.startswith("images/")}
     for m in new:
@@ -235,31 +584,24 @@ def import_archive(store, archive: tuple[dict, dict[str, bytes]]) -> dict:
             m.meta = {k: v for k, v in m.meta.items() if k != "path"}
             m.meta["image_missing"] = True
     files = []
-    for name, blob in data.items():
-        if name.startswith("images/"):
-            dest = store.images_dir / name[len("images/"):][:2] / name[len("images/"):]
+    for name, member in data.items():
+        if isinstance(member, ImageMember):
+            base = name[len("images/"):]
+            dest = store.images_dir / base[:2] / base
             if not dest.exists():
-                files.append((dest, blob))
+                files.append((dest, member))
     job = None
-    if files:
-        with records.transaction():
-            job = records.add_job("import_files", {"paths": [str(d.relative_to(store.images_dir)) for d, _ in files]})
-    for dest, blob in files:
-        dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = dest.with_name(dest.name + ".part")
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
     try:
+        if files:
+            with records.transaction():
+                job = records.add_job("import_files", {"paths": [str(d.relative_to(store.images_dir)) for d, _ in files]})
+            _write_images(archive.file, files, progress)
         with records.transaction():
             records.insert(new)
             if personality.get("state") and not records.get_meta("personality"):
                 records.set_meta("personality", personality["state"])
-                records.set_meta("personality_updates", personality.get("updates", 0))
-                for h in personality.get("history", []):
+                records.set_meta("personality_updates", personality.get("updates") or 0)
+                for h in personality.get("history") or []:
                     records.add_personality(h)
             if state.get("consolidated"):
                 done = records.get_meta("consolidated", {}) or {}
@@ -267,32 +609,52 @@ def import_archive(store, archive: tuple[dict, dict[str, bytes]]) -> dict:
             records.audit("import", [m.id for m in new])
             if job is not None:
                 records.finish_job(job)
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+    except BaseException as exc:
         # Rolled back: the files written for it are shredded now, as a kill would have them later.
-        finish_interrupted_imports(store)
-        raise PersonaError(f"the archive's personality history is invalid ({_short(exc)}); nothing imported") from None
+        if job is not None:
+            try:
+                finish_interrupted_imports(store)
+            except Exception:  # noqa: BLE001 - the next writer open finishes it
+                pass
+        if isinstance(exc, OSError):
+            if is_disk_full(exc):
+                raise disk_full(store.images_dir) from None
+            raise StoreError(f"cannot write the imported images in {store.images_dir}: "
+                             f"{exc.strerror or exc}") from None
+        if isinstance(exc, (KeyError, TypeError, ValueError, AttributeError)):
+            raise PersonaError(f"the archive's personality history is invalid ({_short(exc)}); "
+                               "nothing imported") from None
+        raise
     store.sync_vectors()
     return {"added": len(new), "skipped": len(memories) - len(new), "manifest": manifest}
 
 
-def finish_interrupted_imports(store) -> int:
-    """Shred the image files of imports that were killed before their records were committed."""
-    from personavlm_cli.adapters.files import shred
+def _write_images(file: Path, files: list, progress: Progress | None) -> None:
+    """Copy the image members out of the zip (each checked again against its sha256 as it is written)."""
+    with zipfile.ZipFile(file) as z:
+        for i, (dest, member) in enumerate(files, 1):
+            dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            tmp = dest.with_name(dest.name + ".part")
+            digest, n = hashlib.sha256(), 0
+            fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as fh, member.open(z) as src:
+                while chunk := src.read(_CHUNK):
+                    n += len(chunk)
+                    if n > MAX_IMAGE_BYTES:
+                        break
+                    digest.update(chunk)
+                    fh.write(chunk)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if digest.hexdigest() != member.sha256 or n != member.size:
+                _remove_partial(tmp)
+                raise PersonaError(f"archive {file} changed while it was imported ({member.name}); nothing imported")
+            os.replace(tmp, dest)
+            if progress is not None:
+                progress("writing images", i, len(files))
 
-    records = store.records
-    removed = 0
-    for job in records.jobs(["import_files"]):
-        for rel in job["payload"].get("paths", []):
-            found = _IMAGE_PATH.fullmatch(str(rel))
-            if not found:
-                continue
-            path = store.images_dir / rel
-            for candidate in (path.with_name(path.name + ".part"), path):
-                if candidate == path and records.image_in_use(found.group(2)):
-                    continue
-                if candidate.exists():
-                    shred(candidate)
-                    removed += 1
-        with records.transaction():
-            records.finish_job(job["id"])
-    return removed
+
+def finish_interrupted_imports(store) -> int:
+    """Shred the image files of imports that were killed before their records were committed
+    (every writer open does it too: ``RecordStore.finish_interrupted_imports``)."""
+    return store.records.finish_interrupted_imports(store.images_dir)

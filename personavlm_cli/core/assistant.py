@@ -34,22 +34,32 @@ class Exchange:
     assistant_turn: Memory | None = None
     interrupted: bool = False
     new_session: bool = False
+    turns_left_out: int = 0  # older turns of the session that no longer fit in the context
+    prompt: list[dict] = field(default_factory=list)  # the final answer prompt (messages), for /why and benches
 
 
 class Assistant:
     def __init__(self, store: MemoryStore, model, user: str, *, profile: str = "generic",
                  session_gap_minutes: int = 60, recent_turns: int = 20, model_lock: ModelGate | None = None,
-                 vision: bool = False):
+                 vision: bool = False, mode: str = "retrieve-first", model_search: bool = True,
+                 answer_tokens: int = 512, prompt_style: str = "full"):
         self.store = store
         self.model = model
         self.user = user
-        self.profile = PROFILES[profile]()
+        self.profile = PROFILES[profile](style=prompt_style)
         self.gap = timedelta(minutes=session_gap_minutes)
         self.recent_turns = recent_turns
         self.model_lock = model_lock or ModelGate()
         self.vision = vision
         self.personality_override: dict[str, float] | None = None
         self.last: Exchange | None = None
+        self.mode = mode
+        self.model_search = model_search
+        self.answer_tokens = answer_tokens
+        # What the system text says about the user is read once per session: facts learnt during the
+        # session are in its turns already, and a system text that changed every message would make
+        # llama.cpp evaluate the whole prompt again (its cache keeps the longest common prefix).
+        self._session_view: tuple[str, dict, list, dict] | None = None
 
     # -- sessions and context ---------------------------------------------------------------------
 
@@ -71,17 +81,67 @@ class Assistant:
         return list(reversed(turns))
 
     def context(self, message: str, at: datetime, images: list[Path], recent: list[Memory],
-                current_ids: set[str] = frozenset()) -> Context:
+                current_ids: set[str] = frozenset(), session_id: str | None = None) -> Context:
         records = self.store.records
-        core = records.list(types=["core"])
-        vector = dict(records.get_meta("personality") or pem.initial())
+        view = self._session_view
+        if view is None or session_id is None or view[0] != session_id:
+            core = records.list(types=["core"])
+            view = (session_id, core[-1].meta.get("facts", {}) if core else {},
+                    records.list(types=["procedural"]), dict(records.get_meta("personality") or pem.initial()))
+            self._session_view = view if session_id is not None else None
+        vector = dict(view[3])
         if self.personality_override:
             vector.update(self.personality_override)
+        recalled_for, shown = self._recalled_in(recent)
+        if self.profile.style == "compact":
+            shown = set()  # a small model reads each message's own context, not the whole session
         return Context(user=self.user, now=at, message=message, images=images, recent=recent,
-                       core=core[-1].meta.get("facts", {}) if core else {},
-                       procedural=records.list(types=["procedural"]), personality=vector, vision=self.vision,
+                       core=dict(view[1]), procedural=list(view[2]), personality=vector, vision=self.vision,
                        has_long_term_memory=records.has_current_besides({m.id for m in recent} | set(current_ids)),
-                       current_ids=set(current_ids))
+                       current_ids=set(current_ids), recalled_for=recalled_for, shown_ids=shown)
+
+    def _recalled_in(self, recent: list[Memory]) -> tuple[dict[str, list[Memory]], set[str]]:
+        """The memories each recent user turn was sent with (from its answer's reasoning record)."""
+        ids_for: dict[str, list[str]] = {}
+        for m in recent:
+            reasoning = (m.meta or {}).get("reasoning") if m.role == "assistant" else None
+            if reasoning and reasoning.get("used") and m.source_ids:
+                ids_for[m.source_ids[0]] = list(reasoning["used"])
+        wanted = {i for ids in ids_for.values() for i in ids}
+        found = {m.id: m for m in self.store.records.get_many(wanted)} if wanted else {}
+        out = {turn: [found[i] for i in ids if i in found] for turn, ids in ids_for.items()}
+        return out, set(wanted)
+
+    def fit(self, ctx: Context) -> int:
+        """Leave the oldest turns of the session out of the prompt when they no longer fit the model's
+        context (room is kept for the recalled memories and the answer); returns how many."""
+        n_ctx = getattr(self.model, "n_ctx", 0) or 0
+        count = getattr(self.model, "count_tokens", None)
+        if not n_ctx or count is None:
+            return 0
+        answer = min(self.answer_tokens, n_ctx // 4)
+        reserve = min(1024, n_ctx // 4)  # recalled memories and the chat template
+        room = n_ctx - answer - reserve - count(self.profile.system(ctx)) - count(ctx.message) - 32
+        keep = 0
+        for m in reversed(ctx.recent):
+            if m.role == "user":
+                n = count(self.profile.user_block(m.text, m.occurred, ctx.recalled_for.get(m.id, []))) + 8
+            else:
+                n = count(m.text) + 8
+            if room - n < 0:
+                break
+            room -= n
+            keep += 1
+        left_out = len(ctx.recent) - keep
+        if left_out:
+            ctx.recent = ctx.recent[left_out:]
+            if ctx.recent and ctx.recent[0].role == "assistant":  # never start on an answer
+                ctx.recent = ctx.recent[1:]
+                left_out += 1
+            kept = {m.id for m in ctx.recent}
+            ctx.recalled_for = {k: v for k, v in ctx.recalled_for.items() if k in kept}
+            ctx.shown_ids = {m.id for ms in ctx.recalled_for.values() for m in ms}
+        return left_out
 
     # -- storing ----------------------------------------------------------------------------------
 
@@ -118,28 +178,33 @@ class Assistant:
 
     def respond(self, text: str, at: datetime, image_paths: list[Path] | None = None,
                 force_retrieve: bool = False, updates: UpdateStage | None = None,
-                sampling: dict | None = None) -> tuple[Exchange, Iterator[str]]:
+                sampling: dict | None = None, mode: str | None = None) -> tuple[Exchange, Iterator[str]]:
         """Store the user's turn now; return it with a generator that streams the answer.
 
         The generator stores the assistant's turn when it ends, including when the consumer stops
-        it early (Ctrl-C): the partial answer is kept and marked as interrupted.
+        it early (Ctrl-C): the partial answer is kept and marked as interrupted. Then it learns from
+        the message by rules (milliseconds, no model) and queues the model's part of the update.
         """
         ex, ctx = self.prepare(text, at, image_paths, updates)
-        stage = ResponseStage(self.model, self.profile, self._recall, self._expand)
+        mode = "force" if force_retrieve else (mode or self.mode)
+        stage = ResponseStage(self.model, self.profile, self._recall, self._expand,
+                              model_search=self.model_search and self.profile.style == "full")
         self.last = ex
+        ex.reasoning = Reasoning()
+        sampling = dict(sampling or {})
 
         def stream() -> Iterator[str]:
             pieces: list[str] = []
             try:
                 with self.model_lock:
-                    ex.reasoning = stage.think(ctx, force_retrieve=force_retrieve)
-                    for piece in stage.answer(ctx, ex.reasoning, **(sampling or {})):
+                    for piece in stage.respond(ctx, ex.reasoning, mode=mode, **sampling):
                         pieces.append(piece)
                         yield piece
             except (KeyboardInterrupt, GeneratorExit, PersonaError):
                 ex.interrupted = True  # the partial answer is kept, and marked
                 raise
             finally:
+                ex.prompt = self.profile.answer_messages(ctx, ex.reasoning.used)
                 ex.answer = "".join(pieces).strip()
                 assistant = self.store_assistant_turn(ex, at) if ex.answer or ex.interrupted else None
                 # The message's own vectors are written after the answer: this answer's recall leaves the
@@ -147,8 +212,11 @@ class Assistant:
                 # before this point leaves them unembedded; the next start embeds them.
                 with self.model_lock:
                     self.store.embed([ex.user_turn, *ex.images, *([assistant] if assistant else [])])
-                if assistant is not None and updates is not None:
-                    updates.enqueue_turn(ex.user_turn, assistant)
+                if updates is not None:
+                    if updates.enabled:
+                        updates.learn_turn(ex.user_turn)
+                    if assistant is not None:
+                        updates.enqueue_turn(ex.user_turn, assistant)
                 self.personality_override = None  # an override holds for the next answer only
 
         return ex, stream()
@@ -156,14 +224,18 @@ class Assistant:
     def prepare(self, text: str, at: datetime, image_paths: list[Path] | None = None,
                 updates: UpdateStage | None = None) -> tuple[Exchange, Context]:
         """Everything before the model runs: store the user's turn (and its images), then gather the
-        context for the answer."""
+        context for the answer and fit it to the model's context window."""
         image_paths = [Path(p) for p in image_paths or []]
         recent = self.recent(at)
         ex, previous_session = self.store_user_turn(text, at, image_paths)
         if previous_session and updates is not None:
             updates.enqueue_session(previous_session)
         stored = [self.store.images_dir / m.meta["path"] for m in ex.images]
-        return ex, self.context(text, at, stored, recent, {ex.user_turn.id, *(m.id for m in ex.images)})
+        ctx = self.context(text, at, stored, recent, {ex.user_turn.id, *(m.id for m in ex.images)},
+                           session_id=ex.user_turn.session_id)
+        with self.model_lock:
+            ex.turns_left_out = self.fit(ctx)
+        return ex, ctx
 
     def _recall(self, query: Query, k: int):
         return recall(self.store, query, k=k)

@@ -33,3 +33,26 @@ class StoreBusyError(StoreError):
 
 class NotFoundError(PersonaError):
     """A memory, user or model that does not exist."""
+
+
+class DiskFullError(StoreError):
+    """A write ran out of space (ENOSPC, SQLite's "database or disk is full"): nothing was lost."""
+
+
+def disk_full(where) -> DiskFullError:
+    """The one line for a full disk: what is full, what to do, and that nothing was lost."""
+    return DiskFullError(f"no space left on {where}: free some space; nothing was lost")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Is ``exc`` an out-of-space error (OSError ENOSPC/EDQUOT, or SQLite's SQLITE_FULL)?"""
+    import errno
+
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+        return True
+    text = str(exc).lower()
+    return type(exc).__module__ == "sqlite3" and ("disk is full" in text or "database or disk is full" in text)
+
+
+class ModelInterrupted(PersonaError):
+    """A background model call was stopped: an answer needs the model, or the chat is quitting."""

@@ -116,3 +116,24 @@ def scrub_input_history(path, texts: list[str]) -> None:
         fh.flush()
         os.fsync(fh.fileno())
         fh.truncate(len(data))
+
+
+FORGET_TYPES = ("semantic", "episodic", "procedural", "core", "image", "turn")
+
+
+def matching(store: MemoryStore, text: str, k: int = 5) -> list[Memory]:
+    """What "forget TEXT" means, in the REPL and on the command line alike: the memories that share a
+    word with the text (BM25) or mean nearly the same (cosine > 0.5), at most ``k``, each with every
+    older version of it, so that nothing erased comes back as the current version."""
+    from personavlm_cli.core.recall import Query, recall
+
+    hits = recall(store, Query(text=text, types=FORGET_TYPES, include_superseded=True), k=k)
+    found = [h.memory for h in hits
+             if "lexical" in h.signals or h.signals.get("dense", {}).get("score", 0) > 0.5]
+    out = {m.id: m for m in found}
+    frontier = set(out)
+    while frontier:
+        older = [m for m in store.records.superseded_by_any(frontier) if m.id not in out]
+        frontier = {m.id for m in older}
+        out.update((m.id, m) for m in older)
+    return list(out.values())

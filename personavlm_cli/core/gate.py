@@ -1,15 +1,19 @@
-"""One model, two users: the answer the person waits for goes before background updates.
+"""One model and one store, two users: the answer the person waits for goes before background work.
 
-The update stage runs in a thread and uses the same model as the answers. A plain lock would make
-a message typed right after an answer wait for a whole update job; with this gate the update stage
-takes the model only between answers, one call at a time, so a waiting answer waits for at most the
-one call in progress.
+The update stage runs in a thread. Each of its jobs holds the gate in background mode for the whole
+job (its store writes and its model calls), so a `/forget` or an answer never meets a half-done job.
+When an answer (foreground) arrives while a job holds the gate, the gate calls its ``on_wait``
+hooks: the update stage's model stops its call at the next token, the job gives the gate back and
+stays queued, and the answer starts. An answer therefore waits for at most the few milliseconds of
+store work in progress and one model token, not for a whole update job. Between answers, background
+work takes the gate only when no answer is waiting.
 """
 
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
+from typing import Callable
 
 
 class ModelGate:
@@ -17,12 +21,22 @@ class ModelGate:
         self._lock = threading.RLock()
         self._cond = threading.Condition()
         self._waiting = 0
+        self._holder: int | None = None  # thread id of the background holder, if any
+        self._depth = 0
         self._local = threading.local()  # the open ``with gate:`` blocks of each thread
+        self.on_wait: list[Callable[[], None]] = []  # called when an answer waits for background work
 
     @contextmanager
     def foreground(self):
         with self._cond:
             self._waiting += 1
+            background_busy = self._holder is not None and self._holder != threading.get_ident()
+        if background_busy:
+            for hook in list(self.on_wait):
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - a hook must never block an answer
+                    pass
         try:
             self._lock.acquire()
         finally:
@@ -36,18 +50,32 @@ class ModelGate:
 
     @contextmanager
     def background(self):
+        me = threading.get_ident()
+        if self._holder == me:  # nested: the job already holds the gate
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
         while True:
             with self._cond:
                 self._cond.wait_for(lambda: self._waiting == 0)
             self._lock.acquire()
             with self._cond:
                 if self._waiting == 0:
+                    self._holder = me
                     break
             self._lock.release()  # an answer arrived meanwhile: let it have the model first
         try:
             yield
         finally:
+            with self._cond:
+                self._holder = None
             self._lock.release()
+
+    def answer_waiting(self) -> bool:
+        return self._waiting > 0
 
     # ``with gate:`` is the foreground use.
     def __enter__(self):

@@ -43,19 +43,35 @@ def now() -> datetime:
     return datetime.now().astimezone().replace(microsecond=0)
 
 
+# Times the clock arithmetic (session gaps, time windows, timestamps) can use on every platform.
+MIN_YEAR, MAX_YEAR = 1900, 9998
+
+
 def parse_time(text: str, what: str = "time") -> datetime:
-    """Parse the user's "YYYY-MM-DD HH:MM" (or a date, or ISO 8601) as local time."""
+    """Parse the user's "YYYY-MM-DD HH:MM" (or a date, or ISO 8601) as local time, between the years
+    1900 and 9998; anything else is one PersonaError line."""
     raw = text.strip()
+    shown = raw.encode("unicode_escape").decode("ascii")[:60]
+    value = None
     for fmt in (TIME_FORMAT, "%Y-%m-%d"):
         try:
-            return datetime.strptime(raw, fmt).astimezone()
+            value = datetime.strptime(raw, fmt)
+            break
         except ValueError:
             pass
+    if value is None:
+        try:
+            value = datetime.fromisoformat(raw)
+        except ValueError:
+            raise PersonaError(f"invalid {what} '{shown}': use YYYY-MM-DD HH:MM") from None
+    if not MIN_YEAR <= value.year <= MAX_YEAR:
+        raise PersonaError(f"invalid {what} '{shown}': the year must be between {MIN_YEAR} and {MAX_YEAR}")
     try:
-        value = datetime.fromisoformat(raw)
-    except ValueError:
-        raise PersonaError(f"invalid {what} '{raw}': use YYYY-MM-DD HH:MM") from None
-    return value if value.tzinfo else value.astimezone()
+        value = value if value.tzinfo else value.astimezone()
+        value.timestamp()
+    except (ValueError, OverflowError, OSError):
+        raise PersonaError(f"invalid {what} '{shown}': out of range") from None
+    return value
 
 
 def iso(value: datetime) -> str:

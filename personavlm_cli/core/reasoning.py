@@ -1,9 +1,21 @@
-"""The response stage: think, then answer or retrieve; at most 3 retrievals, then a forced answer.
+"""The response stage: recall first, then the answer, streamed; the model may ask for more.
 
-Retrieved memories come back into the same exchange; within one answer a memory is returned at
-most once, turns already in the recent context are never returned, and an episodic hit expands
-to its source turns. The loop can never end without an answer (the reference code could return
-an empty string when its step cap was reached).
+Retrieve-first (the default, ``mode="retrieve-first"``): when the user has long-term memory, hybrid
+recall runs for the message before the model starts (tens of milliseconds), and its best memories
+are in the answer prompt. The model's first generation is the answer itself, streamed. It may still
+ask for one more search by opening its reply with ``SEARCH: keywords`` (the generic profile's
+system text says how): the opening is watched while it streams, so asking costs nothing when the
+model does not ask. At most ``MAX_RETRIEVALS`` searches in all, then an answer is forced; the reply
+is never empty (the reference code could return an empty string when its step cap was reached).
+
+``mode="model-decides"`` keeps the paper's loop with a small model: a separate decision call (JSON
+schema, or the paper's tags for ``persona-vlm``) before every answer. ``mode="force"`` recalls up
+front even when the model would not need to. The ``persona-vlm`` profile gets the up-front recall as
+its first retrieval round and then follows the paper's tag protocol.
+
+Within one answer a memory is returned at most once; turns in the recent context, memories already
+shown in this session's earlier prompts and the message's own turn are never returned; an episodic
+hit expands to its source turns.
 """
 
 from __future__ import annotations
@@ -13,8 +25,14 @@ from typing import Callable, Iterator
 
 from personavlm_cli.core import timewords
 from personavlm_cli.core.memory import Memory
-from personavlm_cli.core.prompts import MAX_RETRIEVALS, Context, Step
+from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, Step
 from personavlm_cli.core.recall import Hit, Query
+
+MODES = ("retrieve-first", "model-decides", "force")
+RECALLED_TYPES = ("semantic", "episodic", "procedural", "image", "turn")
+UPFRONT_K = 10  # memories recalled before the model starts (LoCoMo recall@10: 0.785)
+MAX_SHOWN = 14  # at most this many memories in one prompt, after episodes expand to their turns
+COMPACT_K = 8  # the compact prompt (small models): fewer memories, each message with its own
 
 
 @dataclass
@@ -29,19 +47,168 @@ class Reasoning:
 
 class ResponseStage:
     def __init__(self, model, profile, recall: Callable[[Query, int], list[Hit]],
-                 expand: Callable[[list[Memory]], list[Memory]], per_step: int = 8):
+                 expand: Callable[[list[Memory]], list[Memory]], per_step: int = 8, model_search: bool = True):
         """``recall(query, k)`` searches memory; ``expand`` turns episodes into their source turns."""
         self.model = model
         self.profile = profile
         self.recall = recall
         self.expand = expand
         self.per_step = per_step
+        self.model_search = model_search
 
-    def think(self, ctx: Context, force_retrieve: bool = False) -> Reasoning:
+    # -- the whole exchange -----------------------------------------------------------------------
+
+    def respond(self, ctx: Context, r: Reasoning, mode: str = "retrieve-first", **sampling) -> Iterator[str]:
+        """Stream the answer; ``r`` is filled with the steps and the memories the prompt held."""
+        if mode == "model-decides" or (getattr(self.profile, "tagged", False)):
+            if mode != "model-decides" and (ctx.has_long_term_memory or mode == "force"):
+                # The paper's format: the up-front recall is the first retrieval round of the chat.
+                raw = ('<think>I should look in my memory first.</think><retrieve>"keywords": "'
+                       + " ".join(ctx.message.replace('"', "'").split())[:120]
+                       + '" "start_time": "null" "end_time": "null"</retrieve>')
+                self._search(ctx, r, Step("retrieve", think="recalled up front for the message",
+                                          keywords=ctx.message, forced=mode == "force", raw=raw), k=UPFRONT_K)
+            done = self.think(ctx, force_retrieve=False, into=r)
+            yield from self.answer(ctx, done, **sampling)
+            return
+        if ctx.has_long_term_memory or mode == "force":
+            compact = getattr(self.profile, "style", "full") == "compact"
+            self._search(ctx, r, Step("retrieve", think="recalled up front for the message", keywords=ctx.message,
+                                      forced=mode == "force"), k=COMPACT_K if compact else UPFRONT_K,
+                         cap=COMPACT_K if compact else MAX_SHOWN)
+        yield from self._answer_or_search(ctx, r, **sampling)
+
+    def _answer_or_search(self, ctx: Context, r: Reasoning, **sampling) -> Iterator[str]:
+        while True:
+            searches = sum(1 for s in r.steps if s.action == "retrieve")
+            may_search = self.model_search and ctx.has_long_term_memory and searches < MAX_RETRIEVALS
+            stream = self.model.stream(self.profile.answer_messages(ctx, r.used), **sampling)
+            opening: str | None = ""  # the reply's first characters, held back until they are not the mark
+            produced = False
+            try:
+                for piece in stream:
+                    if opening is None:
+                        if piece:
+                            produced = True
+                            yield piece
+                        continue
+                    opening += piece
+                    head = opening.lstrip()
+                    up = head.upper()
+                    if not head or (len(up) < len(SEARCH_MARK) and SEARCH_MARK.startswith(up)):
+                        continue
+                    if up.startswith(SEARCH_MARK):
+                        rest = head[len(SEARCH_MARK):].lstrip(" ")
+                        if ("\n" in rest and rest.split("\n")[0].strip()) or len(rest) >= 100:
+                            break  # the keywords are read: stop generating, search
+                        continue
+                    produced = True
+                    yield opening
+                    opening = None
+            finally:
+                close = getattr(stream, "close", None)
+                if close is not None:
+                    close()
+            if opening is not None and opening.lstrip().upper().startswith(SEARCH_MARK):
+                lines = opening.lstrip()[len(SEARCH_MARK):].strip().splitlines()
+                keywords = lines[0].strip(" .\"'")[:120] if lines else ""
+                if may_search and keywords:
+                    self._search(ctx, r, Step("retrieve", think="the model asked to search memory",
+                                              keywords=keywords), k=self.per_step)
+                    continue
+                # Past the limit (or nothing to search for): the answer is forced, without the mark.
+                r.steps.append(Step("answer", think="retrieval limit reached; answering with what was found",
+                                    forced=True))
+                yield from self._plain_answer(ctx, r, **sampling)
+                return
+            if opening and opening.strip():  # a short answer that ended inside the opening
+                produced = True
+                yield opening
+            r.steps.append(Step("answer", think="answered" + (" with recalled memories" if r.used else "")))
+            if not produced:
+                yield from self._plain_answer(ctx, r, **sampling)
+            return
+
+    def _plain_answer(self, ctx: Context, r: Reasoning, **sampling) -> Iterator[str]:
+        """Never an empty answer: one plain try without the search protocol (a line that still asks to
+        search is dropped), then a fixed line."""
+        produced = False
+        opening: str | None = ""
+        for piece in self.model.stream(self.profile.answer_messages(ctx, r.used, search=False), **sampling):
+            if opening is not None:
+                opening += piece
+                head = opening.lstrip()
+                if len(head) < len(SEARCH_MARK) and SEARCH_MARK.startswith(head.upper()):
+                    continue
+                if head.upper().startswith(SEARCH_MARK):
+                    if "\n" not in head:
+                        continue
+                    piece = head.split("\n", 1)[1].lstrip()
+                else:
+                    piece = opening
+                opening = None
+            if piece:
+                produced = True
+                yield piece
+        if opening and opening.strip() and not opening.lstrip().upper().startswith(SEARCH_MARK):
+            produced = True
+            yield opening
+        if not produced:
+            yield "(the model gave no answer)"
+
+    def _search(self, ctx: Context, r: Reasoning, step: Step, k: int, cap: int = MAX_SHOWN) -> None:
+        named = None
+        if step.start_time is None and step.end_time is None:
+            named = timewords.window(ctx.message, ctx.now)
+            if named is not None:
+                step.start_time, step.end_time = named
+                step.think = (step.think + " " if step.think else "") + "(time window from the message)"
+        seen = {m.id for m in ctx.recent} | set(ctx.current_ids) | set(ctx.shown_ids) | {m.id for m in r.used}
+        query = Query(
+            text=ctx.message, keywords=step.keywords or ctx.message,
+            since=step.start_time.timestamp() if step.start_time else None,
+            until=step.end_time.timestamp() if step.end_time else None,
+            image_paths=list(ctx.images), exclude_ids=seen,
+            types=RECALLED_TYPES,  # the core profile is in the system text already
+        )
+        compact = getattr(self.profile, "style", "full") == "compact"
+        hits = self.recall(query, k + (4 if compact else 0))
+        if not hits and named is not None:
+            # "in August" may name when something will happen, not when it was said: without the
+            # window, rather than with nothing.
+            query.since = query.until = None
+            step.start_time = step.end_time = None
+            step.think += " (nothing in that window; searched without it)"
+            hits = self.recall(query, k + (4 if compact else 0))
+        if compact:
+            # The assistant's own earlier replies are not memories of the user, and a small model takes
+            # them as facts; turns of an imported transcript name their speaker and stay.
+            hits = [h for h in hits if not (h.memory.type == "turn" and h.memory.role == "assistant"
+                                            and not (h.memory.meta or {}).get("speaker"))][:k]
+        for h in hits:
+            r.hits[h.memory.id] = h
+        if compact:  # an episode is shown as its own (user's words) summary, not expanded to every turn
+            found = [m for m in [h.memory for h in hits] if m.id not in seen]
+        else:
+            found = [m for m in self.expand([h.memory for h in hits]) if m.id not in seen]
+        found = list({m.id: m for m in found}.values())
+        # A statement learnt from a turn says what the turn said: show it once (the learnt one is
+        # current; a turn whose statement was superseded would bring the old truth back).
+        learnt = {m.text.strip() for m in [*found, *r.used] if m.type in ("semantic", "procedural")}
+        found = [m for m in found if not (m.type == "turn" and m.text.strip() in learnt)]
+        found = found[: max(0, cap - len(r.used))]
+        step.retrieved = [m.id for m in found]
+        step.found = found
+        r.used.extend(found)
+        r.steps.append(step)
+
+    # -- the paper's loop: a decision call before the answer --------------------------------------
+
+    def think(self, ctx: Context, force_retrieve: bool = False, into: Reasoning | None = None) -> Reasoning:
         """Run the decision steps and retrievals; the answer itself is streamed by ``answer``."""
-        r = Reasoning()
-        seen = {m.id for m in ctx.recent} | set(ctx.current_ids)
-        for index in range(MAX_RETRIEVALS + 1):
+        r = into if into is not None else Reasoning()
+        start = sum(1 for s in r.steps if s.action == "retrieve")
+        for index in range(start, MAX_RETRIEVALS + 1):
             if index == MAX_RETRIEVALS:
                 step = Step("answer", think="retrieval limit reached; answering with what was found", forced=True)
             elif index == 0 and force_retrieve:
@@ -53,27 +220,7 @@ class ResponseStage:
             if step.action != "retrieve":
                 r.steps.append(step)
                 return r
-            if step.start_time is None and step.end_time is None:
-                named = timewords.window(ctx.message, ctx.now)
-                if named is not None:
-                    step.start_time, step.end_time = named
-                    step.think = (step.think + " " if step.think else "") + "(time window from the message)"
-            query = Query(
-                text=ctx.message, keywords=step.keywords or ctx.message,
-                since=step.start_time.timestamp() if step.start_time else None,
-                until=step.end_time.timestamp() if step.end_time else None,
-                image_paths=list(ctx.images), exclude_ids=seen,
-            )
-            hits = self.recall(query, self.per_step)
-            found = [h.memory for h in hits]
-            for h in hits:
-                r.hits[h.memory.id] = h
-            found = [m for m in self.expand(found) if m.id not in seen]
-            seen.update(m.id for m in found)
-            step.retrieved = [m.id for m in found]
-            step.found = found
-            r.used.extend(found)
-            r.steps.append(step)
+            self._search(ctx, r, step, k=self.per_step)
         return r  # unreachable: the last iteration always answers
 
     def answer(self, ctx: Context, r: Reasoning, **sampling) -> Iterator[str]:
@@ -84,7 +231,7 @@ class ResponseStage:
                 yield piece
         if not produced:
             # Never an empty answer: a model that produced nothing gets one plain retry.
-            for piece in self.model.stream(self.profile.answer_messages(ctx, r.used), **sampling):
+            for piece in self.model.stream(self.profile.answer_messages(ctx, r.used, search=False), **sampling):
                 produced = produced or bool(piece)
                 yield piece
             if not produced:

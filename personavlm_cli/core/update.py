@@ -15,24 +15,18 @@ import re
 import threading
 from typing import Callable
 
+from personavlm_cli.core import learning
+from personavlm_cli.core.capability import choose_extractor  # noqa: F401 - re-exported
 from personavlm_cli.core import personality as pem
-from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
-from personavlm_cli.core.memory import Memory, iso, now
+from personavlm_cli.core.memory import Memory
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
 
 log = logging.getLogger("personavlm.update")
 
 NEAR_DUPLICATE = 0.92
-RELATED = 0.45
-CHANGE_CUES = re.compile(
-    r"\b(switch(ed|ing)?|chang(ed|ing)|no longer|not any ?more|anymore|stopped|instead|now (prefer|like|love|use|drink|eat)|"
-    r"moved|quit|gave up|replaced|used to|prefer now|actually)\b", re.I)
-_STOP = set("""a an the i i'm im me my mine you your we our they them he she it its is am are was were be been being
-to of in on at for with from by and or but not no so do does did have has had this that these those there here
-what which who whom when where why how all any some very really just also too like love likes loves""".split())
-
 SEMANTIC_SCHEMA = {
     "type": "object",
     "properties": {
@@ -65,7 +59,7 @@ CORE_SCHEMA = {
     "type": "object",
     "properties": {"facts": {"type": "array", "maxItems": 10, "items": {
         "type": "object",
-        "properties": {"key": {"type": "string", "maxLength": 40}, "value": {"type": "string", "maxLength": 160}},
+        "properties": {"key": {"type": "string", "enum": list(learning.FIELDS)}, "value": {"type": "string", "maxLength": 160}},
         "required": ["key", "value"], "additionalProperties": False}}},
     "required": ["facts"], "additionalProperties": False,
 }
@@ -93,24 +87,6 @@ def stable_id(kind: str, *parts: str) -> str:
     return f"{prefix}_{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:10]}"
 
 
-def content_words(text: str) -> set[str]:
-    return {w for w in re.findall(r"[a-z0-9']+", text.lower()) if w not in _STOP and len(w) > 2}
-
-
-def grounded(memory: str, message: str) -> bool:
-    """A memory must be about what the user said: share a quarter of its content words with it.
-
-    Small models asked to extract facts invent them ("Your name is {user_name}"); this check keeps
-    paraphrases ("The user is a nurse" from "I'm a nurse") and drops inventions.
-    """
-    said = {w[:5] for w in content_words(message)}
-    words = {w[:5] for w in content_words(memory)} - {"user", "user'", "users"}
-    if not words:
-        return False
-    shared = len(words & said)
-    return shared >= 1 and shared / len(words) >= 0.25
-
-
 def _rounds(turns: list[Memory]) -> list[tuple[Memory, Memory | None]]:
     out, pending = [], None
     for t in turns:
@@ -135,16 +111,29 @@ def _dialogue(rounds) -> str:
     return "\n".join(lines)
 
 
+EXTRACTORS = ("auto", "rules", "model")
+
+
+Interrupted = ModelInterrupted  # a background model call was stopped: the job stays queued
+
+
 class UpdateStage:
-    """Runs queued update jobs against one store with one model."""
+    """Runs queued update jobs against one store with one model.
+
+    ``extractor`` says who decides what is learnt: ``rules`` (the user's own sentences, chosen by
+    ``core/learning.py``; the default for small models) or ``model`` (the paper's generative prompts,
+    for a capable model). Either way every learnt text must pass ``learning.supported`` against the
+    user's own turns it cites, or it is dropped and counted (meta ``learning_dropped``).
+    """
 
     def __init__(self, store: MemoryStore, model, user: str, model_lock: ModelGate | None = None,
-                 enabled: bool = True):
+                 enabled: bool = True, extractor: str = "rules"):
         self.store = store
         self.model = model
         self.user = user
         self.model_lock = model_lock or ModelGate()
         self.enabled = enabled
+        self.extractor = extractor if extractor in ("rules", "model") else "rules"
 
     # -- queueing ---------------------------------------------------------------------------------
 
@@ -174,23 +163,32 @@ class UpdateStage:
         for job in jobs:
             if stop is not None and stop.is_set():
                 break
-            self.run_job(job)
+            if not self.run_job(job):
+                break  # interrupted: the job stays queued and runs again later
             done += 1
             if progress:
                 progress(done, len(jobs))
         return done
 
-    def run_job(self, job: dict) -> None:
-        self.store.records.job_attempted(job["id"])
+    def run_job(self, job: dict) -> bool:
+        """Run one job; False when it was interrupted (it stays queued)."""
         try:
-            if self.enabled:
-                if job["kind"] == "turn":
-                    self.turn(job["payload"])
-                elif job["kind"] == "session":
-                    self.session(job["payload"]["session"])
+            # The whole job holds the gate in background mode: an answer or a /forget never meets a
+            # half-done job, and an answer that arrives stops the job's model call (core/gate.py).
+            gate = self.model_lock.background() if hasattr(self.model_lock, "background") else self.model_lock
+            with gate:
+                self.store.records.job_attempted(job["id"])
+                if self.enabled:
+                    if job["kind"] == "turn":
+                        self.turn(job["payload"])
+                    elif job["kind"] == "session":
+                        self.session(job["payload"]["session"])
+        except Interrupted:
+            return False
         except PersonaError as exc:
             log.warning("update job %s skipped: %s", job["id"], exc)
         self.store.records.finish_job(job["id"])
+        return True
 
     def _ask(self, messages, schema, max_tokens=200) -> dict | None:
         try:
@@ -198,9 +196,18 @@ class UpdateStage:
             gate = self.model_lock.background() if hasattr(self.model_lock, "background") else self.model_lock
             with gate:
                 return self.model.complete_json(messages, schema, max_tokens=max_tokens, retries=1)
+        except Interrupted:
+            raise
         except PersonaError as exc:
             log.warning("model gave no valid answer (%s); skipped", exc)
             return None
+
+    def _dropped(self, what: str, text: str) -> None:
+        records = self.store.records
+        records.set_meta("learning_dropped", int(records.get_meta("learning_dropped") or 0) + 1)
+        # The log never holds memory text: forgetting could not reach it there.
+        log.info("a learnt %s was not supported by the user's own words (%d words); dropped", what,
+                 len(text.split()))
 
     # -- per turn ---------------------------------------------------------------------------------
 
@@ -209,8 +216,62 @@ class UpdateStage:
         if user_turn is None:  # forgotten meanwhile
             return
         assistant = self.store.records.get(payload["assistant"]) if payload.get("assistant") else None
+        self.learn_turn(user_turn)  # idempotent: usually done already, right after the answer
         self.update_personality(user_turn, assistant)
-        self.extract_semantic(user_turn, assistant)
+        if self.extractor == "model":
+            self.extract_semantic(user_turn, assistant)
+
+    def learn_turn(self, user_turn: Memory) -> list[Memory]:
+        """Learn from one user message by rules: its statements about the user, and profile values.
+
+        Cheap (no model): the chat runs it right after the answer; the queued turn job runs it again
+        after a kill, and ids derived from the turn make the second run a no-op.
+        """
+        if user_turn.role != "user" or self.store.records.get_meta(f"learnt:{user_turn.id}"):
+            return []
+        learnt = learning.learn(user_turn.text)
+        images = [m.id for m in self.store.records.derived_from([user_turn.id]) if m.type == "image"]
+        kept: list[Memory] = []
+        for i, st in enumerate(learnt.statements):
+            if not learning.supported(st.text, [user_turn.text]):
+                self._dropped(st.kind, st.text)
+                continue
+            memory = new_memory(st.kind, st.text, user_turn.occurred_at, keywords=st.keywords,
+                                source_ids=[user_turn.id, *images], session_id=user_turn.session_id,
+                                meta={"origin": "said", **({"key": _key(st.text)} if st.kind == "procedural" else {})})
+            memory.id = stable_id(st.kind, user_turn.id, str(i))
+            kept.append(self.integrate_semantic(memory))
+        if learnt.profile:
+            self.update_profile(learnt.profile, user_turn)
+        self.store.records.set_meta(f"learnt:{user_turn.id}", True)
+        return kept
+
+    def update_profile(self, values: dict[str, str], user_turn: Memory) -> Memory | None:
+        """Apply schema values said in ``user_turn`` to the core profile (a new version if it changes)."""
+        good = {k: v for k, v in values.items() if k in learning.FIELDS and learning.supported(v, [user_turn.text])}
+        for k in set(values) - set(good):
+            self._dropped(f"profile value {k}", values[k])
+        if not good:
+            return None
+        current = self.store.records.list(types=["core"])
+        old = current[-1] if current else None
+        facts = dict(old.meta.get("facts", {})) if old else {}
+        sources = dict(old.meta.get("sources", {})) if old else {}
+        updated, sources = learning.merge_profile(facts, sources, good, user_turn.id)
+        if old is not None and updated == facts:
+            return None
+        text = learning.profile_text(updated)
+        memory = new_memory("core", text, user_turn.occurred_at,
+                            source_ids=list(dict.fromkeys(sources.values())) + ([old.id] if old else []),
+                            session_id=user_turn.session_id, meta={"facts": updated, "sources": sources})
+        memory.id = stable_id("core", text, user_turn.id)
+        if self.store.records.get(memory.id):
+            return None
+        if old is not None:
+            self.store.supersede(old, memory, at=user_turn.occurred_at)
+        else:
+            self.store.add([memory])
+        return memory
 
     def update_personality(self, user_turn: Memory, assistant: Memory | None) -> None:
         history = self.store.records.personality_history()
@@ -240,6 +301,8 @@ class UpdateStage:
         return after
 
     def extract_semantic(self, user_turn: Memory, assistant: Memory | None) -> Memory | None:
+        """The model's rephrasing of a user message (``extractor: model``), kept only if every content
+        word is the user's own (the assistant's answer is not shown to it, and never evidence)."""
         images = [m for m in self.store.records.derived_from([user_turn.id]) if m.type == "image"]
         image_note = f"\n(The user attached {len(images)} image(s) to this message.)" if images else ""
         messages = [
@@ -247,43 +310,54 @@ class UpdateStage:
              "You are a memory analyst. Decide whether the user's message holds something worth remembering "
              "long-term: an explicit request to remember, a core fact about the user (job, family, pets, life "
              "events), a preference or dislike, a correction, or a long-term goal. Small talk and passing "
-             "questions are not. If yes, write content as one short third-person sentence about the user and a "
-             "few comma-separated keywords. Do not invent anything. Reply with JSON."},
+             "questions are not. If yes, write content as one short sentence about the user using only the "
+             "user's own words, and a few comma-separated keywords. Do not invent anything. Reply with JSON."},
             {"role": "user", "content": f"User message:\n{user_turn.text}{image_note}"},
         ]
         out = self._ask(messages, SEMANTIC_SCHEMA, max_tokens=200)
         if not out or not out["decision"] or not out["content"].strip():
             return None
-        if not grounded(out["content"], user_turn.text):
-            log.info("extracted memory not grounded in the message; dropped")
+        if not learning.supported(out["content"], [user_turn.text]):
+            self._dropped("semantic", out["content"])
             return None
         sources = [user_turn.id] + [m.id for m in images]
         memory = new_memory("semantic", out["content"].strip(), user_turn.occurred_at,
                             keywords=out["keywords"].strip(), source_ids=sources, session_id=user_turn.session_id,
                             meta={"reason": out["reason"], "origin": "extracted"})
-        memory.id = stable_id("semantic", user_turn.id)
+        memory.id = stable_id("semantic", user_turn.id, "model")
         return self.integrate_semantic(memory)
 
     def integrate_semantic(self, memory: Memory) -> Memory:
-        """Add a semantic memory without pile-up: merge a near-duplicate, supersede what it contradicts."""
+        """Add a learnt statement without pile-up: merge a near-duplicate, supersede what it changes.
+
+        A statement that announces a change ("I switched from Sprite to Coke") closes every current
+        semantic or procedural memory that names what changed, whichever way each was learnt.
+        """
         records = self.store.records
         if records.get(memory.id) is not None:
             return records.get(memory.id)
-        hits = recall(self.store, Query(text=memory.text, types=("semantic",)), k=5, weights={"lexical": 0.0})
+        kinds = ("semantic", "procedural")
+        hits = recall(self.store, Query(text=memory.text, types=kinds), k=8)
         for hit in hits:
             old = hit.memory
             similarity = hit.signals.get("dense", {}).get("score", 0.0)
-            if similarity >= NEAR_DUPLICATE:
+            if similarity >= NEAR_DUPLICATE and old.type == memory.type:
                 old.source_ids = list(dict.fromkeys(old.source_ids + memory.source_ids))
                 old.meta.setdefault("merged", []).append({"at": memory.occurred_at, "text": memory.text})
                 self.store.replace(old)
                 return old
-            shared = content_words(old.text) & content_words(memory.text)
-            if similarity >= RELATED and shared and CHANGE_CUES.search(memory.text):
-                memory.meta["supersedes"] = old.id
-                self.store.supersede(old, memory, at=memory.occurred_at)
-                return memory
-        self.store.add([memory])
+        replaced = [h.memory for h in hits if h.memory.occurred <= memory.occurred
+                    and learning.changes_what(memory.text, h.memory.text)]
+        if not replaced:
+            self.store.add([memory])
+            return memory
+        memory.meta["supersedes"] = replaced[0].id if len(replaced) == 1 else [m.id for m in replaced]
+        self.store.supersede(replaced[0], memory, at=memory.occurred_at)
+        for old in replaced[1:]:
+            with records.transaction():
+                records.supersede(old.id, memory.id, memory.occurred_at)
+            old.valid_to, old.superseded_by = memory.occurred_at, memory.id
+            self.store.embed([old])
         return memory
 
     # -- per session ------------------------------------------------------------------------------
@@ -292,40 +366,51 @@ class UpdateStage:
         turns = self.store.records.list(types=["turn"], session_id=session_id)
         if not turns:
             return
+        for t in turns:
+            if t.role == "user":
+                self.learn_turn(t)
         self.episodes(session_id, turns)
-        self.procedural(turns)
-        self.core(turns)
+        if self.extractor == "model":
+            self.procedural(turns)
+            self.core(turns)
         done = self.store.records.get_meta("consolidated", {}) or {}
         done[session_id] = len(turns)
         self.store.records.set_meta("consolidated", done)
 
     def episodes(self, session_id: str, turns: list[Memory]) -> None:
+        """Topic summaries of the session. By rules, one per stretch of 20 rounds, in the user's own
+        words; by the model, its topics, each kept only if the user's turns it covers support it."""
         rounds = _rounds(turns)
         old = [m for m in self.store.records.list(types=["episodic"], session_id=session_id, include_superseded=True)]
         new: list[Memory] = []
         for start in range(0, len(rounds), 20):
             window = rounds[start:start + 20]
-            messages = [
-                {"role": "system", "content":
-                 "You are a topic analysis engine. Group the rounds of this conversation into its independent "
-                 "topics. For each topic give a short third-person summary of what the user said and did, a few "
-                 "keywords, and the round numbers it covers. Reply with JSON."},
-                {"role": "user", "content": _dialogue(window)},
-            ]
-            out = self._ask(messages, episodic_schema(len(window)), max_tokens=400) or {"topics": []}
-            topics = [t for t in out.get("topics", []) if t.get("summary", "").strip()]
-            if not topics:  # as the paper: one topic covering everything
-                topics = [{"summary": "Conversation: " + "; ".join(u.text[:60] for u, _ in window),
-                           "keywords": "", "rounds": list(range(1, len(window) + 1))}]
-            covered = set()
-            for t in topics:
-                t["rounds"] = sorted({r for r in t.get("rounds", []) if 1 <= r <= len(window)})
-                covered.update(t["rounds"])
+            topics = []
+            if self.extractor == "model":
+                messages = [
+                    {"role": "system", "content":
+                     "You are a topic analysis engine. Group the rounds of this conversation into its independent "
+                     "topics. For each topic give a short summary of what the user said, in the user's own words, "
+                     "a few keywords, and the round numbers it covers. Reply with JSON."},
+                    {"role": "user", "content": _dialogue(window)},
+                ]
+                out = self._ask(messages, episodic_schema(len(window)), max_tokens=400) or {"topics": []}
+                for t in out.get("topics", []):
+                    t["rounds"] = sorted({r for r in t.get("rounds", []) if 1 <= r <= len(window)})
+                    said = [window[r - 1][0].text for r in t["rounds"]]
+                    if t.get("summary", "").strip() and t["rounds"] and learning.supported(t["summary"], said):
+                        topics.append(t)
+                    elif t.get("summary", "").strip():
+                        self._dropped("episodic", t["summary"])
+            covered = {r for t in topics for r in t["rounds"]}
             missing = [r for r in range(1, len(window) + 1) if r not in covered]
-            topics[0]["rounds"] = sorted(set(topics[0]["rounds"]) | set(missing))
+            if missing:  # by rules: the user's own words of the rounds no topic covers
+                said = [window[r - 1][0].text for r in missing]
+                topics.append({"summary": _gist(said), "keywords": learning.keywords_of(" ".join(said)),
+                               "rounds": missing})
             for t in topics:
-                if not t["rounds"]:
-                    t["rounds"] = [len(window)]
+                if not t["summary"].strip():
+                    continue
                 members = [m for r in t["rounds"] for m in window[r - 1] if m is not None]
                 members.sort(key=lambda m: m.occurred_at)
                 episode = new_memory("episodic", t["summary"].strip(), members[0].occurred_at,
@@ -343,15 +428,16 @@ class UpdateStage:
         self.store.add(fresh)
 
     def procedural(self, turns: list[Memory]) -> None:
+        """The model's habits and goals (``extractor: model``), each supported by the user's turns."""
         current = self.store.records.list(types=["procedural"])
         listing = "\n".join(f"- {m.meta.get('key', m.id)}: {m.text}" for m in current) or "(none)"
+        said = [t.text for t in turns if t.role == "user"]
         messages = [
             {"role": "system", "content":
-             "You are a behaviour-pattern engine. From the current list and the new conversation, write the "
-             "user's long-term goals and habits or routines: at most 5 entries, each one third-person sentence "
-             "with a short unique key. Merge related habits; drop goals that are completed or changed. Return "
-             "an empty list if nothing applies. Reply with JSON."},
-            {"role": "user", "content": f"Current list:\n{listing}\n\nConversation:\n{_dialogue(_rounds(turns))}"},
+             "You are a behaviour-pattern engine. From the user's messages, write the user's long-term goals "
+             "and habits or routines: at most 5 entries, each one short sentence in the user's own words with a "
+             "short unique key. Return an empty list if nothing applies. Reply with JSON."},
+            {"role": "user", "content": f"Current list:\n{listing}\n\nUser's messages:\n" + "\n".join(said)},
         ]
         out = self._ask(messages, PROCEDURAL_SCHEMA, max_tokens=400)
         if out is None:
@@ -359,18 +445,19 @@ class UpdateStage:
         at = turns[-1].occurred_at
         sources = [t.id for t in turns if t.role == "user"]
         by_key = {m.meta.get("key"): m for m in current}
-        seen = set()
         for entry in out["entries"]:
             key = re.sub(r"\W+", "_", entry["key"].strip().lower()).strip("_")[:40]
             text = entry["text"].strip()
-            if not key or not text or key in seen:
+            if not key or not text:
                 continue
-            seen.add(key)
+            if not learning.supported(text, said):
+                self._dropped("procedural", text)
+                continue
             old = by_key.get(key)
             if old is not None and old.text == text:
                 continue
-            memory = new_memory("procedural", text, at, source_ids=sources + ([old.id] if old else []),
-                                keywords=key.replace("_", " "), session_id=turns[-1].session_id, meta={"key": key})
+            memory = new_memory("procedural", text, at, source_ids=sources, keywords=key.replace("_", " "),
+                                session_id=turns[-1].session_id, meta={"key": key, "origin": "extracted"})
             memory.id = stable_id("procedural", key, text, at)
             if self.store.records.get(memory.id):
                 continue
@@ -378,51 +465,46 @@ class UpdateStage:
                 self.store.supersede(old, memory, at=at)
             else:
                 self.store.add([memory])
-        if out["entries"]:
-            for key, old in by_key.items():
-                if key not in seen:  # the rewritten list dropped it: completed or changed
-                    self.store.supersede(old, None, at=at)
 
     def core(self, turns: list[Memory]) -> None:
-        current = self.store.records.list(types=["core"])
-        old = current[-1] if current else None
-        facts = dict(old.meta.get("facts", {})) if old else {"name": self.user}
-        listing = "\n".join(f"{k}: {v}" for k, v in facts.items())
+        """The model's profile values (``extractor: model``): only the schema's fields, each value
+        supported by the user message it is attributed to."""
+        said = [t for t in turns if t.role == "user"]
         messages = [
             {"role": "system", "content":
-             "You are a profile manager. Update the user's profile from the conversation: identity facts "
-             "(name, age, occupation, family, location) overwrite old values; keep preferences to the 5-7 "
-             "most recent and strongest; ignore temporary things; never invent. Return the facts that change "
-             "or are new, as key/value pairs. Reply with JSON."},
-            {"role": "user", "content": f"Current profile:\n{listing}\n\nConversation:\n{_dialogue(_rounds(turns))}"},
+             "You are a profile manager. From the user's messages, give the values the user states for these "
+             f"fields only: {', '.join(learning.FIELDS)}. Use the user's own words; never invent. Reply with JSON."},
+            {"role": "user", "content": "User's messages:\n" + "\n".join(t.text for t in said)},
         ]
         out = self._ask(messages, CORE_SCHEMA, max_tokens=300)
         if out is None:
             return
-        updated = dict(facts)
         for fact in out["facts"]:
-            key = re.sub(r"\s+", " ", fact["key"].strip().lower())[:40]
-            value = fact["value"].strip()
-            if key and value and key != "name":
-                updated[key] = value
-        if old is not None and updated == facts:
-            return
-        at = turns[-1].occurred_at
-        text = "\n".join(f"{k}: {v}" for k, v in updated.items())
-        sources = [t.id for t in turns if t.role == "user"] + ([old.id] if old else [])
-        memory = new_memory("core", text, at, source_ids=sources, session_id=turns[-1].session_id,
-                            meta={"facts": updated})
-        memory.id = stable_id("core", text, at)
-        if self.store.records.get(memory.id):
-            return
-        if old is not None:
-            self.store.supersede(old, memory, at=at)
-        else:
-            self.store.add([memory])
+            key, value = fact["key"].strip().lower(), fact["value"].strip()
+            source = next((t for t in reversed(said) if value and learning.supported(value, [t.text])), None)
+            if key not in learning.FIELDS or source is None:
+                self._dropped(f"profile value {key}", value)
+                continue
+            self.update_profile({key: value}, source)
+
+
+def _key(text: str) -> str:
+    return "_".join(sorted(learning.content_words(text))[:4])[:40] or "habit"
+
+
+def _gist(said: list[str], limit: int = 400) -> str:
+    parts = [re.sub(r"\s+", " ", t).strip()[:120] for t in said if t.strip()]
+    text = " / ".join(parts)
+    return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
 
 
 class BackgroundUpdates:
-    """A thread that drains the job queue while the user reads and types."""
+    """A thread that drains the job queue while the user reads and types.
+
+    ``stop()`` returns within about a second whatever is pending: the job in progress is interrupted
+    at its model's next token and stays queued (jobs are durable and idempotent). A failure in the
+    thread is kept in ``error`` and logged; the queue keeps the work for next time.
+    """
 
     def __init__(self, make_stage: Callable[[], UpdateStage]):
         self._make_stage = make_stage
@@ -432,6 +514,7 @@ class BackgroundUpdates:
         self._idle.set()
         self._thread = threading.Thread(target=self._run, name="personavlm-update", daemon=True)
         self.error: BaseException | None = None
+        self.stage: UpdateStage | None = None
 
     def start(self) -> "BackgroundUpdates":
         self._thread.start()
@@ -442,29 +525,36 @@ class BackgroundUpdates:
         self._wake.set()
 
     def _run(self) -> None:
-        stage = self._make_stage()
+        stage = None
         try:
+            stage = self.stage = self._make_stage()
             while not self._stop.is_set():
                 self._wake.wait(0.5)
                 self._wake.clear()
+                if self._stop.is_set():
+                    break
                 if stage.pending():
                     self._idle.clear()
                     stage.run_pending(stop=self._stop)
                 self._idle.set()
-        except BaseException as exc:  # reported by the CLI; the queue keeps the work for next time
+        except BaseException as exc:  # noqa: BLE001 - reported by the CLI; the queue keeps the work
             self.error = exc
-            self._idle.set()
+            log.error("background update stopped: %s: %s", type(exc).__name__, exc)
         finally:
-            stage.store.records.close()
+            self._idle.set()
+            if stage is not None:
+                stage.store.records.close()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         return self._idle.wait(timeout)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop now; True when the thread has ended (the job in progress stays queued)."""
         self._stop.set()
         self._wake.set()
-        self._thread.join(timeout=60)
-
-
-def now_iso() -> str:
-    return iso(now())
+        stage = self.stage
+        interrupt = getattr(getattr(stage, "model", None), "interrupt", None)
+        if interrupt is not None:
+            interrupt()
+        self._thread.join(timeout=timeout)
+        return not self._thread.is_alive()

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 from personavlm_cli.core.config import Settings
-from personavlm_cli.core.errors import NotFoundError, UserNameError
+from personavlm_cli.core.errors import NotFoundError, StoreError, UserNameError, disk_full, is_disk_full
 
 # Letters, digits, dot, dash and underscore; must start with a letter or digit, so that no
 # name can be "..", hidden, absolute, or carry a separator or a control character.
@@ -43,15 +43,26 @@ def user_dir(settings: Settings, name: str) -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create ``path`` (and parents) and make it owner-only, whatever the umask."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
+    """Create ``path`` (and parents) and make it owner-only, whatever the umask; one line if it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path, 0o700)
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(path.parent) from None
+        if isinstance(exc, (FileExistsError, NotADirectoryError)):
+            raise StoreError(f"cannot create the directory {path}: a file is in the way") from None
+        raise StoreError(f"cannot create the directory {path}: {exc.strerror or exc}") from None
     return path
 
 
 def open_user_dir(settings: Settings, name: str, create: bool = True) -> Path:
     path = user_dir(settings, name)
-    if not path.is_dir():
+    try:
+        is_dir = path.is_dir()
+    except OSError:
+        is_dir = False
+    if not is_dir:
         if not create:
             raise NotFoundError(f"unknown user '{name}' (see `personavlm users list`)")
         ensure_private_dir(settings.locations.data_dir)

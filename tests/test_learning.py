@@ -1,0 +1,183 @@
+"""What is learnt about the user comes from the user's own words (fast layer: no model, no subprocess)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from personavlm_cli.core import learning
+from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, GenericProfile
+from personavlm_cli.core.reasoning import Reasoning, ResponseStage
+from personavlm_cli.core.recall import Hit
+
+pytestmark = pytest.mark.fast
+
+
+@pytest.mark.parametrize("message, kind, key", [
+    ("My parrot is called Mango and he whistles all day.", "semantic", "Mango"),
+    ("I work as a court stenographer.", "semantic", "stenographer"),
+    ("I really dislike olives.", "semantic", "olives"),
+    ("In August I am going hiking in the Dolomites.", "procedural", "Dolomites"),
+    ("I go hiking every Saturday morning", "procedural", "Saturday"),
+    ("We adopted a puppy named Biscuit last week!", "semantic", "Biscuit"),
+])
+def test_statements_about_the_user_are_kept_in_their_own_words(message, kind, key):
+    found = learning.statements_of(message)
+    assert [s.kind for s in found] == [kind]
+    assert key in found[0].text and learning.supported(found[0].text, [message])
+
+
+@pytest.mark.parametrize("message", [
+    "Good evening!", "What is my parrot called?", "Suggest something relaxing.", "Tell me a joke.",
+    "Long day at work.", "Can you remind me what I said?", "It is raining here.", "Hi!",
+])
+def test_small_talk_questions_and_requests_teach_nothing(message):
+    assert learning.statements_of(message) == []
+    assert learning.profile_of(message) == {}
+
+
+def test_the_core_profile_has_a_schema_and_values_cut_from_the_users_sentences():
+    said = ("My name is Dana Whitfield. I am 34 years old. I work as a court stenographer. I live in Sapporo. "
+            "My brother Caspar is a pilot. My parrot is called Mango. I speak French and German.")
+    profile = learning.profile_of(said)
+    assert profile == {"name": "Dana Whitfield", "age": "34", "occupation": "court stenographer",
+                       "location": "Sapporo", "family": "brother Caspar", "pets": "parrot Mango",
+                       "languages": "French, German"}
+    assert set(profile) <= set(learning.FIELDS)
+    assert all(learning.supported(v, [said]) for v in profile.values())
+    facts, sources = learning.merge_profile({}, {}, profile, "turn_1")
+    facts, sources = learning.merge_profile(facts, sources, {"family": "sister Ines", "location": "Lisbon"}, "turn_2")
+    assert facts["family"] == "brother Caspar, sister Ines" and facts["location"] == "Lisbon"
+    assert sources["location"] == "turn_2" and sources["name"] == "turn_1"
+    assert list(facts) == [k for k in learning.FIELDS if k in facts], "fields in schema order"
+
+
+def test_a_vegetarian_is_not_an_occupation():
+    assert "occupation" not in learning.profile_of("I am a vegetarian.")
+    assert learning.profile_of("I'm a retired pharmacist.")["occupation"] == "retired pharmacist"
+
+
+def test_a_change_names_what_it_replaces():
+    assert learning.changes_what("I switched from Sprite to Coke", "I love Sprite, I drink it every day")
+    assert not learning.changes_what("I switched from Sprite to Coke", "My cat is called Zorblax")
+    assert learning.changes_what("I no longer eat meat", "I eat meat every day")
+    assert not learning.changes_what("I love Coke", "I love Sprite"), "no change cue: both stand"
+
+
+def test_support_is_by_the_users_words_never_the_assistants():
+    user = ["I love Sprite, I drink it every day"]
+    assert learning.supported("I drink Sprite every day", user)
+    assert not learning.supported("occupation: sprite", user)
+    assert not learning.supported("welcome to lisbon: the city's history", user)
+    assert not learning.supported("1234567890", user)
+
+
+# -- retrieve-first with a scripted model (control flow only; the real model is in tests/test_chat_e2e.py)
+
+
+class Scripted:
+    """Streams the next scripted reply for each call, one character at a time."""
+
+    def __init__(self, replies):
+        self.replies = list(replies)
+        self.calls: list[list[dict]] = []
+        self.json_calls = 0
+
+    def stream(self, messages, **kw):
+        self.calls.append(messages)
+        reply = self.replies.pop(0) if self.replies else "fine"
+        yield from reply
+
+    def complete_json(self, *a, **kw):
+        self.json_calls += 1
+        raise AssertionError("retrieve-first makes no decision call")
+
+
+def _memory(i, text):
+    from personavlm_cli.core.store import new_memory
+
+    m = new_memory("semantic", text, datetime(2026, 5, 1, 9, 0).astimezone())
+    m.id = f"sem_{i:010d}"
+    return m
+
+
+def _ctx(**kw):
+    return Context(user="ada", now=datetime(2026, 5, 8, 10, 0).astimezone(), message="What is my parrot called?", **kw)
+
+
+def _stage(model, found):
+    queries = []
+
+    def recall(query, k):
+        queries.append(query)
+        return [Hit(memory=m, score=1.0, signals={"lexical": {"rank": 1, "score": 1.0}}) for m in found.pop(0)] \
+            if found else []
+
+    return ResponseStage(model, GenericProfile(), recall, lambda ms: ms), queries
+
+
+def test_retrieve_first_recalls_before_the_model_and_streams_the_answer_in_one_call():
+    model = Scripted(["Your parrot is Mango."])
+    stage, queries = _stage(model, [[_memory(1, "My parrot is called Mango")]])
+    r = Reasoning()
+    text = "".join(stage.respond(_ctx(), r))
+    assert text == "Your parrot is Mango."
+    assert len(model.calls) == 1 and model.json_calls == 0, "no decision call before the answer"
+    assert queries[0].keywords == "What is my parrot called?"
+    assert [s.action for s in r.steps] == ["retrieve", "answer"]
+    assert "My parrot is called Mango" in model.calls[0][-1]["content"], "the memory is in the answer prompt"
+
+
+def test_the_model_may_ask_for_one_more_search_and_the_answer_follows():
+    model = Scripted([f"{SEARCH_MARK} parrot name\n", "It is Mango."])
+    stage, queries = _stage(model, [[], [_memory(2, "My parrot is called Mango")]])
+    r = Reasoning()
+    assert "".join(stage.respond(_ctx(), r)) == "It is Mango."
+    assert [q.keywords for q in queries] == ["What is my parrot called?", "parrot name"]
+    assert [s.action for s in r.steps] == ["retrieve", "retrieve", "answer"]
+    assert SEARCH_MARK not in "".join(m["content"] for m in model.calls[1] if m["role"] == "assistant")
+
+
+def test_searches_stop_at_the_limit_and_an_answer_is_forced_never_empty():
+    model = Scripted([f"{SEARCH_MARK} more\n"] * 10 + [""])
+    stage, queries = _stage(model, [])
+    r = Reasoning()
+    text = "".join(stage.respond(_ctx(), r))
+    assert len(queries) == MAX_RETRIEVALS
+    assert r.steps[-1].action == "answer" and r.steps[-1].forced
+    assert text.strip() and SEARCH_MARK not in text
+
+
+def test_without_long_term_memory_nothing_is_recalled():
+    model = Scripted(["Hello!"])
+    stage, queries = _stage(model, [])
+    r = Reasoning()
+    assert "".join(stage.respond(_ctx(has_long_term_memory=False), r)) == "Hello!"
+    assert queries == [] and [s.action for s in r.steps] == ["answer"]
+
+
+def test_a_short_answer_that_looks_like_the_mark_is_still_an_answer():
+    model = Scripted(["SEA"])
+    stage, _ = _stage(model, [[]])
+    assert "".join(stage.respond(_ctx(), Reasoning())) == "SEA"
+
+
+def test_the_history_is_laid_out_exactly_as_it_was_sent():
+    """What changes least comes first, and an earlier turn is rendered with the memories it was sent
+    with, so the next prompt starts with the previous one (llama.cpp reuses that prefix)."""
+    from personavlm_cli.core.store import new_memory
+
+    profile = GenericProfile()
+    at = datetime(2026, 5, 8, 10, 0).astimezone()
+    mem = _memory(3, "My parrot is called Mango")
+    first = _ctx(core={"pets": "parrot Mango"})
+    sent = profile.answer_messages(first, [mem])
+    user = new_memory("turn", first.message, at, role="user")
+    answer = new_memory("turn", "Mango.", at, role="assistant")
+    second = Context(user="ada", now=at.replace(minute=5), message="And my job?", recent=[user, answer],
+                     core={"pets": "parrot Mango"}, recalled_for={user.id: [mem]})
+    follow = profile.answer_messages(second, [])
+    assert follow[: len(sent)] == sent
+    assert follow[len(sent)]["content"] == "Mango."
+    assert "10:00" not in follow[0]["content"], "the clock is not in the system text"
