@@ -406,7 +406,8 @@ def test_every_command_the_docs_and_messages_name_exists():
 def test_the_command_checker_catches_what_does_not_exist():
     assert _check("personavlm doctor --download-clip")
     assert _check("personavlm memory frobnicate")
-    assert _check("personavlm logs")
+    assert _check("personavlm logs --frobnicate")
+    assert _check("personavlm logs") is None
     assert _check("personavlm memory list --pending --json") is None
     assert _check('personavlm chat -a photo.jpg --once "hi"') is None
     assert _check("personavlm model pull qwen2.5-vl-3b") is None

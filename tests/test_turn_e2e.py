@@ -219,3 +219,64 @@ def test_an_answer_stops_a_background_model_call_and_starts_within_one_token(tmp
     with gate:
         assert outcome == ["ModelInterrupted"], "the answer got the model before the job's call finished"
     t.join(5)
+
+
+def test_what_the_user_writes_into_the_core_profile_is_what_it_shows(cli):
+    assert cli("chat", "--at", "2026-05-04 09:00", "--no-update", input="/remember My parrot is called Mango\n").code == 0
+    core = next(m for m in cli("memory", "list", "--json").json() if m["type"] == "core")
+    r = cli("memory", "edit", core["id"], "name: Dana Whitfield pets: parrot Mango")
+    assert r.code == 0, r.err
+    assert cli("profile", "show", "--json").json()["core"] == {"name": "Dana Whitfield", "pets": "parrot Mango"}
+    bad = cli("memory", "edit", r.out.strip(), "favourite colour: blue")
+    assert bad.code != 0 and "field: value" in bad.err
+
+
+def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
+    """The update thread works while the user forgets: both use the one store (its vectors built before
+    the thread starts), the forget waits for the job's gate, and neither fails."""
+    import time
+
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.adapters.vectors import VectorIndex
+    from personavlm_cli.core import forgetting
+    from personavlm_cli.core.gate import ModelGate
+    from personavlm_cli.core.store import MemoryStore, new_memory
+    from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
+
+    class Slow:
+        def complete_json(self, messages, schema, **kw):
+            time.sleep(0.2)
+            return {t: 3 for t in schema.get("properties", {})}
+
+    encoder = TextEncoder()
+    store = MemoryStore(tmp_path, text_encoder=lambda: encoder, image_encoder=lambda: None,
+                        vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
+    gate = ModelGate()
+    store.vectors, store.text_encoder  # noqa: B018 - built before the thread, as the chat does
+    at = datetime(2026, 5, 4, 9).astimezone()
+    stage = UpdateStage(store, Slow(), "ada", gate)
+    turns = []
+    for i in range(6):
+        u = new_memory("turn", f"My hobby number {i} is painting number {i}.", at + timedelta(minutes=i),
+                       role="user", session_id="s1")
+        a = new_memory("turn", "Nice.", at + timedelta(minutes=i), role="assistant", session_id="s1",
+                       source_ids=[u.id])
+        store.add([u, a])
+        stage.learn_turn(u)
+        stage.enqueue_turn(u, a)
+        turns.append(u)
+    background = BackgroundUpdates(lambda: UpdateStage(store.fork(), Slow(), "ada", gate)).start()
+    try:
+        background.poke()
+        time.sleep(0.3)
+        with gate:
+            plan = forgetting.plan(store, [turns[0].id])
+            erased = forgetting.execute(store, plan, "forget", stage)
+        assert turns[0].id in erased
+        assert background.wait_idle(60)
+        assert background.error is None
+        assert store.records.get(turns[0].id) is None
+        assert not [j for j in store.records.jobs(["turn"]) if j["payload"]["user"] != turns[0].id]
+    finally:
+        assert background.stop()
+        store.close()

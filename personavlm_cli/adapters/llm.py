@@ -769,7 +769,11 @@ class ChatModel:
         """A second context over the same model file, for background work: the answers' KV cache
         survives the update stage. The weights are memory-mapped, so on the CPU they are shared by
         both (the page cache holds one copy); the fork costs its own KV cache and compute buffers."""
-        return ChatModel(**self._params)
+        params = dict(self._params)
+        # Background prompts are short (a message, a session's user turns): a smaller context keeps the
+        # fork's KV cache small (measured in docs/benchmarks.md).
+        params["n_ctx"] = 4096 if not params["n_ctx"] else min(int(params["n_ctx"]), 4096)
+        return ChatModel(**params)
 
     def interrupt(self) -> None:
         """Stop the call in progress at its next token (a background call an answer is waiting for)."""

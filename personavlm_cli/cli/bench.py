@@ -767,12 +767,13 @@ def bench_ttft(env, path: Path, plan: dict, locomo: Path | None) -> dict:
                             sys.stdout = real_stdout
                         ex = session.assistant.last
                         usage = dict(getattr(model, "last_usage", None) or {})
-                        raw.reset()
-                        t = time.perf_counter()
-                        for chunk in raw.create_chat_completion(ex.prompt, stream=True, max_tokens=1,
-                                                                temperature=0.0, seed=0):
-                            break
-                        raw_s = time.perf_counter() - t
+                        with tenv.model_lock:  # the update thread pauses: raw runs alone
+                            raw.reset()
+                            t = time.perf_counter()
+                            for _chunk in raw.create_chat_completion(ex.prompt, stream=True, max_tokens=1,
+                                                                     temperature=0.0, seed=0):
+                                break
+                            raw_s = time.perf_counter() - t
                         row[f"{kind}_chat_s"] = session.stats["first_token_s"]
                         row[f"{kind}_raw_s"] = round(raw_s, 3)
                         row[f"{kind}_prompt_tokens"] = usage.get("prompt_tokens")

@@ -195,13 +195,8 @@ def locomo(
         tokens = [r["prompt_tokens"] for r in rows if r.get("prompt_tokens")]
         result["prompt_tokens_mean"] = round(statistics.fmean(tokens), 1) if tokens else None
         result["retrieval"] = mode
-        info = getattr(llm, "load_info", None)
-        result["model"] = info.summary_line() if info is not None else type(llm).__name__
-    if json_out is not None:
-        try:
-            json_out.write_text(jsonlib.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise PersonaError(f"cannot write {json_out}: {exc.strerror or exc}") from None
+        result["model"] = _model_line(llm)
+    _write_json(json_out, result)
     _print_table(result, llm is not None)
 
 
@@ -261,6 +256,20 @@ def _answer(store, conv, q, llm, env, pool, weights, fusion, mode) -> tuple[str,
     pieces = stage.respond(ctx, reasoning, mode=mode, max_tokens=min(int(s["model.max_tokens"]), 128),
                            temperature=0.0)
     return "".join(pieces).strip(), list(reasoning.used)
+
+
+def _model_line(llm) -> str:
+    info = getattr(llm, "load_info", None)
+    return info.summary_line() if info is not None else type(llm).__name__
+
+
+def _write_json(path: Path | None, result: dict) -> None:
+    if path is None:
+        return
+    try:
+        path.write_text(jsonlib.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise PersonaError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 def _rounded(values: dict) -> dict:
@@ -372,13 +381,8 @@ def facts(
     result = {"benchmark": "facts", "data": str(data), "people": len(people), "extractor": extractor,
               "retrieval": s["chat.retrieval"], "seconds": round(time.perf_counter() - started, 1),
               **fx.summarize(results)}
-    info = getattr(llm, "load_info", None)
-    result["model"] = info.summary_line() if info is not None else type(llm).__name__
-    if json_out is not None:
-        try:
-            json_out.write_text(jsonlib.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise PersonaError(f"cannot write {json_out}: {exc.strerror or exc}") from None
+    result["model"] = _model_line(llm)
+    _write_json(json_out, result)
     from rich.table import Table
 
     table = Table(title=f"Facts: {len(people)} people, {result['counts']['facts']} facts ({extractor} learning)")

@@ -145,6 +145,13 @@ def doctor(
         report["model architecture"] = g.architecture
         report["model quantization"] = g.quantization
         report["model size"] = human_size(g.size_bytes)
+        from personavlm_cli.core.capability import SMALL_MODEL_BYTES
+
+        small = g.size_bytes < SMALL_MODEL_BYTES
+        report["learning"] = (s["memory.extractor"] if s["memory.extractor"] != "auto"
+                              else ("rules" if small else "model")) + " (memory.extractor)"
+        report["prompt style"] = (s["model.prompt_style"] if s["model.prompt_style"] != "auto"
+                                  else ("compact" if small else "full")) + " (model.prompt_style)"
         if load:
             from personavlm_cli.adapters.llm import ChatModel
 
@@ -169,6 +176,20 @@ def doctor(
     size = sum(f.stat().st_size for f in udir.rglob("*") if f.is_file()) if udir.exists() else 0
     report["store size"] = human_size(size)
     report["store kind"] = s["store.kind"]
+    db = udir / "personavlm.db"
+    if db.exists():
+        try:
+            from personavlm_cli.adapters.records import RecordStore
+
+            records = RecordStore(udir, readonly=True)
+            try:
+                report["learning pending"] = len(records.pending_jobs())
+                report["learnt statements dropped"] = int(records.get_meta("learning_dropped") or 0)
+            finally:
+                records.close()
+        except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+            report["store problem"] = str(exc).splitlines()[0]
+    report["log"] = str(udir / "personavlm.log")
     if json:
         print_json(report)
         return

@@ -59,7 +59,7 @@ def list_(
     env = make_env(user)
     records = _open_records(env)
     if pending:
-        jobs = [j for j in records.jobs() if j["kind"] in ("turn", "session")]
+        jobs = records.pending_jobs()
         if json:
             print_json(jobs)
         else:
@@ -81,7 +81,7 @@ def list_(
             text = line(("(superseded) ", "yellow"), text)
         table.add_row(safe(m.id), safe(m.type), safe(_when(m)), text)
     out.print(table)
-    pending_jobs = [j for j in records.jobs() if j["kind"] in ("turn", "session")]
+    pending_jobs = records.pending_jobs()
     tail = f"; {count(len(pending_jobs), 'update')} pending (memory list --pending)" if pending_jobs else ""
     err.print(line((f"{count(len(items), 'memory')}{tail}", "dim")))
 
@@ -100,12 +100,17 @@ def _print_pending(records, jobs: list[dict]) -> None:
             what = line(str(payload.get("user")), ": ", safe(turn.text if turn else "(erased)", single_line=True))
         elif j["kind"] == "session":
             what = line("the whole session ", str(payload.get("session")))
+        elif j["kind"] == "import_files":
+            what = line(f"clean-up of an interrupted import ({count(len(payload.get('paths') or []), 'image file')})")
         else:
             what = safe(payload, single_line=True)
         table.add_row(safe(j["id"]), safe(j["kind"]), safe(j.get("attempts", 0)), what)
     if jobs:
         out.print(table)
     err.print(line((count(len(jobs), "pending update"), "dim")))
+    if jobs:
+        err.print(line(("They run in the background of your next chat, or now with `personavlm memory update`.",
+                        "dim")))
 
 
 def _open_records(env):
@@ -281,12 +286,9 @@ def forget(
                 raise NotFoundError(f"no memory with id '{missing[0]}'")
             ids, operation = memory_ids, "forget-id"
         elif query:
-            from personavlm_cli.core.recall import Query, recall
-
-            hits = recall(store, Query(text=query, types=("semantic", "episodic", "procedural", "core", "image",
-                                                          "turn")), k=5)
-            hits = [h for h in hits if "lexical" in h.signals or h.signals.get("dense", {}).get("score", 0) > 0.5]
-            ids, operation = [h.memory.id for h in hits], "forget-query"
+            # The one rule for forgetting by text (the REPL's /forget uses it too): what shares a word
+            # or means nearly the same, with every older version of it.
+            ids, operation = [m.id for m in forgetting.matching(store, query)], "forget-query"
         elif before:
             cutoff = parse_time(before, "--before").timestamp()
             ids = [m.id for m in store.records.list(until=cutoff, include_superseded=True)]

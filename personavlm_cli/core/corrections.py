@@ -12,7 +12,10 @@ not rewritten.
 
 from __future__ import annotations
 
+import re
+
 from personavlm_cli.core.errors import NotFoundError, PersonaError
+from personavlm_cli.core import learning
 from personavlm_cli.core.memory import Memory, iso, new_id, now
 from personavlm_cli.core.store import MemoryStore
 
@@ -35,6 +38,20 @@ def editable(records, memory_id: str) -> Memory:
     return old
 
 
+def profile_fields(text: str) -> dict[str, str]:
+    """``name: Dana Whitfield occupation: nurse`` (one line or several) as the profile's fields."""
+    names = "|".join(learning.FIELDS)
+    parts = re.split(rf"(?:^|\s|;|,)\b({names})\s*:\s*", text.strip(), flags=re.I)
+    if parts[0].strip() or len(parts) < 3:
+        raise PersonaError(f"write the profile as 'field: value' with these fields: {', '.join(learning.FIELDS)}")
+    found = {}
+    for key, value in zip(parts[1::2], parts[2::2]):
+        value = value.strip().rstrip(";,").strip()
+        if value:
+            found[key.lower()] = value
+    return {k: found[k] for k in learning.FIELDS if k in found}
+
+
 def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | None:
     """Make ``text`` the current version of memory ``memory_id``; the new memory, or None when the text
     is unchanged. Raises NotFoundError / PersonaError with one line for what cannot be edited."""
@@ -44,11 +61,20 @@ def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | 
         raise PersonaError("empty text: nothing changed")
     if len(text) > MAX_CHARS:
         raise PersonaError(f"the new text has {len(text)} characters; a memory holds at most {MAX_CHARS}")
+    facts = None
+    if old.type == "core":
+        facts = profile_fields(text)
+        text = learning.profile_text(facts)
     if text == old.text:
         return None
     when = iso(at or now())
     meta = {k: v for k, v in old.meta.items() if k not in ("merged", "reasoning", "origin", "reason")}
     meta.update(origin="edited by the user", edited_from=old.id)
+    if facts is not None:  # what the user writes is what the profile shows
+        before = old.meta.get("facts") or {}
+        sources = old.meta.get("sources") or {}
+        meta["facts"] = facts
+        meta["sources"] = {k: sources[k] for k in facts if k in sources and before.get(k) == facts[k]}
     new = Memory(id=new_id(old.type), type=old.type, text=text, occurred_at=old.occurred_at, created_at=when,
                  source_ids=list(old.source_ids), session_id=old.session_id, keywords="",
                  occurred_end=old.occurred_end, meta=meta)

@@ -32,7 +32,7 @@ MODES = ("retrieve-first", "model-decides", "force")
 RECALLED_TYPES = ("semantic", "episodic", "procedural", "image", "turn")
 UPFRONT_K = 10  # memories recalled before the model starts (LoCoMo recall@10: 0.785)
 MAX_SHOWN = 14  # at most this many memories in one prompt, after episodes expand to their turns
-COMPACT_K = 8  # the compact prompt (small models): fewer memories, each message with its own
+COMPACT_K = 10  # the compact prompt (small models): fewer memories, each message with its own
 
 
 @dataclass
