@@ -333,10 +333,10 @@ def test_replay_writes_the_history_as_a_chat_would_and_questions_leave_no_trace(
         assert answer.text == "(b)" and answer.error is None
         assert records.count() == before  # the question and its answer were removed
         prompt = model.prompts[-1]
-        assert "2024-09-20 19:00" in prompt[0]["content"]  # asked at its own time
+        assert "2024-09-20 19:00" in prompt[-1]["content"]  # asked at its own time (next to the message)
         assert "occupation: illustrator" in prompt[0]["content"]  # the profile seeded the core memory
         assert "I switched from sketching to painting this week." in json.dumps(prompt)  # the recent context
-        assert model.json_calls == 1  # the model decided (answer) before answering
+        assert model.json_calls == 0  # retrieve-first: no decision call before the answer
     finally:
         store.close()
 

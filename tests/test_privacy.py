@@ -97,11 +97,13 @@ def test_a_full_chat_with_an_image_updates_search_and_export_make_no_network_cal
     os.umask(umask)
     _recording = []
     try:
-        # A scripted chat: one message with an image, then the end of the session, so the update
-        # stage runs both its per-turn and its per-session jobs before the chat exits.
+        # A scripted chat: one message with an image, then the end of the session; `memory update`
+        # runs the update stage's per-turn and per-session jobs that quitting left pending.
         code = run("chat", "--at", "2026-11-01 10:00", stdin=f"/attach {pic}\nThis is my garden, I grow tulips\n")
         chat_out = capsys.readouterr()
         assert code == 0, chat_out.err
+        assert run("memory", "update") == 0  # what quitting left pending: the model's part of learning
+        chat_out = capsys.readouterr()
         assert run("memory", "search", "garden tulips", "--json") == 0
         found = capsys.readouterr().out
         assert run("memory", "export", str(archive)) == 0

@@ -414,3 +414,23 @@ def test_a_terminal_nobody_sized_wraps_at_80_columns():
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_text_typed_while_the_answer_is_prepared_waits_for_the_next_prompt_and_quit_is_at_once():
+    """Typed-ahead text is not echoed onto the spinner line; it shows at the next prompt. Ctrl-D with
+    learning pending returns at once, with one line saying what is left."""
+    chat = Chat("--at", "2026-11-20 12:00")
+    chat.prompt()
+    chat.child.sendline("Write a long poem about the sea, at least 300 words.")
+    chat.child.expect_exact("Thinking")  # the spinner runs: echo is off
+    chat.child.send("typed-ahead")
+    chat.prompt()
+    chat.until_screen_shows("tester> typed-ahead")
+    screen = chat.screen()
+    assert screen.count("typed-ahead") == 1, screen
+    chat.child.send("\x15")  # clear the line
+    chat.child.sendeof()
+    start = time.monotonic()
+    assert chat.close() == 0
+    assert time.monotonic() - start < SLOW
+    assert "left to learn" in chat.screen() or "Nothing" not in chat.screen()

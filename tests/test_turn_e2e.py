@@ -183,7 +183,9 @@ def test_the_answers_cache_survives_a_background_update_and_a_follow_up_pays_onl
                                        sampling=sampling)
         "".join(stream)
         second = dict(model.last_usage)
-        assert second["cached_tokens"] >= first["prompt_tokens"], (first, second)
+        # Everything the first prompt held is reused except its generation prompt ("<|im_start|>assistant"):
+        # the compact layout leaves the small model's own answer out of the next prompt.
+        assert second["cached_tokens"] >= first["prompt_tokens"] - 3, (first, second)
         assert second["prompt_tokens"] - second["cached_tokens"] < 60, "only the new tokens were evaluated"
     finally:
         assert background.stop()

@@ -115,11 +115,23 @@ def main(argv: list[str] | None = None) -> None:
         exc.show()
         code = exc.exit_code
     except sqlite3.DatabaseError as exc:
-        error(f"the memory store is damaged ({exc}); restore it from an export")
+        from personavlm_cli.core.errors import disk_full, is_disk_full
+
+        if is_disk_full(exc):  # a full disk is not a damaged store: nothing was lost
+            error(str(disk_full("the memory store")))
+        else:
+            error(f"the memory store is damaged ({exc}); restore it from an export")
         code = 1
+
     except BrokenPipeError:
         code = 0
     except Exception as exc:
+        from personavlm_cli.core.errors import disk_full, is_disk_full
+
+        if is_disk_full(exc):  # wherever it came from: one line, and nothing was lost
+            error(str(disk_full(getattr(exc, "filename", None) or "the disk")))
+            sys.stdout.flush()
+            sys.exit(1)
         if os.environ.get("PERSONAVLM_DEBUG"):
             raise
         first = (str(exc).splitlines() or [""])[0][:300]

@@ -13,7 +13,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from personavlm_cli.cli.common import UserOpt, count, err, line, log_to_file, make_env, out, short
+from personavlm_cli.cli.common import UserOpt, count, err, log_to_file, make_env, out, short
+from personavlm_cli.cli.common import line as styled
 from personavlm_cli.cli.env import Env, is_tty
 from personavlm_cli.core.errors import PersonaError
 
@@ -72,18 +73,26 @@ def chat(
         elif not is_tty(sys.stdin):
             session.start(quiet=True)
             stopped = False
-            for line in sys.stdin:
-                line = line.rstrip("\n")
-                if not line.strip():
+            failed = 0
+            for number, text in enumerate(sys.stdin, 1):
+                text = text.rstrip("\n")
+                if not text.strip():
                     continue
-                if not session.handle(line):
-                    break
+                try:
+                    if not session.handle(text):
+                        break
+                except PersonaError as exc:  # one line failed (a full disk, say): say which, go on
+                    failed += 1
+                    err.print(styled(("Error:", "red"), f" line {number} not stored: {exc}"))
+                    continue
                 if session.interrupted:
                     stopped = True  # Ctrl-C stops a scripted chat, not only the answer
                     break
             session.finish(consolidate=True)
             if stopped:
                 raise typer.Exit(130)
+            if failed:
+                raise typer.Exit(1)
         else:
             session.start(quiet=False)
             code = session.repl()
@@ -110,6 +119,7 @@ class ChatSession:
             out.no_color = True
             err.no_color = True
         self.staged: list[Path] = []
+        self._worker_model = None
         self.assistant = None
         self.updates = None
         self.background = None
@@ -139,7 +149,7 @@ class ChatSession:
         with Spinner("Loading the model…", enabled=self.spinners):
             model = env.model()
         if not quiet and is_tty(sys.stderr) and getattr(model, "load_info", None) is not None:
-            err.print(line((model.load_info.summary_line(), "dim")))
+            err.print(styled((model.load_info.summary_line(), "dim")))
         if not env.settings["model.path"] and env.settings["model.kind"] == "llama-cpp":
             self._embedded_notice(store, quiet)
         with env.model_lock:
@@ -156,6 +166,12 @@ class ChatSession:
         self.updates = UpdateStage(store, model, env.user, env.model_lock, enabled=self.learn,
                                    extractor=choose_extractor(s["memory.extractor"], model))
         if self.learn:
+            # The update thread's own context, loaded here and not in the thread: llama-cpp-python
+            # points file descriptors 1 and 2 at /dev/null while it loads a model, and a prompt or a
+            # line printed meanwhile from this thread would vanish.
+            fork = getattr(model, "fork", None)
+            with Spinner("Loading the model…", enabled=self.spinners):
+                self._worker_model = fork() if fork is not None else model
             current, _ = self.assistant.session_for(self.now())
             self.updates.enqueue_unconsolidated(except_session=current)
             self.background = BackgroundUpdates(self._worker_stage).start()
@@ -166,10 +182,7 @@ class ChatSession:
         over the same weights), so background work never evicts the answers' KV cache."""
         from personavlm_cli.core.update import UpdateStage
 
-        model = self.assistant.model
-        fork = getattr(model, "fork", None)
-        worker_model = fork() if fork is not None else model
-        self._worker_model = worker_model
+        worker_model = self._worker_model
         interrupt = getattr(worker_model, "interrupt", None)
         if interrupt is not None:
             self.env.model_lock.on_wait.append(interrupt)
@@ -193,7 +206,7 @@ class ChatSession:
         if self.background is not None:
             stopped = self.background.stop()
             if self.background.error is not None:
-                err.print(line(("Background learning stopped with an error (see `personavlm logs`): "
+                err.print(styled(("Background learning stopped with an error (see `personavlm logs`): "
                                 + short(str(self.background.error), 200), "yellow")))
         worker = getattr(self, "_worker_model", None)
         if worker is not None and worker is not self.assistant.model and stopped:
@@ -253,9 +266,9 @@ class ChatSession:
                     if too_long:
                         text = _trim_to_tokens(model, text, budget)
                 if too_long:
-                    notices.append(f"[yellow]Your message ({n_message} tokens) was longer than the "
-                                   f"{model.n_ctx}-token context allows; only its first {budget} tokens were kept "
-                                   "(the whole message is not stored).[/yellow]")
+                    notices.append(f"[yellow]Your message was longer than the context allows ({n_message} tokens "
+                                   f"for a {model.n_ctx}-token context); only its first {budget} tokens were kept "
+                                   "and stored.[/yellow]")
                 images, self.staged = self.staged, []
                 if images and not getattr(model, "vision", False):
                     notices.append("[yellow]This model cannot see images: the image is stored and remembered, "
@@ -287,7 +300,7 @@ class ChatSession:
                     writer.end(interrupted=True)
                 mark = ("(answer stopped; the partial answer is kept)" if ex is not None
                         else "(stopped before the answer began)")
-                err.print(line((mark, "yellow")))
+                err.print(styled((mark, "yellow")))
             else:
                 spinner.stop()
                 for notice in notices:
@@ -390,13 +403,13 @@ class ChatSession:
                 return False
             if name == "/help":
                 for k, v in SLASH_HELP.items():
-                    out.print(line("  ", (k, "bold"), "  ", v))
+                    out.print(styled("  ", (k, "bold"), "  ", v))
             elif name == "/attach":
                 if not arg:
                     raise PersonaError("usage: /attach PATH")
                 path = Path(_unquote(arg)).expanduser()
                 self.stage(path)
-                err.print(line((f"Attached {path.name}", "green"), " (sent with your next message)"))
+                err.print(styled((f"Attached {path.name}", "green"), " (sent with your next message)"))
             elif name == "/remember":
                 if not arg:
                     raise PersonaError("usage: /remember TEXT")
@@ -418,7 +431,7 @@ class ChatSession:
             else:
                 raise PersonaError(f"unknown command {name} (try /help)")
         except PersonaError as exc:
-            err.print(line(("Error:", "red"), " ", str(exc)))
+            err.print(styled(("Error:", "red"), " ", str(exc)))
         return True
 
     def _remember(self, text: str) -> None:
@@ -440,7 +453,7 @@ class ChatSession:
             err.print(f"[green]Already known[/green] ({kept.id}); merged.")
         elif memory.meta.get("supersedes"):
             old = memory.meta["supersedes"]
-            err.print(line(("Remembered", "green"), f" {memory.id}; it replaces "
+            err.print(styled(("Remembered", "green"), f" {memory.id}; it replaces "
                            f"{old if isinstance(old, str) else ', '.join(old)}."))
         else:
             err.print(f"[green]Remembered[/green] {memory.id}")
@@ -459,12 +472,12 @@ class ChatSession:
             with self.env.model_lock:
                 found = forgetting.matching(store, arg)
             if not found:
-                err.print(line(f"Nothing matches '{short(arg)}': nothing was forgotten."))
+                err.print(styled(f"Nothing matches '{short(arg)}': nothing was forgotten."))
                 return
-            err.print(line(f"{count(len(found), 'memory')} match '{short(arg)}':"))
+            err.print(styled(f"{count(len(found), 'memory')} match '{short(arg)}':"))
             for m in found:
                 mark = " (older version)" if m.superseded_by else ""
-                err.print(line("  ", (m.id, "cyan"), " ", (f"{m.type}{mark}", "dim"), " ", short(m.text, 70)))
+                err.print(styled("  ", (m.id, "cyan"), " ", (f"{m.type}{mark}", "dim"), " ", short(m.text, 70)))
             if not self._confirm(f"Forget {'it' if len(found) == 1 else 'them'} and what was learnt from "
                                  f"{'it' if len(found) == 1 else 'them'}?"):
                 err.print("Nothing was forgotten.")
@@ -479,7 +492,7 @@ class ChatSession:
     def _confirm(self, question: str) -> bool:
         """Ask yes/no at the terminal; a chat without one (a script, a pipe) never confirms."""
         if not (is_tty(sys.stdin) and is_tty(sys.stderr)):
-            err.print(line(question, " ", ("(no terminal to ask: use /forget ID)", "dim")))
+            err.print(styled(question, " ", ("(no terminal to ask: use /forget ID)", "dim")))
             return False
         try:
             from prompt_toolkit import prompt
@@ -501,7 +514,7 @@ class ChatSession:
             items = store.records.list(types=["semantic", "episodic", "procedural", "core", "image"],
                                        newest_first=True, limit=10)
         for m in items:
-            out.print(line("  ", (m.id, "cyan"), " ", (f"{m.occurred_at[:16].replace('T', ' ')} {m.type}", "dim"), " ",
+            out.print(styled("  ", (m.id, "cyan"), " ", (f"{m.occurred_at[:16].replace('T', ' ')} {m.type}", "dim"), " ",
                            short(m.text)))
         if not items:
             out.print("  no memories yet")
@@ -568,7 +581,7 @@ class ChatSession:
                             self.stage(path)
                     except PersonaError as exc:
                         self.staged = [p for p in self.staged if p not in found]
-                        err.print(line(("Error:", "red"), f" {exc} (nothing sent)"))
+                        err.print(styled(("Error:", "red"), f" {exc} (nothing sent)"))
                         continue
                     if found:
                         rest = line
@@ -576,13 +589,13 @@ class ChatSession:
                             rest = rest.replace(path.name, "", 1)
                         if not rest.strip():  # only dropped files: staged, like /attach
                             names = ", ".join(p.name for p in found)
-                            err.print(line((f"Attached {names}", "green"), " (sent with your next message)"))
+                            err.print(styled((f"Attached {names}", "green"), " (sent with your next message)"))
                             continue
                 try:
                     if not self.handle(line):
                         return 0
                 except PersonaError as exc:  # one message failed; the chat goes on
-                    err.print(line(("Error:", "red"), " ", str(exc)))
+                    err.print(styled(("Error:", "red"), " ", str(exc)))
             except KeyboardInterrupt:  # during a slash command, or between answer and prompt
                 interrupts = 0
                 err.print("[yellow](stopped)[/yellow]")
@@ -627,15 +640,15 @@ def _print_reasoning(ex, console=None) -> None:
         if step.start_time or step.end_time:
             window = f" window {step.start_time or '…'} → {step.end_time or '…'}"
         forced = " (forced)" if step.forced else ""
-        console.print(line((f"step {i}: {step.action}{forced}", "dim"), " ", short(step.think, 90)))
+        console.print(styled((f"step {i}: {step.action}{forced}", "dim"), " ", short(step.think, 90)))
         if step.action == "retrieve":
-            console.print(line(("  keywords:", "dim"), " ", short(step.keywords, 90), window))
+            console.print(styled(("  keywords:", "dim"), " ", short(step.keywords, 90), window))
             for mid in step.retrieved:
                 m = next((x for x in r.used if x.id == mid), None)
                 if m is not None:
                     hit = r.hits.get(m.id)
                     why = ("(" + ", ".join(sorted(hit.signals)) + ")") if hit and hit.signals else ""
-                    console.print(line("    ", (m.id, "cyan"), " ", (m.occurred_at[:16].replace("T", " "), "dim"), " ",
+                    console.print(styled("    ", (m.id, "cyan"), " ", (m.occurred_at[:16].replace("T", " "), "dim"), " ",
                                        short(m.text, 70), " ", (why, "dim")))
             if not step.retrieved:
                 console.print("    (nothing new found)")

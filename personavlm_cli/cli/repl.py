@@ -215,6 +215,7 @@ class Spinner:
 
     def start(self) -> "Spinner":
         if self.enabled and self._thread is None:
+            self._quiet_echo()
             self._t0 = time.monotonic()
             self._thread = threading.Thread(target=self._run, name="spinner", daemon=True)
             self._thread.start()
@@ -233,12 +234,42 @@ class Spinner:
             i += 1
             self._stop.wait(0.1)
 
+    def _quiet_echo(self) -> None:
+        """While the spinner runs, what the user types is not echoed onto the spinner line: it waits in
+        the terminal's buffer and appears at the next prompt."""
+        self._saved_tty = None
+        try:
+            import termios
+
+            fd = sys.stdin.fileno()
+            if not os.isatty(fd):
+                return
+            attrs = termios.tcgetattr(fd)
+            self._saved_tty = (fd, list(attrs))
+            attrs[3] &= ~termios.ECHO
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+        except (ImportError, OSError, ValueError, AttributeError):
+            self._saved_tty = None
+
+    def _restore_echo(self) -> None:
+        saved = getattr(self, "_saved_tty", None)
+        self._saved_tty = None
+        if saved is None:
+            return
+        try:
+            import termios
+
+            termios.tcsetattr(saved[0], termios.TCSANOW, saved[1])
+        except (ImportError, OSError, ValueError):
+            pass
+
     def stop(self) -> None:
         if self._thread is None:
             return
         self._stop.set()
         self._thread.join()
         self._thread = None
+        self._restore_echo()
         try:
             self.stream.write("\r\x1b[2K")
             self.stream.flush()
