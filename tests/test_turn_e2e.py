@@ -282,3 +282,30 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
     finally:
         assert background.stop()
         store.close()
+
+
+def test_a_piped_chat_that_hits_a_full_disk_says_which_lines_were_not_stored(isolated_home, monkeypatch, capsys):
+    import io
+    import sys
+
+    from personavlm_cli.cli import main
+    from personavlm_cli.core.assistant import Assistant
+    from personavlm_cli.core.errors import disk_full
+
+    real = Assistant.store_user_turn
+    calls = []
+
+    def store_user_turn(self, text, at, image_paths):
+        calls.append(text)
+        if len(calls) == 2:
+            raise disk_full("the memory store")
+        return real(self, text, at, image_paths)
+
+    monkeypatch.setattr(Assistant, "store_user_turn", store_user_turn)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("first line\nsecond line\nthird line\n"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["chat", "--no-update", "--at", "2026-05-04 09:00"])
+    out = capsys.readouterr()
+    assert exit_info.value.code == 1
+    assert "line 2 not stored: no space left on the memory store" in out.err
+    assert calls == ["first line", "second line", "third line"], "the lines after the failed one still ran"
