@@ -75,7 +75,10 @@ def _compact(m: Memory) -> str:
     text = " ".join((m.text or "").split())
     if m.type == "turn" and m.role == "assistant" and not (m.meta or {}).get("speaker"):
         return f"(You said: {text})"
-    return text if text.endswith((".", "!", "?")) else text + "."
+    text = text if text.endswith((".", "!", "?")) else text + "."
+    if m.type == "turn":  # when it was said: "yesterday" in a turn needs its date
+        return f"[{m.occurred.day} {m.occurred.strftime('%B %Y')}] {text}"
+    return text
 
 
 def render_memory(m: Memory) -> str:
