@@ -198,8 +198,10 @@ class Assistant:
             try:
                 with self.model_lock:
                     for piece in stage.respond(ctx, ex.reasoning, mode=mode, **sampling):
-                        pieces.append(piece)
                         yield piece
+                        # Kept once the consumer asks for the next piece, i.e. once it has shown this
+                        # one: a Ctrl-C while it is shown keeps no more than the user saw.
+                        pieces.append(piece)
             except (KeyboardInterrupt, GeneratorExit, PersonaError):
                 ex.interrupted = True  # the partial answer is kept, and marked
                 raise
