@@ -36,7 +36,8 @@ def render_profile(store_or_records, user: str | None = None) -> None:
     for k, v in data["core"].items():
         out.print(line(f"  {one_line(k)}: ", _value(v)))
     if not data["core"]:
-        out.print("  (nothing yet: it is built when a chat session ends)", markup=False)
+        out.print("  (nothing yet: it is learnt from what you say about yourself: name, age, occupation, "
+                  "where you live, family, pets, languages)", markup=False)
     out.print(line(("Habits and goals", "bold")))
     for k, v in data["procedural"].items():
         out.print(line(f"  {one_line(k)}: ", _value(v)))

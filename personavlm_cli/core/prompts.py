@@ -175,7 +175,9 @@ class GenericProfile:
             if not recalled:
                 return message
             context = " ".join(_compact(m) for m in recalled)
-            return f"Context: {context}\nQuestion: {message}\nAnswer in one sentence."
+            if message.rstrip().endswith("?"):
+                return f"Context: {context}\nQuestion: {message}\nAnswer in one sentence."
+            return f"Context: {context}\nMessage: {message}\nReply in one sentence."
         parts = []
         if recalled:
             # The most relevant memory goes last, next to the message: small models attend to it best.
