@@ -51,6 +51,10 @@ def chat(
 
     In the REPL: /help lists the commands, \"\"\" opens a multi-line message, Tab completes commands
     and /attach paths, Ctrl-C stops an answer (twice at an empty prompt quits), Ctrl-D quits.
+
+    What you say about yourself is learnt right after each answer. Quitting never waits for the rest of
+    the learning (personality): it runs in the background of your next chat, or now with
+    `personavlm memory update`.
     """
     from personavlm_cli.core.assistant import parse_at
 
