@@ -132,7 +132,6 @@ class ChatSession:
         self.interrupted = False
         self._trim_shown = 0
         self.stats_trim: dict = {}
-        self._token_cache: dict[str, int] = {}
 
     # -- lifecycle --------------------------------------------------------------------------------
 

@@ -145,13 +145,11 @@ def doctor(
         report["model architecture"] = g.architecture
         report["model quantization"] = g.quantization
         report["model size"] = human_size(g.size_bytes)
-        from personavlm_cli.core.capability import SMALL_MODEL_BYTES
+        from personavlm_cli.core.capability import SMALL_MODEL_BYTES, extractor_for, prompt_style_for
 
         small = g.size_bytes < SMALL_MODEL_BYTES
-        report["learning"] = (s["memory.extractor"] if s["memory.extractor"] != "auto"
-                              else ("rules" if small else "model")) + " (memory.extractor)"
-        report["prompt style"] = (s["model.prompt_style"] if s["model.prompt_style"] != "auto"
-                                  else ("compact" if small else "full")) + " (model.prompt_style)"
+        report["learning"] = extractor_for(s["memory.extractor"], small) + " (memory.extractor)"
+        report["prompt style"] = prompt_style_for(s["model.prompt_style"], small) + " (model.prompt_style)"
         if load:
             from personavlm_cli.adapters.llm import ChatModel
 

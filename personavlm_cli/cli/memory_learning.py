@@ -13,7 +13,8 @@ def update(user: UserOpt = None):
     """Run the pending learning now (otherwise it runs in the background of your next chat)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from personavlm_cli.core.update import UpdateStage, choose_extractor
+    from personavlm_cli.core.capability import choose_extractor
+    from personavlm_cli.core.update import UpdateStage
 
     env = make_env(user)
     try:

@@ -23,15 +23,23 @@ def is_small(model) -> bool:
         return True
 
 
-def choose_extractor(setting: str, model) -> str:
+def extractor_for(setting: str, small: bool) -> str:
     """``memory.extractor``: rules or model (``auto``: rules for a small model)."""
     if setting in ("rules", "model"):
         return setting
-    return "rules" if is_small(model) else "model"
+    return "rules" if small else "model"
 
 
-def choose_prompt_style(setting: str, model) -> str:
+def prompt_style_for(setting: str, small: bool) -> str:
     """``model.prompt_style``: compact or full (``auto``: compact for a small model)."""
     if setting in ("compact", "full"):
         return setting
-    return "compact" if is_small(model) else "full"
+    return "compact" if small else "full"
+
+
+def choose_extractor(setting: str, model) -> str:
+    return extractor_for(setting, is_small(model))
+
+
+def choose_prompt_style(setting: str, model) -> str:
+    return prompt_style_for(setting, is_small(model))

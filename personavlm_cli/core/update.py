@@ -16,7 +16,6 @@ import threading
 from typing import Callable
 
 from personavlm_cli.core import learning
-from personavlm_cli.core.capability import choose_extractor  # noqa: F401 - re-exported
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
