@@ -64,6 +64,10 @@ def test_scripted_chat_from_stdin_answers_each_line_in_order(cli):
     assert users == ["Hi there", "What is my cat called?"]
     semantic = [m for m in listing if m["type"] == "semantic"]
     assert [m["text"] for m in semantic] == ["My cat is called Miso"]
+    answers = [m for m in listing if m.get("role") == "assistant"]
+    assert len(answers) == 2 and all(a["text"] for a in answers)
+    for a in answers:  # an answer that ended is whole, not marked as stopped
+        assert not cli("memory", "show", a["id"], "--json").json()["meta"].get("interrupted")
 
 
 def test_memory_list_filters_by_type_time_and_limit(cli):

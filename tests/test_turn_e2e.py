@@ -250,6 +250,9 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
             time.sleep(0.2)
             return {t: 3 for t in schema.get("properties", {})}
 
+        def interrupt(self):  # the model port's: nothing to stop between calls of 0.2 s
+            pass
+
     encoder = TextEncoder()
     store = MemoryStore(tmp_path, text_encoder=lambda: encoder, image_encoder=lambda: None,
                         vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
@@ -264,8 +267,8 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
         a = new_memory("turn", "Nice.", at + timedelta(minutes=i), role="assistant", session_id="s1",
                        source_ids=[u.id])
         store.add([u, a])
-        stage.learn_turn(u)
-        stage.enqueue_turn(u, a)
+        stage.learner.learn_turn(u)
+        stage.queue.enqueue_turn(u, a)
         turns.append(u)
     background = BackgroundUpdates(lambda: UpdateStage(store.fork(), Slow(), "ada", gate)).start()
     try:
@@ -273,7 +276,7 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
         time.sleep(0.3)
         with gate:
             plan = forgetting.plan(store, [turns[0].id])
-            erased = forgetting.execute(store, plan, "forget", stage)
+            erased = forgetting.execute(store, plan, "forget", stage.queue)
         assert turns[0].id in erased
         assert background.wait_idle(60)
         assert background.error is None
@@ -295,11 +298,11 @@ def test_a_piped_chat_that_hits_a_full_disk_says_which_lines_were_not_stored(iso
     real = Assistant.store_user_turn
     calls = []
 
-    def store_user_turn(self, text, at, image_paths):
+    def store_user_turn(self, text, at, image_paths, **kw):
         calls.append(text)
         if len(calls) == 2:
             raise disk_full("the memory store")
-        return real(self, text, at, image_paths)
+        return real(self, text, at, image_paths, **kw)
 
     monkeypatch.setattr(Assistant, "store_user_turn", store_user_turn)
     monkeypatch.setattr(sys, "stdin", io.StringIO("first line\nsecond line\nthird line\n"))

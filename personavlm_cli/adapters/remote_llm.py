@@ -1,5 +1,6 @@
 """A chat model on another machine: an OpenAI-compatible server (llama.cpp's ``llama-server`` or
-llama-cpp-python's ``python -m llama_cpp.server``), with the same interface as :class:`ChatModel`.
+llama-cpp-python's ``python -m llama_cpp.server``), implementing the same port as the local model
+(:class:`personavlm_cli.core.ports.ChatModel`).
 
 Only the standard library is used (``http.client``): no new dependency. Nothing is sent when the
 object is made, so a server that is down costs nothing until the first message; from then on every
@@ -19,13 +20,16 @@ import math
 import os
 import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 from urllib.parse import urlsplit, urlunsplit
 
-from personavlm_cli.adapters.llm import _one_line, complete_json_with, prepare_messages
-from personavlm_cli.core.errors import ModelError
+from personavlm_cli.adapters.chat_base import ChatModelBase
+from personavlm_cli.adapters.json_output import one_line
+from personavlm_cli.adapters.llm import prepare_messages
+from personavlm_cli.core.errors import ModelError, ModelInterrupted
 
 CONNECT_TIMEOUT = 10.0
 # Characters per token for the estimate used when the server has no tokenizer endpoint: low on
@@ -67,8 +71,17 @@ class _ServerSaid(Exception):
         self.status = status
 
 
-class RemoteChatModel:
-    """A chat model served over HTTP by an OpenAI-compatible server."""
+class RemoteChatModel(ChatModelBase):
+    """A chat model served over HTTP by an OpenAI-compatible server.
+
+    Where the port speaks of the model's own state, a client does what it can: :meth:`fork` is a
+    second client of the same server (the server keeps its own cache slots), :meth:`interrupt`
+    closes the connection of the :meth:`complete` call in progress (the server stops generating),
+    and ``last_usage`` holds what the server reports (``usage``), else the count of streamed pieces.
+    """
+
+    load_info: RemoteLoadInfo
+    last_usage: dict[str, int]
 
     def __init__(self, url: str, name: str | None = None, *, n_ctx: int = 4096, timeout: float = 600.0,
                  vision: bool = False, api_key: str | None = None, seed: int = 0,
@@ -98,6 +111,11 @@ class RemoteChatModel:
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self._seed = int(seed)
+        self._params = dict(url=url, name=name, n_ctx=n_ctx, timeout=timeout, vision=vision, api_key=api_key,
+                            seed=seed, connect_timeout=connect_timeout)
+        self._abort = threading.Event()
+        self._active: http.client.HTTPConnection | None = None  # the complete() call's, for interrupt()
+        self.last_usage = {}
         self._headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
                          "User-Agent": "personavlm"}
         key = api_key or os.environ.get("PERSONAVLM_MODEL_API_KEY")
@@ -112,16 +130,6 @@ class RemoteChatModel:
         self._closed = False
         self.load_info = RemoteLoadInfo(url=self.url, name=self.name, n_ctx=n_ctx, vision=bool(vision),
                                         served=self._served_model)
-
-    # -- properties --------------------------------------------------------------------------------
-
-    @property
-    def n_ctx(self) -> int:
-        return self.load_info.n_ctx
-
-    @property
-    def vision(self) -> bool:
-        return self.load_info.vision
 
     # -- HTTP ------------------------------------------------------------------------------------------
 
@@ -141,13 +149,16 @@ class RemoteChatModel:
         conn.sock.settimeout(timeout)
         return conn
 
-    def _request(self, method: str, path: str, body: dict | None = None, *, quick: bool = False
-                 ) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
+    def _request(self, method: str, path: str, body: dict | None = None, *, quick: bool = False,
+                 interruptible: bool = False) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
         """Send a request; return the open connection and response (status < 400), or raise.
-        ``quick``: short timeouts, for requests that generate nothing."""
+        ``quick``: short timeouts, for requests that generate nothing; ``interruptible``: the
+        connection is the one :meth:`interrupt` closes."""
         connect_timeout = min(self.connect_timeout, 3.0) if quick else self.connect_timeout
         timeout = min(self.timeout, 10.0) if quick else self.timeout
         conn = self._connect(connect_timeout, timeout)
+        if interruptible:
+            self._active = conn
         try:
             data = json.dumps(body).encode("utf-8") if body is not None else None
             conn.request(method, self._prefix + path, body=data, headers=self._headers)
@@ -165,24 +176,28 @@ class RemoteChatModel:
             raise _ServerSaid(resp.status, _error_message(resp.status, resp.reason, raw))
         return conn, resp
 
-    def _post_json(self, path: str, body: dict, *, quick: bool = False) -> Any:
-        conn, resp = self._request("POST", path, body, quick=quick)
+    def _post_json(self, path: str, body: dict, *, quick: bool = False, interruptible: bool = False) -> Any:
         try:
-            raw = resp.read()
-        except (OSError, http.client.HTTPException) as e:
-            raise _Unreachable(_reason(e, self.timeout)) from None
+            conn, resp = self._request("POST", path, body, quick=quick, interruptible=interruptible)
+            try:
+                raw = resp.read()
+            except (OSError, http.client.HTTPException) as e:
+                raise _Unreachable(_reason(e, self.timeout)) from None
+            finally:
+                conn.close()
         finally:
-            conn.close()
+            if interruptible:
+                self._active = None
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise _ServerSaid(resp.status, "the answer is not JSON (is model.url an OpenAI-compatible server?)") from None
 
     def _unreachable(self, reason: str) -> ModelError:
-        return ModelError(_one_line(f"the model server at {self.url} is not reachable: {reason}"))
+        return ModelError(one_line(f"the model server at {self.url} is not reachable: {reason}"))
 
     def _refused(self, message: str) -> ModelError:
-        return ModelError(_one_line(f"the model server at {self.url} could not answer: {message}"))
+        return ModelError(one_line(f"the model server at {self.url} could not answer: {message}"))
 
     # -- generation --------------------------------------------------------------------------------
 
@@ -210,6 +225,8 @@ class RemoteChatModel:
         except _ServerSaid as e:
             raise self._refused(str(e)) from None
         finished = False
+        pieces = 0
+        self.last_usage = {}
         try:
             try:
                 for event in _sse_events(resp):
@@ -224,9 +241,12 @@ class RemoteChatModel:
                         continue
                     if chunk.get("error"):
                         raise self._refused(_error_text(chunk["error"]))
+                    if chunk.get("usage"):
+                        self.last_usage = _usage(chunk["usage"])
                     for choice in chunk.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content")
                         if piece:
+                            pieces += 1
                             yield piece
                         if choice.get("finish_reason"):
                             finished = True
@@ -236,6 +256,8 @@ class RemoteChatModel:
                 raise self._unreachable("the connection closed in the middle of the answer")
         finally:
             conn.close()
+            if pieces:
+                self.last_usage.setdefault("completion_tokens", pieces)
 
     def complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256, temperature: float = 0.0,
                  grammar: str | None = None, json_schema: dict | None = None, stop: list[str] | None = None,
@@ -257,26 +279,24 @@ class RemoteChatModel:
             fields["response_format"] = {"type": "json_object", "schema": json_schema}
         if grammar is not None:
             fields["grammar"] = grammar
+        abort = self._abort  # set by interrupt(), possibly just before this call: honoured at once
+        if abort.is_set():
+            abort.clear()
+            raise ModelInterrupted("the model call was interrupted")
         try:
-            out = self._post_json("/v1/chat/completions", self._body(messages, **fields))
-        except _Unreachable as e:
-            raise self._unreachable(str(e)) from None
-        except _ServerSaid as e:
-            raise self._refused(str(e)) from None
+            out = self._post_json("/v1/chat/completions", self._body(messages, **fields), interruptible=True)
+        except (_Unreachable, _ServerSaid) as e:
+            if abort.is_set():  # the connection interrupt() shut, whatever it looked like from here
+                abort.clear()
+                raise ModelInterrupted("the model call was interrupted") from None
+            raise (self._unreachable if isinstance(e, _Unreachable) else self._refused)(str(e)) from None
+        self.last_usage = _usage(out.get("usage")) if isinstance(out, dict) else {}
         try:
             return out["choices"][0]["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
             if isinstance(out, dict) and out.get("error"):
                 raise self._refused(_error_text(out["error"])) from None
             raise self._refused("the answer has no choices[0].message") from None
-
-    def complete_json(self, messages: Sequence[Mapping[str, Any]], schema: dict, *, max_tokens: int = 256,
-                      validate: Callable[[dict], str | None] | None = None, retries: int = 1) -> dict:
-        """A JSON object that satisfies ``schema`` (checked here: a grammar is not the whole schema,
-        and a server may ignore it); invalid output is retried ``retries`` times, then
-        ModelOutputError. A server that cannot be reached raises ModelError at once (no retry)."""
-        return complete_json_with(self.complete, messages, schema, max_tokens=max_tokens, validate=validate,
-                                  retries=retries, seed=self._seed)
 
     # -- tokens ------------------------------------------------------------------------------------
 
@@ -347,19 +367,48 @@ class RemoteChatModel:
                 self._served = ""
         return self._served or None
 
+    # -- the port's members for a model's own state ------------------------------------------------
+
+    @property
+    def weights_bytes(self) -> int | None:
+        return None  # the weights are the server's
+
+    def fork(self) -> "RemoteChatModel":
+        """A second client of the same server, with the same settings (credentials included), for a
+        background thread: the two never share a connection. The server decides whether they run at
+        once (llama-server's slots) or one after the other."""
+        return RemoteChatModel(**self._params)
+
+    def interrupt(self) -> None:
+        """Stop the :meth:`complete` call in progress (from another thread): its connection is shut,
+        so the server stops generating, and the call raises ModelInterrupted; one that starts right
+        after is stopped at once. A :meth:`stream` is stopped by closing its iterator instead."""
+        self._abort.set()
+        conn = self._active
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # already closed: the call is over
+
     def close(self) -> None:
         self._closed = True
-
-    def __enter__(self) -> "RemoteChatModel":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
 
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
+
+
+def _usage(raw: Any) -> dict[str, int]:
+    """``last_usage`` from an OpenAI ``usage`` object (keys the server did not send are left out)."""
+    if not isinstance(raw, Mapping):
+        return {}
+    details = raw.get("prompt_tokens_details")
+    found = {"prompt_tokens": raw.get("prompt_tokens"), "completion_tokens": raw.get("completion_tokens"),
+             "cached_tokens": details.get("cached_tokens") if isinstance(details, Mapping) else None}
+    return {k: v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 def estimate_tokens(text: str) -> int:

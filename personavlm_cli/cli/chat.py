@@ -6,7 +6,6 @@ import shlex
 import signal
 import sys
 import threading
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Optional
@@ -108,6 +107,9 @@ def chat(
 
 
 class ChatSession:
+    """The terminal side of a chat: keys, spinners, notices and rendering. The turn itself, from the
+    message to the queued update, is ``core.conversation``'s."""
+
     def __init__(self, env: Env, pinned_time=None, show_reasoning=False, force_retrieve=False, learn=True,
                  plain=False):
         self.env = env
@@ -116,22 +118,18 @@ class ChatSession:
         self.force_retrieve = force_retrieve
         self.learn = learn and env.settings["memory.update"]
         self.plain = plain
-        # Styled answers only in a terminal; plain text whenever stdout is a file or a pipe.
+        # Styled answers only in a terminal; plain text whenever stdout is not one.
         self.styled = not plain and is_tty(sys.stdout)
         self.spinners = not plain and is_tty(sys.stderr)
         if plain:
             out.no_color = True
             err.no_color = True
         self.staged: list[Path] = []
-        self._worker_model = None
+        self.conversation = None
         self.assistant = None
-        self.updates = None
-        self.background = None
-        self.stats: dict = {}
-        self.totals = {"answers": 0, "tokens": 0, "seconds": 0.0}
+        self.stats = None
         self.interrupted = False
-        self._trim_shown = 0
-        self.stats_trim: dict = {}
+        self._trim_shown = False
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -144,14 +142,14 @@ class ChatSession:
         from personavlm_cli.cli.repl import Spinner
         from personavlm_cli.core.assistant import Assistant
         from personavlm_cli.core.capability import choose_extractor, choose_prompt_style
-        from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
+        from personavlm_cli.core.conversation import Conversation
 
         env = self.env
         store = env.store(write=True)
         log_to_file(env)  # background warnings go to the user's log, never onto the chat
         with Spinner("Loading the model…", enabled=self.spinners):
             model = env.model()
-        if not quiet and is_tty(sys.stderr) and getattr(model, "load_info", None) is not None:
+        if not quiet and is_tty(sys.stderr) and model.load_info is not None:
             err.print(styled((model.load_info.summary_line(), "dim")))
         if not env.settings["model.path"] and env.settings["model.kind"] == "llama-cpp":
             self._embedded_notice(store, quiet)
@@ -163,34 +161,21 @@ class ChatSession:
         self.assistant = Assistant(store, model, env.user, profile=s["model.prompt_profile"],
                                    session_gap_minutes=s["chat.session_gap_minutes"],
                                    recent_turns=s["chat.recent_turns"], model_lock=env.model_lock,
-                                   vision=getattr(model, "vision", False), mode=s["chat.retrieval"],
+                                   vision=model.vision, mode=s["chat.retrieval"],
                                    model_search=s["chat.model_search"], answer_tokens=s["model.max_tokens"],
                                    prompt_style=choose_prompt_style(s["model.prompt_style"], model))
-        self.updates = UpdateStage(store, model, env.user, env.model_lock, enabled=self.learn,
-                                   extractor=choose_extractor(s["memory.extractor"], model))
+        self.conversation = Conversation(
+            self.assistant, learn=self.learn, extractor=choose_extractor(s["memory.extractor"], model),
+            sampling={"max_tokens": s["model.max_tokens"], "temperature": s["model.temperature"]},
+            force_retrieve=self.force_retrieve, clock=self.now)
+        worker = None
         if self.learn:
             # The update thread's own context, loaded here and not in the thread: llama-cpp-python
             # points file descriptors 1 and 2 at /dev/null while it loads a model, and a prompt or a
             # line printed meanwhile from this thread would vanish.
-            fork = getattr(model, "fork", None)
             with Spinner("Loading the model…", enabled=self.spinners):
-                self._worker_model = fork() if fork is not None else model
-            current, _ = self.assistant.session_for(self.now())
-            self.updates.enqueue_unconsolidated(except_session=current)
-            self.background = BackgroundUpdates(self._worker_stage).start()
-            self.background.poke()
-
-    def _worker_stage(self):
-        """The update thread's stage: its own record connection, and its own model context (a fork
-        over the same weights), so background work never evicts the answers' KV cache."""
-        from personavlm_cli.core.update import UpdateStage
-
-        worker_model = self._worker_model
-        interrupt = getattr(worker_model, "interrupt", None)
-        if interrupt is not None:
-            self.env.model_lock.on_wait.append(interrupt)
-        return UpdateStage(self.env._store.fork(), worker_model, self.env.user, self.env.model_lock,
-                           enabled=self.learn, extractor=self.updates.extractor)
+                worker = model.fork()
+        self.conversation.open(worker)
 
     def _embedded_notice(self, store, quiet: bool) -> None:
         if store.records.get_meta("embedded_notice_shown"):
@@ -200,30 +185,16 @@ class ChatSession:
                   "For real use, pass --model PATH or run `personavlm model pull`.[/yellow]")
 
     def finish(self, consolidate: bool) -> None:
-        """Quit at once, whatever learning is pending: the queue is durable, and the next chat's
-        background thread (or `personavlm memory update`) finishes it. One line says what is left."""
-
-        if self.assistant is None:
+        """Quit at once, whatever learning is pending; one line says what is left."""
+        if self.conversation is None:
             return
-        stopped = True
-        if self.background is not None:
-            stopped = self.background.stop()
-            if self.background.error is not None:
-                err.print(styled(("Background learning stopped with an error (see `personavlm logs`): "
-                                + short(str(self.background.error), 200), "yellow")))
-        worker = getattr(self, "_worker_model", None)
-        if worker is not None and worker is not self.assistant.model and stopped:
-            worker.close()
-        if not self.learn:
-            return
-        if consolidate:
-            last = self.assistant.last_turn()
-            if last is not None:
-                self.updates.enqueue_session(last.session_id)
-        pending = self.updates.pending()
-        if pending:
-            err.print(f"[dim]{count(len(pending), 'update')} left to learn from this chat: they run in the background "
-                      "of your next chat, or now with `personavlm memory update`.[/dim]")
+        closing = self.conversation.close(consolidate)
+        if closing.error is not None:
+            err.print(styled(("Background learning stopped with an error (see `personavlm logs`): "
+                              + short(closing.error, 200), "yellow")))
+        if closing.pending:
+            err.print(f"[dim]{count(closing.pending, 'update')} left to learn from this chat: they run in the "
+                      "background of your next chat, or now with `personavlm memory update`.[/dim]")
 
     # -- messages ---------------------------------------------------------------------------------
 
@@ -250,151 +221,105 @@ class ChatSession:
         if not text.strip():
             err.print("[yellow]Empty message: nothing sent.[/yellow]")
             return True
-        model = self.assistant.model
-        s = self.env.settings
-        at = self.now()
-        notices: list[str] = []
         spinner = Spinner("Thinking…", enabled=self.spinners)
         writer = AnswerWriter(sys.stdout, styled=self.styled)
-        ex = stream = None
-        start = time.perf_counter()
-        first = None
+        turn = None
+        notices: list[str] = []
         with _sigint_once():
             try:
                 spinner.start()
-                budget = max(256, model.n_ctx // 2)
-                with self.env.model_lock:  # the update thread may be using the model
-                    n_message = model.count_tokens(text)
-                    too_long = n_message > budget
-                    if too_long:
-                        text = _trim_to_tokens(model, text, budget)
-                if too_long:
-                    notices.append(f"[yellow]Your message was longer than the context allows ({n_message} tokens "
-                                   f"for a {model.n_ctx}-token context); only its first {budget} tokens were kept "
-                                   "and stored.[/yellow]")
                 images, self.staged = self.staged, []
-                if images and not getattr(model, "vision", False):
-                    notices.append("[yellow]This model cannot see images: the image is stored and remembered, "
-                                   "but the answer does not see it (use a vision model: `personavlm model pull`)."
-                                   "[/yellow]")
-                ex, stream = self.assistant.respond(
-                    text, at, images, force_retrieve=self.force_retrieve,
-                    updates=self.updates if self.learn else None,
-                    sampling={"max_tokens": s["model.max_tokens"], "temperature": s["model.temperature"]})
-                trimmed = self._trim_notice(ex.turns_left_out, model.n_ctx)
-                if trimmed:
-                    notices.append(trimmed)
-                for piece in stream:
-                    if first is None:
-                        first = time.perf_counter()
+                turn = self.conversation.send(text, images)
+                notices = self._notices(turn)
+                first = True
+                for piece in turn:
+                    if first:
+                        first = False
                         spinner.stop()
-                        for notice in notices:
-                            err.print(notice)
+                        self._say(notices)
                         notices = []
                         if self.show_reasoning:
-                            _print_reasoning(ex)
+                            _print_reasoning(turn.exchange)
                     writer.write(piece)
             except KeyboardInterrupt:
                 self.interrupted = True
                 spinner.stop()
-                if stream is not None:
-                    stream.close()  # the core stores the partial answer, marked as interrupted
+                if turn is not None:
+                    turn.interrupt()  # the partial answer is kept, marked as interrupted
                 if writer.started:
                     writer.end(interrupted=True)
-                mark = ("(answer stopped; the partial answer is kept)" if ex is not None
+                mark = ("(answer stopped; the partial answer is kept)" if turn is not None
                         else "(stopped before the answer began)")
                 err.print(styled((mark, "yellow")))
             else:
+                turn.finish()
                 spinner.stop()
-                for notice in notices:
-                    err.print(notice)
+                self._say(notices)
                 writer.end()
             finally:
                 spinner.stop()
-                if stream is not None:
-                    # An error cut the answer: the core stores what came, marked, while the store is
-                    # still open (not later, when the generator is collected). A no-op once it ended.
-                    stream.close()
+                if turn is not None and not turn.done:
+                    # An error cut the answer: what came is stored, marked, while the store is open.
+                    turn.interrupt()
                 if writer.started and not writer.ended:  # an error cut the answer: end its line
                     writer.end(interrupted=True)
-        end = time.perf_counter()
-        if ex is not None:
-            self._record_stats(ex, model, start, first, end, writer.text)
-        if self.background is not None:
-            self.background.poke()
+        if turn is not None:
+            self.stats = turn.stats
+            self.conversation.ended(turn)
         return not self.interrupted
 
-    def _trim_notice(self, left_out: int, n_ctx: int) -> str | None:
-        """Say once that the oldest turns of this conversation no longer fit (they stay in memory)."""
-        self.stats_trim = {"turns_left_out": left_out}
-        if not left_out:
-            self._trim_shown = 0
-            return None
-        if self._trim_shown:
-            return None
-        self._trim_shown = 1
-        return (f"[yellow]Context full: the {count(left_out, 'oldest turn')} of this conversation no longer fit "
-                f"in the {n_ctx}-token context and were left out (they stay in memory).[/yellow]")
+    def _notices(self, turn) -> list[str]:
+        """What the user should know about this turn, said once the answer starts."""
+        n_ctx = self.assistant.model.n_ctx
+        notices = []
+        if turn.trimmed is not None:
+            notices.append(f"[yellow]Your message was longer than the context allows ({turn.trimmed.tokens} tokens "
+                           f"for a {n_ctx}-token context); only its first {turn.trimmed.kept} tokens were kept "
+                           "and stored.[/yellow]")
+        if turn.images_unseen:
+            notices.append("[yellow]This model cannot see images: the image is stored and remembered, "
+                           "but the answer does not see it (use a vision model: `personavlm model pull`)."
+                           "[/yellow]")
+        if not turn.turns_left_out:
+            self._trim_shown = False
+        elif not self._trim_shown:  # said once, until the conversation fits again
+            self._trim_shown = True
+            notices.append(f"[yellow]Context full: the {count(turn.turns_left_out, 'oldest turn')} of this "
+                           f"conversation no longer fit in the {n_ctx}-token context and were left out (they "
+                           "stay in memory).[/yellow]")
+        return notices
 
-    def _record_stats(self, ex, model, start, first, end, text) -> None:
-        from personavlm_cli.core.memory import prompt_time
-
-        answer = ex.answer or text
-        usage = dict(getattr(model, "last_usage", None) or {})
-        tokens = usage.get("completion_tokens")
-        if tokens is None:
-            try:
-                with self.env.model_lock:
-                    tokens = model.count_tokens(answer)
-            except Exception:  # noqa: BLE001 - stats must never break a chat
-                tokens = None
-        gen_s = end - (first or end)
-        prompt = usage.get("prompt_tokens")
-        self.stats = {
-            "answer_tokens": tokens,
-            "seconds": round(end - start, 2),
-            "first_token_s": round((first or end) - start, 3),
-            "tokens_per_s": round(tokens / gen_s, 1) if tokens and gen_s > 0.05 else None,
-            "context_used": (prompt + (tokens or 0)) if prompt is not None else None,
-            "context": model.n_ctx,
-            "prompt_tokens": prompt,
-            "cached_tokens": usage.get("cached_tokens"),
-            "recalled": len(ex.reasoning.used) if ex.reasoning else 0,
-            "interrupted": ex.interrupted,
-            "turns_left_out": self.stats_trim.get("turns_left_out", 0),
-            "session": ex.user_turn.session_id,
-            "time": prompt_time(ex.user_turn.occurred),
-        }
-        self.totals["answers"] += 1
-        self.totals["tokens"] += tokens or 0
-        self.totals["seconds"] += end - start
+    @staticmethod
+    def _say(notices: list[str]) -> None:
+        for notice in notices:
+            err.print(notice)
+        notices.clear()
 
     def _print_stats(self) -> None:
         st = self.stats
-        if not st:
+        if st is None:
             out.print("  no answer yet")
             return
-        speed = f" ({st['tokens_per_s']} tokens/s)" if st["tokens_per_s"] else ""
-        cut = " [yellow](stopped)[/yellow]" if st["interrupted"] else ""
-        out.print(f"  last answer: {st['answer_tokens']} tokens in {st['seconds']} s{speed}, "
-                  f"first token after {st['first_token_s']} s{cut}")
-        if st["context_used"] is not None:
-            pct = 100 * st["context_used"] / max(1, st["context"])
-            cached = f" ({st['cached_tokens']} reused from the cache)" if st.get("cached_tokens") else ""
-            out.print(f"  context: {st['context_used']} of {st['context']} tokens used ({pct:.0f}%): "
-                      f"prompt {st['prompt_tokens']}{cached}, answer {st['answer_tokens']}")
+        speed = f" ({st.tokens_per_s} tokens/s)" if st.tokens_per_s else ""
+        cut = " [yellow](stopped)[/yellow]" if st.interrupted else ""
+        out.print(f"  last answer: {st.answer_tokens} tokens in {st.seconds} s{speed}, "
+                  f"first token after {st.first_token_s} s{cut}")
+        if st.context_used is not None:
+            pct = 100 * st.context_used / max(1, st.context)
+            cached = f" ({st.cached_tokens} reused from the cache)" if st.cached_tokens else ""
+            out.print(f"  context: {st.context_used} of {st.context} tokens used ({pct:.0f}%): "
+                      f"prompt {st.prompt_tokens}{cached}, answer {st.answer_tokens}")
         else:
-            out.print(f"  context: {st['context']} tokens")
-        out.print(f"  memories recalled into the prompt: {st.get('recalled', 0)}")
-        if st["turns_left_out"]:
-            out.print(f"  left out of the prompt: {st['turns_left_out']} older turns (still in memory)")
-        dropped = self.env.store().records.get_meta("learning_dropped") or 0
-        pending = len(self.updates.pending()) if self.updates is not None else 0
-        out.print(f"  learning: {count(pending, 'update')} pending; {count(int(dropped), 'statement')} not supported "
+            out.print(f"  context: {st.context} tokens")
+        out.print(f"  memories recalled into the prompt: {st.recalled}")
+        if st.turns_left_out:
+            out.print(f"  left out of the prompt: {st.turns_left_out} older turns (still in memory)")
+        pending, dropped = self.conversation.learning_status()
+        out.print(f"  learning: {count(pending, 'update')} pending; {count(dropped, 'statement')} not supported "
                   "by your own words dropped so far")
-        t = self.totals
+        t = self.conversation.totals
         out.print(f"  this chat: {t['answers']} answers, {t['tokens']} tokens, {t['seconds']:.1f} s")
-        out.print(f"  session {st['session']} · {st['time']}")
+        out.print(f"  session {st.session} · {st.time}")
 
     # -- slash commands ---------------------------------------------------------------------------
 
@@ -438,28 +363,15 @@ class ChatSession:
         return True
 
     def _remember(self, text: str) -> None:
-        from personavlm_cli.core import learning
-        from personavlm_cli.core.store import new_memory
-
-        at = self.now()
-        session, _ = self.assistant.session_for(at)
-        last = self.assistant.last_turn()
-        if last is None or last.session_id != session:
-            session = None
-        memory = new_memory("semantic", text, at, keywords=learning.keywords_of(text), session_id=session,
-                            meta={"origin": "/remember"})
-        with self.env.model_lock:
-            kept = self.updates.integrate_semantic(memory)
-            if kept.id == memory.id:
-                self.updates.update_profile(learning.profile_of(text), memory)  # "my name is ..." and the like
-        if kept.id != memory.id:
+        kept, new = self.conversation.remember(text)
+        if not new:
             err.print(f"[green]Already known[/green] ({kept.id}); merged.")
-        elif memory.meta.get("supersedes"):
-            old = memory.meta["supersedes"]
-            err.print(styled(("Remembered", "green"), f" {memory.id}; it replaces "
+        elif kept.meta.get("supersedes"):
+            old = kept.meta["supersedes"]
+            err.print(styled(("Remembered", "green"), f" {kept.id}; it replaces "
                            f"{old if isinstance(old, str) else ', '.join(old)}."))
         else:
-            err.print(f"[green]Remembered[/green] {memory.id}")
+            err.print(f"[green]Remembered[/green] {kept.id}")
 
     def _forget(self, arg: str) -> None:
 
@@ -489,7 +401,7 @@ class ChatSession:
         with self.env.model_lock:
             p = forgetting.plan(store, ids)
             with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
-                erased = forgetting.execute(store, p, "forget", self.updates)
+                erased = forgetting.execute(store, p, "forget", self.conversation.queue)
         err.print(f"[green]Forgot {count(len(erased), 'memory')}.[/green]")
 
     def _confirm(self, question: str) -> bool:
@@ -667,14 +579,3 @@ def _unquote(text: str) -> str:
     except ValueError:
         return text
     return parts[0] if len(parts) == 1 else text
-
-
-def _trim_to_tokens(model, text: str, budget: int) -> str:
-    lo, hi = 0, len(text)
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if model.count_tokens(text[:mid]) <= budget:
-            lo = mid
-        else:
-            hi = mid - 1
-    return text[:lo]

@@ -114,12 +114,7 @@ def _print_pending(records, jobs: list[dict]) -> None:
 
 
 def _open_records(env):
-    from personavlm_cli.adapters.records import RecordStore
-
-    path = env.user_dir(create=False)
-    if not (path / RecordStore.FILENAME).exists():
-        raise NotFoundError(f"user '{env.user}' has no memories yet")
-    return RecordStore(path, readonly=True)
+    return env.records(readonly=True)  # the local SQLite file, or the record database of a server store
 
 
 @app.command()
@@ -271,7 +266,7 @@ def forget(
 ):
     """Erase memories for real: text, vectors, image files, and everything derived from them."""
     from personavlm_cli.core import forgetting
-    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.core.update import UpdateQueue
 
     chosen = sum(bool(x) for x in (memory_ids, query, before, all))
     if chosen != 1:
@@ -309,12 +304,11 @@ def forget(
         if not yes:
             if not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
                 raise typer.Exit(1)
-        updates = None
-        if any(m.type == "turn" for m in p.targets + p.derived):
-            updates = UpdateStage(store, None, env.user)  # queues re-consolidation; runs at the next chat
+        # Sessions that lose turns are consolidated again: queued here, run at the next chat.
+        queue = UpdateQueue(store.records) if any(m.type == "turn" for m in p.targets + p.derived) else None
         # The vector index is rebuilt so that no copy of an erased vector is left: seconds on a big store.
         with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
-            erased = forgetting.execute(store, p, operation, updates)
+            erased = forgetting.execute(store, p, operation, queue)
         err.print(f"[green]Erased {count(len(erased), 'memory')}.[/green]")
     finally:
         env.close()

@@ -14,13 +14,13 @@ def update(user: UserOpt = None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from personavlm_cli.core.capability import choose_extractor
-    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.core.update import UpdateQueue, UpdateStage
 
     env = make_env(user)
     try:
         store = env.store(write=True)
         log_to_file(env)
-        pending = UpdateStage(store, None, env.user).pending()
+        pending = UpdateQueue(store.records).pending()
         if not pending:
             err.print("Nothing left to learn.")
             return

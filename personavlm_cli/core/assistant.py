@@ -16,11 +16,12 @@ from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, new_id
+from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import PROFILES, Context
-from personavlm_cli.core.reasoning import Reasoning, ResponseStage
+from personavlm_cli.core.reasoning import Reasoning
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
-from personavlm_cli.core.update import UpdateStage
+from personavlm_cli.core.update import UpdateQueue, UpdateStage
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Exchange:
 
 
 class Assistant:
-    def __init__(self, store: MemoryStore, model, user: str, *, profile: str = "generic",
+    def __init__(self, store: MemoryStore, model: ChatModel, user: str, *, profile: str = "generic",
                  session_gap_minutes: int = 60, recent_turns: int = 20, model_lock: ModelGate | None = None,
                  vision: bool = False, mode: str = "retrieve-first", model_search: bool = True,
                  answer_tokens: int = 512, prompt_style: str = "full"):
@@ -145,12 +146,18 @@ class Assistant:
 
     # -- storing ----------------------------------------------------------------------------------
 
-    def store_user_turn(self, text: str, at: datetime, image_paths: list[Path]) -> tuple[Exchange, str | None]:
-        """Validate and copy the images, then write the turn and its image memories in one transaction."""
+    def store_user_turn(self, text: str, at: datetime, image_paths: list[Path],
+                        session_id: str | None = None) -> tuple[Exchange, str | None]:
+        """Validate and copy the images, then write the turn and its image memories in one transaction
+        (in ``session_id`` when given, else in the session the time gap picks)."""
         from personavlm_cli.adapters.images import store_image
 
         infos = [store_image(p, self.store.images_dir) for p in image_paths]  # raises before anything is written
-        session, previous = self.session_for(at)
+        if session_id is not None:
+            last = self.last_turn()
+            session, previous = session_id, (last.session_id if last and last.session_id != session_id else None)
+        else:
+            session, previous = self.session_for(at)
         turn = new_memory("turn", text, at, role="user", session_id=session,
                           meta={"images": [i.sha256 for i in infos]} if infos else {})
         images = []
@@ -178,60 +185,38 @@ class Assistant:
 
     def respond(self, text: str, at: datetime, image_paths: list[Path] | None = None,
                 force_retrieve: bool = False, updates: UpdateStage | None = None,
-                sampling: dict | None = None, mode: str | None = None) -> tuple[Exchange, Iterator[str]]:
-        """Store the user's turn now; return it with a generator that streams the answer.
+                sampling: dict | None = None, mode: str | None = None,
+                session_id: str | None = None) -> tuple[Exchange, Iterator[str]]:
+        """One turn as a generator (``conversation.Turn`` is the explicit form the chat uses): the
+        user's turn is stored now; the generator streams the answer and ends the turn when it ends,
+        or as interrupted when the consumer stops it early or an error cuts it."""
+        from personavlm_cli.core.conversation import begin
 
-        The generator stores the assistant's turn when it ends, including when the consumer stops
-        it early (Ctrl-C): the partial answer is kept and marked as interrupted. Then it learns from
-        the message by rules (milliseconds, no model) and queues the model's part of the update.
-        """
-        ex, ctx = self.prepare(text, at, image_paths, updates)
-        mode = "force" if force_retrieve else (mode or self.mode)
-        stage = ResponseStage(self.model, self.profile, self._recall, self._expand,
-                              model_search=self.model_search and self.profile.style == "full")
-        self.last = ex
-        ex.reasoning = Reasoning()
-        sampling = dict(sampling or {})
+        learn = updates is not None and updates.enabled
+        turn = begin(self, text, at, list(image_paths or []), queue=updates.queue if updates is not None else None,
+                     learner=updates.learner if learn else None, sampling=sampling,
+                     mode="force" if force_retrieve else mode, session_id=session_id)
 
         def stream() -> Iterator[str]:
-            pieces: list[str] = []
             try:
-                with self.model_lock:
-                    for piece in stage.respond(ctx, ex.reasoning, mode=mode, **sampling):
-                        yield piece
-                        # Kept once the consumer asks for the next piece, i.e. once it has shown this
-                        # one: a Ctrl-C while it is shown keeps no more than the user saw.
-                        pieces.append(piece)
+                yield from turn
             except (KeyboardInterrupt, GeneratorExit, PersonaError):
-                ex.interrupted = True  # the partial answer is kept, and marked
+                turn.interrupt()
                 raise
             finally:
-                ex.prompt = self.profile.answer_messages(ctx, ex.reasoning.used)
-                ex.answer = "".join(pieces).strip()
-                assistant = self.store_assistant_turn(ex, at) if ex.answer or ex.interrupted else None
-                # The message's own vectors are written after the answer: this answer's recall leaves the
-                # message out anyway, and its text vector is the query's, cached by the encoder. A kill
-                # before this point leaves them unembedded; the next start embeds them.
-                with self.model_lock:
-                    self.store.embed([ex.user_turn, *ex.images, *([assistant] if assistant else [])])
-                if updates is not None:
-                    if updates.enabled:
-                        updates.learn_turn(ex.user_turn)
-                    if assistant is not None:
-                        updates.enqueue_turn(ex.user_turn, assistant)
-                self.personality_override = None  # an override holds for the next answer only
+                turn.finish()  # a no-op once interrupted
 
-        return ex, stream()
+        return turn.exchange, stream()
 
     def prepare(self, text: str, at: datetime, image_paths: list[Path] | None = None,
-                updates: UpdateStage | None = None) -> tuple[Exchange, Context]:
+                queue: UpdateQueue | None = None, session_id: str | None = None) -> tuple[Exchange, Context]:
         """Everything before the model runs: store the user's turn (and its images), then gather the
         context for the answer and fit it to the model's context window."""
         image_paths = [Path(p) for p in image_paths or []]
         recent = self.recent(at)
-        ex, previous_session = self.store_user_turn(text, at, image_paths)
-        if previous_session and updates is not None:
-            updates.enqueue_session(previous_session)
+        ex, previous_session = self.store_user_turn(text, at, image_paths, session_id=session_id)
+        if previous_session and queue is not None:
+            queue.enqueue_session(previous_session)
         stored = [self.store.images_dir / m.meta["path"] for m in ex.images]
         ctx = self.context(text, at, stored, recent, {ex.user_turn.id, *(m.id for m in ex.images)},
                            session_id=ex.user_turn.session_id)
@@ -239,10 +224,10 @@ class Assistant:
             ex.turns_left_out = self.fit(ctx)
         return ex, ctx
 
-    def _recall(self, query: Query, k: int):
+    def recall(self, query: Query, k: int):
         return recall(self.store, query, k=k)
 
-    def _expand(self, found: list[Memory]) -> list[Memory]:
+    def expand(self, found: list[Memory]) -> list[Memory]:
         """Episodes expand to their source turns; images bring the turn they came with."""
         out: list[Memory] = []
         for m in found:
@@ -254,6 +239,10 @@ class Assistant:
             else:
                 out.append(m)
         return list({m.id: m for m in out}.values())
+
+    # The evals' names from before the chat turn moved to core/conversation.py (removed with them).
+    _recall = recall
+    _expand = expand
 
 
 def parse_at(value: str | None) -> datetime:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from personavlm_cli.core.memory import Memory
 from personavlm_cli.core.store import MemoryStore
+from personavlm_cli.core.update import UpdateQueue
 
 
 @dataclass
@@ -41,7 +42,7 @@ def plan(store: MemoryStore, ids: list[str]) -> ForgetPlan:
     return ForgetPlan(targets, list(derived.values()))
 
 
-def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> list[str]:
+def execute(store: MemoryStore, p: ForgetPlan, operation: str, queue: UpdateQueue | None = None) -> list[str]:
     records = store.records
     ids = set(p.ids)
     sessions = {m.session_id for m in p.targets + p.derived if m.type == "turn" and m.session_id}
@@ -68,10 +69,10 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, updates=None) -> 
     erased = store.erase(p.ids, operation, before_commit=revive_and_reopen)
     if relink:  # their vectors' "current" flag may have changed (a kill here: the next start embeds them)
         store.embed([m for m, _ in relink])
-    if updates is not None:
+    if queue is not None:
         for session in sorted(sessions):
             if records.list(types=["turn"], session_id=session, limit=1):
-                updates.enqueue_session(session)
+                queue.enqueue_session(session)
     return erased
 
 

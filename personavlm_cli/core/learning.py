@@ -99,7 +99,7 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     ("age", re.compile(r"\bi turned\s+(\d{1,3})\b", re.I)),
     ("occupation", re.compile(rf"\bi (?:work|am working) as\s+{_ROLE}", re.I)),
     ("occupation", re.compile(rf"\bmy (?:job|profession|occupation) is\s+{_ROLE}", re.I)),
-    ("occupation", re.compile(rf"\bi(?:'m| am) an?\s+([a-z][a-z-]+(?:\s+[a-z][a-z-]+)?)\s+by (?:profession|trade)", re.I)),
+    ("occupation", re.compile(r"\bi(?:'m| am) an?\s+([a-z][a-z-]+(?:\s+[a-z][a-z-]+)?)\s+by (?:profession|trade)", re.I)),
     ("occupation", re.compile(rf"\bi(?:'m| am|’m) an?\s+((?:[a-z-]+\s+){{0,2}}[a-z-]+{_JOB_ENDINGS})\b", re.I)),
     ("location", re.compile(rf"\bi (?:live|am living|now live|moved) (?:in|to)\s+{_PLACE}", re.I)),
     ("location", re.compile(rf"\bi(?:'m| am) based in\s+{_PLACE}", re.I)),

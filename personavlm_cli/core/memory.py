@@ -11,9 +11,10 @@ and says when it stopped being true (``valid_to``) and what replaced it (``super
 from __future__ import annotations
 
 import secrets
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import datetime
+from typing import Any, Callable
 
 from personavlm_cli.core.errors import PersonaError
 
@@ -39,8 +40,14 @@ def type_of_id(memory_id: str) -> str | None:
 TIME_FORMAT = "%Y-%m-%d %H:%M"
 
 
+# The product's clock: whoever runs a command in-process (cli.terminal.Terminal.activate, the tests) may set
+# another for its context, a function that returns an aware datetime.
+CLOCK: ContextVar[Callable[[], datetime] | None] = ContextVar("personavlm_clock", default=None)
+
+
 def now() -> datetime:
-    return datetime.now().astimezone().replace(microsecond=0)
+    clock = CLOCK.get()
+    return (clock() if clock is not None else datetime.now().astimezone()).replace(microsecond=0)
 
 
 # Times the clock arithmetic (session gaps, time windows, timestamps) can use on every platform.
@@ -87,9 +94,6 @@ def prompt_time(value: datetime) -> str:
     """The paper's surface form: "YYYY-MM-DD HH:MM (Weekday)"."""
     return f"{value.strftime(TIME_FORMAT)} ({value.strftime('%A')})"
 
-
-def session_gap(minutes: int) -> timedelta:
-    return timedelta(minutes=minutes)
 
 
 # --- records ----------------------------------------------------------------------------------

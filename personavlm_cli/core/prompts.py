@@ -12,14 +12,13 @@ Memories are always rendered as quoted data, never as instructions: a stored mem
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 from personavlm_cli.core import personality as pem
-from personavlm_cli.core.memory import Memory, from_iso, parse_time, prompt_time
+from personavlm_cli.core.memory import Memory, parse_time, prompt_time
 
 MAX_RETRIEVALS = 3
 SEARCH_MARK = "SEARCH:"  # a generic-profile reply that opens with this asks for another recall
@@ -93,7 +92,7 @@ def render_memory(m: Memory) -> str:
     return f"[{when}] {m.type.capitalize()} memory:\n{quote(m.text)}"
 
 
-def parse_window(value: str | None, now: datetime) -> datetime | None:
+def parse_window(value: str | None) -> datetime | None:
     if not value or value.strip().lower() in ("null", "none", ""):
         return None
     try:
@@ -229,8 +228,8 @@ class GenericProfile:
         except PersonaError:
             # A model that cannot produce the step protocol falls back to answering, never to nothing.
             return Step("answer", think="(no valid step; answering)")
-        start, end = clean_window(parse_window(out.get("start_time"), ctx.now),
-                                  parse_window(out.get("end_time"), ctx.now))
+        start, end = clean_window(parse_window(out.get("start_time")),
+                                  parse_window(out.get("end_time")))
         return Step(out["action"], think=out.get("think", ""), keywords=out.get("keywords", "").strip(),
                     start_time=start, end_time=end)
 
@@ -260,7 +259,7 @@ def parse_tagged(text: str, now: datetime) -> Step:
     think = tags.get("think", "")
     if "retrieve" in tags:
         kv = dict(_KV.findall(tags["retrieve"]))
-        start, end = clean_window(parse_window(kv.get("start_time"), now), parse_window(kv.get("end_time"), now))
+        start, end = clean_window(parse_window(kv.get("start_time")), parse_window(kv.get("end_time")))
         return Step("retrieve", think=think, keywords=kv.get("keywords", "").strip(), start_time=start, end_time=end)
     if "answer" in tags and tags["answer"]:
         return Step("answer", think=think, answer=tags["answer"])

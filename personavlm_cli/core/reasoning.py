@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 
 from personavlm_cli.core import timewords
 from personavlm_cli.core.memory import Memory
+from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, Step
 from personavlm_cli.core.recall import Hit, Query
 
@@ -46,7 +47,7 @@ class Reasoning:
 
 
 class ResponseStage:
-    def __init__(self, model, profile, recall: Callable[[Query, int], list[Hit]],
+    def __init__(self, model: ChatModel, profile, recall: Callable[[Query, int], list[Hit]],
                  expand: Callable[[list[Memory]], list[Memory]], per_step: int = 8, model_search: bool = True):
         """``recall(query, k)`` searches memory; ``expand`` turns episodes into their source turns."""
         self.model = model

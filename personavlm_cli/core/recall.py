@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from personavlm_cli.core.memory import TYPES, Memory
 from personavlm_cli.core.store import IMAGES, TEXT, MemoryStore
+from personavlm_cli.core.timewords import MONTHS
 
 # Convex-combination weights of the signals (each normalised by its best score). ``context`` is
 # the share of the neighbours' lexical score carried over (1.0 = NEIGHBOURS as they are).
@@ -55,8 +56,6 @@ would you your yours yourself yourselves s t d ll m re ve
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 
-_MONTHS = ("january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
-           "november", "december")
 _MONTH = (r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
           r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
 _DATE_PATTERNS = (
@@ -95,15 +94,16 @@ class Hit:
     signals: dict[str, dict] = field(default_factory=dict)  # signal -> {"rank": r, "score": s}
 
 
-def content_words(text: str) -> list[str]:
-    """The words of ``text`` that say what it is about (lower-cased, no stop or question words)."""
+def query_terms(text: str) -> list[str]:
+    """The words a search for ``text`` looks for, in order (lower-cased, no stop or question words).
+    (``learning.content_words`` is the other word rule: the words that carry a statement's facts.)"""
     words = [w.lower() for w in _WORD.findall(text)]
     return [w for w in dict.fromkeys(words) if w not in STOP_WORDS and (len(w) > 1 or w.isdigit())]
 
 
 def lexical_query(text: str) -> str:
     """The BM25 query: the content words, or every word when the text has no content word."""
-    words = content_words(text)
+    words = query_terms(text)
     return " ".join(words) if words else text
 
 
@@ -185,7 +185,7 @@ def query_dates(text: str) -> list[tuple[int | None, int, int | None]]:
             if month_text.isdigit():
                 month = int(month_text)
             else:
-                month = next(i for i, name in enumerate(_MONTHS, start=1) if name.startswith(month_text.lower()[:3]))
+                month = next(i for i, name in enumerate(MONTHS, start=1) if name.startswith(month_text.lower()[:3]))
             year = int(m.group(yi)) if yi else None
             day = int(m.group(di)) if di else None
             if not 1 <= month <= 12 or (day is not None and not 1 <= day <= 31):

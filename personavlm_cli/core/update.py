@@ -20,6 +20,7 @@ from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory
+from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
 
@@ -116,115 +117,55 @@ EXTRACTORS = ("auto", "rules", "model")
 Interrupted = ModelInterrupted  # a background model call was stopped: the job stays queued
 
 
-class UpdateStage:
-    """Runs queued update jobs against one store with one model.
+class UpdateQueue:
+    """The durable queue of update work, in the record store: a ``turn`` job per answered message, a
+    ``session`` job per finished session. Enqueueing is idempotent where it matters (one pending
+    consolidation per session) and needs no model: the chat, `memory edit` and forgetting only queue;
+    the worker (``UpdateStage``) runs the jobs, now in the background or later."""
 
-    ``extractor`` says who decides what is learnt: ``rules`` (the user's own sentences, chosen by
-    ``core/learning.py``; the default for small models) or ``model`` (the paper's generative prompts,
-    for a capable model). Either way every learnt text must pass ``learning.supported`` against the
-    user's own turns it cites, or it is dropped and counted (meta ``learning_dropped``).
-    """
+    KINDS = ("turn", "session")
 
-    def __init__(self, store: MemoryStore, model, user: str, model_lock: ModelGate | None = None,
-                 enabled: bool = True, extractor: str = "rules"):
-        self.store = store
-        self.model = model
-        self.user = user
-        self.model_lock = model_lock or ModelGate()
-        self.enabled = enabled
-        self.extractor = extractor if extractor in ("rules", "model") else "rules"
-
-    # -- queueing ---------------------------------------------------------------------------------
+    def __init__(self, records):
+        self.records = records
 
     def enqueue_turn(self, user_turn: Memory, assistant_turn: Memory | None) -> None:
-        self.store.records.add_job("turn", {"user": user_turn.id,
-                                            "assistant": assistant_turn.id if assistant_turn else None})
+        self.records.add_job("turn", {"user": user_turn.id,
+                                      "assistant": assistant_turn.id if assistant_turn else None})
 
     def enqueue_session(self, session_id: str) -> None:
-        if not any(j["payload"].get("session") == session_id for j in self.store.records.jobs(["session"])):
-            self.store.records.add_job("session", {"session": session_id})
+        if not any(j["payload"].get("session") == session_id for j in self.records.jobs(["session"])):
+            self.records.add_job("session", {"session": session_id})
 
     def enqueue_unconsolidated(self, except_session: str | None = None) -> None:
         """Sessions with turns that no consolidation has seen yet (a kill before exit, say)."""
-        done = self.store.records.get_meta("consolidated", {}) or {}
-        for session, n in self.store.records.turn_counts().items():
+        done = self.records.get_meta("consolidated", {}) or {}
+        for session, n in self.records.turn_counts().items():
             if session != except_session and done.get(session) != n:
                 self.enqueue_session(session)
 
     def pending(self) -> list[dict]:
-        return [j for j in self.store.records.jobs() if j["kind"] in ("turn", "session")]
+        return [j for j in self.records.jobs() if j["kind"] in self.KINDS]
 
-    # -- running ----------------------------------------------------------------------------------
 
-    def run_pending(self, stop: threading.Event | None = None, progress: Callable[[int, int], None] | None = None) -> int:
-        jobs = self.pending()
-        done = 0
-        for job in jobs:
-            if stop is not None and stop.is_set():
-                break
-            if not self.run_job(job):
-                break  # interrupted: the job stays queued and runs again later
-            done += 1
-            if progress:
-                progress(done, len(jobs))
-        return done
+class Learner:
+    """Learning that needs no model: the user's own statements and profile values, written with
+    merging of near-duplicates and supersession of what a change names. Runs in the chat turn right
+    after the answer (milliseconds) and again, idempotently, in the queued turn job."""
 
-    def run_job(self, job: dict) -> bool:
-        """Run one job; False when it was interrupted (it stays queued)."""
-        try:
-            # The whole job holds the gate in background mode: an answer or a /forget never meets a
-            # half-done job, and an answer that arrives stops the job's model call (core/gate.py).
-            gate = self.model_lock.background() if hasattr(self.model_lock, "background") else self.model_lock
-            with gate:
-                self.store.records.job_attempted(job["id"])
-                if self.enabled:
-                    if job["kind"] == "turn":
-                        self.turn(job["payload"])
-                    elif job["kind"] == "session":
-                        self.session(job["payload"]["session"])
-        except Interrupted:
-            return False
-        except PersonaError as exc:
-            log.warning("update job %s skipped: %s", job["id"], exc)
-        self.store.records.finish_job(job["id"])
-        return True
+    def __init__(self, store: MemoryStore):
+        self.store = store
 
-    def _ask(self, messages, schema, max_tokens=200) -> dict | None:
-        try:
-            # Background use: an answer the user is waiting for goes first.
-            gate = self.model_lock.background() if hasattr(self.model_lock, "background") else self.model_lock
-            with gate:
-                return self.model.complete_json(messages, schema, max_tokens=max_tokens, retries=1)
-        except Interrupted:
-            raise
-        except PersonaError as exc:
-            log.warning("model gave no valid answer (%s); skipped", exc)
-            return None
-
-    def _dropped(self, what: str, text: str) -> None:
+    def dropped(self, what: str, text: str) -> None:
         records = self.store.records
         records.set_meta("learning_dropped", int(records.get_meta("learning_dropped") or 0) + 1)
         # The log never holds memory text: forgetting could not reach it there.
         log.info("a learnt %s was not supported by the user's own words (%d words); dropped", what,
                  len(text.split()))
 
-    # -- per turn ---------------------------------------------------------------------------------
-
-    def turn(self, payload: dict) -> None:
-        user_turn = self.store.records.get(payload["user"])
-        if user_turn is None:  # forgotten meanwhile
-            return
-        assistant = self.store.records.get(payload["assistant"]) if payload.get("assistant") else None
-        self.learn_turn(user_turn)  # idempotent: usually done already, right after the answer
-        self.update_personality(user_turn, assistant)
-        if self.extractor == "model":
-            self.extract_semantic(user_turn, assistant)
-
     def learn_turn(self, user_turn: Memory) -> list[Memory]:
         """Learn from one user message by rules: its statements about the user, and profile values.
 
-        Cheap (no model): the chat runs it right after the answer; the queued turn job runs it again
-        after a kill, and ids derived from the turn make the second run a no-op.
+        Ids derived from the turn (and the ``learnt:`` mark) make a second run after a kill a no-op.
         """
         if user_turn.role != "user" or self.store.records.get_meta(f"learnt:{user_turn.id}"):
             return []
@@ -233,7 +174,7 @@ class UpdateStage:
         kept: list[Memory] = []
         for i, st in enumerate(learnt.statements):
             if not learning.supported(st.text, [user_turn.text]):
-                self._dropped(st.kind, st.text)
+                self.dropped(st.kind, st.text)
                 continue
             memory = new_memory(st.kind, st.text, user_turn.occurred_at, keywords=st.keywords,
                                 source_ids=[user_turn.id, *images], session_id=user_turn.session_id,
@@ -249,7 +190,7 @@ class UpdateStage:
         """Apply schema values said in ``user_turn`` to the core profile (a new version if it changes)."""
         good = {k: v for k, v in values.items() if k in learning.FIELDS and learning.supported(v, [user_turn.text])}
         for k in set(values) - set(good):
-            self._dropped(f"profile value {k}", values[k])
+            self.dropped(f"profile value {k}", values[k])
         if not good:
             return None
         current = self.store.records.list(types=["core"])
@@ -271,6 +212,137 @@ class UpdateStage:
         else:
             self.store.add([memory])
         return memory
+
+    def integrate_semantic(self, memory: Memory) -> Memory:
+        """Add a learnt statement without pile-up: merge a near-duplicate, supersede what it changes.
+
+        A statement that announces a change ("I switched from Sprite to Coke") closes every current
+        semantic or procedural memory that names what changed, whichever way each was learnt.
+        """
+        records = self.store.records
+        if records.get(memory.id) is not None:
+            return records.get(memory.id)
+        kinds = ("semantic", "procedural")
+        hits = recall(self.store, Query(text=memory.text, types=kinds), k=8)
+        for hit in hits:
+            old = hit.memory
+            similarity = hit.signals.get("dense", {}).get("score", 0.0)
+            if similarity >= NEAR_DUPLICATE and old.type == memory.type:
+                old.source_ids = list(dict.fromkeys(old.source_ids + memory.source_ids))
+                old.meta.setdefault("merged", []).append({"at": memory.occurred_at, "text": memory.text})
+                self.store.replace(old)
+                return old
+        replaced = [h.memory for h in hits if h.memory.occurred <= memory.occurred
+                    and learning.changes_what(memory.text, h.memory.text)]
+        if not replaced:
+            self.store.add([memory])
+            return memory
+        memory.meta["supersedes"] = replaced[0].id if len(replaced) == 1 else [m.id for m in replaced]
+        self.store.supersede(replaced[0], memory, at=memory.occurred_at)
+        for old in replaced[1:]:
+            with records.transaction():
+                records.supersede(old.id, memory.id, memory.occurred_at)
+            old.valid_to, old.superseded_by = memory.occurred_at, memory.id
+            self.store.embed([old])
+        return memory
+
+    def remember(self, text: str, at, session_id: str | None) -> tuple[Memory, bool]:
+        """What the user asked to remember, in their words (``/remember``): merged or superseding like
+        any learnt statement, and profile values said in it applied. (The memory kept, whether it is new.)"""
+        memory = new_memory("semantic", text, at, keywords=learning.keywords_of(text), session_id=session_id,
+                            meta={"origin": "/remember"})
+        kept = self.integrate_semantic(memory)
+        if kept.id == memory.id:
+            self.update_profile(learning.profile_of(text), memory)  # "my name is ..." and the like
+        return kept, kept.id == memory.id
+
+
+class UpdateStage:
+    """The worker: runs queued update jobs against one store with one model.
+
+    ``extractor`` says who decides what is learnt: ``rules`` (the user's own sentences, chosen by
+    ``core/learning.py``; the default for small models) or ``model`` (the paper's generative prompts,
+    for a capable model). Either way every learnt text must pass ``learning.supported`` against the
+    user's own turns it cites, or it is dropped and counted (meta ``learning_dropped``).
+    """
+
+    def __init__(self, store: MemoryStore, model: ChatModel | None, user: str, model_lock: ModelGate | None = None,
+                 enabled: bool = True, extractor: str = "rules"):
+        self.store = store
+        self.model = model
+        self.user = user
+        self.model_lock = model_lock or ModelGate()
+        self.enabled = enabled
+        self.extractor = extractor if extractor in ("rules", "model") else "rules"
+        self.queue = UpdateQueue(store.records)
+        self.learner = Learner(store)
+
+    def pending(self) -> list[dict]:
+        return self.queue.pending()
+
+    # TEMPORARY: the evals' replay still queues through the worker (moved to ``.queue`` at integration).
+    def enqueue_turn(self, user_turn: Memory, assistant_turn: Memory | None) -> None:
+        self.queue.enqueue_turn(user_turn, assistant_turn)
+
+    def enqueue_session(self, session_id: str) -> None:
+        self.queue.enqueue_session(session_id)
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def run_pending(self, stop: threading.Event | None = None, progress: Callable[[int, int], None] | None = None) -> int:
+        jobs = self.pending()
+        done = 0
+        for job in jobs:
+            if stop is not None and stop.is_set():
+                break
+            if not self.run_job(job):
+                break  # interrupted: the job stays queued and runs again later
+            done += 1
+            if progress:
+                progress(done, len(jobs))
+        return done
+
+    def run_job(self, job: dict) -> bool:
+        """Run one job; False when it was interrupted (it stays queued)."""
+        try:
+            # The whole job holds the gate in background mode: an answer or a /forget never meets a
+            # half-done job, and an answer that arrives stops the job's model call (core/gate.py).
+            with self.model_lock.background():
+                self.store.records.job_attempted(job["id"])
+                if self.enabled:
+                    if job["kind"] == "turn":
+                        self.turn(job["payload"])
+                    elif job["kind"] == "session":
+                        self.session(job["payload"]["session"])
+        except Interrupted:
+            return False
+        except PersonaError as exc:
+            log.warning("update job %s skipped: %s", job["id"], exc)
+        self.store.records.finish_job(job["id"])
+        return True
+
+    def _ask(self, messages, schema, max_tokens=200) -> dict | None:
+        try:
+            # Background use: an answer the user is waiting for goes first.
+            with self.model_lock.background():
+                return self.model.complete_json(messages, schema, max_tokens=max_tokens, retries=1)
+        except Interrupted:
+            raise
+        except PersonaError as exc:
+            log.warning("model gave no valid answer (%s); skipped", exc)
+            return None
+
+    # -- per turn ---------------------------------------------------------------------------------
+
+    def turn(self, payload: dict) -> None:
+        user_turn = self.store.records.get(payload["user"])
+        if user_turn is None:  # forgotten meanwhile
+            return
+        assistant = self.store.records.get(payload["assistant"]) if payload.get("assistant") else None
+        self.learner.learn_turn(user_turn)  # idempotent: usually done already, right after the answer
+        self.update_personality(user_turn, assistant)
+        if self.extractor == "model":
+            self.extract_semantic(user_turn, assistant)
 
     def update_personality(self, user_turn: Memory, assistant: Memory | None) -> None:
         history = self.store.records.personality_history()
@@ -317,47 +389,14 @@ class UpdateStage:
         if not out or not out["decision"] or not out["content"].strip():
             return None
         if not learning.supported(out["content"], [user_turn.text]):
-            self._dropped("semantic", out["content"])
+            self.learner.dropped("semantic", out["content"])
             return None
         sources = [user_turn.id] + [m.id for m in images]
         memory = new_memory("semantic", out["content"].strip(), user_turn.occurred_at,
                             keywords=out["keywords"].strip(), source_ids=sources, session_id=user_turn.session_id,
                             meta={"reason": out["reason"], "origin": "extracted"})
         memory.id = stable_id("semantic", user_turn.id, "model")
-        return self.integrate_semantic(memory)
-
-    def integrate_semantic(self, memory: Memory) -> Memory:
-        """Add a learnt statement without pile-up: merge a near-duplicate, supersede what it changes.
-
-        A statement that announces a change ("I switched from Sprite to Coke") closes every current
-        semantic or procedural memory that names what changed, whichever way each was learnt.
-        """
-        records = self.store.records
-        if records.get(memory.id) is not None:
-            return records.get(memory.id)
-        kinds = ("semantic", "procedural")
-        hits = recall(self.store, Query(text=memory.text, types=kinds), k=8)
-        for hit in hits:
-            old = hit.memory
-            similarity = hit.signals.get("dense", {}).get("score", 0.0)
-            if similarity >= NEAR_DUPLICATE and old.type == memory.type:
-                old.source_ids = list(dict.fromkeys(old.source_ids + memory.source_ids))
-                old.meta.setdefault("merged", []).append({"at": memory.occurred_at, "text": memory.text})
-                self.store.replace(old)
-                return old
-        replaced = [h.memory for h in hits if h.memory.occurred <= memory.occurred
-                    and learning.changes_what(memory.text, h.memory.text)]
-        if not replaced:
-            self.store.add([memory])
-            return memory
-        memory.meta["supersedes"] = replaced[0].id if len(replaced) == 1 else [m.id for m in replaced]
-        self.store.supersede(replaced[0], memory, at=memory.occurred_at)
-        for old in replaced[1:]:
-            with records.transaction():
-                records.supersede(old.id, memory.id, memory.occurred_at)
-            old.valid_to, old.superseded_by = memory.occurred_at, memory.id
-            self.store.embed([old])
-        return memory
+        return self.learner.integrate_semantic(memory)
 
     # -- per session ------------------------------------------------------------------------------
 
@@ -367,7 +406,7 @@ class UpdateStage:
             return
         for t in turns:
             if t.role == "user":
-                self.learn_turn(t)
+                self.learner.learn_turn(t)
         self.episodes(session_id, turns)
         if self.extractor == "model":
             self.procedural(turns)
@@ -400,7 +439,7 @@ class UpdateStage:
                     if t.get("summary", "").strip() and t["rounds"] and learning.supported(t["summary"], said):
                         topics.append(t)
                     elif t.get("summary", "").strip():
-                        self._dropped("episodic", t["summary"])
+                        self.learner.dropped("episodic", t["summary"])
             covered = {r for t in topics for r in t["rounds"]}
             missing = [r for r in range(1, len(window) + 1) if r not in covered]
             if missing:  # by rules: the user's own words of the rounds no topic covers
@@ -450,7 +489,7 @@ class UpdateStage:
             if not key or not text:
                 continue
             if not learning.supported(text, said):
-                self._dropped("procedural", text)
+                self.learner.dropped("procedural", text)
                 continue
             old = by_key.get(key)
             if old is not None and old.text == text:
@@ -482,9 +521,9 @@ class UpdateStage:
             key, value = fact["key"].strip().lower(), fact["value"].strip()
             source = next((t for t in reversed(said) if value and learning.supported(value, [t.text])), None)
             if key not in learning.FIELDS or source is None:
-                self._dropped(f"profile value {key}", value)
+                self.learner.dropped(f"profile value {key}", value)
                 continue
-            self.update_profile({key: value}, source)
+            self.learner.update_profile({key: value}, source)
 
 
 def _key(text: str) -> str:
@@ -552,8 +591,7 @@ class BackgroundUpdates:
         self._stop.set()
         self._wake.set()
         stage = self.stage
-        interrupt = getattr(getattr(stage, "model", None), "interrupt", None)
-        if interrupt is not None:
-            interrupt()
+        if stage is not None and stage.model is not None:
+            stage.model.interrupt()
         self._thread.join(timeout=timeout)
         return not self._thread.is_alive()

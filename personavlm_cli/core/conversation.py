@@ -1,0 +1,312 @@
+"""A chat, turn by turn: the use case the CLI drives, from the user's Enter to the queued update.
+
+``Conversation.send`` owns one turn: the message is cut to what the context allows, stored with
+its images in the right session, the context is gathered and fitted, recall and the response stage
+run, and the answer streams. The caller shows the pieces and ends the turn explicitly, with
+``finish()`` or ``interrupt()`` (Ctrl-C: the partial answer is kept, marked); only then is the
+assistant's turn stored, the turn embedded, learnt from by rules, and its model work queued. A turn
+used as a context manager is interrupted if the block raises and finished otherwise, so no path
+leaves a turn half-stored.
+
+``open()`` and ``close()`` frame a chat: the background worker that drains the queue while the
+user reads and types, and what is left for next time. Nothing here prints: the CLI words what the
+turn reports (``TurnStats``, the notices' figures).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Callable, Iterator
+
+from personavlm_cli.core.assistant import Assistant, Exchange
+from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.memory import Memory, now, prompt_time
+from personavlm_cli.core.ports import ChatModel
+from personavlm_cli.core.prompts import Context
+from personavlm_cli.core.reasoning import Reasoning, ResponseStage
+from personavlm_cli.core.update import (
+    BackgroundUpdates,
+    Learner,
+    UpdateQueue,
+    UpdateStage,
+)
+
+
+@dataclass
+class TurnStats:
+    answer_tokens: int | None
+    seconds: float
+    first_token_s: float
+    tokens_per_s: float | None
+    context_used: int | None
+    context: int
+    prompt_tokens: int | None
+    cached_tokens: int | None
+    recalled: int
+    interrupted: bool
+    turns_left_out: int
+    session: str
+    time: str
+
+
+@dataclass
+class Trimmed:
+    """The message was longer than the context allows: only its first ``kept`` tokens were sent and stored."""
+
+    tokens: int
+    kept: int
+
+
+class Turn:
+    """One message in flight. Iterate it for the answer's pieces, then ``finish()`` or ``interrupt()``."""
+
+    def __init__(self, assistant: Assistant, ex: Exchange, ctx: Context, pieces: Iterator[str], at: datetime, *,
+                 queue: UpdateQueue | None, learner: Learner | None, started: float,
+                 trimmed: Trimmed | None = None):
+        self.assistant = assistant
+        self.exchange = ex
+        self.context = ctx
+        self.trimmed = trimmed
+        self.images_unseen = bool(ex.images) and not assistant.vision
+        self._pieces = pieces
+        self._at = at
+        self._queue = queue
+        self._learner = learner
+        self._shown: list[str] = []
+        self._started = started
+        self._first: float | None = None
+        self.stats: TurnStats | None = None
+
+    @property
+    def turns_left_out(self) -> int:
+        return self.exchange.turns_left_out
+
+    @property
+    def done(self) -> bool:
+        return self.stats is not None
+
+    def __iter__(self) -> Iterator[str]:
+        for piece in self._pieces:
+            if self._first is None:
+                self._first = time.perf_counter()
+            yield piece
+            # Kept once the caller asks for the next piece, i.e. once it has shown this one: a Ctrl-C
+            # while a piece is shown keeps no more than the user saw.
+            self._shown.append(piece)
+
+    def finish(self) -> TurnStats:
+        """The answer ended (or the caller stops reading it): store it, learn, queue."""
+        return self._end(interrupted=False)
+
+    def interrupt(self) -> TurnStats:
+        """Ctrl-C or an error cut the answer: the partial answer is stored, marked as interrupted."""
+        return self._end(interrupted=True)
+
+    def __enter__(self) -> "Turn":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if not self.done:
+            self._end(interrupted=exc_type is not None)
+
+    def _end(self, interrupted: bool) -> TurnStats:
+        if self.stats is not None:
+            return self.stats
+        end = time.perf_counter()
+        self._pieces.close()  # the model stops and the gate is given back
+        a, ex = self.assistant, self.exchange
+        ex.interrupted = interrupted
+        ex.prompt = a.profile.answer_messages(self.context, ex.reasoning.used)
+        ex.answer = "".join(self._shown).strip()
+        try:
+            reply = a.store_assistant_turn(ex, self._at) if ex.answer or ex.interrupted else None
+            # The message's own vectors are written after the answer: this answer's recall leaves the
+            # message out anyway, and its text vector is the query's, cached by the encoder. A kill
+            # before this point leaves them unembedded; the next start embeds them.
+            with a.model_lock:
+                a.store.embed([ex.user_turn, *ex.images, *([reply] if reply else [])])
+            if self._learner is not None:
+                self._learner.learn_turn(ex.user_turn)
+            if self._queue is not None and reply is not None:
+                self._queue.enqueue_turn(ex.user_turn, reply)
+        finally:
+            a.personality_override = None  # an override holds for the next answer only
+            self.stats = self._stats(end)
+        return self.stats
+
+    def _stats(self, end: float) -> TurnStats:
+        model, ex = self.assistant.model, self.exchange
+        usage = dict(model.last_usage or {})
+        tokens = usage.get("completion_tokens")
+        if tokens is None and ex.answer:
+            try:
+                with self.assistant.model_lock:
+                    tokens = model.count_tokens(ex.answer)
+            except PersonaError:  # stats never break a chat
+                tokens = None
+        first = self._first or end
+        gen_s = end - first
+        prompt = usage.get("prompt_tokens")
+        return TurnStats(
+            answer_tokens=tokens, seconds=round(end - self._started, 2),
+            first_token_s=round(first - self._started, 3),
+            tokens_per_s=round(tokens / gen_s, 1) if tokens and gen_s > 0.05 else None,
+            context_used=(prompt + (tokens or 0)) if prompt is not None else None, context=model.n_ctx,
+            prompt_tokens=prompt, cached_tokens=usage.get("cached_tokens"),
+            recalled=len(ex.reasoning.used) if ex.reasoning else 0, interrupted=ex.interrupted,
+            turns_left_out=ex.turns_left_out, session=ex.user_turn.session_id,
+            time=prompt_time(ex.user_turn.occurred))
+
+
+@dataclass
+class Closing:
+    """What a chat leaves when it ends: updates still queued, and a background failure if one happened."""
+
+    pending: int
+    error: str | None = None
+
+
+@dataclass
+class Conversation:
+    """One chat with the assistant; ``learn`` False is ``--no-update`` (nothing learnt, nothing queued)."""
+
+    assistant: Assistant
+    learn: bool = True
+    extractor: str = "rules"
+    sampling: dict = field(default_factory=dict)
+    force_retrieve: bool = False
+    clock: Callable[[], datetime] = now
+    totals: dict = field(default_factory=lambda: {"answers": 0, "tokens": 0, "seconds": 0.0})
+
+    def __post_init__(self) -> None:
+        store = self.assistant.store
+        self.queue = UpdateQueue(store.records)
+        self.learner = Learner(store)
+        self.background: BackgroundUpdates | None = None
+        self._worker_model = None
+        self.last: Turn | None = None
+
+    # -- a chat's frame -----------------------------------------------------------------------------
+
+    def open(self, worker_model: ChatModel | None = None) -> None:
+        """Queue what earlier chats left unconsolidated and start the background worker on
+        ``worker_model`` (the update thread's own model context, loaded by the caller)."""
+        if not self.learn:
+            return
+        current, _ = self.assistant.session_for(self.clock())
+        self.queue.enqueue_unconsolidated(except_session=current)
+        if worker_model is None:
+            return
+        a = self.assistant
+        self._worker_model = worker_model
+        a.model_lock.on_wait.append(worker_model.interrupt)
+        self.background = BackgroundUpdates(
+            lambda: UpdateStage(a.store.fork(), worker_model, a.user, a.model_lock, extractor=self.extractor)).start()
+        self.background.poke()
+
+    def close(self, consolidate: bool) -> Closing:
+        """End the chat at once, whatever learning is pending: the queue is durable, and the next
+        chat's worker (or `memory update`) finishes it."""
+        error = None
+        stopped = True
+        if self.background is not None:
+            stopped = self.background.stop()
+            if self.background.error is not None:
+                error = f"{type(self.background.error).__name__}: {self.background.error}"
+            self.background = None
+        if self._worker_model is not None and self._worker_model is not self.assistant.model and stopped:
+            self._worker_model.close()
+        self._worker_model = None
+        if not self.learn:
+            return Closing(0, error)
+        if consolidate:
+            last = self.assistant.last_turn()
+            if last is not None:
+                self.queue.enqueue_session(last.session_id)
+        return Closing(len(self.queue.pending()), error)
+
+    def learning_status(self) -> tuple[int, int]:
+        """(updates pending, learnt statements dropped so far for want of the user's own words)."""
+        records = self.assistant.store.records
+        return len(self.queue.pending()), int(records.get_meta("learning_dropped") or 0)
+
+    # -- a turn -------------------------------------------------------------------------------------
+
+    def send(self, text: str, images: list[Path] | None = None, at: datetime | None = None,
+             session_id: str | None = None) -> Turn:
+        """Start one turn: the user's message (and images) is stored before this returns; iterate the
+        turn for the answer and end it with ``finish()`` or ``interrupt()``. ``session_id`` puts the
+        turn in a given session (a replayed conversation) instead of the one the time gap picks."""
+        started = time.perf_counter()
+        a = self.assistant
+        at = at or self.clock()
+        text, trimmed = self._fit_message(text)
+        turn = begin(a, text, at, images or [], queue=self.queue if self.learn else None,
+                     learner=self.learner if self.learn else None, sampling=self.sampling,
+                     mode="force" if self.force_retrieve else None, session_id=session_id, started=started)
+        turn.trimmed = trimmed
+        self.last = turn
+        return turn
+
+    def ended(self, turn: Turn) -> None:
+        """Count a finished turn into the chat's totals and let the worker go on."""
+        st = turn.stats
+        if st is not None:
+            self.totals["answers"] += 1
+            self.totals["tokens"] += st.answer_tokens or 0
+            self.totals["seconds"] += st.seconds
+        if self.background is not None:
+            self.background.poke()
+
+    def _fit_message(self, text: str) -> tuple[str, Trimmed | None]:
+        """A message longer than half the context is cut to its first tokens (what is stored is what was sent)."""
+        model = self.assistant.model
+        budget = max(256, model.n_ctx // 2)
+        with self.assistant.model_lock:  # the update thread may be using the model
+            n = model.count_tokens(text)
+            if n <= budget:
+                return text, None
+            lo, hi = 0, len(text)
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if model.count_tokens(text[:mid]) <= budget:
+                    lo = mid
+                else:
+                    hi = mid - 1
+        return text[:lo], Trimmed(n, budget)
+
+    def remember(self, text: str) -> tuple[Memory, bool]:
+        """``/remember``: the text as a memory of this session (if one is open), merged or superseding;
+        (the memory kept, whether it is new)."""
+        a = self.assistant
+        at = self.clock()
+        session, _ = a.session_for(at)
+        last = a.last_turn()
+        if last is None or last.session_id != session:
+            session = None
+        with a.model_lock:
+            return self.learner.remember(text, at, session)
+
+
+def begin(assistant: Assistant, text: str, at: datetime, images: list[Path], *, queue: UpdateQueue | None,
+          learner: Learner | None, sampling: dict | None = None, mode: str | None = None,
+          session_id: str | None = None, started: float | None = None) -> Turn:
+    """Store the user's turn, gather and fit the context, and start the response stage (lazily: the
+    model runs when the turn is iterated)."""
+    started = time.perf_counter() if started is None else started
+    a = assistant
+    ex, ctx = a.prepare(text, at, images, queue=queue, session_id=session_id)
+    stage = ResponseStage(a.model, a.profile, a.recall, a.expand,
+                          model_search=a.model_search and a.profile.style == "full")
+    a.last = ex
+    ex.reasoning = Reasoning()
+    mode = mode or a.mode
+
+    def pieces() -> Iterator[str]:
+        with a.model_lock:
+            yield from stage.respond(ctx, ex.reasoning, mode=mode, **dict(sampling or {}))
+
+    return Turn(a, ex, ctx, pieces(), at, queue=queue, learner=learner, started=started)
