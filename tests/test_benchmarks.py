@@ -18,8 +18,12 @@ import typer
 from typer.testing import CliRunner
 
 from personavlm_cli.cli import eval_persona
-from personavlm_cli.core import benchmarks as bm
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.evals import persona_mme as mme
+from personavlm_cli.evals import personamem as pm
+from personavlm_cli.evals import replay as rp
+from personavlm_cli.evals import scoring
+from personavlm_cli.evals import workspace as ws
 from tests.imagegen import picture
 
 # --- synthetic data in the published layouts ---------------------------------------------------------
@@ -39,7 +43,7 @@ def _user(root: Path, bucket: str, user: str, data: dict, images: list[str]) -> 
 
 
 def _q(bucket, user, qtype, query, choices, answer, alignment=None, time="2024-09-23 20:08"):
-    aspect = next(t for t, q in bm.MME_TASKS.values() if q == qtype)
+    aspect = next(t for t, q in mme.MME_TASKS.values() if q == qtype)
     rec = {"data_path": f"./data/Persona-MME/samples/{bucket}/{user}/user_data.json", "type": aspect,
            "question_type": qtype, "time": time, "query": query,
            "choices": {f"({k})": v for k, v in zip("abcd", choices)}, "answer": answer}
@@ -142,6 +146,7 @@ class ScriptedModel:
     n_ctx = 8192
 
     def __init__(self, answer: str = "(b)"):
+        self.last_usage: dict[str, int] = {}
         self.answer = answer
         self.prompts: list[list[dict]] = []
         self.json_calls = 0
@@ -160,11 +165,11 @@ class ScriptedModel:
         return len(text.split())
 
 
-def _settings(model, **kw) -> bm.RunSettings:
+def _settings(model, **kw) -> rp.RunSettings:
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.core.config import Settings
 
-    return bm.RunSettings(model_factory=lambda: model, text_encoder=TextEncoder(),
+    return rp.RunSettings(model_factory=lambda: model, text_encoder=TextEncoder(),
                           image_encoder=eval_persona._image_encoder_factory(Settings.load()), **kw)
 
 
@@ -191,71 +196,78 @@ def _jsonl(path: Path) -> list[dict]:
 CHOICES = {"(a)": "Sketching.", "(b)": "Painting.", "(c)": "A mix of both.", "(d)": "I don't know."}
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("text", [
     "(b)", "b)", "B", "b", "b.", " (B). ", "**(b)**", "Answer: b", "answer: (b)", "The answer is (b)",
     "the answer is (b).", "My final answer is (b)", "Final answer: B", "Answer:\n(b)", "(b) Painting.",
     "(b). Painting", "b) painting", "Answer: (b) Painting.", "Painting.", "painting", "\"Painting\"",
 ])
 def test_parser_accepts_the_plain_forms(text):
-    assert bm.parse_choice(text, CHOICES) == "b"
+    assert scoring.parse_choice(text, CHOICES) == "b"
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("text", [
     "", "   ", "(e)", "e", "I think (b)", "(b) or (c)", "(b) Sketching.", "The user likes painting, so (b).",
     "Your choice is (d).", "b because you said so", "Option B is painting", "Painting, definitely.",
     "(b)\nBut maybe (c).", "The answer is b and c", "bb",
 ])
 def test_parser_rejects_everything_else(text):
-    assert bm.parse_choice(text, CHOICES) is None
+    assert scoring.parse_choice(text, CHOICES) is None
 
 
+@pytest.mark.fast
 def test_option_text_wins_over_a_leading_article_and_two_option_items_only_know_two_letters():
-    assert bm.parse_choice("A mix of both.", CHOICES) == "c"  # not the letter a
-    assert bm.parse_choice("I don't know", CHOICES) == "d"
-    assert bm.parse_choice("(a) Yes, it aligns well.", bm.ALIGNMENT_OPTIONS) == "a"
-    assert bm.parse_choice("No, it misaligns", bm.ALIGNMENT_OPTIONS) == "b"
-    assert bm.parse_choice("(c)", bm.ALIGNMENT_OPTIONS) is None
+    assert scoring.parse_choice("A mix of both.", CHOICES) == "c"  # not the letter a
+    assert scoring.parse_choice("I don't know", CHOICES) == "d"
+    assert scoring.parse_choice("(a) Yes, it aligns well.", mme.ALIGNMENT_OPTIONS) == "a"
+    assert scoring.parse_choice("No, it misaligns", mme.ALIGNMENT_OPTIONS) == "b"
+    assert scoring.parse_choice("(c)", mme.ALIGNMENT_OPTIONS) is None
 
 
+@pytest.mark.fast
 def test_reference_parser_is_the_first_parenthesis_rule():
-    assert bm.reference_choice("Your choice is (d).") == "d"
-    assert bm.reference_choice("(as in a) sketch") == "a"  # why it is not the one scored
-    assert bm.reference_choice("no parenthesis") is None
+    assert scoring.reference_choice("Your choice is (d).") == "d"
+    assert scoring.reference_choice("(as in a) sketch") == "a"  # why it is not the one scored
+    assert scoring.reference_choice("no parenthesis") is None
 
 
+@pytest.mark.fast
 def test_question_text_is_the_reference_format():
-    text = bm.format_question("Which one?", {"(a)": "x", "(b)": "y"})
+    text = scoring.format_question("Which one?", {"(a)": "x", "(b)": "y"})
     assert text == "Which one?\nOptions:\n(a). x\n(b). y\nPlease give your final answer (a), (b), (c) or (d)."
-    assert "Response to Evaluate:\n\"fine\"" in bm.alignment_question("Q?", "fine")
+    assert "Response to Evaluate:\n\"fine\"" in mme.alignment_question("Q?", "fine")
 
 
 # --- loading the published layouts ------------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_persona_mme_layout_contexts_tasks_and_keys(tmp_path):
     root = persona_mme(tmp_path / "mme")
-    qs = bm.load_persona_mme(root, "32k")
+    qs = mme.load_persona_mme(root, "32k")
     assert [(q.bucket, q.user, q.task) for q in qs] == [("50", "0", "VDR"), ("50", "0", "LPR"), ("50", "1", "BPR")]
     assert qs[0].user_dir == root / "samples" / "50" / "0"  # resolved by the samples/ suffix
-    assert [q.task for q in bm.load_persona_mme(root, "128k")] == ["GNS"]
-    assert len(bm.load_persona_mme(root, "all")) == 4
-    items = qs[0].items(bm.mme_tasks(None))
+    assert [q.task for q in mme.load_persona_mme(root, "128k")] == ["GNS"]
+    assert len(mme.load_persona_mme(root, "all")) == 4
+    items = qs[0].items(mme.mme_tasks(None))
     assert [(i["kind"], i["answer"]) for i in items] == [("mcq", "b"), ("alignment", "a"), ("alignment", "b")]
-    assert [q.task for q in bm.load_persona_mme(root, "32k", bm.mme_tasks("lpr,Behavioral Pattern Recognition"))] \
+    assert [q.task for q in mme.load_persona_mme(root, "32k", mme.mme_tasks("lpr,Behavioral Pattern Recognition"))] \
         == ["LPR", "BPR"]
-    only_pa = bm.load_persona_mme(root, "32k", ["PA"])
+    only_pa = mme.load_persona_mme(root, "32k", ["PA"])
     assert [len(q.items(["PA"])) for q in only_pa] == [2]
-    assert [q.key for q in bm.load_persona_mme(root, "32k")] == [q.key for q in qs]  # stable for resuming
+    assert [q.key for q in mme.load_persona_mme(root, "32k")] == [q.key for q in qs]  # stable for resuming
     with pytest.raises(PersonaError, match="unknown Persona-MME task"):
-        bm.mme_tasks("VDR,XYZ")
+        mme.mme_tasks("VDR,XYZ")
     (tmp_path / "empty").mkdir()
     with pytest.raises(PersonaError, match="no Persona-MME.json"):
-        bm.load_persona_mme(tmp_path / "empty", "32k")
+        mme.load_persona_mme(tmp_path / "empty", "32k")
 
 
+@pytest.mark.fast
 def test_persona_mme_user_images_follow_the_img_tags(tmp_path):
     root = persona_mme(tmp_path / "mme")
-    user = bm.load_mme_user(root / "samples" / "50" / "0")
+    user = mme.load_mme_user(root / "samples" / "50" / "0")
     turns = [t for s in user.sessions for t in s]
     assert [len(s) for s in user.sessions] == [2, 2]
     assert [[p.name for p in t.images] for t in turns] == [[], ["suitcase.png"], [], ["mural.png"]]
@@ -263,57 +275,60 @@ def test_persona_mme_user_images_follow_the_img_tags(tmp_path):
     assert turns[2].at.strftime("%Y-%m-%d %H:%M") == "2024-09-20 18:30"  # "(Friday)" dropped
     (root / "samples" / "50" / "0" / "mural.png").unlink()
     with pytest.raises(PersonaError, match="mural.png is not in"):
-        bm.load_mme_user(root / "samples" / "50" / "0")
+        mme.load_mme_user(root / "samples" / "50" / "0")
 
 
+@pytest.mark.fast
 def test_personamem_layout_options_and_timeline(tmp_path):
     root = personamem(tmp_path / "pm")
-    qs = bm.load_personamem(root, "32k")
+    qs = pm.load_personamem(root, "32k")
     assert [q.key for q in qs] == ["q-facts", "q-latest", "q-new"]
     assert qs[0].choices["(b)"] == "A community music therapy workshop." and qs[0].answer == "b"
-    assert [q.key for q in bm.load_personamem(root, "32k", ["suggest_new_ideas"])] == ["q-new"]
+    assert [q.key for q in pm.load_personamem(root, "32k", ["suggest_new_ideas"])] == ["q-new"]
     with pytest.raises(PersonaError, match="no question of type"):
-        bm.load_personamem(root, "32k", ["nope"])
+        pm.load_personamem(root, "32k", ["nope"])
     with pytest.raises(PersonaError, match="questions_128k.csv"):
-        bm.load_personamem(root, "128k")
-    contexts = bm.load_shared_contexts(root, "32k", [CONTEXT_ID])
-    seed, sessions, _after = bm.personamem_timeline(contexts[CONTEXT_ID], 4)
+        pm.load_personamem(root, "128k")
+    contexts = pm.load_shared_contexts(root, "32k", [CONTEXT_ID])
+    seed, sessions, _after = pm.personamem_timeline(contexts[CONTEXT_ID], 4)
     assert seed.startswith("Current user persona")
     assert [(t.user[:6], t.assistant) for t in sessions[0]] == [
         ("User: ", "Assistant: That sounds transformative."), ("User: ", None)]  # cut before the reply
-    _seed, sessions, _after = bm.personamem_timeline(contexts[CONTEXT_ID], 10)
+    _seed, sessions, _after = pm.personamem_timeline(contexts[CONTEXT_ID], 10)
     assert [len(s) for s in sessions] == [3, 1]  # the later system message starts a new session
     assert (sessions[1][0].at - sessions[0][-1].at).days >= 1
 
 
+@pytest.mark.fast
 def test_results_log_skips_answered_items_ignores_a_cut_line_and_refuses_other_settings(tmp_path):
     path = tmp_path / "run.jsonl"
     header = {"benchmark": "persona-mme", "model": "m.gguf", "update": False, "force_retrieve": False}
-    log = bm.ResultLog(path, header)
+    log = scoring.ResultLog(path, header)
     log.add({"key": "50/0/0-abc", "correct": True})
     with open(path, "a", encoding="utf-8") as fh:
         fh.write('{"key": "50/0/1-def", "corr')  # killed mid-line
-    again = bm.ResultLog(path, header)
+    again = scoring.ResultLog(path, header)
     assert set(again.done) == {"50/0/0-abc"}
     with pytest.raises(PersonaError, match="another run"):
-        bm.ResultLog(path, {**header, "model": "other.gguf"})
-    assert bm.results_path(tmp_path / "out.json", None) == tmp_path / "out.jsonl"
-    assert bm.results_path(tmp_path / "out.json", tmp_path / "r.jsonl") == tmp_path / "r.jsonl"
+        scoring.ResultLog(path, {**header, "model": "other.gguf"})
+    assert scoring.results_path(tmp_path / "out.json", None) == tmp_path / "out.jsonl"
+    assert scoring.results_path(tmp_path / "out.json", tmp_path / "r.jsonl") == tmp_path / "r.jsonl"
 
 
 # --- the replay and the in-situ questions (scripted model) ---------------------------------------------
 
 
+@pytest.mark.fast
 def test_replay_writes_the_history_as_a_chat_would_and_questions_leave_no_trace(tmp_path):
     from personavlm_cli.core.memory import parse_time
 
     root = persona_mme(tmp_path / "mme")
     model = ScriptedModel("(b)")
-    user = bm.load_mme_user(root / "samples" / "50" / "0")
+    user = mme.load_mme_user(root / "samples" / "50" / "0")
     settings = _settings(model)
-    store = bm.temporary_store(tmp_path / "store", settings.text_encoder, settings.image_encoder)
+    store = ws.temporary_store(tmp_path / "store", settings.text_encoder, settings.image_encoder)
     try:
-        r = bm.Replayer(store, model, bm.mme_user_name(user.profile), update=False)
+        r = rp.Replayer(store, model, mme.mme_user_name(user.profile), update=False)
         r.seed_profile(user.profile, user.first_time)
         for n, turns in enumerate(user.sessions, 1):
             r.replay_session(f"s{n}", turns)
@@ -328,7 +343,7 @@ def test_replay_writes_the_history_as_a_chat_would_and_questions_leave_no_trace(
         core = records.list(types=["core"])[0]
         assert core.meta["facts"]["occupation"] == "illustrator"
         before = records.count()
-        answer = r.ask(bm.format_question("Which medium am I into right now?", CHOICES),
+        answer = r.ask(scoring.format_question("Which medium am I into right now?", CHOICES),
                        parse_time("2024-09-20 19:00"))
         assert answer.text == "(b)" and answer.error is None
         assert records.count() == before  # the question and its answer were removed
@@ -341,36 +356,65 @@ def test_replay_writes_the_history_as_a_chat_would_and_questions_leave_no_trace(
         store.close()
 
 
+@pytest.mark.fast
+def test_replay_keeps_the_data_sessions_whatever_the_time_gap_and_erases_questions_through_the_store(tmp_path):
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.core.memory import parse_time
+
+    model = ScriptedModel("(a)")
+    store = ws.temporary_store(tmp_path / "store", TextEncoder())
+    try:
+        r = rp.Replayer(store, model, "Wren", update=False)
+        # Three hours apart: the chat's 60-minute gap would open a new session; the data says one.
+        r.replay_session("data-s1", [rp.Turn(at=parse_time("2024-09-15 10:00"), user="I adopted a cat.",
+                                             assistant="Lovely."),
+                                     rp.Turn(at=parse_time("2024-09-15 13:00"), user="She is called Pixel.",
+                                             assistant="A fine name.")])
+        r.replay_session("data-s2", [rp.Turn(at=parse_time("2024-09-15 13:05"), user="New topic: I paint.")])
+        turns = store.records.list(types=["turn"])
+        assert [t.session_id for t in turns] == ["data-s1"] * 4 + ["data-s2"]
+        assert r.turns == 3 and not store.records.unembedded()
+        answer = r.ask("What is my cat called?", parse_time("2024-09-15 13:10"))
+        assert answer.text == "(a)" and answer.error is None
+        assert store.records.count(types=["turn"]) == 5  # the question and its answer were erased ...
+        assert store.vectors.count("memories") == 5  # ... with their vectors
+        assert [e["operation"] for e in store.records.audit_log()] == ["benchmark question"]  # by the store
+    finally:
+        store.close()
+
+
+@pytest.mark.fast
 def test_personamem_run_replays_up_to_each_question_and_completes_a_cut_reply(tmp_path):
     root = personamem(tmp_path / "pm")
     model = ScriptedModel("(c)")
-    log = bm.ResultLog(None, {"benchmark": "personamem"})
-    stats = bm.run_personamem(root, "32k", bm.load_personamem(root, "32k"), log, _settings(model))
+    log = scoring.ResultLog(None, {"benchmark": "personamem"})
+    stats = pm.run_personamem(root, "32k", pm.load_personamem(root, "32k"), log, _settings(model))
     assert stats["asked"] == 3 and stats["contexts"] == 1
     assert stats["replayed_turns"] == 4  # 3 rounds in session 1 (one cut, its reply added later), 1 in session 2
     first, second, third = (json.dumps(p) for p in model.prompts)
     assert "clay" in first and "Jazz piano" not in first  # only the history before the question
     assert "Jazz piano" in second and "Clay is a great medium" in second  # the cut reply was added later
-    summary = bm.summarize_personamem(list(log.done.values()))
+    summary = pm.summarize_personamem(list(log.done.values()))
     assert summary["overall"] == {**summary["overall"], "items": 3, "correct": 1, "unparsed": 0}
     assert summary["types"]["acknowledge_latest_user_preferences"]["accuracy"] == 1.0
 
 
+@pytest.mark.fast
 def test_mme_run_scores_per_task_and_resumes_only_the_missing_items(tmp_path):
     root = persona_mme(tmp_path / "mme")
     model = ScriptedModel("(b)")
-    qs = bm.load_persona_mme(root, "32k")
-    tasks = bm.mme_tasks(None)
+    qs = mme.load_persona_mme(root, "32k")
+    tasks = mme.mme_tasks(None)
     path = tmp_path / "items.jsonl"
     header = {"benchmark": "persona-mme", "model": "scripted", "update": False, "force_retrieve": False}
-    first = bm.run_persona_mme(qs[:1], tasks, bm.ResultLog(path, header), _settings(model))
+    first = mme.run_persona_mme(qs[:1], tasks, scoring.ResultLog(path, header), _settings(model))
     assert first["asked"] == 3
-    log = bm.ResultLog(path, header)
-    second = bm.run_persona_mme(qs, tasks, log, _settings(model))
+    log = scoring.ResultLog(path, header)
+    second = mme.run_persona_mme(qs, tasks, log, _settings(model))
     assert second["asked"] == 2 and second["skipped"] == 3 and second["users"] == 2
     rows = _jsonl(path)[1:]
     assert len(rows) == len({r["key"] for r in rows}) == 5
-    s = bm.summarize_mme(list(log.done.values()))
+    s = mme.summarize_mme(list(log.done.values()))
     assert s["tasks"]["VDR"]["accuracy"] == 1.0 and s["tasks"]["BPR"]["accuracy"] == 0.0
     assert s["alignment"] == {**s["alignment"], "items": 2, "correct": 1}  # "(b)": right for rejected only
     assert s["overall"]["items"] == 5 and s["overall_without_pa"]["items"] == 3
@@ -385,10 +429,10 @@ def test_update_stage_runs_per_turn_and_per_session_during_replay(tmp_path):
 
     model = ChatModel(embedded_model_path(), n_ctx=2048)
     settings = _settings(model)
-    store = bm.temporary_store(tmp_path / "store", settings.text_encoder)
+    store = ws.temporary_store(tmp_path / "store", settings.text_encoder)
     try:
-        r = bm.Replayer(store, model, "Wren", update=True)
-        r.replay_session("s1", [bm.Turn(at=parse_time("2024-09-15 10:00"),
+        r = rp.Replayer(store, model, "Wren", update=True)
+        r.replay_session("s1", [rp.Turn(at=parse_time("2024-09-15 10:00"),
                                         user="I am a nurse and I love my grey cat Pixel.",
                                         assistant="Pixel sounds lovely.")])
         assert len(store.records.personality_history()) == 1  # the per-turn job ran
@@ -441,6 +485,15 @@ def test_personamem_end_to_end_with_the_embedded_model(tmp_path, monkeypatch):
 # --- personavlm bench (the parts that need no chat model) -----------------------------------------------
 
 
+@pytest.mark.fast
+def test_one_percentile_interpolates_between_ranks():
+    assert ws.percentile([4.0, 1.0, 3.0, 2.0], 50) == 2.5
+    assert ws.percentile([1.0, 2.0, 3.0, 4.0, 5.0], 95) == pytest.approx(4.8)
+    assert ws.percentile([7.0], 95) == 7.0
+    assert ws.percentile([], 50) != ws.percentile([], 50)  # NaN: no figure from no values
+
+
+@pytest.mark.slow  # the startup section times the program in child processes
 def test_bench_measures_startup_recall_and_replay_and_judges_the_bars(tmp_path, monkeypatch):
     from personavlm_cli.cli import bench as bench_cmd
 

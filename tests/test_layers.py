@@ -26,7 +26,6 @@ ADAPTERS_MAY_USE_FROM_CORE = {f"{PACKAGE}.core.errors", f"{PACKAGE}.core.memory"
 PENDING = {
     "core/store.py",
     "core/archive.py",
-    "core/assistant.py",
 }
 
 

@@ -1,4 +1,5 @@
-"""`personavlm eval locomo`: LoCoMo's format, the recall@k and F1 scoring, and the recall signals."""
+"""`personavlm eval locomo`: LoCoMo's format, the recall@k and F1 scoring, the command (recall's own
+signals are proven in test_recall.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from personavlm_cli.core import locomo as lc
+from personavlm_cli.evals import locomo as lc
 from personavlm_cli.core.memory import Memory
 from tests.conftest import assert_one_line_error
 
@@ -66,6 +67,7 @@ def write(tmp_path: Path, data) -> Path:
 # --- the format and the scoring -----------------------------------------------------------------
 
 
+@pytest.mark.fast
 def test_load_turns_sessions_and_questions(tmp_path):
     (conv,) = lc.load(write(tmp_path, synthetic()))
     assert conv.sample_id == "conv-test" and [n for n, _at, _t in conv.sessions] == [1, 2]
@@ -82,6 +84,7 @@ def test_load_turns_sessions_and_questions(tmp_path):
     assert len({m.session_id for m in memories}) == 2
 
 
+@pytest.mark.fast
 def test_session_time_and_evidence_parsing():
     assert lc.parse_session_time("12:09 am on 13 September, 2023") == datetime(2023, 9, 13, 0, 9, tzinfo=timezone.utc)
     assert lc.parse_session_time("12:30 pm on 1 Feb, 2023").hour == 12
@@ -92,6 +95,7 @@ def _turn(mid: str) -> Memory:
     return Memory(id=mid, type="turn", text="", occurred_at="2023-05-08T13:56:00+00:00", created_at="x")
 
 
+@pytest.mark.fast
 def test_recall_at_k_counts_distinct_turns_in_rank_order():
     dia_of = {"t1": "D1:1", "t2": "D1:2", "t3": "D1:3", "t4": "D2:1"}
     episode = Memory(id="epi_1", type="episodic", text="", occurred_at="2023-05-08T13:56:00+00:00", created_at="x",
@@ -105,6 +109,7 @@ def test_recall_at_k_counts_distinct_turns_in_rank_order():
     assert lc.recall_at_k(ranked, [], 10) == 0.0
 
 
+@pytest.mark.fast
 def test_token_f1_as_locomo_scores_it():
     assert lc.normalize_answer("The Red, Kayak!") == "red kayak"
     assert lc.token_f1("a red kayak", "The red kayak", 4) == 1.0
@@ -158,36 +163,6 @@ def test_eval_locomo_bad_input(cli, tmp_path):
     data = write(tmp_path, synthetic())
     assert_one_line_error(cli("eval", "locomo", str(data), "--retrieval-only", "--conversations", "conv-9"), "conv-9")
     assert_one_line_error(cli("eval", "locomo", str(data), "--retrieval-only", "--signals", "telepathy"), "telepathy")
-
-
-# --- the recall signals ---------------------------------------------------------------------------
-
-
-def test_context_and_speaker_signals(tmp_path):
-    """An answer that shares no word with the question is found through the turn before it; the
-    context signal never marks it as a lexical match (forget --query relies on that)."""
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
-    from personavlm_cli.core.recall import Query, query_dates, recall
-    from personavlm_cli.core.store import MemoryStore
-
-    (tmp_path / "u").mkdir()
-    store = MemoryStore(tmp_path / "u", text_encoder=TextEncoder, image_encoder=lambda: None,
-                        vectors=lambda: VectorIndex(path=tmp_path / "u" / "chroma"))
-    (conv,) = lc.load(write(tmp_path, synthetic()))
-    dia_of = lc.replay(conv, store)
-    by_dia = {v: k for k, v in dia_of.items()}
-    hits = recall(store, Query(text="What is Bastian cooking tonight?"), k=5)
-    signals = {dia_of[h.memory.id]: h.signals for h in hits}
-    assert "lexical" in signals["D1:4"]
-    # Bastian's question about cooking carries over to the turns around it, without matching them.
-    assert "context" in signals.get("D1:3", {}) and "lexical" not in signals["D1:3"]
-    named = [dia_of[h.memory.id] for h in hits if "speaker" in h.signals]
-    assert named and all(store.records.get(by_dia[d]).meta["speaker"] == "Bastian" for d in named)
-    assert query_dates("What did she paint on October 13, 2023?") == [(2023, 10, 13)]
-    assert query_dates("When did Melanie go camping in June?") == [(None, 6, None)]
-    assert query_dates("May I ask you something?") == []
-    store.close()
 
 
 # --- the development split ------------------------------------------------------------------------

@@ -5,12 +5,12 @@ Each user's history is replayed into a fresh temporary store with the gold assis
 update stage runs, the chat model does not answer), then each question is asked at its own time
 through the full response stage and read by a strict answer parser. Results go to a JSONL file
 item by item (``--resume FILE``, or next to ``--json OUT``), so an interrupted run resumes where it
-stopped. Nothing touches the user's own memories. See ``core/benchmarks.py``.
+stopped. Nothing touches the user's own memories. The evaluations are ``evals/persona_mme.py`` and
+``evals/personamem.py``; these commands parse options, build the model and render the tables.
 """
 
 from __future__ import annotations
 
-import json as jsonlib
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -18,6 +18,7 @@ from typing import Annotated, Optional
 import typer
 
 from personavlm_cli.cli.common import err, make_env, out
+from personavlm_cli.cli.evaluate import load_model, progress_bar
 from personavlm_cli.core.errors import PersonaError
 
 _IMAGE_ENCODERS: dict[tuple, object] = {}  # CLIP is slow to build: one per process and settings
@@ -57,22 +58,19 @@ def persona_mme(
     max_tokens: MaxTokOpt = 64,
 ):
     """Persona-MME: replay each user's history, ask each question in situ; accuracy per task (Table 4)."""
-    from personavlm_cli.core import benchmarks as bm
+    from personavlm_cli.evals import persona_mme as mme
 
-    chosen = bm.mme_tasks(tasks)
-    questions = bm.load_persona_mme(data, context, chosen)
+    chosen = mme.mme_tasks(tasks)
+    questions = mme.load_persona_mme(data, context, chosen)
     if not questions:
         raise PersonaError(f"no Persona-MME questions for context {context} and tasks {', '.join(chosen)} in {data}")
     plan = questions[:limit] if limit else questions
     items = [item for q in plan for item in q.items(chosen)]
 
     def run(log, settings, progress):
-        return bm.run_persona_mme(plan, chosen, log, settings, progress)
+        return mme.run_persona_mme(plan, chosen, log, settings, progress)
 
-    def summarize(rows):
-        return bm.summarize_mme(rows)
-
-    result = _evaluate("persona-mme", data, context, items, run, summarize, json_out, resume, no_update,
+    result = _evaluate("persona-mme", data, context, items, run, mme.summarize_mme, json_out, resume, no_update,
                        force_retrieve, model, gpu_layers, n_ctx, max_tokens,
                        extra={"questions": len(plan), "tasks_selected": chosen})
     _mme_table(result)
@@ -96,21 +94,18 @@ def personamem(
     max_tokens: MaxTokOpt = 64,
 ):
     """PERSONAMEM: replay each shared context up to each question, ask it there; accuracy per question type."""
-    from personavlm_cli.core import benchmarks as bm
+    from personavlm_cli.evals import personamem as pm
 
-    questions = bm.load_personamem(data, context, types.split(",") if types else None)
+    questions = pm.load_personamem(data, context, types.split(",") if types else None)
     if not questions:
         raise PersonaError(f"no questions in {data}/questions_{context}.csv")
     plan = questions[:limit] if limit else questions
     items = [q.item() for q in plan]
 
     def run(log, settings, progress):
-        return bm.run_personamem(data, context, plan, log, settings, progress)
+        return pm.run_personamem(data, context, plan, log, settings, progress)
 
-    def summarize(rows):
-        return bm.summarize_personamem(rows)
-
-    result = _evaluate("personamem", data, context, items, run, summarize, json_out, resume, no_update,
+    result = _evaluate("personamem", data, context, items, run, pm.summarize_personamem, json_out, resume, no_update,
                        force_retrieve, model, gpu_layers, n_ctx, max_tokens, extra={"questions": len(plan)})
     _personamem_table(result)
 
@@ -141,15 +136,15 @@ def _image_encoder_factory(settings):
 
 def _evaluate(benchmark, data, context, items, run, summarize, json_out, resume, no_update, force_retrieve,
               model, gpu_layers, n_ctx, max_tokens, extra) -> dict:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from personavlm_cli.core import benchmarks as bm
+    from personavlm_cli.evals.replay import RunSettings, round_stats
+    from personavlm_cli.evals.scoring import ResultLog, results_path
+    from personavlm_cli.evals.workspace import write_json
 
     env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers, "model.context": n_ctx})
     header = {"benchmark": benchmark, "model": _model_label(env), "update": not no_update,
               "force_retrieve": force_retrieve, "context": context, "max_tokens": max_tokens}
-    path = bm.results_path(json_out, resume)
-    log = bm.ResultLog(path, header)
+    path = results_path(json_out, resume)
+    log = ResultLog(path, header)
     todo = sum(1 for item in items if item["key"] not in log.done)
     started = time.perf_counter()
     stats: dict = {}
@@ -158,13 +153,10 @@ def _evaluate(benchmark, data, context, items, run, summarize, json_out, resume,
             from personavlm_cli.adapters.text_encoder import TextEncoder
 
             def model_factory():
-                if env._model is None:
-                    with err.status("Loading the model…", spinner="dots"):
-                        env.model()
-                return env.model()
+                return load_model(env) if env._model is None else env.model()  # the spinner once
 
             s = env.settings
-            settings = bm.RunSettings(
+            settings = RunSettings(
                 model_factory=model_factory, text_encoder=TextEncoder(), image_encoder=_image_encoder_factory(s),
                 update=not no_update, force_retrieve=force_retrieve,
                 sampling={"max_tokens": max_tokens, "temperature": 0.0}, prompt_profile=s["model.prompt_profile"],
@@ -172,19 +164,14 @@ def _evaluate(benchmark, data, context, items, run, summarize, json_out, resume,
             if len(log.done):
                 err.print(f"[dim]Resuming from {path}: {len(items) - todo} of {len(items)} items already "
                           "answered.[/dim]")
-            with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                          console=err, transient=False) as progress:
-                task = progress.add_task(benchmark, total=todo)
-                hooks = bm.Progress(describe=lambda text: progress.update(task, description=text),
-                                    advance=lambda n: progress.advance(task, n))
-                try:
+            try:
+                with progress_bar(benchmark, todo) as hooks:
                     stats = run(log, settings, hooks)
-                except KeyboardInterrupt:
-                    progress.stop()
-                    if path is not None:
-                        err.print(f"[yellow]Interrupted: {len(log.done)} items are saved in {path}; run the same "
-                                  "command again to resume.[/yellow]")
-                    raise
+            except KeyboardInterrupt:
+                if path is not None:
+                    err.print(f"[yellow]Interrupted: {len(log.done)} items are saved in {path}; run the same "
+                              "command again to resume.[/yellow]")
+                raise
         else:
             err.print(f"[dim]All {len(items)} items are already answered in {path}.[/dim]")
         info = getattr(env._model, "load_info", None)
@@ -203,18 +190,14 @@ def _evaluate(benchmark, data, context, items, run, summarize, json_out, resume,
         "max_tokens": max_tokens,
         **extra,
         "items": len(rows),
-        "parser": "strict (core/benchmarks.py parse_choice); reference_accuracy: the reference code's "
+        "parser": "strict (evals/scoring.py parse_choice); reference_accuracy: the reference code's "
                   "first-')' rule",
         **summarize(rows),
-        "timings": {"total_s": round(time.perf_counter() - started, 2), **bm.round_stats(stats)},
+        "timings": {"total_s": round(time.perf_counter() - started, 2), **round_stats(stats)},
         "results_file": str(path) if path is not None else None,
         "rows": rows,
     }
-    if json_out is not None:
-        try:
-            Path(json_out).write_text(jsonlib.dumps(result, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-        except OSError as exc:
-            raise PersonaError(f"cannot write {json_out}: {exc.strerror or exc}") from None
+    write_json(json_out, result)
     return result
 
 

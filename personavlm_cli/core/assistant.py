@@ -150,9 +150,7 @@ class Assistant:
                         session_id: str | None = None) -> tuple[Exchange, str | None]:
         """Validate and copy the images, then write the turn and its image memories in one transaction
         (in ``session_id`` when given, else in the session the time gap picks)."""
-        from personavlm_cli.adapters.images import store_image
-
-        infos = [store_image(p, self.store.images_dir) for p in image_paths]  # raises before anything is written
+        infos = [self.store.store_image(p) for p in image_paths]  # raises before anything is written
         if session_id is not None:
             last = self.last_turn()
             session, previous = session_id, (last.session_id if last and last.session_id != session_id else None)
@@ -217,7 +215,7 @@ class Assistant:
         ex, previous_session = self.store_user_turn(text, at, image_paths, session_id=session_id)
         if previous_session and queue is not None:
             queue.enqueue_session(previous_session)
-        stored = [self.store.images_dir / m.meta["path"] for m in ex.images]
+        stored = [self.store.image_path(m.meta["path"]) for m in ex.images]
         ctx = self.context(text, at, stored, recent, {ex.user_turn.id, *(m.id for m in ex.images)},
                            session_id=ex.user_turn.session_id)
         with self.model_lock:
@@ -239,10 +237,6 @@ class Assistant:
             else:
                 out.append(m)
         return list({m.id: m for m in out}.values())
-
-    # The evals' names from before the chat turn moved to core/conversation.py (removed with them).
-    _recall = recall
-    _expand = expand
 
 
 def parse_at(value: str | None) -> datetime:

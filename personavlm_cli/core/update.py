@@ -280,13 +280,6 @@ class UpdateStage:
     def pending(self) -> list[dict]:
         return self.queue.pending()
 
-    # TEMPORARY: the evals' replay still queues through the worker (moved to ``.queue`` at integration).
-    def enqueue_turn(self, user_turn: Memory, assistant_turn: Memory | None) -> None:
-        self.queue.enqueue_turn(user_turn, assistant_turn)
-
-    def enqueue_session(self, session_id: str) -> None:
-        self.queue.enqueue_session(session_id)
-
     # -- running ----------------------------------------------------------------------------------
 
     def run_pending(self, stop: threading.Event | None = None, progress: Callable[[int, int], None] | None = None) -> int:

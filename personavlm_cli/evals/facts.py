@@ -28,6 +28,7 @@ from typing import Callable
 from personavlm_cli.core import learning
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import parse_time
+from personavlm_cli.evals.workspace import scratch, temporary_store
 
 LEARNT_TYPES = ("semantic", "procedural", "core")
 
@@ -126,7 +127,7 @@ def run_person(person: Person, make_assistant: Callable, sampling: dict,
         # What a chat's background thread does between sessions: the queued jobs, and this session's.
         last = assistant.last_turn()
         if last is not None:
-            updates.enqueue_session(last.session_id)
+            updates.queue.enqueue_session(last.session_id)
         updates.run_pending()
     result = PersonResult(user=person.user, facts=len(person.facts))
     learnt = learnt_statements(store)
@@ -178,3 +179,36 @@ def summarize(results: list[PersonResult]) -> dict:
                                                            "grounded", "answered")},
         "people": {r.user: {**r.measures(), "untrue": r.untrue, "items": r.items} for r in results},
     }
+
+
+def run(people: list[Person], llm, settings, extractor: str, max_tokens: int,
+        progress: Callable[[str], None] | None = None) -> list[PersonResult]:
+    """Each person in a fresh temporary store, through the chat turn the chat's own settings build
+    (``model.prompt_profile``, ``model.prompt_style``, ``chat.*``) with the update stage learning by
+    ``extractor``."""
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.core.assistant import Assistant
+    from personavlm_cli.core.capability import choose_prompt_style
+    from personavlm_cli.core.update import UpdateStage
+
+    s = settings
+    encoder = TextEncoder()
+    results = []
+    for person in people:
+        with scratch("personavlm-facts-") as tmp:
+            store = temporary_store(Path(tmp), encoder)
+            try:
+                def make(store=store, person=person):
+                    a = Assistant(store, llm, person.user, profile=s["model.prompt_profile"],
+                                  session_gap_minutes=s["chat.session_gap_minutes"],
+                                  recent_turns=s["chat.recent_turns"], vision=getattr(llm, "vision", False),
+                                  mode=s["chat.retrieval"], model_search=s["chat.model_search"],
+                                  answer_tokens=max_tokens,
+                                  prompt_style=choose_prompt_style(s["model.prompt_style"], llm))
+                    return a, UpdateStage(store, llm, person.user, a.model_lock, extractor=extractor)
+
+                results.append(run_person(person, make, {"max_tokens": max_tokens, "temperature": 0.0},
+                                          progress=progress))
+            finally:
+                store.close()
+    return results

@@ -1,4 +1,4 @@
-"""LoCoMo (Maharana et al., ACL 2024) as an evaluation of recall and answers.
+"""LoCoMo (Maharana et al., ACL 2024) as an evaluation of recall and answers (`personavlm eval locomo`).
 
 A LoCoMo conversation is replayed into a fresh store as a timeline: each session at its real date,
 the turns of a session one minute apart, speaker A as the user and speaker B as the assistant, each
@@ -7,6 +7,8 @@ question of categories 1-4 is asked of the recall (``recall_at_k``: the share of
 evidence turns among the first k distinct timeline turns recall ranks) and, optionally, of the
 chat model through the real response stage (``token_f1`` as LoCoMo's own evaluation computes it).
 
+``run`` is the whole evaluation: each conversation goes into its own temporary store (the real record
+file, the real Chroma index, the real MiniLM encoder), so nothing touches the user's own memories.
 Nothing here knows anything about particular questions: the loader, the replay and the scoring
 are the same for any conversation in LoCoMo's format.
 """
@@ -15,7 +17,9 @@ from __future__ import annotations
 
 import json
 import re
+import statistics
 import string
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -24,6 +28,7 @@ from typing import Iterable
 
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import Memory, iso, new_id
+from personavlm_cli.evals.workspace import Progress, mean, model_line, percentile, scratch, temporary_store
 
 CATEGORIES = (1, 2, 3, 4)
 CATEGORY_NAMES = {1: "multi-hop", 2: "temporal", 3: "open-domain", 4: "single-hop", 5: "adversarial"}
@@ -270,13 +275,211 @@ def token_f1(prediction: str, answer, category: int) -> float:
 # --- summaries ------------------------------------------------------------------------------------
 
 
-def mean(values: list[float]) -> float | None:
-    return sum(values) / len(values) if values else None
-
-
 def by_category(rows: list[dict], key: str) -> dict[str, float | None]:
     """{"overall": mean, "1": mean, ..., "4": mean} over the rows that have ``key``."""
     out: dict[str, float | None] = {"overall": mean([r[key] for r in rows if r.get(key) is not None])}
     for c in CATEGORIES:
         out[str(c)] = mean([r[key] for r in rows if r["category"] == c and r.get(key) is not None])
     return out
+
+
+def rounded(values: dict) -> dict:
+    return {key: (round(v, 4) if isinstance(v, float) else v) for key, v in values.items()}
+
+
+# --- the evaluation -------------------------------------------------------------------------------
+
+EXTRA_KS = (5, 10, 25)
+
+
+def recall_weights(signals: str | None, weight: list[str] | None, fusion: str) -> dict[str, float]:
+    """Weights for recall: the chosen signals keep their weights (each 1.0 with rrf: the plain
+    reciprocal-rank fusion of the reference figures), the others are off; ``weight`` (NAME=NUMBER
+    items) overrides."""
+    from personavlm_cli.core.recall import FUSIONS, WEIGHTS
+
+    if fusion not in FUSIONS:
+        raise PersonaError(f"unknown fusion '{fusion}' (use {' or '.join(FUSIONS)})")
+    weights: dict[str, float] = {}
+    if signals:
+        chosen = [s.strip() for s in signals.split(",") if s.strip()]
+        unknown = [s for s in chosen if s not in WEIGHTS]
+        if unknown:
+            raise PersonaError(f"unknown signal '{unknown[0]}' (use {', '.join(WEIGHTS)})")
+        weights = {name: ((1.0 if fusion == "rrf" else WEIGHTS[name]) if name in chosen else 0.0) for name in WEIGHTS}
+    for item in weight or []:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in WEIGHTS:
+            raise PersonaError(f"bad --weight '{item}': use NAME=NUMBER with NAME one of {', '.join(WEIGHTS)}")
+        try:
+            weights[name] = float(value)
+        except ValueError:
+            raise PersonaError(f"bad --weight '{item}': '{value}' is not a number") from None
+    return weights
+
+
+def plan_questions(convs: list[Conversation], limit: int | None) -> list[tuple[Conversation, list[Question]]]:
+    """The scored questions of each conversation, at most ``limit`` in all (conversations left empty go)."""
+    plan: list[tuple[Conversation, list[Question]]] = []
+    left = limit
+    for conv in convs:
+        questions = [q for q in conv.questions if q.scored]
+        if left is not None:
+            questions = questions[:left]
+            left -= len(questions)
+        if questions:
+            plan.append((conv, questions))
+    return plan
+
+
+@dataclass
+class Answering:
+    """What answering the questions needs (absent: recall only): the chat model, the settings the chat
+    uses (``model.*``, ``chat.model_search``) and the retrieval mode."""
+
+    model: object
+    settings: object
+    mode: str
+
+
+@dataclass
+class _Run:
+    k: int
+    pool: int
+    weights: dict[str, float]
+    fusion: str
+    answering: Answering | None
+    recall_ms: list[float] = field(default_factory=list)
+
+
+def run(data: Path, plan: list[tuple[Conversation, list[Question]]], *, k: int, weights: dict[str, float],
+        fusion: str, candidates: int | None, answering: Answering | None = None,
+        progress: Progress | None = None) -> dict:
+    """Replay each conversation of ``plan`` into a fresh temporary store and ask it its questions: recall@k
+    (and more depths), and with ``answering`` the answer's token F1 and whether the evidence was in its
+    prompt. Returns the report (figures per category and conversation, timings, one item per question)."""
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.core.recall import CANDIDATES, WEIGHTS
+
+    progress = progress or Progress()
+    r = _Run(k=k, pool=candidates or CANDIDATES, weights=weights, fusion=fusion, answering=answering)
+    used = {**WEIGHTS, **weights}
+    started = time.perf_counter()
+    rows: list[dict] = []
+    per_conv: dict[str, dict] = {}
+    encoder = TextEncoder()
+    for conv, questions in plan:
+        progress.describe(f"{conv.sample_id}: replaying")
+        t0 = time.perf_counter()
+        with scratch("personavlm-locomo-") as tmp:
+            store = temporary_store(Path(tmp), encoder)
+            try:
+                dia_of = replay(conv, store)
+                replay_s = time.perf_counter() - t0
+                progress.describe(f"{conv.sample_id}: asking")
+                t1 = time.perf_counter()
+                conv_rows = []
+                for q in questions:
+                    conv_rows.append(_ask(r, store, conv, q, dia_of))
+                    progress.advance(1)
+                ask_s = time.perf_counter() - t1
+            finally:
+                store.close()
+        rows.extend(conv_rows)
+        per_conv[conv.sample_id] = {
+            "turns": len(dia_of), "questions": len(conv_rows),
+            "recall_at_k": mean([x["recall"] for x in conv_rows]),
+            **({"f1": mean([x["f1"] for x in conv_rows]),
+                "evidence_in_context": mean([x["evidence_in_context"] for x in conv_rows])}
+               if answering is not None else {}),
+            "replay_s": round(replay_s, 2), "questions_s": round(ask_s, 2),
+            "total_s": round(time.perf_counter() - t0, 2),
+        }
+
+    recall_ms = r.recall_ms
+    result = {
+        "benchmark": "locomo",
+        "data": str(data),
+        "conversations": list(per_conv),
+        "k": k,
+        "questions": len(rows),
+        "recall_at_k": rounded(by_category(rows, "recall")),
+        "recall_at": {str(x): rounded(by_category(rows, f"recall@{x}")) for x in sorted({*EXTRA_KS, k})},
+        "signals": [name for name, w in used.items() if w > 0] if fusion == "score" else
+                   [name for name in ("dense", "keywords", "lexical", "image") if used.get(name, 0) > 0],
+        "signals_seen": sorted({name for row in rows for name in row.pop("_signals")}),
+        "weights": used,
+        "fusion": fusion,
+        "candidates": r.pool,
+        "mode": "answer" if answering is not None else "retrieval-only",
+        "timings": {
+            "total_s": round(time.perf_counter() - started, 2),
+            "recall_ms_mean": round(statistics.fmean(recall_ms), 2) if recall_ms else None,
+            "recall_ms_p95": round(percentile(recall_ms, 95), 2) if recall_ms else None,
+            "per_conversation": {c: {x: v[x] for x in ("replay_s", "questions_s", "total_s")}
+                                 for c, v in per_conv.items()},
+        },
+        "per_conversation": {c: {x: (round(y, 4) if isinstance(y, float) else y) for x, y in v.items()
+                                 if x not in ("replay_s", "questions_s", "total_s")} for c, v in per_conv.items()},
+        "items": rows,
+    }
+    if answering is not None:
+        result["f1"] = rounded(by_category(rows, "f1"))
+        result["evidence_in_context"] = rounded(by_category(rows, "evidence_in_context"))
+        tokens = [x["prompt_tokens"] for x in rows if x.get("prompt_tokens")]
+        result["prompt_tokens_mean"] = round(statistics.fmean(tokens), 1) if tokens else None
+        result["retrieval"] = answering.mode
+        result["model"] = model_line(answering.model)
+    return result
+
+
+def _ask(r: _Run, store, conv: Conversation, q: Question, dia_of: dict[str, str]) -> dict:
+    from personavlm_cli.core.recall import Query, recall
+
+    k = r.k
+    depth = max(k, *EXTRA_KS)
+    t = time.perf_counter()
+    hits = recall(store, Query(text=q.question), k=depth, candidates=r.pool, weights=r.weights, fusion=r.fusion)
+    r.recall_ms.append((time.perf_counter() - t) * 1000)
+    ranked = ranked_turns(hits, dia_of, store.records)
+    row = {"_signals": {name for h in hits[:k] for name in h.signals},
+           "conversation": conv.sample_id, "index": q.index, "category": q.category, "question": q.question,
+           "evidence": q.evidence, "found": ranked[:k], "recall": recall_at_k(ranked, q.evidence, k)}
+    for x in sorted({*EXTRA_KS, k}):
+        row[f"recall@{x}"] = recall_at_k(ranked, q.evidence, x)
+    if r.answering is not None:
+        llm = r.answering.model
+        prediction, used = _answer(r, store, conv, q)
+        in_prompt = ranked_turns(used, dia_of, store.records)
+        usage = getattr(llm, "last_usage", None) or {}
+        row.update(answer=q.answer, prediction=prediction, f1=token_f1(prediction, q.answer or "", q.category),
+                   answer_used=[dia_of.get(m.id) for m in used if dia_of.get(m.id)],
+                   evidence_in_context=recall_at_k(in_prompt, q.evidence, len(in_prompt) or 1),
+                   prompt_tokens=usage.get("prompt_tokens"))
+    return row
+
+
+def _answer(r: _Run, store, conv: Conversation, q: Question) -> tuple[str, list]:
+    """Ask the question through the chat's response stage (same mode and defaults), a day after the
+    last session; nothing is stored, so one question never becomes memory for the next."""
+    from personavlm_cli.core.assistant import Assistant
+    from personavlm_cli.core.capability import choose_prompt_style
+    from personavlm_cli.core.reasoning import Reasoning, ResponseStage
+    from personavlm_cli.core.recall import recall
+
+    llm, s = r.answering.model, r.answering.settings
+    assistant = Assistant(store, llm, conv.speaker_a, profile=s["model.prompt_profile"],
+                          vision=getattr(llm, "vision", False),
+                          prompt_style=choose_prompt_style(s["model.prompt_style"], llm))
+    at = conv.last_time + timedelta(days=1)
+    ctx = assistant.context(q.question, at, [], [])
+    stage = ResponseStage(llm, assistant.profile,
+                          lambda query, n: recall(store, query, k=n, candidates=r.pool, weights=r.weights,
+                                                  fusion=r.fusion),
+                          assistant.expand,
+                          model_search=s["chat.model_search"] and assistant.profile.style == "full")
+    reasoning = Reasoning()
+    pieces = stage.respond(ctx, reasoning, mode=r.answering.mode, max_tokens=min(int(s["model.max_tokens"]), 128),
+                           temperature=0.0)
+    return "".join(pieces).strip(), list(reasoning.used)
