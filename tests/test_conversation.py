@@ -68,10 +68,11 @@ AT = datetime(2026, 5, 4, 9, 0).astimezone()
 def store(tmp_path):
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore
 
     encoder = TextEncoder()
-    s = MemoryStore(tmp_path, text_encoder=lambda: encoder, image_encoder=lambda: None,
+    s = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
                     vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
     yield s
     s.close()

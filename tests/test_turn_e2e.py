@@ -106,6 +106,7 @@ def test_a_model_that_invents_facts_is_refused_by_the_grounding_check(tmp_path):
     """extractor 'model': whatever the model writes must be the user's words, or it is dropped."""
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore, new_memory
     from personavlm_cli.core.update import UpdateStage
 
@@ -125,7 +126,7 @@ def test_a_model_that_invents_facts_is_refused_by_the_grounding_check(tmp_path):
             return {t: 3 for t in props}
 
     encoder = TextEncoder()
-    store = MemoryStore(tmp_path, text_encoder=lambda: encoder, image_encoder=lambda: None,
+    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
                         vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
     try:
         at = datetime(2026, 5, 4, 9).astimezone()
@@ -156,11 +157,12 @@ def test_the_answers_cache_survives_a_background_update_and_a_follow_up_pays_onl
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.gate import ModelGate
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore
     from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
 
     encoder = TextEncoder()
-    store = MemoryStore(tmp_path, text_encoder=lambda: encoder, image_encoder=lambda: None,
+    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
                         vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
     model = ChatModel(embedded_model_path(), n_ctx=2048)
     gate = ModelGate()
@@ -242,6 +244,7 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core import forgetting
     from personavlm_cli.core.gate import ModelGate
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore, new_memory
     from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
 
@@ -254,7 +257,7 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
             pass
 
     encoder = TextEncoder()
-    store = MemoryStore(tmp_path, text_encoder=lambda: encoder, image_encoder=lambda: None,
+    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
                         vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
     gate = ModelGate()
     store.vectors, store.text_encoder  # noqa: B018 - built before the thread, as the chat does

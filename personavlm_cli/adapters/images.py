@@ -71,20 +71,47 @@ def _pil():
     return Image, ImageFile
 
 
+def _unreadable(e: OSError, show: str) -> ImageError:
+    """One line for an OSError met while looking at or reading an image file."""
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        return ImageError(f"image not found: {show}")
+    if isinstance(e, IsADirectoryError):
+        return ImageError(f"not a file: {show} (a directory)")
+    if isinstance(e, PermissionError):
+        return ImageError(f"cannot read image: {show} (permission denied)")
+    return ImageError(f"cannot read image: {show} ({e.strerror or e})")
+
+
+def write_private(dest: Path, data: bytes) -> None:
+    """Write ``data`` to ``dest`` atomically and durably, mode 0600: a temporary file in the same
+    directory, fsynced, then renamed over ``dest``; a failure (Ctrl-C included) leaves no temporary
+    file behind. The directory must exist (the caller fsyncs it when the rename must survive a crash)."""
+    import tempfile
+
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, dest)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
 def _read_file(path) -> tuple[Path, bytes]:
     """Read a regular file of 1..MAX_FILE_BYTES bytes, following symlinks, with exact errors."""
     p = Path(os.fspath(path))
     show = _show(path)
     try:
         st = os.stat(p)  # follows symlinks: a dangling link is "not found"
-    except FileNotFoundError:
-        raise ImageError(f"image not found: {show}") from None
-    except NotADirectoryError:
-        raise ImageError(f"image not found: {show}") from None
-    except PermissionError:
-        raise ImageError(f"cannot read image: {show} (permission denied)") from None
     except OSError as e:
-        raise ImageError(f"cannot read image: {show} ({e.strerror or e})") from None
+        raise _unreadable(e, show) from None
     if stat.S_ISDIR(st.st_mode):
         raise ImageError(f"not a file: {show} (a directory)")
     if not stat.S_ISREG(st.st_mode):
@@ -103,14 +130,8 @@ def _read_file(path) -> tuple[Path, bytes]:
             if not stat.S_ISREG(fst.st_mode):
                 raise ImageError(f"not a file: {show} (not a regular file)")
             data = f.read(MAX_FILE_BYTES + 1)
-    except PermissionError:
-        raise ImageError(f"cannot read image: {show} (permission denied)") from None
-    except IsADirectoryError:
-        raise ImageError(f"not a file: {show} (a directory)") from None
-    except FileNotFoundError:
-        raise ImageError(f"image not found: {show}") from None
     except OSError as e:
-        raise ImageError(f"cannot read image: {show} ({e.strerror or e})") from None
+        raise _unreadable(e, show) from None
     if not data:
         raise ImageError(f"empty file: {show}")
     if len(data) > MAX_FILE_BYTES:
@@ -263,8 +284,6 @@ def store_image(path, images_dir) -> ImageInfo:
     atomically (temporary file in the same directory, fsync, rename), with mode 0600 in
     directories of mode 0700. Returns the ImageInfo with ``path`` set to the stored file.
     """
-    import tempfile
-
     info, data = _inspect(path)
     images_dir = Path(images_dir)
     sub = images_dir / info.sha256[:2]
@@ -275,20 +294,7 @@ def store_image(path, images_dir) -> ImageInfo:
         if dest.is_file() and not dest.is_symlink():
             if _sha256_file(dest) == info.sha256:
                 return replace(info, path=dest)
-        fd, tmp = tempfile.mkstemp(dir=sub, prefix=".tmp-", suffix=dest.suffix)  # mode 0600
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, 0o600)
-            os.replace(tmp, dest)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        write_private(dest, data)
         _fsync_dir(sub)
     except OSError as e:
         raise ImageError(f"cannot store image {_show(path)} in {_show(images_dir)}: "

@@ -10,6 +10,8 @@ between the two writes is repaired at the next start.
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import re
@@ -114,13 +116,18 @@ def _memory_values(m: Memory) -> tuple:
 _FTS_WORD = re.compile(r"\w+", re.UNICODE)
 
 
+def query_words(text: str) -> list[str]:
+    """The words a lexical search looks for (shared by the SQLite and the PostgreSQL record stores)."""
+    words = [w.lower() for w in _FTS_WORD.findall(text)]
+    return [w for w in dict.fromkeys(words) if len(w) > 1 or w.isdigit()][:64]
+
+
 def fts_query(text: str) -> str | None:
     """An FTS5 query matching any word of ``text`` (BM25 ranks the matches); None if no words."""
-    words = [w.lower() for w in _FTS_WORD.findall(text)]
-    words = [w for w in dict.fromkeys(words) if len(w) > 1 or w.isdigit()]
+    words = query_words(text)
     if not words:
         return None
-    return " OR ".join(f'"{w}"' for w in words[:64])
+    return " OR ".join(f'"{w}"' for w in words)
 
 
 class RecordStore:
@@ -242,6 +249,14 @@ class RecordStore:
                 self.compact()
             except sqlite3.OperationalError:  # a reader in the way: the next open tries again
                 pass
+
+    remote = False  # a file on this machine; the user's store lock (adapters/lock.py) keeps one writer
+
+    def exclusive(self, command: str):
+        return contextlib.nullcontext()
+
+    def claim_job(self, job_id: int):
+        return contextlib.nullcontext(True)
 
     def transaction(self):
         return _Transaction(self.db, self.path.parent)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personavlm_cli.cli.terminal import Terminal, active
 from personavlm_cli.core import users
 from personavlm_cli.core.config import Settings
 from personavlm_cli.core.errors import ModelError, NotFoundError
@@ -27,6 +28,7 @@ class Env:
     _lock: Any = None
     _model: Any = None
     model_lock: ModelGate = field(default_factory=ModelGate)
+    terminal: Terminal = field(default_factory=active)  # streams, tty-ness, clock of this run (cli/terminal.py)
 
     # -- configuration ----------------------------------------------------------------------------
 
@@ -54,18 +56,66 @@ class Env:
         from personavlm_cli.adapters.lock import StoreLock
         from personavlm_cli.core.store import MemoryStore
 
-        path = self.user_dir(create=create)
+        # A server store's user directory is only this machine's cache and lock: made on first use,
+        # so a second machine opens a user whose records are on the server.
+        path = self.user_dir(create=create or bool(self.database_url()))
         if write:
             self._lock = StoreLock(path, self.user).acquire()
         s = self.settings
-        self._store = MemoryStore(
-            path,
-            text_encoder=_text_encoder,
-            image_encoder=lambda: _image_encoder(s),
-            vectors=lambda: _vectors(s, path, namespace(self.user, self._store.records)),
-            readonly=not write,
-        )
+        try:
+            self._store = MemoryStore(
+                path,
+                text_encoder=_text_encoder,
+                image_encoder=lambda: _image_encoder(s),
+                vectors=lambda: _vectors(s, path, namespace(self.user, self._store.records)),
+                readonly=not write,
+                records=self.record_factory(path),
+                images=self.image_place(path),
+            )
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+                self._lock = None
+            raise
         return self._store
+
+    def database_url(self) -> str | None:
+        """The PostgreSQL URL of the records when they live on a server (store.kind server with
+        store.database_url); None when they are the local user directory's SQLite file."""
+        s = self.settings
+        return s["store.database_url"] if s["store.kind"] == "server" and s["store.database_url"] else None
+
+    def record_factory(self, path: Path | None = None):
+        """``factory(readonly=False)`` of the user's record store (MemoryStore calls it again for a fork)."""
+        url, user = self.database_url(), self.user
+        if url:
+            from personavlm_cli.adapters.pg_records import PgRecordStore
+
+            return lambda readonly=False: PgRecordStore(url, user, readonly=readonly)
+        from personavlm_cli.adapters.records import RecordStore
+
+        path = path or self.user_dir()
+        return lambda readonly=False: RecordStore(path, readonly=readonly)
+
+    def image_place(self, path: Path):
+        """Where the user's images live: files of the user directory, or the record database (with a
+        private cache of files in the same place)."""
+        from personavlm_cli.adapters.image_store import DirImages, ServerImages
+
+        if self.database_url():
+            return ServerImages(Path(path) / ServerImages.CACHE)
+        return DirImages(Path(path) / "images")
+
+    def records(self, readonly: bool = True):
+        """The user's records alone (listing commands: no vectors, no model); NotFoundError if none yet."""
+        if self.database_url():
+            return self.record_factory(Path())(readonly=readonly)
+        from personavlm_cli.adapters.records import RecordStore
+
+        path = self.user_dir(create=False)
+        if not (path / RecordStore.FILENAME).exists():
+            raise NotFoundError(f"user '{self.user}' has no memories yet")
+        return RecordStore(path, readonly=readonly)
 
     def close(self) -> None:
         if self._store is not None:

@@ -22,7 +22,10 @@ users_app = typer.Typer(help="The users on this machine.", no_args_is_help=True)
 def config_show(json: JsonOpt = False):
     """Every setting, its value, and where the value came from (flag, env, file, default)."""
     s = make_env(None).settings
-    rows = [{"key": k, "value": v, "origin": s.origin(k), "env": env_var(k), "doc": KEYS[k].doc} for k, v in s.items()]
+    from personavlm_cli.core.config import shown_value
+
+    rows = [{"key": k, "value": shown_value(k, v), "origin": s.origin(k), "env": env_var(k), "doc": KEYS[k].doc}
+            for k, v in s.items()]
     if json:
         print_json(rows)
         return
@@ -65,29 +68,59 @@ def users_list(json: JsonOpt = False):
 @users_app.command("rm")
 def users_rm(name: Annotated[str, typer.Argument(help="The user to remove, with all their data.")],
              yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False):
-    """Remove a user and everything they have (memories, images, history)."""
+    """Remove a user and everything they have (memories, images, history), on the servers too."""
+    import contextlib
+
     from personavlm_cli.adapters.lock import StoreLock
+    from personavlm_cli.core.errors import NotFoundError
 
     env = make_env(name)
-    path = env.user_dir(create=False)
+    server = env.settings["store.kind"] == "server"
+    try:
+        path = env.user_dir(create=False)
+    except NotFoundError:
+        # A server store's user may have no directory on this machine: their data is the servers'.
+        if not env.database_url() or not _has_server_records(env):
+            raise
+        path = None
     if not yes:
         if not sys.stdin.isatty():
             raise typer.BadParameter("refusing without confirmation: pass --yes")
         if not typer.confirm(f"Remove user '{name}' and all their data?", err=True):
             raise typer.Exit(1)
-    with StoreLock(path, name):
-        if env.settings["store.kind"] == "server":
-            from personavlm_cli.adapters.records import RecordStore
+    with StoreLock(path, name) if path is not None else contextlib.nullcontext():
+        if server:
+            # The vectors (and, with a record database, the records and images) live on the servers,
+            # not in the user directory: they go first, then the directory.
             from personavlm_cli.adapters.vectors import VectorIndex
             from personavlm_cli.cli.env import namespace
 
-            records = RecordStore(path)
             try:
-                VectorIndex(url=env.settings["store.url"], namespace=namespace(name, records)).drop(["memories", "images"])
-            finally:
-                records.close()
-        users_core.remove_user(env.settings, name)
+                records = env.records(readonly=False)
+            except NotFoundError:
+                records = None
+            if records is not None:
+                try:
+                    VectorIndex(url=env.settings["store.url"], namespace=namespace(name, records)).drop(
+                        ["memories", "images"])
+                finally:
+                    if env.database_url():
+                        records.destroy()
+                    else:
+                        records.close()
+        if path is not None:
+            users_core.remove_user(env.settings, name)
     err.print(line(f"Removed user '{name}'"))
+
+
+def _has_server_records(env) -> bool:
+    from personavlm_cli.core.errors import NotFoundError
+
+    try:
+        env.records(readonly=True).close()
+        return True
+    except NotFoundError:
+        return False
 
 
 def doctor(
@@ -174,6 +207,17 @@ def doctor(
     size = sum(f.stat().st_size for f in udir.rglob("*") if f.is_file()) if udir.exists() else 0
     report["store size"] = human_size(size)
     report["store kind"] = s["store.kind"]
+    if env.database_url():  # where the records live (never with the password)
+        from personavlm_cli.adapters.pg_records import shown_database_url
+
+        report["records"] = f"{shown_database_url(env.database_url())} (PostgreSQL, schema per user)"
+        try:
+            env.records(readonly=True).close()
+            report["records check"] = "reachable"
+        except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+            report["records check"] = str(exc).splitlines()[0]
+    else:
+        report["records"] = f"{udir / 'personavlm.db'} (SQLite, this machine)"
     db = udir / "personavlm.db"
     if db.exists():
         try:

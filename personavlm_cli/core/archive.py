@@ -94,6 +94,11 @@ def export_archive(records, user_dir: Path, file: Path, user: str, models: dict 
             if (_IMAGE_PATH.fullmatch(str(m.meta["path"])) and src.is_file()
                     and src.resolve().is_relative_to(images_dir)):
                 images[f"images/{src.name}"] = src
+            elif _IMAGE_PATH.fullmatch(str(m.meta["path"])) and hasattr(records, "image_blob"):
+                # A server store: the bytes live in the record database (this machine's cache may lack them).
+                blob = records.image_blob(m.image_sha256)
+                if blob is not None and _sha(blob[1]) == m.image_sha256:
+                    images[f"images/{src.name}"] = blob[1]
     manifest = {
         "format": FORMAT, "version": VERSION, "user": user, "created_at": iso(now()),
         "counts": {"memories": len(memories), "images": len(images),
@@ -102,7 +107,7 @@ def export_archive(records, user_dir: Path, file: Path, user: str, models: dict 
         "files": {name: _sha(data) for name, data in files.items()},
     }
     for name, path in images.items():
-        manifest["files"][name] = _sha(path.read_bytes())
+        manifest["files"][name] = _sha(path if isinstance(path, bytes) else path.read_bytes())
     tmp = Path(str(file) + ".part")
     try:
         fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
@@ -112,7 +117,10 @@ def export_archive(records, user_dir: Path, file: Path, user: str, models: dict 
             for name, data in files.items():
                 z.writestr(name, data)
             for i, (name, path) in enumerate(images.items(), 1):
-                z.write(path, name)
+                if isinstance(path, bytes):
+                    z.writestr(name, path)
+                else:
+                    z.write(path, name)
                 if progress:
                     progress(i, len(images))
         with open(tmp, "rb+") as fh:
@@ -607,6 +615,7 @@ def import_archive(store, archive, progress: Progress | None = None) -> dict:
                 done = records.get_meta("consolidated", {}) or {}
                 records.set_meta("consolidated", {**state["consolidated"], **done})
             records.audit("import", [m.id for m in new])
+            store.keep_images(new)  # a server store: the image bytes go where the records are
             if job is not None:
                 records.finish_job(job)
     except BaseException as exc:

@@ -73,6 +73,9 @@ KEYS: dict[str, Key] = {
         Key("store.kind", str, "embedded", "embedded ChromaDB on disk, or a ChromaDB server",
             choices=("embedded", "server")),
         Key("store.url", str, None, "ChromaDB server URL (store.kind server)", nullable=True),
+        Key("store.database_url", str, None,
+            "PostgreSQL URL of the records (store.kind server): postgresql://user:password@host:port/database; "
+            "empty = the records stay in the local user directory", nullable=True),
         Key("chat.session_gap_minutes", int, 60, "minutes of silence that start a new chat session",
             low=1, high=525_600),
         Key("chat.history", bool, True, "keep a per-user input history for the REPL"),
@@ -136,11 +139,38 @@ def _coerce(key: Key, value: Any, origin: str) -> Any:
         ) from None
     if key.choices and out not in key.choices:
         raise ConfigError(f"{origin}: '{key.name}' must be one of {', '.join(key.choices)}, got {out!r}")
+    if key.name in _URL_KEYS and out is not None:
+        scheme = out.strip().split("://", 1)[0].lower() if "://" in out else ""
+        if scheme not in _URL_KEYS[key.name]:
+            raise ConfigError(f"{origin}: '{key.name}' must be a {_URL_KEYS[key.name][0]}:// URL, "
+                              f"got {shown_value(key.name, out)!r}")
     if key.type in (int, float) and out is not None and not (
             (key.low is None or out >= key.low) and (key.high is None or out <= key.high)):
         raise ConfigError(f"{origin}: '{key.name}' must be between {_num(key.low)} and {_num(key.high)}, "
                           f"got {_shown(value)}")
     return out
+
+
+# Keys whose value is a URL of one of these schemes (checked when read; the adapter checks the rest).
+_URL_KEYS = {"store.database_url": ("postgresql", "postgres")}
+# Keys whose value may hold a password: shown without it (`config show`, doctor, messages).
+SECRET_URL_KEYS = ("store.database_url",)
+
+
+def shown_value(name: str, value: Any) -> Any:
+    """``value`` as it may be printed: a URL key's password replaced by ``***``."""
+    if name not in SECRET_URL_KEYS or not isinstance(value, str):
+        return value
+    from urllib.parse import urlsplit, urlunsplit
+
+    try:
+        u = urlsplit(value.strip())
+        if u.password is None:
+            return value
+        netloc = f"{u.username}:***@" + u.netloc.rpartition("@")[2]
+        return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
+    except ValueError:
+        return "(an invalid URL)"
 
 
 def _num(value) -> str:

@@ -146,6 +146,19 @@ class RecordStore(Protocol):
     - Meta values and job payloads are JSON values and come back as ``json.loads`` makes them.
     """
 
+    remote: bool
+    """True when the records live on a server that other machines share (PostgreSQL)."""
+
+    def exclusive(self, command: str) -> ContextManager[None]:
+        """One writer across every machine for ``command`` (erase, compaction, migrate): a server's
+        lock, naming the holder when busy; nothing to do for a local file (the user's store lock)."""
+        ...
+
+    def claim_job(self, job_id: int) -> ContextManager[bool]:
+        """``with records.claim_job(id) as mine:`` False while another machine runs that queued job or
+        once it is finished; always True for a local file, whose one writer the store lock guarantees."""
+        ...
+
     def transaction(self) -> ContextManager[Any]:
         """All writes in the ``with`` block commit together, or none (any exception, KeyboardInterrupt
         included, rolls back). A transaction inside another joins it; writers elsewhere wait."""

@@ -1,4 +1,10 @@
-"""A user's memory: records (SQLite) and vectors (Chroma) kept consistent, images on disk.
+"""A user's memory: records (SQLite, or PostgreSQL for a server store) and vectors (Chroma) kept
+consistent, images where the records are (files of the user, or rows of the record database).
+
+The record store and the image place are injected (``cli/env.py`` wires them; elsewhere
+``MemoryStore(path, **adapters.image_store.embedded_parts(path), ...)``). A caller that injects neither
+still gets the embedded SQLite file and image directory, through a transitional fallback import (the one
+adapter import left here) until every caller injects.
 
 Every write goes to the record file first, in one transaction, then to the vector store; a
 record whose vector is missing (a kill between the two) is embedded again at the next open, and
@@ -10,10 +16,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
-from personavlm_cli.adapters.files import shred
-from personavlm_cli.adapters.records import RecordStore
 from personavlm_cli.core.memory import Memory, from_iso, iso, new_id, now
 
 TEXT = "memories"
@@ -22,12 +26,26 @@ IMAGES = "images"
 
 class MemoryStore:
     def __init__(self, user_dir: Path, *, text_encoder: Callable, image_encoder: Callable,
-                 vectors: Callable, readonly: bool = False):
+                 vectors: Callable, readonly: bool = False, records: Callable[..., Any] | None = None,
+                 images: Any = None):
         """``text_encoder``, ``image_encoder`` and ``vectors`` are factories, called on first use, so
-        that listing commands never load an embedding model or the vector engine."""
+        that listing commands never load an embedding model or the vector engine. ``records`` is a
+        factory ``records(readonly=...)`` of the record store (called now, and again by ``fork``);
+        ``images`` the image place (``adapters/image_store.py``); ``cli/env.py`` builds both."""
         self.user_dir = Path(user_dir)
-        self.images_dir = self.user_dir / "images"
-        self.records = RecordStore(self.user_dir, readonly=readonly)
+        if records is None or images is None:
+            # Transitional, for the callers that do not inject yet (cli/evaluate.py, core/benchmarks.py,
+            # tests): the embedded SQLite file and image directory of ``user_dir``.
+            from personavlm_cli.adapters.image_store import embedded_parts
+
+            parts = embedded_parts(self.user_dir)
+            records, images = records or parts["records"], images or parts["images"]
+        self._records_factory = records
+        self.images = images
+        self.images_dir = Path(images.dir)  # local files (a server store's private cache)
+        self.records = records(readonly=readonly)
+        if not readonly and images.remote:
+            images.prune(self.records)  # cached copies of images erased on another machine
         self._text_encoder_factory = text_encoder
         self._image_encoder_factory = image_encoder
         self._vectors_factory = vectors
@@ -58,8 +76,52 @@ class MemoryStore:
     def fork(self) -> "MemoryStore":
         """The same store for another thread: its own record connection, shared encoders and vectors."""
         twin = MemoryStore(self.user_dir, text_encoder=lambda: self.text_encoder,
-                           image_encoder=lambda: self.image_encoder, vectors=lambda: self.vectors)
+                           image_encoder=lambda: self.image_encoder, vectors=lambda: self.vectors,
+                           records=self._records_factory, images=self.images)
         return twin
+
+    @property
+    def remote(self) -> bool:
+        """Do the records live on a server (shared by every machine of the user)?"""
+        return self.records.remote
+
+    def exclusive(self, command: str):
+        """One writer across machines for ``command`` (erase, compact, migrate): the record database's
+        lock on a server store; the local store lock (cli/env.py) already covers an embedded one."""
+        return self.records.exclusive(command)
+
+    def claim_job(self, job_id: int):
+        """``with store.claim_job(id) as mine:`` ``mine`` is False when another machine runs that queued
+        job right now or has finished it (server store); always True for an embedded store, whose one
+        writer the local lock guarantees."""
+        return self.records.claim_job(job_id)
+
+    # -- images -----------------------------------------------------------------------------------
+
+    def store_image(self, path):
+        """Check ``path`` is a safe image and keep it where the records are; returns its ImageInfo
+        (``info.path`` a local file under ``images_dir``). Raises before anything is written."""
+        return self.images.store(self.records, path)
+
+    def image_path(self, rel: str) -> Path:
+        """A local file of the stored image ``rel`` (``<sha[:2]>/<sha>.<ext>``), fetched if need be."""
+        return self.images.path(self.records, rel)
+
+    def image_bytes(self, sha256: str) -> tuple[str, bytes] | None:
+        """(extension, bytes) of a stored image, or None."""
+        return self.images.read(self.records, sha256)
+
+    def put_image_bytes(self, sha256: str, ext: str, data: bytes) -> str:
+        """Store image bytes already checked (an import, a migration); returns the ``rel`` path."""
+        return self.images.put(self.records, sha256, ext, data)
+
+    def erase_image(self, sha256: str) -> None:
+        """Erase a stored image (the file shredded, the database row deleted) if no memory uses it."""
+        if not self.records.image_in_use(sha256):
+            self.images.erase(self.records, sha256)
+
+    def image_shas(self) -> set[str]:
+        return self.images.shas(self.records)
 
     def close(self) -> None:
         self.records.close()
@@ -69,6 +131,7 @@ class MemoryStore:
     def add(self, memories: list[Memory], embed: bool = True) -> None:
         with self.records.transaction():
             self.records.insert(memories)
+            self.keep_images(memories)
         if embed:
             self.embed(memories)
 
@@ -83,12 +146,19 @@ class MemoryStore:
                             metadatas=[vector_metadata(m) for m in memories])
         images = [m for m in memories if m.type == "image" and m.meta.get("path")]
         if images:
-            paths = [self.images_dir / m.meta["path"] for m in images]
+            paths = [self.image_path(m.meta["path"]) for m in images]
             clip = self.image_encoder.embed_images(paths)
             self.vectors.upsert(IMAGES, [m.id for m in images], clip,
                                 metadatas=[vector_metadata(m) for m in images])
         with self.records.transaction():
             self.records.mark_embedded([m.id for m in memories])
+
+    def keep_images(self, memories: Iterable[Memory]) -> None:
+        """The image files new memories name, stored where the records are (server: in the same
+        transaction as the records, when called inside one)."""
+        for m in memories:
+            if m.type == "image" and m.meta.get("path"):
+                self.images.keep(self.records, m.meta["path"])
 
     def sync_vectors(self, batch: int = 256) -> int:
         """Repair after a kill: embed records without vectors, finish queued vector deletions."""
@@ -144,6 +214,10 @@ class MemoryStore:
         ids = list(dict.fromkeys(ids))
         if not ids:
             return []
+        with self.exclusive(operation):
+            return self._erase(ids, operation, before_commit, purge)
+
+    def _erase(self, ids: list[str], operation: str, before_commit, purge: bool) -> list[str]:
         doomed = self.records.get_many(ids)
         shas = {m.image_sha256 for m in doomed if m.image_sha256}
         with self.records.transaction():
@@ -162,14 +236,12 @@ class MemoryStore:
         with self.records.transaction():
             self.records.finish_job(job)
         for sha in shas:
-            if not self.records.image_in_use(sha):
-                for path in self.images_dir.glob(f"{sha[:2]}/{sha}.*"):
-                    shred(path)
+            self.erase_image(sha)
         self.records.compact()
         return ids
 
     def size_bytes(self) -> int:
-        total = 0
+        total = self.records.size_bytes() if self.remote else 0
         for root, _dirs, files in os.walk(self.user_dir):
             for f in files:
                 try:

@@ -300,18 +300,21 @@ class UpdateStage:
         try:
             # The whole job holds the gate in background mode: an answer or a /forget never meets a
             # half-done job, and an answer that arrives stops the job's model call (core/gate.py).
-            with self.model_lock.background():
+            with self.model_lock.background(), self.store.claim_job(job["id"]) as mine:
+                if not mine:  # another machine of this user runs it, or has finished it
+                    return True
                 self.store.records.job_attempted(job["id"])
                 if self.enabled:
                     if job["kind"] == "turn":
                         self.turn(job["payload"])
                     elif job["kind"] == "session":
                         self.session(job["payload"]["session"])
+                self.store.records.finish_job(job["id"])
         except Interrupted:
             return False
         except PersonaError as exc:
             log.warning("update job %s skipped: %s", job["id"], exc)
-        self.store.records.finish_job(job["id"])
+            self.store.records.finish_job(job["id"])
         return True
 
     def _ask(self, messages, schema, max_tokens=200) -> dict | None:

@@ -26,6 +26,7 @@ def temporary_store(path: Path, text_encoder, image_encoder: Callable | None = N
     ``text_encoder`` is an encoder shared between stores; ``image_encoder`` a factory (called when
     the first image is embedded, so text-only benchmarks never load CLIP).
     """
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.store import MemoryStore
 
@@ -34,7 +35,8 @@ def temporary_store(path: Path, text_encoder, image_encoder: Callable | None = N
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return MemoryStore(path, text_encoder=lambda: text_encoder, image_encoder=image_encoder or no_images,
+    return MemoryStore(path, **embedded_parts(path), text_encoder=lambda: text_encoder,
+                       image_encoder=image_encoder or no_images,
                        vectors=lambda: VectorIndex(path=path / "chroma"))
 
 

@@ -1,0 +1,310 @@
+"""`personavlm store migrate`: move a user's memories between this machine and the servers.
+
+``--to server`` copies the embedded store of this home (SQLite records, image files) to PostgreSQL
+(``store.database_url``) and re-embeds the vectors on the Chroma server (``store.url``); ``--to
+embedded`` copies the server store back into this home. Either way:
+
+* refuses when the target already holds memories of the user, unless they are this same migration's,
+  interrupted (a progress marker in the target's meta, ``migration``, names the source store);
+* resumable: each batch of records is copied in one transaction with the marker, images are put by
+  sha256 (idempotent), vectors are (re-)embedded for the records that have none yet, so a kill at any
+  point is finished by running the same command again;
+* verified before anything is switched: the same ids, the sha256 of every memory (all its fields) and
+  of every image, the personality history, audit and pending work, and a vector for every memory;
+* then switched: ``store.kind`` is written in this home's config file, and an embedded source is moved
+  aside to ``<user dir>/before-migration-<time>/`` (never deleted by this command; the output says where).
+  A server source is left alone: other machines may still use it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from personavlm_cli.cli.common import JsonOpt, UserOpt, count, err, line, make_env, out, print_json
+from personavlm_cli.core.errors import ConfigError, NotFoundError, StoreError
+
+app = typer.Typer(help="Where the memories live: this machine (embedded) or servers (PostgreSQL + Chroma).",
+                  no_args_is_help=True)
+
+# Meta keys that describe one store, not the user's memory: never copied.
+_LOCAL_META = {"format_version", "created_at", "compact_pending", "migration"}
+# Pending work that names the source's own vectors: meaningless in the target (its vectors are made anew).
+_LOCAL_JOBS = {"vector_delete"}
+
+
+@app.command()
+def migrate(
+    to: Annotated[str, typer.Option("--to", help="server (PostgreSQL + Chroma server) or embedded (this machine).")],
+    user: UserOpt = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, hidden=True, help="Records per transaction.")] = 500,
+    json: JsonOpt = False,
+):
+    """Copy a user's memories, images, personality and history to the other kind of store, verify every
+    one (counts and sha256), then switch this home to it. Safe to re-run after a kill; never overwrites."""
+    if to not in ("server", "embedded"):
+        raise typer.BadParameter("--to must be server or embedded")
+    env = make_env(user)
+    s = env.settings
+    missing = [k for k in ("store.url", "store.database_url") if not s[k]]
+    if missing:
+        raise ConfigError(f"store migrate needs {' and '.join(missing)} set (the Chroma server and the PostgreSQL "
+                          "database: see docs/deploy.md)")
+    from personavlm_cli.adapters.lock import StoreLock
+    from personavlm_cli.adapters.pg_records import _psycopg
+
+    _psycopg()  # psycopg missing: one line naming the install command
+    path = env.user_dir(create=True)
+    lock = StoreLock(path, env.user).acquire()
+    source = target = None
+    try:
+        if to == "server":
+            if not (path / "personavlm.db").exists():
+                raise NotFoundError(f"user '{env.user}' has no embedded memories in this home to migrate")
+            source = _embedded_store(env, path)
+            target = server = _server_store(env, path)
+        else:
+            source = server = _server_store(env, path, must_exist=True)
+            target = _embedded_store(env, path)
+        with server.exclusive("store migrate"):
+            report = _migrate(source, target, to, batch)
+        moved = None
+        source_kind = "embedded" if to == "server" else "server"
+        source.close()
+        target.close()
+        source = target = None
+        _switch_config(env, to)
+        if to == "server":
+            moved = _retire_embedded(path)
+    finally:
+        for st in (source, target):
+            if st is not None:
+                st.close()
+        lock.release()
+    report.update({"to": to, "from": source_kind, "switched": True, "embedded_copy_moved_to": str(moved) if moved else None})
+    if json:
+        print_json(report)
+    else:
+        out.print(line(f"Migrated {count(report['memories'], 'memory')} and {count(report['images'], 'image')} of "
+                       f"user '{env.user}' "
+                       f"to the {to} store; verified (counts and sha256 of every memory and image); "
+                       f"this home now uses store.kind {to}."))
+    if moved:
+        err.print(line((f"The embedded copy was moved to {moved}: it still holds every memory; remove it "
+                        f"(personavlm does not) once you are satisfied.", "yellow")))
+    if s.origin("store.kind") == "env" and s["store.kind"] != to:
+        err.print(line((f"PERSONAVLM_STORE_KIND={s['store.kind']} in the environment still overrides the config "
+                        f"file: unset it.", "yellow")))
+
+
+# -- the two stores ---------------------------------------------------------------------------------
+
+
+def _embedded_store(env, path: Path):
+    from personavlm_cli.adapters.image_store import DirImages
+    from personavlm_cli.adapters.records import RecordStore
+    from personavlm_cli.cli.env import _image_encoder, _text_encoder
+    from personavlm_cli.core.store import MemoryStore
+
+    s = env.settings
+
+    def vectors():
+        from personavlm_cli.adapters.vectors import VectorIndex
+
+        return VectorIndex(path=path / "chroma")
+
+    return MemoryStore(path, text_encoder=_text_encoder, image_encoder=lambda: _image_encoder(s), vectors=vectors,
+                       records=lambda readonly=False: RecordStore(path, readonly=readonly),
+                       images=DirImages(path / "images"))
+
+
+def _server_store(env, path: Path, must_exist: bool = False):
+    from personavlm_cli.adapters.image_store import ServerImages
+    from personavlm_cli.adapters.pg_records import PgRecordStore
+    from personavlm_cli.cli.env import _image_encoder, _text_encoder, namespace
+    from personavlm_cli.core.store import MemoryStore
+
+    s, user = env.settings, env.user
+    url = s["store.database_url"]
+    if must_exist:
+        PgRecordStore(url, user, readonly=True).close()  # NotFoundError: nothing of the user's there
+    holder = {}
+
+    def vectors():
+        from personavlm_cli.adapters.vectors import VectorIndex
+
+        return VectorIndex(url=s["store.url"], namespace=namespace(user, holder["store"].records))
+
+    store = MemoryStore(path, text_encoder=_text_encoder, image_encoder=lambda: _image_encoder(s), vectors=vectors,
+                        records=lambda readonly=False: PgRecordStore(url, user, readonly=readonly),
+                        images=ServerImages(path / ServerImages.CACHE))
+    holder["store"] = store
+    return store
+
+
+# -- copying and verifying --------------------------------------------------------------------------
+
+
+def _digest(m) -> str:
+    return hashlib.sha256(json.dumps(m.to_dict(), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def _meta_items(records) -> dict:
+    rows = records.db.execute("SELECT key, value FROM meta").fetchall()
+    return {r["key"]: json.loads(r["value"]) for r in rows if r["key"] not in _LOCAL_META}
+
+
+def _migrate(source, target, to: str, batch: int) -> dict:
+    src, dst = source.records, target.records
+    run = {"source": src.store_id(), "from": "embedded" if to == "server" else "server"}
+    marker = dst.get_meta("migration")
+    ours = bool(marker) and marker.get("source") == run["source"] and marker.get("from") == run["from"]
+    held = dst.count()
+    if held and not ours:
+        raise StoreError(f"the {to} store already holds {held} memories of this user; refusing to overwrite them "
+                         "(a migration goes into an empty store)")
+    memories = src.list(include_superseded=True)
+    wanted = {m.image_sha256: m.meta["path"] for m in memories if m.image_sha256 and m.meta.get("path")}
+    if ours and marker.get("phase") == "done":
+        # Migrated already (a kill before the switch, or a second run): switch if the target still holds
+        # exactly the source; refuse if it has changed since (it is in use: nothing is overwritten).
+        if _verify(source, target, memories, wanted):
+            raise StoreError(f"the {to} store already holds {held} memories of this user, changed since they "
+                             "were migrated; refusing to overwrite them")
+        return {"memories": len(memories), "images": len(wanted),
+                "personality_updates": len(src.personality_history()), "verified": True}
+    if ours:
+        err.print(line((f"Resuming the interrupted migration ({held} of {len(memories)} memories already copied).",
+                        "yellow")))
+    if not ours:
+        with dst.transaction():
+            for key, value in _meta_items(src).items():  # personality, consolidation state, store id, ...
+                dst.set_meta(key, value)
+            for rec in src.personality_history():
+                dst.add_personality(rec)
+            for entry in src.audit_log():
+                dst.audit(entry["operation"], entry["ids"])
+            for job in src.jobs():
+                if job["kind"] not in _LOCAL_JOBS:
+                    dst.add_job(job["kind"], job["payload"])
+            dst.set_meta("migration", {**run, "phase": "memories", "copied": 0})
+    # Records, a batch per transaction with the marker.
+    have = {m.id for m in dst.list(include_superseded=True)}
+    todo = [m for m in memories if m.id not in have]
+    done = len(memories) - len(todo)
+    for i in range(0, len(todo), batch):
+        chunk = todo[i:i + batch]
+        with dst.transaction():
+            dst.insert(chunk)
+            done += len(chunk)
+            dst.set_meta("migration", {**run, "phase": "memories", "copied": done})
+        err.print(line((f"memories {done}/{len(memories)}", "dim")))
+    # Images, by content (idempotent).
+    for n, (sha, rel) in enumerate(sorted(wanted.items()), 1):
+        if (got := target.image_bytes(sha)) is not None and hashlib.sha256(got[1]).hexdigest() == sha:
+            continue
+        blob = source.image_bytes(sha)
+        if blob is None or hashlib.sha256(blob[1]).hexdigest() != sha:
+            raise StoreError(f"image {sha[:12]}… is missing or damaged in the {run['from']} store; nothing switched")
+        target.put_image_bytes(sha, rel.rsplit(".", 1)[-1], blob[1])
+        err.print(line((f"images {n}/{len(wanted)}", "dim")))
+    # Vectors: every record without one is embedded (a kill here leaves the rest for the next run).
+    err.print(line(("embedding the vectors in the target store…", "dim")))
+    target.sync_vectors()
+    problems = _verify(source, target, memories, wanted)
+    if problems:
+        raise StoreError(f"verification failed ({problems[0]}); nothing switched: run the command again")
+    with dst.transaction():
+        dst.set_meta("migration", {**run, "phase": "done", "copied": len(memories)})
+    return {"memories": len(memories), "images": len(wanted),
+            "personality_updates": len(src.personality_history()), "verified": True}
+
+
+def _verify(source, target, memories, images: dict) -> list[str]:
+    src, dst = source.records, target.records
+    problems = []
+    copied = {m.id: m for m in dst.list(include_superseded=True)}
+    if set(copied) != {m.id for m in memories}:
+        problems.append(f"{len(copied)} memories in the target, {len(memories)} in the source")
+    bad = [m.id for m in memories if m.id in copied and _digest(copied[m.id]) != _digest(m)]
+    if bad:
+        problems.append(f"memory {bad[0]} differs (sha256)")
+    for sha in images:
+        got = target.image_bytes(sha)
+        if got is None or hashlib.sha256(got[1]).hexdigest() != sha:
+            problems.append(f"image {sha[:12]}… is missing or differs (sha256)")
+            break
+    if _history(dst.personality_history()) != _history(src.personality_history()):
+        problems.append("the personality history differs")
+    if [(a["operation"], a["ids"]) for a in dst.audit_log()] != [(a["operation"], a["ids"]) for a in src.audit_log()]:
+        problems.append("the audit log differs")
+    if [(j["kind"], j["payload"]) for j in dst.jobs() if j["kind"] not in _LOCAL_JOBS] != \
+            [(j["kind"], j["payload"]) for j in src.jobs() if j["kind"] not in _LOCAL_JOBS]:
+        problems.append("the pending work differs")
+    if {k: v for k, v in _meta_items(dst).items()} != _meta_items(src):
+        problems.append("the personality or learning state differs")
+    if dst.unembedded(1):
+        problems.append("some memories have no vector yet")
+    else:
+        from personavlm_cli.core.store import IMAGES, TEXT
+
+        vectors = target.vectors
+        if vectors.ids(TEXT) != set(copied):
+            problems.append("the text vectors do not match the memories")
+        with_images = {m.id for m in memories if m.type == "image" and m.meta.get("path")}
+        if with_images and not with_images <= vectors.ids(IMAGES):
+            problems.append("an image memory has no image vector")
+    return problems
+
+
+def _history(rows: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+# -- switching ----------------------------------------------------------------------------------------
+
+
+def _switch_config(env, to: str) -> None:
+    """``store.kind: to`` in this home's config file (the other keys as they were), written atomically."""
+    import yaml
+
+    loc = env.settings.locations
+    cfg = {}
+    if loc.config_file.exists():
+        cfg = yaml.safe_load(loc.config_file.read_text(encoding="utf-8")) or {}
+    if "store.kind" in cfg:
+        cfg["store.kind"] = to
+    else:
+        store = cfg.get("store") if isinstance(cfg.get("store"), dict) else {}
+        store["kind"] = to
+        cfg["store"] = store
+    loc.config_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = loc.config_file.with_name(loc.config_file.name + ".tmp")
+    fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(yaml.safe_dump(cfg, sort_keys=False))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, loc.config_file)
+
+
+def _retire_embedded(path: Path) -> Path | None:
+    """Move the embedded store's files (records, vectors, images) aside, so that this home cannot read a
+    stale copy; the server store's image cache starts empty in their place."""
+    from personavlm_cli.core.memory import now
+
+    names = [p for p in path.iterdir() if p.name.startswith("personavlm.db") or p.name in ("chroma", "images")]
+    # (the server store's image cache, "image-cache", stays: it is the new store's)
+    if not names:
+        return None
+    dest = path / f"before-migration-{now().strftime('%Y%m%d-%H%M%S')}"
+    dest.mkdir(mode=0o700)
+    for p in names:
+        shutil.move(str(p), dest / p.name)
+    return dest
