@@ -1,12 +1,29 @@
-"""Test isolation: every test gets its own PERSONAVLM_HOME, and nothing may reach a hub."""
+"""Test isolation: every test gets its own PERSONAVLM_HOME, and nothing may reach a hub.
+
+Two layers (``pytest -m "not slow"`` is the fast one):
+
+- ``run`` (and ``run_in_process``) runs a command in this process, in a captured terminal
+  (``personavlm_cli.cli.terminal``): no child process, no model. Same ``Result`` as ``run_cli``.
+- ``cli`` (and ``run_cli``) runs the real ``python -m personavlm_cli`` in a child process, as a user would.
+
+A test is marked ``slow`` automatically when it (or a helper or fixture of its module it uses) starts a
+child process (``run_cli``, the ``cli`` fixture, ``subprocess``, ``pexpect``, a server) or loads the real
+model; ``fast`` is kept as the mark of the others. In the fast layer, starting the program or a server in a
+child process, or loading llama.cpp, fails the test with a line that says it should be marked slow.
+"""
 
 from __future__ import annotations
 
+import gc
+import inspect
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -45,9 +62,75 @@ def run_cli(*args: str, input: str | None = None, env: dict | None = None, timeo
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_in_process(*args: str, input: str | None = None, env: dict | None = None, timeout: float | None = None,
+                   at: datetime | None = None) -> Result:
+    """Run `personavlm` in this process, as ``run_cli`` does in a child: stdin reads ``input`` and is not a
+    terminal, stdout and stderr are captured (nor are they terminals), ``env`` is applied (with COLUMNS=200)
+    for the run and restored after. ``at`` pins the product's clock (``core.memory.now``) for the run.
+    ``timeout`` is accepted for the same signature and not enforced (pytest-timeout is)."""
+    from personavlm_cli.cli import main
+    from personavlm_cli.cli import terminal
+
+    applied = {"COLUMNS": "200", **(env or {})}
+    saved = {k: os.environ.get(k) for k in applied}
+    os.environ.update(applied)
+    logger = logging.getLogger("personavlm")
+    handlers = list(logger.handlers)
+    stores = set(_vector_stores())
+    term = terminal.captured(input if input is not None else "", clock=(lambda: at) if at else None)
+    try:
+        try:
+            code = main(list(args), environment=term)
+        except SystemExit as exc:  # a command that exits by itself
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for handler in logger.handlers[:]:  # the user's log file of this run: closed, as at a process's end
+            if handler not in handlers:
+                logger.removeHandler(handler)
+                handler.close()
+        _forget_vector_stores(keep=stores)
+        gc.collect(1)  # what the run left unreachable (a record file's connection) is closed, as at a process's end
+    return Result(code, terminal.text(term.stdout), terminal.text(term.stderr))
+
+
+def _chroma_shared():
+    module = sys.modules.get("chromadb.api.shared_system_client")
+    return module.SharedSystemClient if module is not None else None
+
+
+def _vector_stores() -> dict:
+    shared = _chroma_shared()
+    return shared._identifier_to_system if shared is not None else {}
+
+
+def _forget_vector_stores(keep: set) -> None:
+    """Chroma keeps one open system per store path in the process: stop those the run opened, as a
+    process end would, so that the next run (in this process or a child) reads the store from disk."""
+    shared = _chroma_shared()
+    if shared is None:
+        return
+    for identifier in [i for i in shared._identifier_to_system if i not in keep]:
+        system = shared._identifier_to_system.pop(identifier)
+        shared._identifier_to_refcount.pop(identifier, None)
+        try:
+            system.stop()
+        except Exception:  # noqa: BLE001 - a system that will not stop is dropped all the same
+            pass
+
+
 @pytest.fixture
 def cli():
     return run_cli
+
+
+@pytest.fixture
+def run():
+    return run_in_process
 
 
 def assert_one_line_error(result: Result, *needles: str) -> None:
@@ -58,3 +141,112 @@ def assert_one_line_error(result: Result, *needles: str) -> None:
     assert len(lines) == 1, f"expected one line on stderr, got: {result.err!r}"
     for needle in needles:
         assert needle.lower() in lines[0].lower(), lines[0]
+
+
+# -- the two layers -------------------------------------------------------------------------------
+
+# What in a test's source (or a helper's, or a fixture's) means a child process or the real model.
+_SLOW_SOURCE = re.compile(
+    r"\brun_cli\b|\bsubprocess\b|\bPopen\b|\bpexpect\b|\bmultiprocessing\b|\bos\.(?:fork|system|spawn\w*)\b"
+    r"|\bChatModel\b|\.model\(\)|\b_llama_cpp\b|\bllama_cpp\b|\bLlama\("
+    r"|\bmain\(\s*\[\s*[\"'](?:chat|bench|eval)[\"']"  # a chat run in this process, with the model
+)  # any other in-process command that loads the model (a chat that gets that far) is caught by the guard below
+_SLOW_FIXTURES = {"cli"}  # this file's fixtures and helpers are judged by name, not by their source
+_SLOW_NAME = re.compile(r"embedded_model|real_model|_e2e\b|end_to_end|_pty\b")  # what a test's name says it loads
+
+
+def _source(obj) -> str:
+    for candidate in (obj, getattr(obj, "__wrapped__", None), getattr(obj, "_fixture_function", None)):
+        if candidate is None:
+            continue
+        try:
+            return inspect.getsource(candidate)
+        except (TypeError, OSError):
+            continue
+    return ""
+
+
+def _slow_names(module) -> set[str]:
+    """Names of the module's helpers and fixtures (its own and those it imported from tests/; not its
+    tests) that start a child process or load the model, directly or through another such name."""
+    cached = getattr(module, "__slow_names__", None)
+    if cached is not None:
+        return cached
+    sources = {}
+    for name, obj in vars(module).items():
+        target = getattr(obj, "_fixture_function", None) or getattr(obj, "__wrapped__", None) or obj
+        home = getattr(target, "__module__", "") or ""
+        if (home.startswith("tests") and home != __name__ and not name.startswith(("test_", "Test"))
+                and (inspect.isfunction(target) or inspect.isclass(target))):
+            sources[name] = _source(obj)
+    slow = {n for n, s in sources.items() if _SLOW_SOURCE.search(s)} | {"run_cli"}
+    while True:
+        mentions = _mentions(slow)
+        grown = {n for n, s in sources.items() if n not in slow and mentions.search(s)}
+        if not grown:
+            break
+        slow |= grown
+    module.__slow_names__ = slow
+    return slow
+
+
+def _mentions(names: set[str]) -> re.Pattern:
+    # a use of one of these names: not an attribute (``x.seed``), not a keyword argument (``seed=3``)
+    return re.compile(r"(?<![\w.])(?:%s)\b(?!\s*=[^=])" % "|".join(map(re.escape, sorted(names))))
+
+
+def _is_slow(item) -> bool:
+    if item.get_closest_marker("slow"):
+        return True
+    if item.get_closest_marker("fast"):  # said by the test (or its module): the guard below still holds it to it
+        return False
+    function = getattr(item, "function", None)
+    module = getattr(item, "module", None)
+    if function is None or module is None:
+        return False
+    slow = _slow_names(module)
+    if (slow | _SLOW_FIXTURES) & set(getattr(item, "fixturenames", ())):
+        return True
+    if _SLOW_NAME.search(item.name):
+        return True
+    source = _source(function)
+    return bool(_SLOW_SOURCE.search(source) or _mentions(slow - {function.__name__}).search(source))
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _is_slow(item):
+            item.add_marker(pytest.mark.slow)
+        else:
+            item.add_marker(pytest.mark.fast)
+
+
+def _forbidden(what: str):
+    def refuse(*args, **kwargs):
+        pytest.fail(f"{what} in a test not marked slow: mark it @pytest.mark.slow (or use `run`, in-process)",
+                    pytrace=False)
+    return refuse
+
+
+@pytest.fixture(autouse=True)
+def _fast_layer_stays_fast(request, monkeypatch):
+    """A test of the fast layer may not start the program or a server in a child process, nor load llama.cpp."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    real_init = subprocess.Popen.__init__
+
+    def guarded_init(self, args, *rest, **kwargs):
+        argv = [args] if isinstance(args, (str, bytes, os.PathLike)) else list(args)
+        shown = " ".join(map(str, argv))
+        if argv and (str(argv[0]) == sys.executable or "personavlm" in shown or "chroma" in shown
+                     or "llama" in shown):
+            _forbidden(f"a child process ({shown[:80]})")()
+        real_init(self, args, *rest, **kwargs)
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", guarded_init)
+    llm = sys.modules.get("personavlm_cli.adapters.llm")
+    if llm is None:
+        import personavlm_cli.adapters.llm as llm
+    monkeypatch.setattr(llm, "_llama_cpp", _forbidden("loading the real model (llama.cpp)"))
+    yield

@@ -2,7 +2,8 @@
 control sequence), listings have one layout, and every command the docs name exists.
 
 Fast and in-process: memories are written straight into a record file (no model), and commands run
-through ``personavlm_cli.cli.main`` with the output captured.
+through ``personavlm_cli.cli.main`` in a captured terminal (``run_in_process``); one runs in a child
+process with colour forced on, as in a real terminal.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from hypothesis import strategies as st
 
 from personavlm_cli.cli import common
 from personavlm_cli.cli.common import clean, escape_markup, line, one_line, safe, short
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_cli, run_in_process
 
 HOSTILE = [
     "In my notes I wrote [/b] by mistake",
@@ -59,31 +60,13 @@ def seed(memories, jobs=()):
     return path
 
 
-class Run:
-    def __init__(self, code, out, err):
-        self.code, self.out, self.err = code, out, err
-
-    def __repr__(self):
-        return f"Run(code={self.code}, out={self.out!r}, err={self.err!r})"
-
-
 @pytest.fixture
-def pv(capsys, monkeypatch):
-    """``pv(*args, width=N)``: run personavlm in this process; the consoles are N columns wide."""
-    from personavlm_cli.cli import main
+def pv():
+    """``pv(*args, width=N)``: run personavlm in this process (``run_in_process``); the consoles are N
+    columns wide."""
 
-    def run(*args, width=120):
-        monkeypatch.setattr(common.out, "_width", width)
-        monkeypatch.setattr(common.err, "_width", width)
-        monkeypatch.setenv("COLUMNS", str(width))
-        capsys.readouterr()
-        try:
-            main(list(args))
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        captured = capsys.readouterr()
-        return Run(code, captured.out, captured.err)
+    def run(*args, width=120, **kwargs):
+        return run_in_process(*args, env={"COLUMNS": str(width), **kwargs.pop("env", {})}, **kwargs)
 
     return run
 

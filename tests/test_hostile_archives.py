@@ -2,7 +2,8 @@
 
 Every bad input is refused with one line (a PersonaError in process; one `Error:` line and a non-zero
 exit at the CLI), before anything is written, and the store stays usable. Most tests call the core
-directly (fast); a few run the real CLI where the one line on stderr is what is proven.
+directly (fast); a few run the CLI in-process (`run_in_process`) where the one line on stderr is what is
+proven, and one kills a real import in a child process.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import ROOT, assert_one_line_error, run_cli
+from tests.conftest import ROOT, assert_one_line_error, run_cli, run_in_process
 
 USER = "tester"
 NOW = "2026-11-01T10:00:00+00:00"
@@ -151,14 +152,14 @@ def test_an_image_member_that_is_not_an_image_is_refused_before_anything_is_writ
     png = png_bytes()
     refused(build(tmp_path / "c.pvm", [image_memory(png, "html")], image_member(png, "html")), "not an image file name")
 
-    r = run_cli("memory", "import", str(archive))
+    r = run_in_process("memory", "import", str(archive))
     assert_one_line_error(r, "not an image")
     assert not user_dir(isolated_home).exists(), "nothing is created for a refused archive"
     # The store stays usable: a good import afterwards works and every later command reads it (the
     # image import itself is proven in process by test_a_long_import_reports_progress_and_writes_only_used_images).
-    r = run_cli("memory", "import", str(build(tmp_path / "good.pvm", [memory()])))
+    r = run_in_process("memory", "import", str(build(tmp_path / "good.pvm", [memory()])))
     assert r.code == 0, r.err
-    r = run_cli("memory", "list", "--json")
+    r = run_in_process("memory", "list", "--json")
     assert r.code == 0, r.err
     assert [m["id"] for m in r.json()] == ["sem_0000000001"]
 
@@ -235,7 +236,7 @@ def test_an_image_member_no_memory_uses_is_refused_and_nothing_is_written(tmp_pa
     png = png_bytes(2)
     archive = build(tmp_path / "a.pvm", [memory()], image_member(png))
     refused(archive, "no memory uses", "nothing imported")
-    r = run_cli("memory", "import", str(archive))
+    r = run_in_process("memory", "import", str(archive))
     assert_one_line_error(r, "no memory uses")
     assert files_under(user_dir(isolated_home) / "images") == []
     # Any other member name (an .html, a nested path, a directory entry) is refused by name.
@@ -259,7 +260,7 @@ def test_a_member_declaring_a_huge_size_is_refused_before_it_is_decompressed(tmp
     tracemalloc.stop()
     assert peak < 8 << 20, f"refused from the zip directory, nothing decompressed (peak {peak} bytes)"
     assert time.monotonic() - started < 2
-    r = run_cli("memory", "import", str(path))
+    r = run_in_process("memory", "import", str(path))
     assert_one_line_error(r, "too large")
     assert not user_dir(isolated_home).exists()
     # The sum of the declared sizes is bounded too, and so are the data members.
@@ -382,7 +383,7 @@ def test_a_huge_memory_is_refused_while_read_without_decompressing_it_all(tmp_pa
     tracemalloc.stop()
     assert peak < 16 << 20, f"the line was refused while streaming (peak {peak} bytes)"
     assert time.monotonic() - started < 3
-    r = run_cli("memory", "import", str(path))
+    r = run_in_process("memory", "import", str(path))
     assert_one_line_error(r, "too large")
     assert not user_dir(isolated_home).exists()
 
@@ -544,7 +545,7 @@ def test_manifest_numbers_json_cannot_hold_and_nested_memories_are_one_line(tmp_
         strict_json("[" * 100_000 + "]" * 100_000)
     nested = build(tmp_path / "n.pvm", lines=['{"id": ' + "[" * 200_000 + "]" * 200_000 + "}"])
     refused(nested, "line 1 is invalid", "nested too deeply")
-    assert_one_line_error(run_cli("memory", "import", str(nested)), "nested too deeply")
+    assert_one_line_error(run_in_process("memory", "import", str(nested)), "nested too deeply")
 
 
 def test_times_out_of_range_are_one_line_errors(isolated_home):
@@ -555,13 +556,13 @@ def test_times_out_of_range_are_one_line_errors(isolated_home):
         with pytest.raises(PersonaError, match="year must be between 1900 and 9998"):
             parse_time(text, "--at time")
     assert parse_time("2026-11-01 10:00").year == 2026
-    r = run_cli("chat", "--at", "0001-01-01 00:00", "--once", "hello")
+    r = run_in_process("chat", "--at", "0001-01-01 00:00", "--once", "hello")
     assert_one_line_error(r, "--at time", "year must be between")
     from personavlm_cli.adapters.records import RecordStore
 
     user_dir(isolated_home).mkdir(parents=True)
     RecordStore(user_dir(isolated_home)).close()
-    assert_one_line_error(run_cli("memory", "list", "--since", "0001-01-01"), "year must be between")
+    assert_one_line_error(run_in_process("memory", "list", "--since", "0001-01-01"), "year must be between")
 
 
 def test_bad_settings_files_and_homes_are_one_line_errors(tmp_path, isolated_home):
@@ -577,7 +578,7 @@ def test_bad_settings_files_and_homes_are_one_line_errors(tmp_path, isolated_hom
     config.write_bytes("user: caf\xe9\n".encode("latin-1"))
     with pytest.raises(ConfigError, match="is not UTF-8 text"):
         Settings.load(environ=env)
-    assert_one_line_error(run_cli("memory", "list"), "not UTF-8")
+    assert_one_line_error(run_in_process("memory", "list"), "not UTF-8")
     config.write_text("model:\n" + "  " * 0 + "a: " + "[" * 10_000 + "]" * 10_000 + "\n")
     with pytest.raises(ConfigError):
         Settings.load(environ=env)
@@ -587,12 +588,12 @@ def test_bad_settings_files_and_homes_are_one_line_errors(tmp_path, isolated_hom
         Settings.load(environ={"PERSONAVLM_HOME": "/etc/passwd"})
     archive = build(tmp_path / "ok.pvm")
     for command in (("memory", "list"), ("chat", "--once", "hi"), ("memory", "import", str(archive))):
-        assert_one_line_error(run_cli(*command, env={"PERSONAVLM_HOME": "/etc/passwd"}), "not a directory")
+        assert_one_line_error(run_in_process(*command, env={"PERSONAVLM_HOME": "/etc/passwd"}), "not a directory")
     # A home whose data directory cannot be made (a file in the way) is one line too.
     blocked = tmp_path / "blocked"
     blocked.mkdir()
     (blocked / "data").write_text("a file where the data directory goes")
-    assert_one_line_error(run_cli("memory", "import", str(archive), env={"PERSONAVLM_HOME": str(blocked)}),
+    assert_one_line_error(run_in_process("memory", "import", str(archive), env={"PERSONAVLM_HOME": str(blocked)}),
                           "a file is in the way")
 
 
@@ -641,7 +642,7 @@ def test_a_misspelled_personavlm_variable_is_refused_with_a_suggestion(isolated_
         Settings.load(environ={**home, "PERSONAVLM_FROBNICATE": "1"})
     ok = Settings.load(environ={**home, "PERSONAVLM_DEBUG": "1", "PERSONAVLM_MODEL_MAX_TOKENS": "64"})
     assert ok["model.max_tokens"] == 64
-    assert_one_line_error(run_cli("memory", "list", env={"PERSONAVLM_MODLE_PATH": "x"}),
+    assert_one_line_error(run_in_process("memory", "list", env={"PERSONAVLM_MODLE_PATH": "x"}),
                           "did you mean PERSONAVLM_MODEL_PATH")
 
 

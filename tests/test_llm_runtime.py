@@ -264,6 +264,7 @@ BAD_INPUTS = [_bad_missing, _bad_directory, _bad_text, _bad_empty, _bad_truncate
               _bad_header_only, _bad_version, _bad_projector]
 
 
+@pytest.mark.fast  # refused before llama.cpp is loaded
 @pytest.mark.parametrize("make", BAD_INPUTS, ids=lambda f: f.__name__[5:])
 def test_bad_model_inputs_raise_one_line_model_error(make, tmp_path):
     path, fragment = make(tmp_path)
@@ -288,6 +289,7 @@ def test_gguf_that_llama_cpp_refuses_reports_its_reason(tmp_path):
     _assert_one_line(err, f"cannot load model {p}", "nosucharch")
 
 
+@pytest.mark.fast  # refused before llama.cpp is loaded
 def test_mmproj_must_be_a_projector(tmp_path):
     with pytest.raises(ModelError) as err:
         ChatModel(embedded_model_path(), mmproj=embedded_model_path())
@@ -297,6 +299,7 @@ def test_mmproj_must_be_a_projector(tmp_path):
     _assert_one_line(err, "projector file not found")
 
 
+@pytest.mark.fast  # refused before llama.cpp is loaded
 @pytest.mark.parametrize("value", [-4096, "abc", 1.5, "0x10"])
 def test_bad_context_or_layers_are_model_errors(value):
     with pytest.raises(ModelError):

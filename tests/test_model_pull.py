@@ -186,7 +186,7 @@ def models_dir(home: Path) -> Path:
     return home / "data" / "models"
 
 
-def test_pull_a_recommended_vision_model_downloads_verifies_and_registers_both_files(cli, hub, model_bytes,
+def test_pull_a_recommended_vision_model_downloads_verifies_and_registers_both_files(run, hub, model_bytes,
                                                                                     isolated_home):
     from personavlm_cli.core.models import RECOMMENDED
 
@@ -194,7 +194,7 @@ def test_pull_a_recommended_vision_model_downloads_verifies_and_registers_both_f
     hub.add(rec.repo, rec.file, model_bytes)
     hub.add(rec.repo, rec.mmproj, gguf_projector())
 
-    r = cli("model", "pull", "smolvlm2-2.2b")
+    r = run("model", "pull", "smolvlm2-2.2b")
     assert r.code == 0, r.err
     folder = models_dir(isolated_home) / rec.repo.replace("/", "--")
     assert (folder / rec.file).read_bytes() == model_bytes
@@ -202,7 +202,7 @@ def test_pull_a_recommended_vision_model_downloads_verifies_and_registers_both_f
     assert not list(folder.glob("*.part*")), "nothing half-done is left behind"
     assert "sha256 verified" in r.err
 
-    rows = {row["name"]: row for row in cli("model", "list", "--json").json()}
+    rows = {row["name"]: row for row in run("model", "list", "--json").json()}
     row = rows["smolvlm2-2.2b"]
     assert row["path"] == str(folder / rec.file) and row["mmproj"] == str(folder / rec.mmproj)
     assert row["vision"] is True and row["architecture"] == "llama" and row["size"] == len(model_bytes)
@@ -210,23 +210,23 @@ def test_pull_a_recommended_vision_model_downloads_verifies_and_registers_both_f
 
     # Pulling again finds the files in place and verified: nothing is downloaded twice.
     before = sum(1 for m, p, _ in hub.log if m == "GET" and p.startswith("/storage/"))
-    r = cli("model", "pull", "smolvlm2-2.2b", "--default")
+    r = run("model", "pull", "smolvlm2-2.2b", "--default")
     assert r.code == 0, r.err
     assert sum(1 for m, p, _ in hub.log if m == "GET" and p.startswith("/storage/")) == before
-    rows = {row["name"]: row for row in cli("model", "list", "--json").json()}
+    rows = {row["name"]: row for row in run("model", "list", "--json").json()}
     assert rows["smolvlm2-2.2b"]["default"] is True
 
 
-def test_pull_a_repository_file_by_name(cli, hub, model_bytes):
+def test_pull_a_repository_file_by_name(run, hub, model_bytes):
     hub.add("someone/Tiny-GGUF", "tiny-Q4_1.gguf", model_bytes)
-    r = cli("model", "pull", "someone/Tiny-GGUF", "tiny-Q4_1.gguf", "--name", "tiny")
+    r = run("model", "pull", "someone/Tiny-GGUF", "tiny-Q4_1.gguf", "--name", "tiny")
     assert r.code == 0, r.err
-    rows = {row["name"]: row for row in cli("model", "list", "--json").json()}
+    rows = {row["name"]: row for row in run("model", "list", "--json").json()}
     assert rows["tiny"]["vision"] is False and rows["tiny"]["quantization"] == "Q4_1"
     assert ("HEAD", "/someone/Tiny-GGUF/resolve/main/tiny-Q4_1.gguf", None) in hub.log
 
 
-def test_an_interrupted_pull_resumes_where_it_stopped(cli, hub, model_bytes, isolated_home):
+def test_an_interrupted_pull_resumes_where_it_stopped(run, hub, model_bytes, isolated_home):
     repo, name = "someone/Tiny-GGUF", "tiny.gguf"
     hub.add(repo, name, model_bytes)
     half = len(model_bytes) // 2 >> 20 << 20  # whole 1 MiB chunks: all of them reach the disk before the stall
@@ -250,64 +250,64 @@ def test_an_interrupted_pull_resumes_where_it_stopped(cli, hub, model_bytes, iso
     assert "resume" in stderr and "Traceback" not in stderr
     assert part.stat().st_size == half and not dest.exists()
 
-    r = cli("model", "pull", repo, name)
+    r = run("model", "pull", repo, name)
     assert r.code == 0, r.err
     assert dest.read_bytes() == model_bytes and not part.exists()
     ranges = [rng for m, p, rng in hub.log if m == "GET" and p.startswith("/storage/")]
     assert ranges == [None, f"bytes={half}-"], "the second run asked only for the rest"
-    assert any(row["name"] == "tiny" for row in cli("model", "list", "--json").json())
+    assert any(row["name"] == "tiny" for row in run("model", "list", "--json").json())
 
 
-def test_a_dropped_connection_is_resumed_within_the_same_pull(cli, hub, model_bytes, isolated_home):
+def test_a_dropped_connection_is_resumed_within_the_same_pull(run, hub, model_bytes, isolated_home):
     hub.add("someone/Tiny-GGUF", "tiny.gguf", model_bytes)
     hub.cut_after["tiny.gguf"] = 100_000
-    r = cli("model", "pull", "someone/Tiny-GGUF", "tiny.gguf", "--name", "tiny")
+    r = run("model", "pull", "someone/Tiny-GGUF", "tiny.gguf", "--name", "tiny")
     assert r.code == 0, r.err
     ranges = [rng for m, p, rng in hub.log if m == "GET" and p.startswith("/storage/")]
     assert ranges == [None, "bytes=100000-"]
     assert (models_dir(isolated_home) / "someone--Tiny-GGUF" / "tiny.gguf").read_bytes() == model_bytes
 
 
-def test_a_checksum_mismatch_is_refused_and_the_bad_file_removed(cli, hub, model_bytes, isolated_home):
+def test_a_checksum_mismatch_is_refused_and_the_bad_file_removed(run, hub, model_bytes, isolated_home):
     hub.add("someone/Tiny-GGUF", "tiny.gguf", model_bytes)
     hub.wrong_sha.add("tiny.gguf")
-    r = cli("model", "pull", "someone/Tiny-GGUF", "tiny.gguf")
+    r = run("model", "pull", "someone/Tiny-GGUF", "tiny.gguf")
     assert_one_line_error(r, "checksum mismatch", "tiny.gguf")
     folder = models_dir(isolated_home) / "someone--Tiny-GGUF"
     assert not folder.exists() or not any(folder.iterdir()), "neither the file nor its .part is kept"
-    assert [row["name"] for row in cli("model", "list", "--json").json()] == ["embedded"]
+    assert [row["name"] for row in run("model", "list", "--json").json()] == ["embedded"]
 
 
-def test_pull_refusals_are_one_line(cli, hub, monkeypatch):
-    assert_one_line_error(cli("model", "pull", "no-such-model"), "no-such-model")
-    assert_one_line_error(cli("model", "pull", "someone/Tiny-GGUF"), "file")
-    assert_one_line_error(cli("model", "pull", "someone/Tiny-GGUF", "missing.gguf"), "not found", "404")
-    assert_one_line_error(cli("model", "pull", "someone/Tiny-GGUF", "../escape.gguf"), "not a file name")
+def test_pull_refusals_are_one_line(run, hub, monkeypatch):
+    assert_one_line_error(run("model", "pull", "no-such-model"), "no-such-model")
+    assert_one_line_error(run("model", "pull", "someone/Tiny-GGUF"), "file")
+    assert_one_line_error(run("model", "pull", "someone/Tiny-GGUF", "missing.gguf"), "not found", "404")
+    assert_one_line_error(run("model", "pull", "someone/Tiny-GGUF", "../escape.gguf"), "not a file name")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert_one_line_error(cli("model", "pull", "qwen2.5-vl-3b"), "HF_HUB_OFFLINE")
+    assert_one_line_error(run("model", "pull", "qwen2.5-vl-3b"), "HF_HUB_OFFLINE")
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
-    assert_one_line_error(cli("model", "pull", "qwen2.5-vl-3b"), "cannot reach")
+    assert_one_line_error(run("model", "pull", "qwen2.5-vl-3b"), "cannot reach")
 
 
-def test_pull_without_a_name_lists_the_recommended_models(cli):
-    r = cli("model", "pull")
+def test_pull_without_a_name_lists_the_recommended_models(run):
+    r = run("model", "pull")
     assert r.code == 0
     for name in ("qwen2.5-vl-3b", "qwen2.5-vl-7b", "gemma-3-4b-it", "smolvlm2-2.2b"):
         assert name in r.out
 
 
-def test_rm_delete_files_removes_only_what_pull_downloaded(cli, hub, model_bytes, isolated_home, tmp_path):
+def test_rm_delete_files_removes_only_what_pull_downloaded(run, hub, model_bytes, isolated_home, tmp_path):
     hub.add("someone/Tiny-GGUF", "tiny.gguf", model_bytes)
-    assert cli("model", "pull", "someone/Tiny-GGUF", "tiny.gguf", "--name", "tiny", "--default").code == 0
+    assert run("model", "pull", "someone/Tiny-GGUF", "tiny.gguf", "--name", "tiny", "--default").code == 0
     own = tmp_path / "mine.gguf"
     own.write_bytes(model_bytes)
-    assert cli("model", "add", str(own), "--name", "mine").code == 0
-    r = cli("model", "rm", "tiny", "--delete-files")
+    assert run("model", "add", str(own), "--name", "mine").code == 0
+    r = run("model", "rm", "tiny", "--delete-files")
     assert r.code == 0, r.err
     assert not (models_dir(isolated_home) / "someone--Tiny-GGUF" / "tiny.gguf").exists()
-    assert cli("model", "rm", "mine", "--delete-files").code == 0
+    assert run("model", "rm", "mine", "--delete-files").code == 0
     assert own.exists(), "a file the user registered is never deleted"
-    rows = cli("model", "list", "--json").json()
+    rows = run("model", "list", "--json").json()
     assert [row["name"] for row in rows] == ["embedded"] and rows[0]["default"] is True
-    assert cli("config", "show").code == 0
+    assert run("config", "show").code == 0

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, run_in_process
 from tests.imagegen import write_png
 
 NETWORK_EVENTS = ("socket.", "urllib.", "http.client.", "ftplib.", "smtplib.", "poplib.", "imaplib.", "nntplib.",
@@ -74,6 +74,7 @@ def assert_private(home: Path, user: str = "tester") -> list[str]:
     return bad
 
 
+@pytest.mark.slow  # the chat runs in this process with the real model
 def test_a_full_chat_with_an_image_updates_search_and_export_make_no_network_call(
         tmp_path, isolated_home, monkeypatch, capsys):
     global _recording
@@ -122,9 +123,9 @@ def test_a_full_chat_with_an_image_updates_search_and_export_make_no_network_cal
 
     kinds = {m["type"] for m in json.loads(found)} if found.strip() else set()
     assert kinds, "the search found the chat"
-    listing = run_cli("memory", "list", "--all", "--json").json()
+    listing = run_in_process("memory", "list", "--all", "--json").json()
     assert {"turn", "image"} <= {m["type"] for m in listing}
-    assert not run_cli("memory", "list", "--pending", "--json").json(), "the update stage ran"
+    assert not run_in_process("memory", "list", "--pending", "--json").json(), "the update stage ran"
     assert_private(isolated_home)
     assert stat.S_IMODE(archive.stat().st_mode) == 0o600, "the export is private too"
 
@@ -221,13 +222,13 @@ def test_debug_tracebacks_never_show_local_variables(isolated_home):
     assert "hunter2" not in proc.stderr + proc.stdout
 
 
-def test_error_messages_carry_no_memory_text(cli):
+def test_error_messages_carry_no_memory_text(cli, run):
     """A refused operation names ids and paths, never what a memory says."""
     secret = "Zanzibar-password-9911"
     r = cli("chat", "--no-update", input=f"/remember my bank code is {secret}\n")
     assert r.code == 0, r.err
     for args in (("memory", "show", "sem_doesnotexist"), ("memory", "forget", "--query", "bank code"),
                  ("memory", "list", "--type", "nonsense"), ("memory", "import", "/nonexistent.pvm")):
-        res = cli(*args)
+        res = run(*args)
         assert res.code != 0
         assert secret not in res.err and secret not in res.out, args

@@ -7,12 +7,12 @@ from datetime import datetime
 from personavlm_cli.core.timewords import window
 
 
-def test_recall_by_time_window_and_by_keyword_is_shown_by_why(cli):
+def test_recall_by_time_window_and_by_keyword_is_shown_by_why(cli, run):
     assert cli("chat", "--at", "2026-11-17 10:00", "--no-update",
                input="I planted red tulips in the garden this morning.\n").code == 0
     assert cli("chat", "--at", "2026-11-19 15:00", "--no-update",
                input="/remember My dog is called Rex\n").code == 0
-    listing = cli("memory", "list", "--json").json()
+    listing = run("memory", "list", "--json").json()
     tulips = next(m["id"] for m in listing if "tulips" in m["text"] and m.get("role") == "user")
     rex = next(m["id"] for m in listing if m["type"] == "semantic")
 
@@ -26,9 +26,9 @@ def test_recall_by_time_window_and_by_keyword_is_shown_by_why(cli):
     assert rex not in first_why, "a memory outside the window is not recalled"
     assert rex in second_why, "the older fact is found by its words"
     # Every answer is non-empty and stored with its reasoning.
-    answers = [m for m in cli("memory", "list", "--json").json() if m.get("role") == "assistant"]
+    answers = [m for m in run("memory", "list", "--json").json() if m.get("role") == "assistant"]
     assert len(answers) == 3 and all(a["text"].strip() for a in answers)
-    shown = cli("memory", "show", answers[-1]["id"], "--json").json()
+    shown = run("memory", "show", answers[-1]["id"], "--json").json()
     assert shown["meta"]["reasoning"]["steps"][0]["action"] == "retrieve"
     assert rex in shown["meta"]["reasoning"]["used"]
 

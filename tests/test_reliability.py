@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, assert_one_line_error, run_cli
+from tests.conftest import ROOT, assert_one_line_error, run_cli, run_in_process
 from tests import imagegen as gen
 
 USER = "tester"
@@ -188,8 +188,18 @@ def grep(root: Path, word: bytes) -> list[str]:
     return hits
 
 
+def remembered(home: Path, *texts: str, user: str = USER) -> None:
+    """Semantic memories written straight into the user's record file (no chat, no model)."""
+    from personavlm_cli.adapters.records import RecordStore
+    from personavlm_cli.core.store import new_memory
+
+    records = RecordStore(user_dir(home, user))
+    records.insert([new_memory("semantic", text, "2026-11-01T10:00:00+00:00") for text in texts])
+    records.close()
+
+
 def listing(env: dict | None = None, user: str = USER) -> list[dict]:
-    r = run_cli("memory", "list", "--all", "--json", "--user", user, env=env)
+    r = run_in_process("memory", "list", "--all", "--json", "--user", user, env=env)
     assert r.code == 0, r.err
     return r.json()
 
@@ -635,7 +645,7 @@ def test_bad_images_are_refused_before_anything_is_stored(tmp_path, kept):
         # The same file through /attach in a script: refused, the script goes on, nothing sent.
         r = run_cli("chat", "--no-update", input=f"/attach {path}\n")
         assert r.code == 0 and needle in r.err and "Traceback" not in r.err
-        r = run_cli("memory", "search", "--image", str(path))
+        r = run_in_process("memory", "search", "--image", str(path))
         assert_one_line_error(r, needle)
 
 
@@ -713,9 +723,9 @@ def test_bad_configuration_is_refused_and_nothing_is_lost(kept, isolated_home):
                             ("model:\n  prompt_profile: shouty\n", "model.prompt_profile")):
         cfg.write_text(content)
         for args in (("chat", "--once", "hi"), ("memory", "list"), ("memory", "forget", "--all", "--yes")):
-            assert_one_line_error(run_cli(*args), needle)
+            assert_one_line_error(run_in_process(*args), needle)  # refused before any model is loaded
     cfg.unlink()
-    assert_one_line_error(run_cli("memory", "list", env={"PERSONAVLM_MODEL_CONTEXT": "lots"}),
+    assert_one_line_error(run_in_process("memory", "list", env={"PERSONAVLM_MODEL_CONTEXT": "lots"}),
                           "PERSONAVLM_MODEL_CONTEXT")
 
 
@@ -724,7 +734,7 @@ def test_bad_configuration_is_refused_and_nothing_is_lost(kept, isolated_home):
 def test_bad_user_names_are_refused_everywhere_and_create_nothing(name, isolated_home):
     for args in (("chat", "--once", "hi", "--no-update"), ("memory", "list"), ("memory", "forget", "--all", "--yes"),
                  ("profile", "show"), ("memory", "search", "x")):
-        assert_one_line_error(run_cli(*args, "--user", name), "user name")
+        assert_one_line_error(run_in_process(*args, "--user", name), "user name")  # refused before any model
     created = [str(p.relative_to(isolated_home)) for p in isolated_home.rglob("*")] if isolated_home.exists() else []
     assert all(p.startswith(("data", "cache")) for p in created), created
     assert not (isolated_home.parent / "evil").exists()
@@ -739,28 +749,27 @@ def test_a_store_that_is_not_a_database_is_refused_and_left_alone(isolated_home)
     db.write_bytes(garbage)
     for args in (("memory", "list"), ("chat", "--once", "hi", "--no-update"), ("memory", "forget", "--all", "--yes"),
                  ("memory", "export", str(isolated_home / "x.pvm")), ("profile", "show")):
-        assert_one_line_error(run_cli(*args), "damaged or not a personavlm store")
+        assert_one_line_error(run_in_process(*args), "damaged or not a personavlm store")  # before any model
     assert db.read_bytes() == garbage, "a damaged store is never overwritten"
 
 
 def test_a_store_with_damaged_pages_is_refused_with_one_line(isolated_home):
     prepare(isolated_home)
-    assert run_cli("chat", "--no-update", input="".join(f"/remember fact {i} " + "x" * 200 + "\n"
-                                                           for i in range(40))).code == 0
+    remembered(isolated_home, *(f"fact {i} " + "x" * 200 for i in range(40)))
     db = user_dir(isolated_home) / "personavlm.db"
     data = bytearray(db.read_bytes())
     for i in range(4096 * 3, len(data)):
         data[i] = 0x5A
     db.write_bytes(bytes(data))
     for args in (("memory", "list"), ("chat", "--once", "hi", "--no-update")):
-        assert_one_line_error(run_cli(*args), "damaged")
+        assert_one_line_error(run_in_process(*args), "damaged")  # refused before any model is loaded
 
 
 def test_a_store_of_a_newer_format_is_refused_by_every_command(tmp_path, isolated_home):
     prepare(isolated_home)
-    assert run_cli("chat", "--no-update", input="/remember I like tea\n").code == 0
+    remembered(isolated_home, "I like tea")
     archive = tmp_path / "a.pvm"
-    assert run_cli("memory", "export", str(archive)).code == 0
+    assert run_in_process("memory", "export", str(archive)).code == 0
     db = user_dir(isolated_home) / "personavlm.db"
     con = sqlite3.connect(db)
     con.execute("UPDATE meta SET value='99' WHERE key='format_version'")
@@ -770,7 +779,7 @@ def test_a_store_of_a_newer_format_is_refused_by_every_command(tmp_path, isolate
     for args in (("memory", "list"), ("chat", "--once", "hi", "--no-update"), ("memory", "forget", "--all", "--yes"),
                  ("memory", "search", "tea"), ("memory", "import", str(archive)), ("profile", "show"),
                  ("memory", "export", str(tmp_path / "b.pvm"))):
-        assert_one_line_error(run_cli(*args), "format 99", "upgrade personavlm")
+        assert_one_line_error(run_in_process(*args), "format 99", "upgrade personavlm")  # before any model
     assert db.read_bytes() == before
 
 
@@ -922,7 +931,7 @@ def test_crafted_archives_are_refused_whole(tmp_path, isolated_home, monkeypatch
     }
     for name, (lines, members, needle) in cases.items():
         archive = _archive(tmp_path / f"{len(name)}-{abs(hash(name))}.pvm", lines, members)
-        r = run_cli("memory", "import", str(archive))
+        r = run_in_process("memory", "import", str(archive))
         assert_one_line_error(r, needle)
         assert not count(isolated_home), f"{name}: something was imported"
         assert list(user_dir(isolated_home).glob("images/*/*")) == [], f"{name}: a file was written"
@@ -945,9 +954,9 @@ def test_text_with_unicode_line_separators_survives_export_and_import(tmp_path, 
     assert r.code == 0, r.err
     before = listing()
     archive = tmp_path / "a.pvm"
-    assert run_cli("memory", "export", str(archive)).code == 0
+    assert run_in_process("memory", "export", str(archive)).code == 0
     other = {"PERSONAVLM_HOME": str(tmp_path / "elsewhere")}
-    r = run_cli("memory", "import", str(archive), env=other)
+    r = run_in_process("memory", "import", str(archive), env=other)
     assert r.code == 0, r.err
     assert listing(env=other) == before
 

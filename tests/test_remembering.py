@@ -25,7 +25,7 @@ def grep_bytes(root: Path, word: bytes) -> list[Path]:
     return hits
 
 
-def test_two_sessions_build_semantic_episodic_and_core_memories(cli, tmp_path):
+def test_two_sessions_build_semantic_episodic_and_core_memories(cli, run, tmp_path):
     pic = make_picture(tmp_path / "rex.png")
     first = ("Hi, I am Ada and I work as a nurse in Lisbon.\n"
              "/remember My dog is called Rex\n"
@@ -38,7 +38,7 @@ def test_two_sessions_build_semantic_episodic_and_core_memories(cli, tmp_path):
     # Quitting left the model's part pending; `memory update` finishes it (as the next chat would).
     assert cli("memory", "update").code == 0
 
-    everything = cli("memory", "list", "--all", "--json").json()
+    everything = run("memory", "list", "--all", "--json").json()
     by_type = {}
     for m in everything:
         by_type.setdefault(m["type"], []).append(m)
@@ -57,43 +57,43 @@ def test_two_sessions_build_semantic_episodic_and_core_memories(cli, tmp_path):
 
     # Every memory explains itself.
     episode = by_type["episodic"][0]
-    shown = cli("memory", "show", episode["id"])
+    shown = run("memory", "show", episode["id"])
     assert shown.code == 0 and "Comes from" in shown.out
     assert turns[episode["source_ids"][0]]["id"] in shown.out
-    assert cli("memory", "show", by_type["core"][-1]["id"]).code == 0
-    assert_one_line_error(cli("memory", "show", "sem_doesnotexist"), "no memory")
+    assert run("memory", "show", by_type["core"][-1]["id"]).code == 0
+    assert_one_line_error(run("memory", "show", "sem_doesnotexist"), "no memory")
     # Nothing left pending after `memory update`.
-    assert cli("memory", "list", "--pending", "--json").json() == []
+    assert run("memory", "list", "--pending", "--json").json() == []
 
 
-def test_a_contradiction_supersedes_the_older_memory(cli):
+def test_a_contradiction_supersedes_the_older_memory(cli, run):
     assert cli("chat", "--at", "2026-11-01 10:00", "--no-update", input="/remember I love Sprite\n").code == 0
     assert cli("chat", "--at", "2026-11-03 10:00", "--no-update",
                input="/remember I switched from Sprite to Coke\n").code == 0
-    current = [m for m in cli("memory", "list", "--type", "semantic", "--json").json()]
-    everything = [m for m in cli("memory", "list", "--type", "semantic", "--all", "--json").json()]
+    current = [m for m in run("memory", "list", "--type", "semantic", "--json").json()]
+    everything = [m for m in run("memory", "list", "--type", "semantic", "--all", "--json").json()]
     assert [m["text"] for m in current] == ["I switched from Sprite to Coke"]
     old = next(m for m in everything if m["text"] == "I love Sprite")
     assert old["superseded_by"] == current[0]["id"] and old["valid_to"].startswith("2026-11-03")
-    shown = cli("memory", "show", old["id"])
+    shown = run("memory", "show", old["id"])
     assert "superseded" in shown.out and current[0]["id"] in shown.out
     # A near-duplicate is merged, not added.
     assert cli("chat", "--at", "2026-11-04 10:00", "--no-update",
                input="/remember I switched from Sprite to Coke.\n").code == 0
-    assert len(cli("memory", "list", "--type", "semantic", "--json").json()) == 1
+    assert len(run("memory", "list", "--type", "semantic", "--json").json()) == 1
 
 
-def test_forget_erases_every_byte_of_the_memory_and_logs_it(cli, isolated_home):
+def test_forget_erases_every_byte_of_the_memory_and_logs_it(cli, run, isolated_home):
     word = b"Quetzalcoatlus"
     r = cli("chat", "--at", "2026-11-01 10:00", "--no-update",
             input=f"/remember My favourite animal is the {word.decode()}\n/remember I like tea\n")
     assert r.code == 0, r.err
-    mem = next(m for m in cli("memory", "list", "--json").json() if word.decode() in m["text"])
+    mem = next(m for m in run("memory", "list", "--json").json() if word.decode() in m["text"])
     assert grep_bytes(user_dir(isolated_home), word), "the word is stored before forgetting"
-    r = cli("memory", "forget", mem["id"], "--yes")
+    r = run("memory", "forget", mem["id"], "--yes")
     assert r.code == 0, r.err
     assert grep_bytes(user_dir(isolated_home), word) == []
-    left = cli("memory", "list", "--json").json()
+    left = run("memory", "list", "--json").json()
     assert [m["text"] for m in left] == ["I like tea"]
     import sqlite3
 
@@ -101,61 +101,61 @@ def test_forget_erases_every_byte_of_the_memory_and_logs_it(cli, isolated_home):
     log = db.execute("SELECT operation, ids FROM audit").fetchall()
     assert ("forget-id", f'["{mem["id"]}"]') in log
     # Search no longer finds it either (its vector is gone).
-    found = cli("memory", "search", "favourite animal", "--json").json()
+    found = run("memory", "search", "favourite animal", "--json").json()
     assert mem["id"] not in [m["id"] for m in found]
 
 
-def test_forget_a_turn_takes_its_images_and_derived_memories_along(cli, tmp_path, isolated_home):
+def test_forget_a_turn_takes_its_images_and_derived_memories_along(cli, run, tmp_path, isolated_home):
     pic = make_picture(tmp_path / "cat.png", seed=3)
     r = cli("chat", "--at", "2026-11-01 10:00", "-a", str(pic), input="Look at my cat Zorblax\n")
     assert r.code == 0, r.err
-    turn = next(m for m in cli("memory", "list", "--json").json() if m["text"] == "Look at my cat Zorblax")
-    r = cli("memory", "forget", turn["id"], "--yes")
+    turn = next(m for m in run("memory", "list", "--json").json() if m["text"] == "Look at my cat Zorblax")
+    r = run("memory", "forget", turn["id"], "--yes")
     assert r.code == 0, r.err
     assert grep_bytes(user_dir(isolated_home), b"Zorblax") == []
     assert list((user_dir(isolated_home) / "images").rglob("*.png")) == []
-    assert [m for m in cli("memory", "list", "--all", "--json").json() if m["type"] != "core"] == []
+    assert [m for m in run("memory", "list", "--all", "--json").json() if m["type"] != "core"] == []
 
 
-def test_edit_corrects_a_memory_keeps_its_history_and_can_erase_the_old_text(cli, isolated_home):
+def test_edit_corrects_a_memory_keeps_its_history_and_can_erase_the_old_text(cli, run, isolated_home):
     r = cli("chat", "--at", "2026-11-01 10:00", "--no-update",
             input="Good morning\n/remember My sister Ottilie lives in Lyon\n/remember I like tea\n")
     assert r.code == 0, r.err
-    listing = cli("memory", "list", "--type", "semantic", "--json").json()
+    listing = run("memory", "list", "--type", "semantic", "--json").json()
     first = next(m["id"] for m in listing if "Ottilie" in m["text"])
 
-    r = cli("memory", "edit", first, "My sister Ottilie lives in Marseille")
+    r = run("memory", "edit", first, "My sister Ottilie lives in Marseille")
     assert r.code == 0, r.err
     second = r.out.strip()
     assert second != first and "kept as history" in r.err
-    current = {m["text"] for m in cli("memory", "list", "--type", "semantic", "--json").json()}
+    current = {m["text"] for m in run("memory", "list", "--type", "semantic", "--json").json()}
     assert current == {"My sister Ottilie lives in Marseille", "I like tea"}
-    old = next(m for m in cli("memory", "list", "--all", "--json").json() if m["id"] == first)
+    old = next(m for m in run("memory", "list", "--all", "--json").json() if m["id"] == first)
     assert old["superseded_by"] == second and old["valid_to"]
-    shown = cli("memory", "show", second)
+    shown = run("memory", "show", second)
     assert "Versions" in shown.out and first in shown.out and "edited by the user" in shown.out
-    hits = cli("memory", "search", "Where does Ottilie live", "--json").json()
+    hits = run("memory", "search", "Where does Ottilie live", "--json").json()
     assert hits[0]["id"] == second and first not in [h["id"] for h in hits], "search reads the corrected text"
 
     # What cannot be edited is one line and changes nothing.
-    turn = next(m for m in cli("memory", "list", "--type", "turn", "--json").json())
-    assert_one_line_error(cli("memory", "edit", turn["id"], "something else"), "cannot be edited", "forget")
-    assert_one_line_error(cli("memory", "edit", first, "Lyon again"), "older version", second)
-    assert_one_line_error(cli("memory", "edit", "sem_0000000000", "x"), "no memory")
-    assert_one_line_error(cli("memory", "edit", second, " \x01 "), "empty")
-    same = cli("memory", "edit", second, "My sister Ottilie lives in Marseille")
+    turn = next(m for m in run("memory", "list", "--type", "turn", "--json").json())
+    assert_one_line_error(run("memory", "edit", turn["id"], "something else"), "cannot be edited", "forget")
+    assert_one_line_error(run("memory", "edit", first, "Lyon again"), "older version", second)
+    assert_one_line_error(run("memory", "edit", "sem_0000000000", "x"), "no memory")
+    assert_one_line_error(run("memory", "edit", second, " \x01 "), "empty")
+    same = run("memory", "edit", second, "My sister Ottilie lives in Marseille")
     assert same.code == 0 and same.out.strip() == second and "nothing changed" in same.err
 
     # Text from stdin, and the wrong version erased for real: the line of versions skips it.
-    r = cli("memory", "edit", second, "-", "--erase-old", "--json", input="My sister Ottilie lives in Nice\n")
+    r = run("memory", "edit", second, "-", "--erase-old", "--json", input="My sister Ottilie lives in Nice\n")
     assert r.code == 0, r.err
     third = r.json()
     assert third["text"] == "My sister Ottilie lives in Nice" and third["superseded_by"] is None
     assert grep_bytes(user_dir(isolated_home), b"Marseille") == [], "the erased version leaves no byte behind"
-    everything = {m["id"]: m for m in cli("memory", "list", "--all", "--json").json()}
+    everything = {m["id"]: m for m in run("memory", "list", "--all", "--json").json()}
     assert second not in everything
     assert everything[first]["superseded_by"] == third["id"], "the first version now leads to the third"
-    assert [m["text"] for m in cli("memory", "list", "--type", "semantic", "--json").json()
+    assert [m["text"] for m in run("memory", "list", "--type", "semantic", "--json").json()
             if "Ottilie" in m["text"]] == ["My sister Ottilie lives in Nice"]
     import sqlite3
 
@@ -164,27 +164,27 @@ def test_edit_corrects_a_memory_keeps_its_history_and_can_erase_the_old_text(cli
     assert ("edit", f'["{first}", "{second}"]') in log and ("edit-erase-old", f'["{second}"]') in log
 
 
-def test_forgetting_a_middle_version_links_the_older_to_the_newer(cli):
+def test_forgetting_a_middle_version_links_the_older_to_the_newer(cli, run):
     for day, text in (("01", "I love Sprite"), ("03", "I switched from Sprite to Coke"),
                       ("05", "I switched from Coke to water")):
         assert cli("chat", "--at", f"2026-11-{day} 10:00", "--no-update", input=f"/remember {text}\n").code == 0
-    chain = sorted(cli("memory", "list", "--type", "semantic", "--all", "--json").json(), key=lambda m: m["created_at"])
+    chain = sorted(run("memory", "list", "--type", "semantic", "--all", "--json").json(), key=lambda m: m["created_at"])
     assert [m["text"] for m in chain if not m["superseded_by"]] == ["I switched from Coke to water"], chain
     by_text = {m["text"]: m for m in chain}
     middle = by_text["I switched from Sprite to Coke"]["id"]
-    assert cli("memory", "forget", middle, "--yes").code == 0
-    after = {m["text"]: m for m in cli("memory", "list", "--type", "semantic", "--all", "--json").json()}
+    assert run("memory", "forget", middle, "--yes").code == 0
+    after = {m["text"]: m for m in run("memory", "list", "--type", "semantic", "--all", "--json").json()}
     assert set(after) == {"I love Sprite", "I switched from Coke to water"}
     assert after["I love Sprite"]["superseded_by"] == by_text["I switched from Coke to water"]["id"]
     assert after["I love Sprite"]["valid_to"], "the oldest version does not come back as current"
-    assert [m["text"] for m in cli("memory", "list", "--type", "semantic", "--json").json()] == [
+    assert [m["text"] for m in run("memory", "list", "--type", "semantic", "--json").json()] == [
         "I switched from Coke to water"]
 
 
-def test_forget_refuses_without_confirmation_when_not_interactive(cli):
+def test_forget_refuses_without_confirmation_when_not_interactive(cli, run):
     cli("chat", "--no-update", input="/remember I like tea\n")
-    assert_one_line_error(cli("memory", "forget", "--query", "tea"), "--yes")
-    assert len(cli("memory", "list", "--json").json()) == 1
+    assert_one_line_error(run("memory", "forget", "--query", "tea"), "--yes")
+    assert len(run("memory", "list", "--json").json()) == 1
 
 
 def test_kill_during_the_update_stage_resumes_without_duplicates(isolated_home):
@@ -217,14 +217,14 @@ def test_kill_during_the_update_stage_resumes_without_duplicates(isolated_home):
     proc.wait()
     assert answers == 2 and jobs, "the chat stored both answers and queued its updates"
 
-    from tests.conftest import run_cli
+    from tests.conftest import run_cli, run_in_process
 
-    pending = run_cli("memory", "list", "--pending", "--json").json()
+    pending = run_in_process("memory", "list", "--pending", "--json").json()
     assert pending, "queued work survived the kill"
     # A new start resumes the pending work.
     r = run_cli("chat", "--at", "2026-11-05 10:20", "--once", "Good morning")
     assert r.code == 0, r.err
-    listing = run_cli("memory", "list", "--all", "--json").json()
+    listing = run_in_process("memory", "list", "--all", "--json").json()
     users = [m["text"] for m in listing if m.get("role") == "user"]
     assert users == ["I am a violinist and I practise every morning.", "My sister Lena lives in Porto.",
                      "Good morning"]
@@ -237,19 +237,19 @@ def test_kill_during_the_update_stage_resumes_without_duplicates(isolated_home):
     assert len(turns_in_history) == len(set(turns_in_history)), "no personality update was applied twice"
 
 
-def test_export_then_import_into_an_empty_home_gives_the_same_memories(cli, tmp_path):
+def test_export_then_import_into_an_empty_home_gives_the_same_memories(cli, run, tmp_path):
     pic = make_picture(tmp_path / "p.png", seed=5)
     cli("chat", "--at", "2026-11-01 10:00", "--no-update", "-a", str(pic),
         input="Here is my bike\n/remember I ride to work\n")
-    before = cli("memory", "list", "--all", "--json").json()
+    before = run("memory", "list", "--all", "--json").json()
     archive = tmp_path / "ada.pvm"
-    assert cli("memory", "export", str(archive)).code == 0
+    assert run("memory", "export", str(archive)).code == 0
     other = {"PERSONAVLM_HOME": str(tmp_path / "elsewhere")}
-    r = cli("memory", "import", str(archive), env=other)
+    r = run("memory", "import", str(archive), env=other)
     assert r.code == 0, r.err
-    after = cli("memory", "list", "--all", "--json", env=other).json()
+    after = run("memory", "list", "--all", "--json", env=other).json()
     assert after == before
-    found = cli("memory", "search", "bike", "--json", env=other).json()
+    found = run("memory", "search", "bike", "--json", env=other).json()
     assert found, "imported memories are searchable (vectors rebuilt)"
     # A flipped byte is refused, and nothing is imported.
     data = bytearray(archive.read_bytes())
@@ -257,4 +257,4 @@ def test_export_then_import_into_an_empty_home_gives_the_same_memories(cli, tmp_
     bad = tmp_path / "bad.pvm"
     bad.write_bytes(bytes(data))
     third = {"PERSONAVLM_HOME": str(tmp_path / "third")}
-    assert_one_line_error(cli("memory", "import", str(bad), env=third), "archive")
+    assert_one_line_error(run("memory", "import", str(bad), env=third), "archive")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -14,6 +16,7 @@ def _gen():
     return module
 
 
+@pytest.mark.slow  # gen_usage renders the help in a child process (a fixed, colourless terminal)
 def test_usage_doc_matches_the_help_of_every_registered_command():
     gen = _gen()
     expected = gen.render()

@@ -1,8 +1,9 @@
 """The command line: a thin layer that parses arguments, calls the core, and prints.
 
-``main`` is the only place that exits the process: domain errors become one ``Error: ...`` line on
-stderr with a non-zero status, Ctrl-C exits 130, and an unexpected exception prints one line too
-(the traceback only with PERSONAVLM_DEBUG=1, and never with local variables).
+``main`` is the only place that exits the process (given an environment, it returns the status instead):
+domain errors become one ``Error: ...`` line on stderr with a non-zero status, Ctrl-C exits 130, and an
+unexpected exception prints one line too (the traceback only with PERSONAVLM_DEBUG=1, and never with
+local variables).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import typer
 from personavlm_cli.cli import chat as chat_cmd
 from personavlm_cli.cli import bench as bench_cmd
 from personavlm_cli.cli import eval_persona, evaluate, housekeeping, memory, memory_learning, models, profile
+from personavlm_cli.cli import store as store_cmd
+from personavlm_cli.cli.terminal import Terminal
 
 app = typer.Typer(
     name="personavlm",
@@ -76,6 +79,7 @@ app.add_typer(profile.app, name="profile")
 app.command("doctor")(housekeeping.doctor)
 app.add_typer(housekeeping.users_app, name="users")
 app.add_typer(housekeeping.config_app, name="config")
+app.add_typer(store_cmd.app, name="store")
 
 
 app.add_typer(models.app, name="model")
@@ -85,7 +89,36 @@ app.add_typer(evaluate.app, name="eval")
 app.command("bench")(bench_cmd.bench)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, environment: Terminal | None = None) -> int:
+    """Run one command: ``argv`` (default: the process's arguments) in ``environment``.
+
+    Without an environment this is the program: it runs in the process's own terminal and exits with
+    the status. With one (``cli.terminal.Terminal``, e.g. ``terminal.captured(input)``) the command runs
+    in-process in that terminal (its streams, tty-ness, environment variables and clock) and the exit
+    status is returned: what the tests do, without a child process."""
+    if environment is None:
+        sys.exit(_run(argv))
+    umask = os.umask(0o077)  # the run sets the private umask; the caller gets its own back
+    os.umask(umask)
+    try:
+        with environment.activate():
+            return _run(argv)
+    finally:
+        os.umask(umask)
+
+
+_COMMAND = None
+
+
+def _command():
+    """The Click command of ``app``, built once (about 80 ms): every command is registered at import."""
+    global _COMMAND
+    if _COMMAND is None:
+        _COMMAND = typer.main.get_command(app)
+    return _COMMAND
+
+
+def _run(argv: list[str] | None) -> int:
     from personavlm_cli.cli.common import err, line
     from personavlm_cli.cli.env import private_umask
     from personavlm_cli.core.errors import PersonaError
@@ -99,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     def error(message: str) -> None:  # messages quote user input and stored text: never markup
         err.print(line(("Error:", "red"), " ", message), soft_wrap=True)
 
-    command = typer.main.get_command(app)
+    command = _command()
     try:
         result = command.main(args=argv, prog_name="personavlm", standalone_mode=False)
         code = result if isinstance(result, int) else 0
@@ -130,12 +163,12 @@ def main(argv: list[str] | None = None) -> None:
 
         if is_disk_full(exc):  # wherever it came from: one line, and nothing was lost
             error(str(disk_full(getattr(exc, "filename", None) or "the disk")))
-            sys.stdout.flush()
-            sys.exit(1)
-        if os.environ.get("PERSONAVLM_DEBUG"):
+            code = 1
+        elif os.environ.get("PERSONAVLM_DEBUG"):
             raise
-        first = (str(exc).splitlines() or [""])[0][:300]
-        error(f"unexpected {type(exc).__name__}: {first} (run with PERSONAVLM_DEBUG=1 for details)")
-        code = 1
+        else:
+            first = (str(exc).splitlines() or [""])[0][:300]
+            error(f"unexpected {type(exc).__name__}: {first} (run with PERSONAVLM_DEBUG=1 for details)")
+            code = 1
     sys.stdout.flush()
-    sys.exit(code)
+    return code

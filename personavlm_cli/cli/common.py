@@ -12,17 +12,16 @@ string:
 - ``listing_table(*columns)``: the one table layout of listings (``Text`` cells, one line per row).
 - ``escape_markup(text)``: only where a markup string cannot be avoided (it must end the string).
 
-As a second line of defence the two consoles (``out``, ``err``) run every rendered piece through
-``clean`` as well, so a control character that reaches them by another road still cannot act on the
-terminal; and ``print_json`` escapes the characters JSON would otherwise leave raw (C1 controls, bidi
-overrides).
+As a second line of defence the two consoles (``out``, ``err``: the active terminal's, ``cli.terminal``)
+run every rendered piece through ``clean`` as well, so a control character that reaches them by another
+road still cannot act on the terminal; and ``print_json`` escapes the characters JSON would otherwise
+leave raw (C1 controls, bidi overrides).
 """
 
 from __future__ import annotations
 
 import json
 import re
-import sys
 from typing import Annotated, Any, Optional
 
 import typer
@@ -31,6 +30,7 @@ from rich.segment import Segment
 from rich.text import Text
 
 from personavlm_cli.cli.env import Env
+from personavlm_cli.cli.terminal import ConsoleProxy, active
 
 # Characters that would act on a terminal, or reorder or hide text, instead of being shown: C0 controls
 # but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI on some terminals), the bidi marks,
@@ -133,8 +133,10 @@ def _console(**kwargs: Any) -> Console:
     return console
 
 
-out = _console(soft_wrap=False)
-err = _console(stderr=True)
+# The consoles of the active terminal (``cli.terminal``): the process's own, or the one an in-process run
+# (``main(argv, environment=...)``, the tests) activated. Import them by name as before.
+out = ConsoleProxy("out")
+err = ConsoleProxy("err")
 
 UserOpt = Annotated[Optional[str], typer.Option(
     "--user", "-u", help="Whose memories to use (default: config 'user', else your login name).",
@@ -159,11 +161,12 @@ def json_text(data: Any) -> str:
 
 def print_json(data: Any) -> None:
     text = json_text(data) + "\n"
+    stdout = active().stdout
     try:
-        sys.stdout.write(text)
+        stdout.write(text)
     except UnicodeEncodeError:  # lone surrogates, or a terminal that is not UTF-8
-        sys.stdout.write(json.dumps(data, ensure_ascii=True, indent=2) + "\n")
-    sys.stdout.flush()
+        stdout.write(json.dumps(data, ensure_ascii=True, indent=2) + "\n")
+    stdout.flush()
 
 
 def count(n: int, noun: str) -> str:
