@@ -109,11 +109,12 @@ class _Encoder:
 
 
 def make_store(path: Path):
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore
 
     path.mkdir(parents=True, exist_ok=True)
     vectors = _Vectors()
-    return MemoryStore(path, text_encoder=_Encoder, image_encoder=_Encoder, vectors=lambda: vectors)
+    return MemoryStore(path, **embedded_parts(path), text_encoder=_Encoder, image_encoder=_Encoder, vectors=lambda: vectors)
 
 
 def user_dir(home: Path) -> Path:
@@ -121,7 +122,7 @@ def user_dir(home: Path) -> Path:
 
 
 def refused(path: Path, *needles: str):
-    from personavlm_cli.core.archive import read_archive
+    from personavlm_cli.adapters.archive import read_archive
     from personavlm_cli.core.errors import PersonaError
 
     with pytest.raises(PersonaError) as info:
@@ -210,7 +211,7 @@ def test_a_malformed_state_is_refused_with_one_line(tmp_path, blob):
 
 def test_a_valid_personality_comes_in_and_later_updates_still_work(tmp_path):
     from personavlm_cli.core import personality as pem
-    from personavlm_cli.core.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import import_archive, read_archive
 
     after = {**GOOD, "openness": 3.4}
     history = [{**ENTRY, "after": after}, {**ENTRY, "m": 1, "lambda": None, "inferred": None, "turn_id": "turn_1",
@@ -245,7 +246,7 @@ def test_an_image_member_no_memory_uses_is_refused_and_nothing_is_written(tmp_pa
 
 
 def test_a_member_declaring_a_huge_size_is_refused_before_it_is_decompressed(tmp_path, isolated_home):
-    from personavlm_cli.core import archive as arch
+    from personavlm_cli.adapters import archive as arch
 
     # 60 MiB of zeros deflate to ~60 KB: an image member over the 50 MiB image limit, named by its sha.
     zeros = bytes(60 << 20)
@@ -268,7 +269,7 @@ def test_a_member_declaring_a_huge_size_is_refused_before_it_is_decompressed(tmp
 
 
 def test_a_member_larger_than_it_declares_is_stopped_at_the_limit_while_read(tmp_path, monkeypatch):
-    from personavlm_cli.core import archive as arch
+    from personavlm_cli.adapters import archive as arch
 
     # Declared sizes pass; the streamed count is what stops it (a lying directory cannot get past it).
     path = build(tmp_path / "a.pvm", [memory(text="y" * 3000)])
@@ -278,7 +279,7 @@ def test_a_member_larger_than_it_declares_is_stopped_at_the_limit_while_read(tmp
 
 
 def test_an_archive_with_too_many_members_is_refused_from_its_directory(tmp_path, monkeypatch):
-    from personavlm_cli.core import archive as arch
+    from personavlm_cli.adapters import archive as arch
 
     members = {}
     for seed in range(30):
@@ -292,7 +293,7 @@ def test_an_archive_with_too_many_members_is_refused_from_its_directory(tmp_path
 
 
 def test_a_long_import_reports_progress_and_writes_only_used_images(tmp_path):
-    from personavlm_cli.core.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import import_archive, read_archive
 
     pngs = [png_bytes(seed) for seed in range(12)]
     pngs = list({hashlib.sha256(p).hexdigest(): p for p in pngs}.values())
@@ -389,7 +390,7 @@ def test_a_huge_memory_is_refused_while_read_without_decompressing_it_all(tmp_pa
 
 
 def test_a_memory_over_the_text_limit_is_refused(tmp_path):
-    from personavlm_cli.core.archive import MAX_TEXT_CHARS, import_archive, read_archive
+    from personavlm_cli.adapters.archive import MAX_TEXT_CHARS, import_archive, read_archive
 
     refused(build(tmp_path / "a.pvm", [memory(text="é" * (MAX_TEXT_CHARS + 1))]), "over the limit", "nothing imported")
     refused(build(tmp_path / "k.pvm", [memory(keywords="k" * 5000)]), "keywords")
@@ -411,7 +412,7 @@ def _enospc(*_a, **_k):
 
 def test_a_full_disk_during_export_is_one_line_and_leaves_no_part_file(tmp_path, isolated_home, monkeypatch, capsys):
     from personavlm_cli.cli import main
-    from personavlm_cli.core.archive import export_archive
+    from personavlm_cli.adapters.archive import export_archive
     from personavlm_cli.core.errors import DiskFullError
 
     store = make_store(user_dir(isolated_home))
@@ -477,7 +478,7 @@ def test_a_full_disk_in_the_record_file_is_one_line_and_rolls_back(tmp_path):
 
 
 def test_a_full_disk_while_import_writes_images_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
-    from personavlm_cli.core.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import import_archive, read_archive
     from personavlm_cli.core.errors import DiskFullError
 
     pngs = [png_bytes(seed) for seed in (20, 21, 22)]
@@ -528,7 +529,7 @@ def test_malformed_manifests_are_refused_with_one_line(tmp_path, override, needl
 
 
 def test_manifest_numbers_json_cannot_hold_and_nested_memories_are_one_line(tmp_path, isolated_home):
-    from personavlm_cli.core.archive import strict_json
+    from personavlm_cli.adapters.archive import strict_json
 
     path = tmp_path / "v.pvm"
     files = {"memories.jsonl": (json.dumps(memory()) + "\n").encode()}
@@ -647,7 +648,7 @@ def test_a_misspelled_personavlm_variable_is_refused_with_a_suggestion(isolated_
 
 
 def test_archives_with_bad_roles_links_or_time_order_are_refused(tmp_path):
-    from personavlm_cli.core.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import import_archive, read_archive
     from personavlm_cli.core.errors import PersonaError
 
     turn = memory(id="turn_0000000001", type="turn", role="user", session_id="s1")
@@ -691,7 +692,7 @@ def test_archives_with_bad_roles_links_or_time_order_are_refused(tmp_path):
 
 def test_a_real_export_still_imports_after_all_the_checks(tmp_path):
     """Supersede chains, images, turns, episodes and personality history from a real store pass."""
-    from personavlm_cli.core.archive import export_archive, import_archive, read_archive
+    from personavlm_cli.adapters.archive import export_archive, import_archive, read_archive
     from personavlm_cli.core.memory import Memory
 
     src = make_store(tmp_path / "src")
@@ -760,7 +761,7 @@ def hostile_members(draw):
                                                                   HealthCheck.function_scoped_fixture])
 @given(case=hostile_members())
 def test_hostile_json_in_archive_members_is_refused_with_one_persona_error_or_imports_cleanly(tmp_path_factory, case):
-    from personavlm_cli.core.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import import_archive, read_archive
     from personavlm_cli.core.errors import PersonaError
 
     line, pers, state = case

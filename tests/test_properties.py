@@ -278,11 +278,12 @@ class _Encoder:
 
 
 def make_store(path: Path):
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore
 
     path.mkdir(parents=True, exist_ok=True)
     vectors = _Vectors()
-    store = MemoryStore(path, text_encoder=_Encoder, image_encoder=_Encoder, vectors=lambda: vectors)
+    store = MemoryStore(path, **embedded_parts(path), text_encoder=_Encoder, image_encoder=_Encoder, vectors=lambda: vectors)
     return store, vectors
 
 
@@ -345,7 +346,7 @@ def memory_sets(draw):
                                                                  HealthCheck.function_scoped_fixture])
 @given(case=memory_sets())
 def test_export_then_import_into_a_fresh_store_gives_identical_records(tmp_path_factory, case):
-    from personavlm_cli.core.archive import export_archive, import_archive, read_archive
+    from personavlm_cli.adapters.archive import export_archive, import_archive, read_archive
 
     memories, images, personality = case
     root = tmp_path_factory.mktemp("arch")
@@ -396,7 +397,7 @@ def test_any_damaged_byte_of_an_archive_is_refused_with_a_persona_error_or_chang
     """Every single-byte flip of a real export (compressed members, an image, the zip directory): reading
     it either raises one PersonaError (one line at the CLI) or gives exactly the original content,
     never another exception (a zlib error got through once: "unexpected error" at the CLI)."""
-    from personavlm_cli.core.archive import export_archive, read_archive
+    from personavlm_cli.adapters.archive import export_archive, read_archive
     from personavlm_cli.core.errors import PersonaError
 
     src, _ = make_store(tmp_path / "src")

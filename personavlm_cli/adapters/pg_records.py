@@ -19,7 +19,7 @@ and the same server share one system of record. Differences, all deliberate:
   who holds it (host, PID, command): one writer for erase/compact/migrate, across machines; turns
   are plain transactions, so two chats at once both write.
 
-psycopg is imported here only (``pip install 'personavlm[postgres]'``), never by the embedded store.
+psycopg is imported here only (``pip install 'personavlm-cli[postgres]'``), never by the embedded store.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from personavlm_cli.adapters.records import (_COLUMNS, FORMAT_VERSION, RecordSto
 from personavlm_cli.core.errors import NotFoundError, StoreBusyError, StoreError, disk_full
 from personavlm_cli.core.memory import Memory, iso, now
 
-INSTALL = "pip install 'personavlm[postgres]' (psycopg 3)"
+INSTALL = "pip install 'personavlm-cli[postgres]' (psycopg 3)"
 
 _TABLES = """
 CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -376,7 +376,7 @@ def export(
     user: UserOpt = None,
 ):
     """Export memories, timeline and images in the documented, versioned format."""
-    from personavlm_cli.core.archive import export_archive
+    from personavlm_cli.adapters.archive import export_archive
 
     env = make_env(user)
     records = _open_records(env)
@@ -397,7 +397,7 @@ def import_(
 
 def import_file(env, file: Path) -> dict:
     """Verify an archive, then write it into ``env``'s user store (shared by `memory` and `profile import`)."""
-    from personavlm_cli.core.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import import_archive, read_archive
 
     verified = read_archive(file)  # refuse a corrupt or tampered archive before creating anything
     try:

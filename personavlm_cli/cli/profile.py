@@ -139,7 +139,7 @@ def export(
     env = make_env(user)
     records = _open_records(env)
     if archive is not None:
-        from personavlm_cli.core.archive import export_archive
+        from personavlm_cli.adapters.archive import export_archive
 
         m = export_archive(records, env.user_dir(create=False), archive, env.user)
         err.print(line(("Archive written", "green"), f" to {archive}: {m['counts']['memories']} memories, "
@@ -194,7 +194,7 @@ def import_(file: Annotated[Path, typer.Argument(help="An archive from `profile 
 def import_with_progress(env, file: Path) -> dict:
     """Check the whole archive (nothing is created before it passes), then write it into ``env``'s
     store; a long import shows its progress on a terminal (stderr), and nothing when piped."""
-    from personavlm_cli.core.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import import_archive, read_archive
 
     with import_progress() as progress:
         env.user  # a bad user name or configuration is refused before the archive is read

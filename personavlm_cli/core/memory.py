@@ -19,6 +19,7 @@ from typing import Any, Callable
 from personavlm_cli.core.errors import PersonaError
 
 TYPES = ("core", "semantic", "episodic", "procedural", "image", "turn")
+TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")  # the Big Five
 _PREFIX = {"core": "core", "semantic": "sem", "episodic": "epi", "procedural": "proc", "image": "img",
            "turn": "turn"}
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import math
 
-TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")
+from personavlm_cli.core.memory import TRAITS
+
 NEUTRAL = 3.0
 
 # The paper's descriptors (Table 10), low and high end of each trait.

@@ -2,9 +2,7 @@
 consistent, images where the records are (files of the user, or rows of the record database).
 
 The record store and the image place are injected (``cli/env.py`` wires them; elsewhere
-``MemoryStore(path, **adapters.image_store.embedded_parts(path), ...)``). A caller that injects neither
-still gets the embedded SQLite file and image directory, through a transitional fallback import (the one
-adapter import left here) until every caller injects.
+``MemoryStore(path, **adapters.image_store.embedded_parts(path), ...)``).
 
 Every write goes to the record file first, in one transaction, then to the vector store; a
 record whose vector is missing (a kill between the two) is embedded again at the next open, and
@@ -19,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from personavlm_cli.core.memory import Memory, from_iso, iso, new_id, now
+from personavlm_cli.core.ports import RecordStore
 
 TEXT = "memories"
 IMAGES = "images"
@@ -26,20 +25,12 @@ IMAGES = "images"
 
 class MemoryStore:
     def __init__(self, user_dir: Path, *, text_encoder: Callable, image_encoder: Callable,
-                 vectors: Callable, readonly: bool = False, records: Callable[..., Any] | None = None,
-                 images: Any = None):
+                 vectors: Callable, records: Callable[..., RecordStore], images: Any, readonly: bool = False):
         """``text_encoder``, ``image_encoder`` and ``vectors`` are factories, called on first use, so
         that listing commands never load an embedding model or the vector engine. ``records`` is a
         factory ``records(readonly=...)`` of the record store (called now, and again by ``fork``);
         ``images`` the image place (``adapters/image_store.py``); ``cli/env.py`` builds both."""
         self.user_dir = Path(user_dir)
-        if records is None or images is None:
-            # Transitional, for the callers that do not inject yet (cli/evaluate.py, core/benchmarks.py,
-            # tests): the embedded SQLite file and image directory of ``user_dir``.
-            from personavlm_cli.adapters.image_store import embedded_parts
-
-            parts = embedded_parts(self.user_dir)
-            records, images = records or parts["records"], images or parts["images"]
         self._records_factory = records
         self.images = images
         self.images_dir = Path(images.dir)  # local files (a server store's private cache)

@@ -28,7 +28,16 @@ from pathlib import Path
 from typing import Callable
 
 from personavlm_cli.core.errors import PersonaError, StoreError, disk_full, is_disk_full
-from personavlm_cli.core.memory import MAX_YEAR, MIN_YEAR, TYPES, Memory, from_iso, iso, now
+from personavlm_cli.core.memory import (
+    MAX_YEAR,
+    MIN_YEAR,
+    TRAITS,
+    TYPES,
+    Memory,
+    from_iso,
+    iso,
+    now,
+)
 
 FORMAT = "personavlm-archive"
 VERSION = 1
@@ -506,7 +515,6 @@ def _parse_personality_and_state(data: dict) -> tuple[dict, dict]:
 
 def _personality_problem(personality: dict) -> str | None:
     """What is wrong with the personality block (types and ranges), or None."""
-    from personavlm_cli.core.personality import TRAITS
 
     def vector_problem(v, what: str) -> str | None:
         if not isinstance(v, dict) or set(v) != set(TRAITS):
