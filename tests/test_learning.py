@@ -181,3 +181,41 @@ def test_the_history_is_laid_out_exactly_as_it_was_sent():
     assert follow[: len(sent)] == sent
     assert follow[len(sent)]["content"] == "Mango."
     assert "10:00" not in follow[0]["content"], "the clock is not in the system text"
+
+
+def test_a_message_made_only_of_questions_tells_nothing_about_the_user():
+    from personavlm_cli.core.learning import only_asks
+
+    assert only_asks("When did I go to the support group?")
+    assert only_asks("When did I go? / What did I say about it?")  # a summary of questions
+    assert not only_asks("My dog is sick. What should I do?")
+    assert not only_asks("I went to a support group yesterday.")
+    assert not only_asks("")
+
+
+def test_the_users_earlier_questions_are_not_recalled_as_memories():
+    from personavlm_cli.core.store import new_memory
+
+    at = datetime(2026, 5, 2, 9, 0).astimezone()
+    asked = new_memory("turn", "What is my parrot called?", at, role="user", session_id="s1")
+    told = new_memory("turn", "My parrot is called Mango and he whistles.", at, role="user", session_id="s1")
+    model = Scripted(["Mango."])
+    stage, _ = _stage(model, [[asked, told]])
+    r = Reasoning()
+    "".join(stage.respond(_ctx(), r))
+    assert [m.id for m in r.used] == [told.id]
+    prompt = model.calls[0][-1]["content"]
+    assert "whistles" in prompt and prompt.count("What is my parrot called?") == 1  # the message itself only
+
+
+def test_the_compact_answer_stops_where_the_model_starts_a_new_context_block():
+    class Recording(Scripted):
+        def stream(self, messages, **kw):
+            self.kw = kw
+            yield from super().stream(messages, **kw)
+
+    model = Recording(["It is Mango."])
+    stage, _ = _stage(model, [[_memory(1, "My parrot is called Mango")]])
+    stage.profile = GenericProfile(style="compact")
+    "".join(stage.respond(_ctx(), Reasoning()))
+    assert "\nContext:" in model.kw["stop"] and "\nQuestion:" in model.kw["stop"]

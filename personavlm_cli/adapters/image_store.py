@@ -12,12 +12,11 @@ Every method takes the record store it works with (a store forked for another th
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from pathlib import Path
 
 from personavlm_cli.adapters.files import shred
+from personavlm_cli.adapters.images import write_private
 
 _REL = re.compile(r"([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,5})")
 
@@ -34,19 +33,7 @@ def _sha_of(rel: str) -> tuple[str, str] | None:
 def _write_private(dest: Path, data: bytes) -> None:
     """Atomically, mode 0600 in directories of mode 0700."""
     dest.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_private(dest, data)
 
 
 class DirImages:

@@ -30,73 +30,24 @@ import json
 import os
 import socket
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
-from personavlm_cli.adapters.records import (_COLUMNS, FORMAT_VERSION, RecordStore, _memory_values,
-                                             _row_to_memory, query_words)
+from personavlm_cli.adapters.sql_records import FORMAT_VERSION, SqlRecords, query_words, tables
+from personavlm_cli.adapters.urls import shown_url
 from personavlm_cli.core.errors import NotFoundError, StoreBusyError, StoreError, disk_full
-from personavlm_cli.core.memory import Memory, iso, now
+from personavlm_cli.core.memory import iso, now
 
 INSTALL = "pip install 'personavlm-cli[postgres]' (psycopg 3)"
 
-_TABLES = """
-CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS memories(
-    rowid BIGSERIAL PRIMARY KEY,
-    id TEXT NOT NULL UNIQUE,
-    type TEXT NOT NULL,
-    text TEXT NOT NULL,
-    keywords TEXT NOT NULL DEFAULT '',
-    role TEXT,
-    session_id TEXT,
-    occurred_at TEXT NOT NULL,
-    occurred_ts DOUBLE PRECISION NOT NULL,
-    occurred_end TEXT,
-    end_ts DOUBLE PRECISION NOT NULL,
-    created_at TEXT NOT NULL,
-    source_ids TEXT NOT NULL DEFAULT '[]',
-    image_sha256 TEXT,
-    valid_to TEXT,
-    superseded_by TEXT,
-    meta TEXT NOT NULL DEFAULT '{}',
-    vector_state INTEGER NOT NULL DEFAULT 0,
+_TABLES = tables("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", """,
     tsv tsvector GENERATED ALWAYS AS (
         setweight(to_tsvector('english'::regconfig, text), 'A') ||
         setweight(to_tsvector('english'::regconfig, keywords), 'B')) STORED,
     text_len INTEGER GENERATED ALWAYS AS (length(to_tsvector('english'::regconfig, text))) STORED,
-    kw_len INTEGER GENERATED ALWAYS AS (length(to_tsvector('english'::regconfig, keywords))) STORED
-);
-CREATE INDEX IF NOT EXISTS memories_type_time ON memories(type, occurred_ts);
-CREATE INDEX IF NOT EXISTS memories_session ON memories(session_id);
-CREATE INDEX IF NOT EXISTS memories_image ON memories(image_sha256);
-CREATE INDEX IF NOT EXISTS memories_vector_state ON memories(vector_state);
+    kw_len INTEGER GENERATED ALWAYS AS (length(to_tsvector('english'::regconfig, keywords))) STORED""") + """
 CREATE INDEX IF NOT EXISTS memories_superseded_by ON memories(superseded_by);
 CREATE INDEX IF NOT EXISTS memories_tsv ON memories USING GIN(tsv);
-CREATE TABLE IF NOT EXISTS jobs(
-    id BIGSERIAL PRIMARY KEY,
-    kind TEXT NOT NULL,
-    payload TEXT NOT NULL,
-    created_at TEXT NOT NULL,
-    attempts INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS audit(
-    id BIGSERIAL PRIMARY KEY,
-    at TEXT NOT NULL,
-    operation TEXT NOT NULL,
-    ids TEXT NOT NULL,
-    count INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS personality(
-    id BIGSERIAL PRIMARY KEY,
-    at TEXT NOT NULL,
-    turn_id TEXT,
-    m INTEGER NOT NULL,
-    lam DOUBLE PRECISION,
-    inferred TEXT,
-    before TEXT NOT NULL,
-    after TEXT NOT NULL,
-    note TEXT NOT NULL DEFAULT ''
-);
 CREATE TABLE IF NOT EXISTS images(
     sha256 TEXT PRIMARY KEY,
     ext TEXT NOT NULL,
@@ -141,20 +92,7 @@ def check_database_url(url: str) -> str:
     return text
 
 
-def shown_database_url(url: str) -> str:
-    """The URL as shown in messages and by doctor: scheme, host, port and database; never credentials."""
-    from urllib.parse import urlsplit
-
-    u = urlsplit((url or "").strip())
-    try:
-        host = u.hostname or ""
-        if ":" in host:
-            host = f"[{host}]"
-        if u.port:
-            host += f":{u.port}"
-    except ValueError:
-        host = (u.netloc or "").rpartition("@")[2]
-    return f"{u.scheme}://{host}{u.path}" if u.scheme else "(not a URL)"
+shown_database_url = shown_url  # the name cli/housekeeping.py imports
 
 
 def schema_for(user: str) -> str:
@@ -170,8 +108,9 @@ def _key(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
-class PgRecordStore:
-    """One user's records in their schema of a PostgreSQL database. Not shared between threads."""
+class PgRecordStore(SqlRecords):
+    """One user's records in their schema of a PostgreSQL database. Not shared between threads. The
+    methods whose SQL SQLite shares are in :class:`SqlRecords`; here, what only PostgreSQL does."""
 
     remote = True
 
@@ -336,97 +275,30 @@ class PgRecordStore:
         finally:
             self.db.execute("SELECT pg_advisory_unlock(%s)", (_key(f"personavlm-writer:{self.schema}"),))
 
-    # -- meta ----------------------------------------------------------------------------------
+    # -- the hooks of SqlRecords -------------------------------------------------------------------
 
-    def get_meta(self, key: str, default: Any = None) -> Any:
-        row = self.db.execute("SELECT value FROM meta WHERE key=%s", (key,)).fetchone()
-        if not row:
-            return default
-        return int(row["value"]) if key == "format_version" else json.loads(row["value"])
+    PARAM = "%s"
 
-    def set_meta(self, key: str, value: Any) -> None:
-        self.db.execute("INSERT INTO meta VALUES(%s, %s) ON CONFLICT (key) DO UPDATE SET value=EXCLUDED.value",
-                        (key, json.dumps(value)))
+    def _in(self, column: str, values: list) -> tuple[str, list]:
+        return f"{column} = ANY(%s)", [list(values)]
 
-    def store_id(self) -> str:
-        """Made once by whichever machine asks first; every machine reads the same one."""
-        value = self.get_meta("store_id")
-        if not value:
-            import secrets
+    def _chunks(self, ids: Iterable[str]) -> Iterator[list[str]]:
+        ids = list(ids)
+        if ids:
+            yield ids
 
-            self.db.execute("INSERT INTO meta VALUES('store_id', %s) ON CONFLICT (key) DO NOTHING",
-                            (json.dumps(secrets.token_hex(8)),))
-            value = self.get_meta("store_id")
-        return value
-
-    # -- memories ------------------------------------------------------------------------------
-
-    def insert(self, memories: Iterable[Memory]) -> None:
-        cols = ", ".join(_COLUMNS)
-        marks = ", ".join("%s" for _ in _COLUMNS)
-        rows = [_memory_values(m) for m in memories]
+    def _execute_many(self, sql: str, rows: list[tuple]) -> None:
         if rows:
             with self.db.cursor() as cur:
-                cur.executemany(f"INSERT INTO memories({cols}) VALUES ({marks})", rows)
+                cur.executemany(sql, rows)
 
-    def update(self, memory: Memory) -> None:
-        values = _memory_values(memory)
-        sets = ", ".join(f"{c}=%s" for c in _COLUMNS[1:])
-        self.db.execute(f"UPDATE memories SET {sets}, vector_state=0 WHERE id=%s", (*values[1:], values[0]))
+    def _tuples(self, sql: str, args: list) -> list[tuple]:
+        from psycopg.rows import tuple_row
 
-    def supersede(self, old_id: str, new_id: str | None, at: str) -> None:
-        self.db.execute("UPDATE memories SET valid_to=%s, superseded_by=%s WHERE id=%s AND valid_to IS NULL",
-                        (at, new_id, old_id))
+        with self.db.cursor(row_factory=tuple_row) as cur:
+            return cur.execute(sql, args).fetchall()
 
-    def get(self, memory_id: str) -> Memory | None:
-        row = self.db.execute("SELECT * FROM memories WHERE id=%s", (memory_id,)).fetchone()
-        return _row_to_memory(row) if row else None
-
-    def get_many(self, ids: Iterable[str]) -> list[Memory]:
-        ids = list(ids)
-        if not ids:
-            return []
-        out = {r["id"]: _row_to_memory(r) for r in
-               self.db.execute("SELECT * FROM memories WHERE id = ANY(%s)", (ids,)).fetchall()}
-        return [out[i] for i in ids if i in out]
-
-    def list(self, types: Iterable[str] | None = None, since: float | None = None, until: float | None = None,
-             include_superseded: bool = False, limit: int | None = None, session_id: str | None = None,
-             newest_first: bool = False) -> list[Memory]:
-        where, args = self._where(types, since, until, include_superseded, session_id)
-        order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT * FROM memories {where} ORDER BY occurred_ts {order}, rowid {order}"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [_row_to_memory(r) for r in self.db.execute(sql, args).fetchall()]
-
-    def has_current_besides(self, ids: Iterable[str]) -> bool:
-        row = self.db.execute("SELECT 1 FROM memories WHERE valid_to IS NULL AND NOT (id = ANY(%s)) LIMIT 1",
-                              (list(ids),)).fetchone()
-        return row is not None
-
-    def count(self, types: Iterable[str] | None = None, include_superseded: bool = True) -> int:
-        where, args = self._where(types, None, None, include_superseded, None)
-        return self.db.execute(f"SELECT COUNT(*) AS n FROM memories {where}", args).fetchone()["n"]
-
-    @staticmethod
-    def _where(types, since, until, include_superseded, session_id) -> tuple[str, list]:
-        clauses, args = [], []
-        if types:
-            clauses.append("type = ANY(%s)")
-            args.append(list(types))
-        if since is not None:
-            clauses.append("end_ts >= %s")
-            args.append(since)
-        if until is not None:
-            clauses.append("occurred_ts <= %s")
-            args.append(until)
-        if not include_superseded:
-            clauses.append("valid_to IS NULL")
-        if session_id is not None:
-            clauses.append("session_id = %s")
-            args.append(session_id)
-        return ("WHERE " + " AND ".join(clauses)) if clauses else "", args
+    # -- memories: what only PostgreSQL does --------------------------------------------------
 
     def lexical(self, query: str, k: int, types: Iterable[str] | None = None, since: float | None = None,
                 until: float | None = None, include_superseded: bool = False) -> list[tuple[str, float]]:
@@ -458,58 +330,6 @@ class PgRecordStore:
             GROUP BY m.id, m.rowid ORDER BY score DESC, m.rowid LIMIT %s"""
         rows = self.db.execute(sql, [" ".join(words), tsquery, *args, k]).fetchall()
         return [(r["id"], float(r["score"])) for r in rows]
-
-    def filter_ids(self, ids: list[str], types: Iterable[str] | None = None, since: float | None = None,
-                   until: float | None = None, include_superseded: bool = False) -> set[str]:
-        if not ids:
-            return set()
-        where, args = self._where(types, since, until, include_superseded, None)
-        where = where.replace("WHERE ", "AND ") if where else ""
-        return {r["id"] for r in self.db.execute(f"SELECT id FROM memories WHERE id = ANY(%s) {where}",
-                                                  [list(ids), *args]).fetchall()}
-
-    def session_turns(self, ids: list[str]) -> list[tuple]:
-        if not ids:
-            return []
-        rows = self.db.execute(
-            "SELECT id, session_id, occurred_ts, end_ts, (valid_to IS NULL)::int AS current FROM memories "
-            "WHERE type='turn' AND session_id IN (SELECT DISTINCT session_id FROM memories WHERE id = ANY(%s)) "
-            "ORDER BY session_id, occurred_ts, rowid", (list(ids),)).fetchall()
-        return [(r["id"], r["session_id"], r["occurred_ts"], r["end_ts"], r["current"]) for r in rows]
-
-    def unembedded(self, limit: int = 1000) -> list[Memory]:
-        return [_row_to_memory(r) for r in
-                self.db.execute("SELECT * FROM memories WHERE vector_state=0 ORDER BY rowid LIMIT %s",
-                                (limit,)).fetchall()]
-
-    def mark_embedded(self, ids: Iterable[str]) -> None:
-        self.db.execute("UPDATE memories SET vector_state=1 WHERE id = ANY(%s)", (list(ids),))
-
-    def delete(self, ids: Iterable[str]) -> int:
-        ids = list(ids)
-        if not ids:
-            return 0
-        total = self.db.execute("DELETE FROM memories WHERE id = ANY(%s)", (ids,)).rowcount
-        if total:
-            self.set_meta("compact_pending", True)
-        return total
-
-    def derived_from(self, ids: Iterable[str]) -> list[Memory]:
-        wanted = set(ids)
-        return [_row_to_memory(r) for r in self.db.execute("SELECT * FROM memories WHERE source_ids != '[]' "
-                                                           "ORDER BY rowid").fetchall()
-                if wanted.intersection(json.loads(r["source_ids"]))]
-
-    def superseded_by_any(self, ids: Iterable[str]) -> list[Memory]:
-        return [_row_to_memory(r) for r in self.db.execute(
-            "SELECT * FROM memories WHERE superseded_by = ANY(%s) ORDER BY rowid", (list(ids),)).fetchall()]
-
-    def turn_counts(self) -> dict[str, int]:
-        return {r["session_id"]: r["n"] for r in self.db.execute(
-            "SELECT session_id, COUNT(*) AS n FROM memories WHERE type='turn' GROUP BY session_id").fetchall()}
-
-    def image_in_use(self, sha256: str) -> bool:
-        return self.db.execute("SELECT 1 FROM memories WHERE image_sha256=%s LIMIT 1", (sha256,)).fetchone() is not None
 
     def compact(self) -> None:
         """Rewrite the tables that held erased rows (VACUUM FULL: new files, the old ones dropped)."""
@@ -544,49 +364,6 @@ class PgRecordStore:
     def add_job(self, kind: str, payload: dict) -> int:
         return self.db.execute("INSERT INTO jobs(kind, payload, created_at) VALUES (%s,%s,%s) RETURNING id",
                                (kind, json.dumps(payload), iso(now()))).fetchone()["id"]
-
-    def jobs(self, kinds: Iterable[str] | None = None) -> list[dict]:
-        out = [dict(id=r["id"], kind=r["kind"], payload=json.loads(r["payload"]), attempts=r["attempts"])
-               for r in self.db.execute("SELECT * FROM jobs ORDER BY id").fetchall()]
-        return [j for j in out if kinds is None or j["kind"] in kinds]
-
-    PENDING_KINDS = RecordStore.PENDING_KINDS
-
-    def pending_jobs(self) -> list[dict]:
-        return self.jobs(self.PENDING_KINDS)
-
-    def finish_interrupted_imports(self, images_dir) -> int:
-        return RecordStore.finish_interrupted_imports(self, images_dir)  # same logic, this store's methods
-
-    def job_attempted(self, job_id: int) -> None:
-        self.db.execute("UPDATE jobs SET attempts = attempts + 1 WHERE id=%s", (job_id,))
-
-    def finish_job(self, job_id: int) -> None:
-        self.db.execute("DELETE FROM jobs WHERE id=%s", (job_id,))
-
-    # -- audit and personality -----------------------------------------------------------------
-
-    def audit(self, operation: str, ids: list[str]) -> None:
-        self.db.execute("INSERT INTO audit(at, operation, ids, count) VALUES (%s,%s,%s,%s)",
-                        (iso(now()), operation, json.dumps(ids), len(ids)))
-
-    def audit_log(self) -> list[dict]:
-        return [dict(at=r["at"], operation=r["operation"], ids=json.loads(r["ids"]), count=r["count"])
-                for r in self.db.execute("SELECT * FROM audit ORDER BY id").fetchall()]
-
-    def add_personality(self, record: dict) -> None:
-        self.db.execute(
-            "INSERT INTO personality(at, turn_id, m, lam, inferred, before, after, note) "
-            "VALUES (%s,%s,%s,%s,%s,%s,%s,%s)",
-            (record["at"], record.get("turn_id"), record["m"], record.get("lambda"),
-             json.dumps(record.get("inferred")), json.dumps(record["before"]), json.dumps(record["after"]),
-             record.get("note", "")))
-
-    def personality_history(self) -> list[dict]:
-        return [dict(at=r["at"], turn_id=r["turn_id"], m=r["m"], **{"lambda": r["lam"]},
-                     inferred=json.loads(r["inferred"]) if r["inferred"] else None,
-                     before=json.loads(r["before"]), after=json.loads(r["after"]), note=r["note"])
-                for r in self.db.execute("SELECT * FROM personality ORDER BY id").fetchall()]
 
     def size_bytes(self) -> int:
         row = self.db.execute(

@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from personavlm_cli.adapters.urls import shown_url
 from personavlm_cli.core.errors import StoreError
 
 HNSW = {"space": "cosine", "ef_search": 200, "ef_construction": 200, "max_neighbors": 32}
@@ -56,7 +57,7 @@ class VectorIndex:
     def __init__(self, path: Path | None = None, url: str | None = None, namespace: str = ""):
         self.namespace = namespace
         self.path = path
-        self.where = _shown_url(url) if url else str(path)
+        self.where = shown_url(url).rstrip("/") if url else str(path)
         self.remote = bool(url)
         if url:
             host, port, tenant, database, headers = _parse_server_url(url)
@@ -540,22 +541,6 @@ def _parse_server_url(url: str):
         raw = f"{u.username}:{u.password or ''}".encode("utf-8")
         headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
     return full, port, tenant, database, headers
-
-
-def _shown_url(url: str) -> str:
-    """``store.url`` as shown in messages: without credentials or parameters."""
-    from urllib.parse import urlsplit, urlunsplit
-
-    u = urlsplit(url.strip())
-    try:
-        netloc = u.hostname or ""
-        if ":" in netloc:
-            netloc = f"[{netloc}]"
-        if u.port:
-            netloc += f":{u.port}"
-    except ValueError:
-        netloc = (u.netloc or "").rpartition("@")[2]
-    return urlunsplit((u.scheme, netloc, u.path.rstrip("/"), "", "")) or url
 
 
 def _check_reachable(url: str, port: int, where: str, timeout: float = 10.0) -> None:

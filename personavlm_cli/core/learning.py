@@ -182,6 +182,13 @@ def is_about_the_user(sentence: str) -> bool:
     return len(content_words(s)) >= 2
 
 
+def only_asks(text: str) -> bool:
+    """Every sentence of ``text`` is a question: it tells nothing about the user, and recalled for a
+    later message it would only echo what is asked again."""
+    said = sentences(text)
+    return bool(said) and all(s.rstrip().endswith("?") for s in said)
+
+
 def keywords_of(text: str, limit: int = 6) -> str:
     seen = [w for w in dict.fromkeys(w.strip("'-") for w in words(text)) if w and w in content_words(w)]
     return ", ".join(seen[:limit])

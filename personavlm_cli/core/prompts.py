@@ -168,6 +168,11 @@ class GenericProfile:
         lines.append(pem.style_guidance(ctx.personality))
         return "\n".join(lines)
 
+    def stops(self) -> list[str]:
+        """Where an answer ends: a small model that goes on writing the compact layout's next
+        "Context:"/"Question:" block is inventing a conversation, not answering."""
+        return ["\nContext:", "\nQuestion:", "\nMessage:"] if self.style == "compact" else []
+
     def user_block(self, message: str, at: datetime, recalled: list[Memory]) -> str:
         """One user message as the model sees it: what was recalled for it, the time, the message."""
         if self.style == "compact":

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from personavlm_cli.core import timewords
+from personavlm_cli.core.learning import only_asks
 from personavlm_cli.core.memory import Memory
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, Step
@@ -83,7 +84,9 @@ class ResponseStage:
         while True:
             searches = sum(1 for s in r.steps if s.action == "retrieve")
             may_search = self.model_search and ctx.has_long_term_memory and searches < MAX_RETRIEVALS
-            stream = self.model.stream(self.profile.answer_messages(ctx, r.used), **sampling)
+            stops = self.profile.stops()
+            stream = self.model.stream(self.profile.answer_messages(ctx, r.used), **sampling,
+                                       **({"stop": stops} if stops else {}))
             opening: str | None = ""  # the reply's first characters, held back until they are not the mark
             produced = False
             try:
@@ -173,19 +176,25 @@ class ResponseStage:
             types=RECALLED_TYPES,  # the core profile is in the system text already
         )
         compact = getattr(self.profile, "style", "full") == "compact"
-        hits = self.recall(query, k + (4 if compact else 0))
+        hits = self.recall(query, k + 4)
         if not hits and named is not None:
             # "in August" may name when something will happen, not when it was said: without the
             # window, rather than with nothing.
             query.since = query.until = None
             step.start_time = step.end_time = None
             step.think += " (nothing in that window; searched without it)"
-            hits = self.recall(query, k + (4 if compact else 0))
+            hits = self.recall(query, k + 4)
+        # The user's own earlier questions (and summaries made only of questions) tell nothing about
+        # them: asked again, they would be recalled first and crowd out the answer's evidence.
+        hits = [h for h in hits if not (h.memory.type in ("turn", "episodic") and h.memory.role != "assistant"
+                                        and only_asks(h.memory.text))]
         if compact:
             # The assistant's own earlier replies are not memories of the user, and a small model takes
             # them as facts; turns of an imported transcript name their speaker and stay.
             hits = [h for h in hits if not (h.memory.type == "turn" and h.memory.role == "assistant"
                                             and not (h.memory.meta or {}).get("speaker"))][:k]
+        else:
+            hits = hits[:k]
         for h in hits:
             r.hits[h.memory.id] = h
         if compact:  # an episode is shown as its own (user's words) summary, not expanded to every turn

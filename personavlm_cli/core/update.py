@@ -438,8 +438,10 @@ class UpdateStage:
                         self.learner.dropped("episodic", t["summary"])
             covered = {r for t in topics for r in t["rounds"]}
             missing = [r for r in range(1, len(window) + 1) if r not in covered]
-            if missing:  # by rules: the user's own words of the rounds no topic covers
-                said = [window[r - 1][0].text for r in missing]
+            # By rules: the user's own words of the rounds no topic covers (their questions say
+            # nothing about them: a summary of questions alone is no episode).
+            said = [window[r - 1][0].text for r in missing if not learning.only_asks(window[r - 1][0].text)]
+            if said:
                 topics.append({"summary": _gist(said), "keywords": learning.keywords_of(" ".join(said)),
                                "rounds": missing})
             for t in topics:

@@ -1,0 +1,20 @@
+"""A URL as messages and ``doctor`` show it: never its credentials."""
+
+from __future__ import annotations
+
+
+def shown_url(url: str) -> str:
+    """``url`` without user, password, query or fragment: scheme, host, port and path ("(not a URL)"
+    when it has no scheme). A port that is not a number is shown as written, still without credentials."""
+    from urllib.parse import urlsplit
+
+    u = urlsplit((url or "").strip())
+    try:
+        host = u.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        if u.port:
+            host += f":{u.port}"
+    except ValueError:
+        host = (u.netloc or "").rpartition("@")[2]
+    return f"{u.scheme}://{host}{u.path}" if u.scheme else "(not a URL)"
