@@ -653,7 +653,7 @@ def test_locomo_recall_through_the_server_store_is_within_001_of_embedded(postgr
     from personavlm_cli.core.store import MemoryStore
     from personavlm_cli.evals import locomo as lc
 
-    plan = lc.plan_questions(lc.load(LOCOMO_DEV, ["conv-26"]), None)
+    plan = lc.plan_questions(lc.load(LOCOMO_DEV), None)  # the whole development split
     weights = lc.recall_weights(None, None, "score")
     embedded = lc.run(LOCOMO_DEV, plan, k=10, weights=weights, fusion="score", candidates=None)
 
@@ -671,7 +671,7 @@ def test_locomo_recall_through_the_server_store_is_within_001_of_embedded(postgr
     server = lc.run(LOCOMO_DEV, plan, k=10, weights=weights, fusion="score", candidates=None)
     assert server["questions"] == embedded["questions"] > 50
     assert "lexical" in server["signals_seen"] and "dense" in server["signals_seen"]
-    print(f"\nLoCoMo conv-26 recall@10: embedded {embedded['recall_at_k']['overall']}, server {server['recall_at_k']['overall']}"
+    print(f"\nLoCoMo dev recall@10: embedded {embedded['recall_at_k']['overall']}, server {server['recall_at_k']['overall']}"
           f"; recall ms mean embedded {embedded['timings']['recall_ms_mean']}, server {server['timings']['recall_ms_mean']}")
     assert abs(server["recall_at_k"]["overall"] - embedded["recall_at_k"]["overall"]) <= 0.01
 
