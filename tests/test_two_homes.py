@@ -382,14 +382,16 @@ def test_compact_leaves_no_erased_text_in_the_table_files(postgres):
 
     def files_with_secret() -> list[str]:
         found = []
-        for table in ("memories", "images"):
-            for rel in r.db.execute("SELECT pg_relation_filepath(c.oid) AS p FROM pg_class c JOIN pg_namespace n "
-                                    "ON n.oid=c.relnamespace WHERE n.nspname=%s AND (c.relname=%s OR c.oid = "
-                                    "(SELECT reltoastrelid FROM pg_class WHERE relname=%s AND relnamespace=n.oid))",
-                                    (r.schema, table, table)).fetchall():
-                path = postgres.data / rel["p"]
-                if path.exists() and secret.encode() in path.read_bytes():
-                    found.append(str(path))
+        # Every relation of the user's schema (the partitions, their indexes) and their TOAST tables.
+        for rel in r.db.execute("SELECT pg_relation_filepath(c.oid) AS p FROM pg_class c JOIN pg_namespace n "
+                                "ON n.oid=c.relnamespace WHERE n.nspname=%s UNION SELECT pg_relation_filepath("
+                                "c.reltoastrelid) FROM pg_class c JOIN pg_namespace n ON n.oid=c.relnamespace "
+                                "WHERE n.nspname=%s AND c.reltoastrelid <> 0", (r.schema, r.schema)).fetchall():
+            if rel["p"] is None:
+                continue
+            path = postgres.data / rel["p"]
+            if path.exists() and secret.encode() in path.read_bytes():
+                found.append(str(path))
         return found
 
     assert files_with_secret()  # the test can see the text where it is
@@ -398,9 +400,12 @@ def test_compact_leaves_no_erased_text_in_the_table_files(postgres):
         r.delete_image("ef" * 32)
     r.db.execute("CHECKPOINT")
     assert files_with_secret()  # deleted rows stay in the pages until the table is rewritten
+    marked = r.get_meta("compact_parts")  # only the partitions that held them are rewritten
+    assert len(marked) == 2 and {p.rsplit("_p", 1)[0] for p in marked} == {"memories", "images"}, marked
     r.compact()
     r.db.execute("CHECKPOINT")
     assert files_with_secret() == [] and [m.id for m in r.list()] == ["sem_2"]
+    assert r.get_meta("compact_parts") is None and r.get_meta("compact_pending") is None
     r.close()
 
 

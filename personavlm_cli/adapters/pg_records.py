@@ -40,6 +40,28 @@ from personavlm_cli.core.memory import iso, now
 
 INSTALL = "pip install 'personavlm-cli[postgres]' (psycopg 3)"
 
+# The memories and the images are split in hash partitions (by id, by sha256): a forget rewrites only
+# the partitions that held what it erased (VACUUM FULL of a few thousand rows), not the whole store.
+PARTITIONS = 64
+
+
+def _partitioned(ddl: str) -> str:
+    """The shared schema with ``memories`` and ``images`` as hash-partitioned tables (a partitioned
+    table's unique keys must include its partition key: ``id`` is the key, ``rowid`` an ordered index)."""
+    ddl = ddl.replace("CREATE TABLE IF NOT EXISTS memories(\n    rowid BIGSERIAL PRIMARY KEY,\n    id TEXT NOT NULL UNIQUE,",
+                      "CREATE TABLE IF NOT EXISTS memories(\n    rowid BIGSERIAL NOT NULL,\n    id TEXT NOT NULL PRIMARY KEY,")
+    ddl = ddl.replace("    data BYTEA NOT NULL,\n    created_at TEXT NOT NULL\n)",
+                      "    data BYTEA NOT NULL,\n    created_at TEXT NOT NULL\n) PARTITION BY HASH (sha256)")
+    head, sep, rest = ddl.partition("CREATE INDEX IF NOT EXISTS memories_type_time")
+    head = head.rstrip()
+    assert head.endswith(");") and sep, "the shared schema changed: update _partitioned"
+    head = head[:-1] + " PARTITION BY HASH (id);\nCREATE INDEX IF NOT EXISTS memories_rowid ON memories(rowid);\n"
+    parts = "".join(f"CREATE TABLE IF NOT EXISTS {table}_p{i} PARTITION OF {table} FOR VALUES WITH "
+                    f"(MODULUS {PARTITIONS}, REMAINDER {i});\n"
+                    for table in ("memories", "images") for i in range(PARTITIONS))
+    return head + sep + rest + ";\n" + parts
+
+
 _TABLES = tables("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", """,
     tsv tsvector GENERATED ALWAYS AS (
         setweight(to_tsvector('english'::regconfig, text), 'A') ||
@@ -62,9 +84,35 @@ CREATE TABLE IF NOT EXISTS holders(
     since TEXT NOT NULL
 )
 """
+_TABLES = _partitioned(_TABLES) + """
+CREATE TABLE IF NOT EXISTS lexstats(
+    one INTEGER PRIMARY KEY DEFAULT 1 CHECK (one = 1),
+    n BIGINT NOT NULL DEFAULT 0,
+    a_sum BIGINT NOT NULL DEFAULT 0,
+    b_sum BIGINT NOT NULL DEFAULT 0
+);
+INSERT INTO lexstats(one) VALUES (1) ON CONFLICT DO NOTHING
+"""
 
-# Tables whose rows hold memory text, ids or image bytes: compact() rewrites them.
-_ERASABLE = ("memories", "images", "jobs", "audit", "meta")
+# BM25 needs the number of memories and their average lengths: kept up to date by a trigger, so a
+# search never counts the whole store (run as one statement: its body has semicolons).
+_LEXSTATS_TRIGGER = ("""
+CREATE OR REPLACE FUNCTION lexstats_track() RETURNS trigger AS $$
+BEGIN
+    IF TG_OP IN ('DELETE', 'UPDATE') THEN
+        UPDATE lexstats SET n = n - 1, a_sum = a_sum - OLD.text_len, b_sum = b_sum - OLD.kw_len;
+    END IF;
+    IF TG_OP IN ('INSERT', 'UPDATE') THEN
+        UPDATE lexstats SET n = n + 1, a_sum = a_sum + NEW.text_len, b_sum = b_sum + NEW.kw_len;
+    END IF;
+    RETURN NULL;
+END $$ LANGUAGE plpgsql""",
+    "CREATE TRIGGER memories_lexstats AFTER INSERT OR UPDATE OR DELETE ON memories "
+    "FOR EACH ROW EXECUTE FUNCTION lexstats_track()")
+
+# Small tables whose rows may name erased memories (ids, image paths): compact() rewrites them with the
+# partitions that held the erased rows. (``meta`` holds no memory text: markers by id, settings.)
+_SMALL = ("jobs", "audit")
 
 
 def _psycopg():
@@ -174,6 +222,8 @@ class PgRecordStore(SqlRecords):
             for statement in _TABLES.split(";"):
                 if statement.strip():
                     self.db.execute(statement)
+            for statement in _LEXSTATS_TRIGGER:
+                self.db.execute(statement)
             self.db.execute("INSERT INTO meta VALUES('format_version', %s) ON CONFLICT (key) DO UPDATE "
                             "SET value=EXCLUDED.value", (str(FORMAT_VERSION),))
             self.db.execute("INSERT INTO meta VALUES('created_at', %s) ON CONFLICT (key) DO NOTHING",
@@ -320,24 +370,47 @@ class PgRecordStore(SqlRecords):
                 FROM memories m, unnest(m.tsv) u
                 WHERE m.tsv @@ to_tsquery('english'::regconfig, %s) AND u.lexeme IN (SELECT lexeme FROM q)),
             df AS (SELECT lexeme, count(DISTINCT rowid)::float8 AS df FROM hits GROUP BY lexeme),
-            st AS (SELECT count(*)::float8 AS n, GREATEST(avg(text_len), 1)::float8 AS a_avg,
-                          GREATEST(avg(kw_len), 1)::float8 AS b_avg FROM memories)
+            st AS (SELECT %s::float8 AS n, %s::float8 AS a_avg, %s::float8 AS b_avg)
             SELECT m.id, SUM(GREATEST(ln((st.n - df.df + 0.5) / (df.df + 0.5)), 1e-6) * (
                        1.0 * h.tf_a * 2.2 / (h.tf_a + 1.2 * (0.25 + 0.75 * m.text_len / st.a_avg)) +
                        0.5 * h.tf_b * 2.2 / (h.tf_b + 1.2 * (0.25 + 0.75 * m.kw_len / st.b_avg)))) AS score
             FROM hits h JOIN df USING (lexeme) CROSS JOIN st JOIN memories m ON m.rowid = h.rowid
             WHERE TRUE {where}
             GROUP BY m.id, m.rowid ORDER BY score DESC, m.rowid LIMIT %s"""
-        rows = self.db.execute(sql, [" ".join(words), tsquery, *args, k]).fetchall()
+        # The collection's statistics come from the counters (a single row: read it apart, so that the
+        # planner never guesses its size from dead versions of it).
+        st = self.db.execute("SELECT n, a_sum, b_sum FROM lexstats").fetchone()
+        n = max(int(st["n"]), 1)
+        stats = [float(st["n"]), max(st["a_sum"] / n, 1.0), max(st["b_sum"] / n, 1.0)]
+        rows = self.db.execute(sql, [" ".join(words), tsquery, *stats, *args, k]).fetchall()
         return [(r["id"], float(r["score"])) for r in rows]
 
     def compact(self) -> None:
-        """Rewrite the tables that held erased rows (VACUUM FULL: new files, the old ones dropped)."""
+        """Rewrite what held erased rows (VACUUM FULL: new files, the old ones dropped): the partitions a
+        deletion marked (all of them after a deletion this code did not see), and the small tables."""
         sql = self._psycopg.sql
-        for table in _ERASABLE:
+        marked = self.get_meta("compact_parts")
+        if marked is None:
+            marked = ([f"{table}_p{i}" for table in ("memories", "images") for i in range(PARTITIONS)]
+                      if self.get_meta("compact_pending") else [])
+        for table in [*sorted(set(marked)), *_SMALL]:
             self.db.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(self.schema, table)))
-        self.db.execute("DELETE FROM meta WHERE key='compact_pending'")
-        self.db.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(self.schema, "meta")))
+        self.db.execute("DELETE FROM meta WHERE key IN ('compact_pending', 'compact_parts')")
+
+    def delete(self, ids: Iterable[str]) -> int:
+        ids = list(ids)
+        self._mark_parts("memories", "id", ids)
+        return super().delete(ids)
+
+    def _mark_parts(self, table: str, key: str, values: list[str]) -> None:
+        """Note which partitions hold the rows about to be deleted, for ``compact``."""
+        if not values:
+            return
+        found = self.db.execute(f"SELECT DISTINCT tableoid::regclass::text AS part FROM {table} WHERE {key} = ANY(%s)",
+                                (values,)).fetchall()
+        parts = {r["part"].rpartition(".")[2].strip('"') for r in found}
+        if parts:
+            self.set_meta("compact_parts", sorted(set(self.get_meta("compact_parts") or []) | parts))
 
     # -- images (the bytes live with the records) ----------------------------------------------
 
@@ -356,6 +429,7 @@ class PgRecordStore(SqlRecords):
         return {r["sha256"] for r in self.db.execute("SELECT sha256 FROM images").fetchall()}
 
     def delete_image(self, sha256: str) -> None:
+        self._mark_parts("images", "sha256", [sha256])
         if self.db.execute("DELETE FROM images WHERE sha256=%s", (sha256,)).rowcount:
             self.set_meta("compact_pending", True)
 
