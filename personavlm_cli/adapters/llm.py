@@ -40,8 +40,9 @@ GGUF_DEFAULT_ALIGNMENT = 32
 
 def runtime_info() -> dict:
     """What `doctor` shows of the llama.cpp runtime: GPU offload support and the build's features
-    (through ``_llama_cpp()``, so the AMX guard applies here too)."""
-    llama_cpp = _llama_cpp()
+    (the bindings only: no model is loaded)."""
+    import llama_cpp
+
     info = llama_cpp.llama_print_system_info()
     return {"gpu offload": bool(llama_cpp.llama_supports_gpu_offload()),
             "build": (info.decode() if isinstance(info, bytes) else str(info)).strip()}
