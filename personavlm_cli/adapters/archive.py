@@ -103,7 +103,7 @@ def export_archive(records, user_dir: Path, file: Path, user: str, models: dict 
             if (_IMAGE_PATH.fullmatch(str(m.meta["path"])) and src.is_file()
                     and src.resolve().is_relative_to(images_dir)):
                 images[f"images/{src.name}"] = src
-            elif _IMAGE_PATH.fullmatch(str(m.meta["path"])) and hasattr(records, "image_blob"):
+            elif _IMAGE_PATH.fullmatch(str(m.meta["path"])) and records.remote:
                 # A server store: the bytes live in the record database (this machine's cache may lack them).
                 blob = records.image_blob(m.image_sha256)
                 if blob is not None and _sha(blob[1]) == m.image_sha256:

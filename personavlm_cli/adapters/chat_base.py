@@ -6,12 +6,13 @@ the rest of :class:`personavlm_cli.core.ports.ChatModel`.
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Callable, Mapping, Sequence
 
 from personavlm_cli.adapters.json_output import complete_json_with
 
 
-class ChatModelBase:
+class ChatModelBase(abc.ABC):
     """Mixin: ``n_ctx``, ``vision``, ``complete_json``, ``__enter__`` / ``__exit__``.
 
     A subclass sets ``load_info`` (with ``n_ctx`` and ``vision``), ``last_usage`` and ``_seed``, and
@@ -30,11 +31,13 @@ class ChatModelBase:
     def vision(self) -> bool:
         return self.load_info.vision
 
-    def complete(self, messages, **kwargs) -> str:  # pragma: no cover - every backend defines its own
-        raise NotImplementedError
+    @abc.abstractmethod
+    def complete(self, messages, **kwargs) -> str:
+        """Every backend generates in its own way (the port's ``complete``)."""
 
-    def close(self) -> None:  # pragma: no cover - every backend defines its own
-        raise NotImplementedError
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Every backend frees its own model or client."""
 
     def complete_json(self, messages: Sequence[Mapping[str, Any]], schema: dict, *, max_tokens: int = 256,
                       validate: Callable[[dict], str | None] | None = None, retries: int = 1) -> dict:

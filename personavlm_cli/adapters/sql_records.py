@@ -9,6 +9,7 @@ each store gives those through a few small hooks and keeps to itself only what r
 
 from __future__ import annotations
 
+import abc
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -113,7 +114,7 @@ def query_words(text: str) -> list[str]:
 _IMAGE_PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,5})")
 
 
-class SqlRecords:
+class SqlRecords(abc.ABC):
     """The shared methods of a record store. A subclass sets ``self.db`` (a connection whose
     ``execute(sql, args)`` returns a cursor of rows indexable by column name) and gives the hooks:
 
@@ -128,17 +129,21 @@ class SqlRecords:
     PARAM = "?"
     _TURN_TYPE = "type"
 
+    @abc.abstractmethod
     def _in(self, column: str, values: list) -> tuple[str, list]:
-        raise NotImplementedError
+        """Each engine says how (see the class docstring)."""
 
+    @abc.abstractmethod
     def _chunks(self, ids: Iterable[str]) -> Iterator[list[str]]:
-        raise NotImplementedError
+        """Each engine says how (see the class docstring)."""
 
+    @abc.abstractmethod
     def _execute_many(self, sql: str, rows: list[tuple]) -> None:
-        raise NotImplementedError
+        """Each engine says how (see the class docstring)."""
 
+    @abc.abstractmethod
     def _tuples(self, sql: str, args: list) -> list[tuple]:
-        raise NotImplementedError
+        """Each engine says how (see the class docstring)."""
 
     # -- meta ----------------------------------------------------------------------------------
 

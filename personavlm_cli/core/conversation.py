@@ -246,8 +246,8 @@ class Conversation:
         text, trimmed = self._fit_message(text)
         turn = begin(a, text, at, images or [], queue=self.queue if self.learn else None,
                      learner=self.learner if self.learn else None, sampling=self.sampling,
-                     mode="force" if self.force_retrieve else None, session_id=session_id, started=started)
-        turn.trimmed = trimmed
+                     mode="force" if self.force_retrieve else None, session_id=session_id, started=started,
+                     trimmed=trimmed)
         self.last = turn
         return turn
 
@@ -293,7 +293,7 @@ class Conversation:
 
 def begin(assistant: Assistant, text: str, at: datetime, images: list[Path], *, queue: UpdateQueue | None,
           learner: Learner | None, sampling: dict | None = None, mode: str | None = None,
-          session_id: str | None = None, started: float | None = None) -> Turn:
+          session_id: str | None = None, started: float | None = None, trimmed: Trimmed | None = None) -> Turn:
     """Store the user's turn, gather and fit the context, and start the response stage (lazily: the
     model runs when the turn is iterated)."""
     started = time.perf_counter() if started is None else started
@@ -309,4 +309,4 @@ def begin(assistant: Assistant, text: str, at: datetime, images: list[Path], *, 
         with a.model_lock:
             yield from stage.respond(ctx, ex.reasoning, mode=mode, **dict(sampling or {}))
 
-    return Turn(a, ex, ctx, pieces(), at, queue=queue, learner=learner, started=started)
+    return Turn(a, ex, ctx, pieces(), at, queue=queue, learner=learner, started=started, trimmed=trimmed)

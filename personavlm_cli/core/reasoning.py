@@ -62,7 +62,7 @@ class ResponseStage:
 
     def respond(self, ctx: Context, r: Reasoning, mode: str = "retrieve-first", **sampling) -> Iterator[str]:
         """Stream the answer; ``r`` is filled with the steps and the memories the prompt held."""
-        if mode == "model-decides" or (getattr(self.profile, "tagged", False)):
+        if mode == "model-decides" or self.profile.tagged:
             if mode != "model-decides" and (ctx.has_long_term_memory or mode == "force"):
                 # The paper's format: the up-front recall is the first retrieval round of the chat.
                 raw = ('<think>I should look in my memory first.</think><retrieve>"keywords": "'
@@ -74,7 +74,7 @@ class ResponseStage:
             yield from self.answer(ctx, done, **sampling)
             return
         if ctx.has_long_term_memory or mode == "force":
-            compact = getattr(self.profile, "style", "full") == "compact"
+            compact = self.profile.style == "compact"
             self._search(ctx, r, Step("retrieve", think="recalled up front for the message", keywords=ctx.message,
                                       forced=mode == "force"), k=COMPACT_K if compact else UPFRONT_K,
                          cap=COMPACT_K if compact else MAX_SHOWN)
@@ -175,7 +175,7 @@ class ResponseStage:
             image_paths=list(ctx.images), exclude_ids=seen,
             types=RECALLED_TYPES,  # the core profile is in the system text already
         )
-        compact = getattr(self.profile, "style", "full") == "compact"
+        compact = self.profile.style == "compact"
         hits = self.recall(query, k + 4)
         if not hits and named is not None:
             # "in August" may name when something will happen, not when it was said: without the
