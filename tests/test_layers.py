@@ -2,7 +2,8 @@
 ``personavlm_cli``, at module level and inside functions, read with ``ast`` (nothing is imported).
 
 - ``core/`` imports only ``core`` (the method and its ports, ``core/ports.py``);
-- ``adapters/`` imports only ``core.errors``, ``core.memory`` and ``core.ports`` (domain types) and
+- ``adapters/`` imports only ``core.errors``, ``core.memory``, ``core.ports`` (domain types) and
+  ``core.secrets`` (the secret policy) and
   other adapters, never ``cli`` or ``evals``;
 - ``evals/`` may import ``core`` and ``adapters``, never ``cli``;
 - ``cli/`` is the outer layer and the composition root: it may import anything.
@@ -18,7 +19,8 @@ import pytest
 PACKAGE = "personavlm_cli"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
-ADAPTERS_MAY_USE_FROM_CORE = {f"{PACKAGE}.core.errors", f"{PACKAGE}.core.memory", f"{PACKAGE}.core.ports"}
+ADAPTERS_MAY_USE_FROM_CORE = {f"{PACKAGE}.core.errors", f"{PACKAGE}.core.memory", f"{PACKAGE}.core.ports",
+                              f"{PACKAGE}.core.secrets"}  # the secret policy: masking, standard library only
 
 # Modules allowed to break the rule for now (none). test_pending_entries_still_break_the_rule fails
 # for an entry that no longer breaks it, so the list cannot go stale.

@@ -8,7 +8,10 @@ def shown_url(url: str) -> str:
     when it has no scheme). A port that is not a number is shown as written, still without credentials."""
     from urllib.parse import urlsplit
 
-    u = urlsplit((url or "").strip())
+    from personavlm_cli.core.secrets import masked
+
+    # Masked first: a password holding "/", "#" or "?" unencoded would end a URL parser's host early.
+    u = urlsplit(masked((url or "").strip()))
     try:
         host = u.hostname or ""
         if ":" in host:

@@ -3,7 +3,7 @@
 ``main`` is the only place that exits the process (given an environment, it returns the status instead):
 domain errors become one ``Error: ...`` line on stderr with a non-zero status, Ctrl-C exits 130, and an
 unexpected exception prints one line too (the traceback only with PERSONAVLM_DEBUG=1, and never with
-local variables).
+local variables). No credential is ever printed: every message goes through ``core.secrets.masked``.
 """
 
 from __future__ import annotations
@@ -129,8 +129,10 @@ def _run(argv: list[str] | None) -> int:
     from typer._click.exceptions import ClickException  # typer vendors Click since 0.26
     from typer.exceptions import Abort, Exit
 
-    def error(message: str) -> None:  # messages quote user input and stored text: never markup
-        err.print(line(("Error:", "red"), " ", message), soft_wrap=True)
+    from personavlm_cli.core.secrets import masked
+
+    def error(message: str) -> None:  # messages quote user input and stored text: never markup; no secret
+        err.print(line(("Error:", "red"), " ", masked(message)), soft_wrap=True)
 
     command = _command()
     try:
@@ -165,7 +167,11 @@ def _run(argv: list[str] | None) -> int:
             error(str(disk_full(getattr(exc, "filename", None) or "the disk")))
             code = 1
         elif os.environ.get("PERSONAVLM_DEBUG"):
-            raise
+            import traceback
+
+            # The traceback, never with local variables, and with every credential masked.
+            sys.stderr.write(masked("".join(traceback.format_exception(exc))))
+            code = 1
         else:
             first = (str(exc).splitlines() or [""])[0][:300]
             error(f"unexpected {type(exc).__name__}: {first} (run with PERSONAVLM_DEBUG=1 for details)")

@@ -21,6 +21,7 @@ leave raw (C1 controls, bidi overrides).
 from __future__ import annotations
 
 import json
+import logging
 import re
 from typing import Annotated, Any, Optional
 
@@ -218,6 +219,15 @@ def log_file(env) -> "Path":
     return Path(env.user_dir()) / "personavlm.log"
 
 
+class _MaskingFormatter(logging.Formatter):
+    """Log lines (and the tracebacks they carry) with every credential masked (``core.secrets``)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from personavlm_cli.core.secrets import masked
+
+        return masked(super().format(record))
+
+
 def log_to_file(env) -> None:
     """Send personavlm's log (warnings from the update thread and the like) to the user's log file,
     not onto the terminal: `personavlm logs` shows it, `/stats` and `doctor` summarise it."""
@@ -229,7 +239,7 @@ def log_to_file(env) -> None:
     if any(getattr(h, "baseFilename", None) == str(path) for h in logger.handlers):
         return
     handler = RotatingFileHandler(path, maxBytes=1_000_000, backupCount=1, encoding="utf-8", delay=True)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(_MaskingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
     logger.propagate = False

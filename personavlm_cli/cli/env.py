@@ -19,6 +19,18 @@ from personavlm_cli.core.errors import ModelError, NotFoundError
 from personavlm_cli.core.gate import ModelGate
 
 
+def _warn_once(terminal: Terminal, warnings) -> None:
+    """Say each settings warning once in a run (a secret others can read), however many times the
+    settings are loaded."""
+    said = terminal.__dict__.setdefault("_warned", set())
+    for warning in warnings:
+        if warning not in said:
+            said.add(warning)
+            from personavlm_cli.cli.common import err, line
+
+            err.print(line(("Warning:", "yellow"), " ", warning), soft_wrap=True)
+
+
 @dataclass
 class Env:
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -36,6 +48,7 @@ class Env:
     def settings(self) -> Settings:
         if self._settings is None:
             self._settings = Settings.load(self.overrides)
+            _warn_once(self.terminal, self._settings.warnings)
         return self._settings
 
     @property

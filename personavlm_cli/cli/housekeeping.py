@@ -19,13 +19,15 @@ users_app = typer.Typer(help="The users on this machine.", no_args_is_help=True)
 
 
 @config_app.command("show")
-def config_show(json: JsonOpt = False):
+def config_show(json: JsonOpt = False,
+                show_secrets: Annotated[bool, typer.Option(
+                    "--show-secrets", help="Show API keys and passwords in full (they are *** otherwise).")] = False):
     """Every setting, its value, and where the value came from (flag, env, file, default)."""
     s = make_env(None).settings
     from personavlm_cli.core.config import shown_value
 
-    rows = [{"key": k, "value": shown_value(k, v), "origin": s.origin(k), "env": env_var(k), "doc": KEYS[k].doc}
-            for k, v in s.items()]
+    rows = [{"key": k, "value": v if show_secrets else shown_value(k, v), "origin": s.origin(k), "env": env_var(k),
+             "doc": KEYS[k].doc} for k, v in s.items()]
     if json:
         print_json(rows)
         return
@@ -232,6 +234,10 @@ def doctor(
         except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
             report["store problem"] = str(exc).splitlines()[0]
     report["log"] = str(udir / "personavlm.log")
+    from personavlm_cli.core.secrets import masked
+
+    # The one secret policy: a URL's password, a key a server echoed, in any line of the report.
+    report = {k: masked(v) if isinstance(v, str) else v for k, v in report.items()}
     if json:
         print_json(report)
         return

@@ -105,15 +105,11 @@ def _set_default(env, name: str) -> None:
 
 
 def _write_default(loc, value: str | None) -> None:
-    """model.path in config.yaml names the default model (empty: the embedded one)."""
-    import yaml
+    """model.path in config.yaml names the default model (empty: the embedded one). Only that value
+    changes: the user's comments and layout stay; the file is replaced atomically, owner-only."""
+    from personavlm_cli.adapters.config_file import set_value
 
-    cfg = {}
-    if loc.config_file.exists():
-        cfg = yaml.safe_load(loc.config_file.read_text()) or {}
-    cfg.setdefault("model", {})["path"] = value
-    loc.config_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    loc.config_file.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    set_value(loc.config_file, "model.path", value)
 
 
 @app.command()

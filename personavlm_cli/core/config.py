@@ -63,13 +63,23 @@ KEYS: dict[str, Key] = {
         Key("model.url", str, None, "base URL of an OpenAI-compatible server (model.kind openai-compatible)",
             nullable=True),
         Key("model.name", str, None, "model name to ask that server for", nullable=True),
-        Key("model.api_key", str, None, "API key for that server (sent as a Bearer token)", nullable=True),
+        Key("model.api_key", str, None, "API key for that server (sent as a Bearer token); better in the "
+            "environment (PERSONAVLM_MODEL_API_KEY) or in model.api_key_file than in this file", nullable=True),
+        Key("model.api_key_file", str, None, "a file (0600) whose first line is the API key, read when "
+            "model.api_key is not set", nullable=True),
         Key("model.vision", bool, False, "that server's model sees images"),
         Key("clip.model", str, "ViT-B-32", "open_clip architecture for image memories"),
         Key("clip.weights", str, "none",
             "CLIP weights: none (seeded random init: exact and near-duplicate image matching only), "
             "a local weights file, or an open_clip tag such as openai already in the cache (cache_dir/clip, see "
             "`personavlm config path`; personavlm downloads nothing)"),
+        Key("archive.max_member_mb", int, 1024, "largest member of an imported archive once decompressed, "
+            "in MiB (memories.jsonl, personality.json, state.json: checked from the zip's headers and while "
+            "reading)", low=1, high=4096),
+        Key("archive.max_ratio", int, 200, "largest compression ratio of an imported archive's member over 1 MiB "
+            "(a zip bomb expands a thousand times)", low=2, high=100_000),
+        Key("archive.max_line_kb", int, 2048, "longest line of an imported archive's memories.jsonl, in KiB",
+            low=1, high=1 << 20),
         Key("store.kind", str, "embedded", "embedded ChromaDB on disk, or a ChromaDB server",
             choices=("embedded", "server")),
         Key("store.url", str, None, "ChromaDB server URL (store.kind server)", nullable=True),
@@ -132,6 +142,12 @@ def _coerce(key: Key, value: Any, origin: str) -> Any:
         else:
             if isinstance(value, (dict, list)):
                 raise ValueError
+            if isinstance(value, (bool, int, float)) and key.name not in _NUMBERS_AS_TEXT:
+                # YAML read the text as a number or a boolean (``user: 123``, ``user: 0123`` is 83,
+                # ``user: yes`` is true): taken as a string it would silently change.
+                what = "true or false" if isinstance(value, bool) else f"the number {_shown(value)}"
+                raise ConfigError(f"{origin}: '{key.name}' must be text, but YAML reads the value as {what}: "
+                                  f"write it in quotes ({key.name.rpartition('.')[2]}: \"...\")")
             out = str(value)
     except (TypeError, ValueError):
         raise ConfigError(
@@ -153,24 +169,16 @@ def _coerce(key: Key, value: Any, origin: str) -> Any:
 
 # Keys whose value is a URL of one of these schemes (checked when read; the adapter checks the rest).
 _URL_KEYS = {"store.database_url": ("postgresql", "postgres")}
-# Keys whose value may hold a password: shown without it (`config show`, doctor, messages).
-SECRET_URL_KEYS = ("store.database_url",)
+# Text keys whose value may be written as a number in YAML (``gpu_layers: 20``).
+_NUMBERS_AS_TEXT = ("model.gpu_layers",)
 
 
 def shown_value(name: str, value: Any) -> Any:
-    """``value`` as it may be printed: a URL key's password replaced by ``***``."""
-    if name not in SECRET_URL_KEYS or not isinstance(value, str):
-        return value
-    from urllib.parse import urlsplit, urlunsplit
+    """``value`` as it may be printed: a secret setting as ``***``, a URL's or connection string's
+    credentials masked (the one policy: ``core.secrets``)."""
+    from personavlm_cli.core.secrets import shown_setting
 
-    try:
-        u = urlsplit(value.strip())
-        if u.password is None:
-            return value
-        netloc = f"{u.username}:***@" + u.netloc.rpartition("@")[2]
-        return urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment))
-    except ValueError:
-        return "(an invalid URL)"
+    return shown_setting(name, value)
 
 
 def _num(value) -> str:
@@ -244,10 +252,12 @@ class Locations:
 class Settings:
     """Resolved settings: ``settings["model.path"]``; ``origin(key)`` says where a value came from."""
 
-    def __init__(self, values: dict[str, Any], origins: dict[str, str], locations: Locations):
+    def __init__(self, values: dict[str, Any], origins: dict[str, str], locations: Locations,
+                 warnings: tuple[str, ...] = ()):
         self._values = values
         self._origins = origins
         self.locations = locations
+        self.warnings = warnings  # said once per run by the CLI (a secret in a file others can read)
 
     def __getitem__(self, key: str) -> Any:
         return self._values[key]
@@ -265,7 +275,8 @@ class Settings:
                 continue
             values[name] = _coerce(KEYS[name], value, "option")
             origins[name] = "flag"
-        return Settings(values, origins, self.locations)
+        _remember_secrets(values)
+        return Settings(values, origins, self.locations, self.warnings)
 
     @classmethod
     def load(cls, overrides: dict[str, Any] | None = None, environ: dict | None = None) -> "Settings":
@@ -287,8 +298,66 @@ class Settings:
                 values[name] = _coerce(key, env[var], f"environment {var}")
                 origins[name] = "env"
 
-        settings = cls(values, origins, locations)
+        warnings = []
+        if any(origins[n] == "file" for n in KEYS) and _readable_by_others(path) and any(
+                origins[n] == "file" and _holds_secret(n, values[n]) for n in KEYS):
+            warnings.append(f"{_shown_path(path)} holds a secret and other users can read it: run chmod 600 on "
+                            "it, or move the secret to the environment (PERSONAVLM_MODEL_API_KEY, PGPASSWORD) or "
+                            "to model.api_key_file")
+        if values["model.api_key"] is None and values["model.api_key_file"]:
+            values["model.api_key"], warning = _read_key_file(Path(values["model.api_key_file"]).expanduser())
+            origins["model.api_key"] = "key file"
+            if warning:
+                warnings.append(warning)
+        _remember_secrets(values)
+        settings = cls(values, origins, locations, tuple(warnings))
         return settings.with_overrides(overrides or {})
+
+
+def _holds_secret(name: str, value: Any) -> bool:
+    from personavlm_cli.core.secrets import holds_secret
+
+    return holds_secret(name, value)
+
+
+def _remember_secrets(values: dict[str, Any]) -> None:
+    """Every secret of the settings is masked wherever it later appears (a server's echo, a log line)."""
+    from personavlm_cli.core.secrets import SECRET_KEYS, URL_KEYS, remember, secrets_in
+
+    for name in SECRET_KEYS:
+        remember(values.get(name))
+    for name in URL_KEYS:
+        if isinstance(values.get(name), str):
+            for found in secrets_in(values[name]):
+                remember(found)
+
+
+def _readable_by_others(path: Path) -> bool:
+    try:
+        return bool(path.stat().st_mode & 0o044)
+    except OSError:
+        return False
+
+
+def _read_key_file(path: Path) -> tuple[str, str | None]:
+    """The API key in ``path`` (its first line), and a warning when others can read the file."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(65_537)
+    except OSError as exc:
+        raise ConfigError(f"cannot read model.api_key_file {_shown_path(path)}: {exc.strerror or exc}") from None
+    if len(raw) > 65_536:
+        raise ConfigError(f"model.api_key_file {_shown_path(path)} is too large to hold an API key")
+    try:
+        key = (raw.decode("utf-8").splitlines() or [""])[0].strip()
+    except UnicodeDecodeError:
+        raise ConfigError(f"model.api_key_file {_shown_path(path)} is not UTF-8 text") from None
+    if not key:
+        raise ConfigError(f"model.api_key_file {_shown_path(path)} is empty: its first line must be the API key")
+    warning = None
+    if _readable_by_others(path):
+        warning = (f"model.api_key_file {_shown_path(path)} can be read by other users: run chmod 600 on it")
+    return key, warning
 
 
 def env_var(name: str) -> str:

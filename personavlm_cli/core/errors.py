@@ -2,9 +2,15 @@
 
 
 class PersonaError(Exception):
-    """An error the user can act on; its message is one line, shown as is."""
+    """An error the user can act on; its message is one line, shown as is, with every credential in it
+    masked (``core.secrets``: a URL's password, an API key), wherever the message was made."""
 
     exit_code = 1
+
+    def __init__(self, *args):
+        from personavlm_cli.core.secrets import masked
+
+        super().__init__(*(masked(a) if isinstance(a, str) else a for a in args))
 
 
 class ConfigError(PersonaError):
