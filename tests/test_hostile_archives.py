@@ -121,12 +121,12 @@ def user_dir(home: Path) -> Path:
     return home / "data" / "users" / USER
 
 
-def refused(path: Path, *needles: str):
+def refused(path: Path, *needles: str, limits=None):
     from personavlm_cli.adapters.archive import read_archive
     from personavlm_cli.core.errors import PersonaError
 
     with pytest.raises(PersonaError) as info:
-        read_archive(path)
+        read_archive(path, limits=limits)
     message = str(info.value)
     assert "\n" not in message
     for needle in needles:
@@ -273,7 +273,7 @@ def test_a_member_larger_than_it_declares_is_stopped_at_the_limit_while_read(tmp
 
     # Declared sizes pass; the streamed count is what stops it (a lying directory cannot get past it).
     path = build(tmp_path / "a.pvm", [memory(text="y" * 3000)])
-    monkeypatch.setattr(arch, "_limit", lambda name: 1 << 40)
+    monkeypatch.setattr(arch, "_limit", lambda name, member_bytes=None: 1 << 40)
     monkeypatch.setattr(arch, "MAX_MEMBER_BYTES", 1024)
     refused(path, "too large", "memories.jsonl")
 
@@ -377,9 +377,13 @@ def test_a_huge_memory_is_refused_while_read_without_decompressing_it_all(tmp_pa
     path = build(tmp_path / "blow.pvm", lines=[json.dumps(memory(text=text))])
     del text
     assert path.stat().st_size < 1 << 20
+    from personavlm_cli.adapters.archive import Limits
+
+    refused(path, "expands", "archive.max_ratio", "nothing imported")  # a bomb, from the zip's headers
     started = time.monotonic()
     tracemalloc.start()
-    refused(path, "line 1 is too large", "nothing imported")
+    # With the ratio allowed, the line is still refused while it is read.
+    refused(path, "line 1 is too large", "nothing imported", limits=Limits(ratio=100_000))
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 16 << 20, f"the line was refused while streaming (peak {peak} bytes)"

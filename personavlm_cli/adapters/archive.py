@@ -54,7 +54,23 @@ MAX_MEMORIES = 1_000_000
 MAX_TEXT_CHARS = 256 * 1024     # one memory's text, in characters
 MAX_KEYWORDS_CHARS = 4096
 MAX_LINE_BYTES = 2 << 20        # one line of memories.jsonl (refused while reading: never all in memory)
+MAX_RATIO = 200                 # uncompressed / compressed size of a member over RATIO_FLOOR (a bomb: ~1000)
+RATIO_FLOOR = 1 << 20           # members smaller than this may compress as well as they like
 _CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What an import may expand to (the settings ``archive.max_member_mb``, ``archive.max_ratio``,
+    ``archive.max_line_kb``); None takes the module's default."""
+
+    member_bytes: int | None = None
+    ratio: int | None = None
+    line_bytes: int | None = None
+
+    def resolved(self) -> "Limits":
+        return Limits(self.member_bytes or MAX_MEMBER_BYTES, self.ratio or MAX_RATIO,
+                      self.line_bytes or MAX_LINE_BYTES)
 
 _IMAGE_MEMBER = re.compile(r"images/([0-9a-f]{64})\.([a-z0-9]{1,5})")
 _IMAGE_PATH = re.compile(r"([0-9a-f]{2})/([0-9a-f]{64})\.([a-z0-9]{1,5})")
@@ -192,31 +208,82 @@ def strict_json(raw: bytes | str):
         raise ValueError("nested too deeply") from None
 
 
-class _LineLimit:
-    """Refuses a memories.jsonl line over MAX_LINE_BYTES while the member is still being read."""
+class _MemoryLines:
+    """memories.jsonl parsed line by line while the member is streamed: one line at a time in memory (a
+    line over the limit is refused as soon as it is), each line checked into a ``Memory``. The first
+    problem is kept, not raised, so that a member that fails its sha256 is reported as altered."""
 
-    def __init__(self, file: Path):
-        self.file, self.current, self.line = file, 0, 1
+    def __init__(self, line_limit: int):
+        self.limit, self.line, self.tail = line_limit, 0, bytearray()
+        self.memories: list[Memory] = []
+        self.seen: set[str] = set()
+        self.problem: PersonaError | None = None
 
     def __call__(self, chunk: bytes) -> None:
-        parts = chunk.split(b"\n")
-        self.current += len(parts[0])
-        self._check()
-        for part in parts[1:]:
-            self.line += 1
-            self.current = len(part)
-            self._check()
+        if self.problem is not None:
+            return
+        start = 0
+        while self.problem is None:
+            end = chunk.find(b"\n", start)
+            if end == -1:
+                self.tail += chunk[start:]
+                if len(self.tail) > self.limit:
+                    self._refuse_long(self.line + 1)
+                return
+            if self.tail:
+                self.tail += chunk[start:end]
+                piece, self.tail = bytes(self.tail), bytearray()
+            else:
+                piece = chunk[start:end]
+            self._line(piece)
+            start = end + 1
 
-    def _check(self) -> None:
-        if self.current > MAX_LINE_BYTES:
-            raise PersonaError(f"the archive's memory on line {self.line} is too large (over "
-                               f"{MAX_LINE_BYTES >> 20} MiB); nothing imported")
+    def finish(self) -> list[Memory]:
+        if self.problem is None and self.tail:
+            self._line(bytes(self.tail))
+            self.tail = bytearray()
+        if self.problem is not None:
+            raise self.problem
+        return self.memories
+
+    def _refuse_long(self, n: int) -> None:
+        # At once, as the member is read: the rest of a hostile line is never decompressed.
+        raise PersonaError(f"the archive's memory on line {n} is too large (over {_size(self.limit)}, "
+                                    "archive.max_line_kb); nothing imported")
+
+    def _line(self, raw: bytes) -> None:
+        self.line += 1
+        if len(raw) > self.limit:
+            self._refuse_long(self.line)
+        if not raw.strip():
+            return
+        try:
+            # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and others, which
+            # json.dumps(ensure_ascii=False) leaves unescaped inside a memory's text.
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            self.problem = PersonaError("the archive's memories.jsonl is not UTF-8 text")
+            return
+        try:
+            self._add(_parse_memory_line(line, self.line))
+        except PersonaError as exc:
+            self.problem = exc
+
+    def _add(self, m: Memory) -> None:
+        if m.id in self.seen:
+            raise PersonaError(f"the archive has memory {m.id} twice; nothing imported")
+        self.seen.add(m.id)
+        self.memories.append(m)
+        if len(self.memories) > MAX_MEMORIES:
+            raise PersonaError(f"the archive has more than {MAX_MEMORIES} memories; nothing imported")
 
 
 def _stream(z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, file: Path, keep: bool,
-            on_chunk: Callable[[bytes], None] | None = None) -> tuple[str, int, bytes | None]:
-    """Read one member in pieces: (sha256, bytes actually read, the bytes if ``keep``)."""
+            on_chunk: Callable[[bytes], None] | None = None, ratio: int | None = None) -> tuple[str, int, bytes | None]:
+    """Read one member in pieces: (sha256, bytes actually read, the bytes if ``keep``). What the zip's
+    headers declared is enforced while reading: the size, the limit, and the compression ratio."""
     digest, n, parts = hashlib.sha256(), 0, []
+    ratio = ratio or MAX_RATIO
     with z.open(info) as fh:
         while True:
             chunk = fh.read(_CHUNK)
@@ -226,6 +293,11 @@ def _stream(z: zipfile.ZipFile, info: zipfile.ZipInfo, limit: int, file: Path, k
             if n > limit:
                 raise PersonaError(f"archive {file} is too large to import ({info.filename} is over "
                                    f"{_size(limit)}); nothing imported")
+            if n > info.file_size:
+                raise PersonaError(f"archive {file} has been altered ({info.filename} is larger than its "
+                                   "header says); nothing imported")
+            if n > RATIO_FLOOR and n > ratio * max(info.compress_size, 1):
+                raise _bomb(file, info, ratio)
             digest.update(chunk)
             if on_chunk is not None:
                 on_chunk(chunk)
@@ -238,24 +310,33 @@ def _size(n: int) -> str:
     return f"{n >> 30} GiB" if n >= 1 << 30 else f"{n >> 20} MiB" if n >= 1 << 20 else f"{n} bytes"
 
 
-def _limit(name: str) -> int:
+def _bomb(file: Path, info: zipfile.ZipInfo, ratio: int) -> PersonaError:
+    times = info.file_size // max(info.compress_size, 1)
+    return PersonaError(f"archive {file} is refused: {info.filename} expands {times if times > ratio else 'over ' + str(ratio)} "
+                        f"times its compressed size (limit {ratio}, archive.max_ratio; a zip bomb?); nothing imported")
+
+
+def _limit(name: str, member_bytes: int | None = None) -> int:
     if name == "manifest.json":
         return MAX_MANIFEST_BYTES
     if name in _DATA_MEMBERS:
-        return MAX_MEMBER_BYTES
+        return member_bytes or MAX_MEMBER_BYTES
     return MAX_IMAGE_BYTES
 
 
-def read_archive(file: Path, progress: Progress | None = None) -> Checked:
+def read_archive(file: Path, progress: Progress | None = None, limits: Limits | None = None) -> Checked:
     """Open and check an archive completely (nothing is written): returns (manifest, files), where
-    files maps data members to their bytes and image members to ``ImageMember``. Raises PersonaError
-    (one line) if anything is off."""
+    files maps data members to their bytes (memories.jsonl: parsed while read, in ``.memories``) and
+    image members to ``ImageMember``. Every member is bounded before it is expanded (``limits``: its
+    size and compression ratio from the zip's headers, enforced again while reading; one line of
+    memories.jsonl at a time). Raises PersonaError (one line) if anything is off."""
     file = Path(file)
     if not file.is_file():
         raise PersonaError(f"archive not found: {file}")
+    limits = (limits or Limits()).resolved()
     try:
         with zipfile.ZipFile(file) as z:
-            manifest, data = _read_members(z, file, progress)
+            manifest, data, memories = _read_members(z, file, progress, limits)
     except PersonaError:
         raise
     except MemoryError:
@@ -263,9 +344,8 @@ def read_archive(file: Path, progress: Progress | None = None) -> Checked:
     except (zipfile.BadZipFile, zlib.error, KeyError, ValueError, OSError, EOFError, zipfile.LargeZipFile,
             NotImplementedError, RuntimeError, OverflowError) as exc:
         raise PersonaError(f"archive {file} is corrupt or not a personavlm archive ({type(exc).__name__})") from None
-    if "memories.jsonl" not in data:
+    if memories is None:
         raise PersonaError(f"archive {file} has no memories.jsonl")
-    memories = _parse_memories(data)
     personality, state = _parse_personality_and_state(data)
     _check_links(memories, known=None)
     _check_images_used(file, memories, data)
@@ -274,7 +354,8 @@ def read_archive(file: Path, progress: Progress | None = None) -> Checked:
     return out
 
 
-def _read_members(z: zipfile.ZipFile, file: Path, progress: Progress | None) -> tuple[dict, dict]:
+def _read_members(z: zipfile.ZipFile, file: Path, progress: Progress | None,
+                  limits: Limits) -> tuple[dict, dict, list | None]:
     infos = z.infolist()
     names = [i.filename for i in infos]
     if len(names) > MAX_MEMBERS:
@@ -285,10 +366,15 @@ def _read_members(z: zipfile.ZipFile, file: Path, progress: Progress | None) -> 
     for name in names:
         if name != "manifest.json" and name not in _DATA_MEMBERS and not _IMAGE_MEMBER.fullmatch(name):
             raise PersonaError(f"archive {file} has an unexpected member {_shown(name)}")
-    big = next((i for i in infos if i.file_size > _limit(i.filename)), None)
+    big = next((i for i in infos if i.file_size > _limit(i.filename, limits.member_bytes)), None)
     if big is not None:
         raise PersonaError(f"archive {file} is too large to import ({big.filename} declares "
-                           f"{big.file_size} bytes, limit {_size(_limit(big.filename))}); nothing imported")
+                           f"{big.file_size} bytes, limit {_size(_limit(big.filename, limits.member_bytes))}"
+                           f"{', archive.max_member_mb' if big.filename in _DATA_MEMBERS else ''}); nothing imported")
+    bomb = next((i for i in infos if i.file_size > RATIO_FLOOR
+                 and i.file_size > limits.ratio * max(i.compress_size, 1)), None)
+    if bomb is not None:  # from the headers, before anything is decompressed
+        raise _bomb(file, bomb, limits.ratio)
     if sum(i.file_size for i in infos) > MAX_TOTAL_BYTES:
         raise PersonaError(f"archive {file} is too large to import (in total, limit {_size(MAX_TOTAL_BYTES)}); "
                            "nothing imported")
@@ -304,17 +390,22 @@ def _read_members(z: zipfile.ZipFile, file: Path, progress: Progress | None) -> 
     if set(listed) != set(members):
         raise PersonaError(f"archive {file} has been altered (its files do not match its manifest)")
     data: dict = {}
+    memories = None
     images = [n for n in members if n not in _DATA_MEMBERS]
     for name in members:
         if name not in _DATA_MEMBERS:
             continue
-        on_chunk = _LineLimit(file) if name == "memories.jsonl" else None
-        digest, _n, blob = _stream(z, by_name[name], MAX_MEMBER_BYTES, file, keep=True, on_chunk=on_chunk)
+        lines = _MemoryLines(limits.line_bytes) if name == "memories.jsonl" else None
+        digest, _n, blob = _stream(z, by_name[name], limits.member_bytes, file, keep=lines is None,
+                                   on_chunk=lines, ratio=limits.ratio)
         if digest != listed[name]:
             raise PersonaError(f"archive {file} has been altered ({name} does not match its sha256)")
-        data[name] = blob
+        if lines is not None:
+            memories = lines.finish()
+        else:
+            data[name] = blob
     for i, name in enumerate(images, 1):
-        digest, n, blob = _stream(z, by_name[name], MAX_IMAGE_BYTES, file, keep=True)
+        digest, n, blob = _stream(z, by_name[name], MAX_IMAGE_BYTES, file, keep=True, ratio=limits.ratio)
         if digest != listed[name]:
             raise PersonaError(f"archive {file} has been altered ({name} does not match its sha256)")
         if _IMAGE_MEMBER.fullmatch(name).group(1) != digest:
@@ -323,7 +414,7 @@ def _read_members(z: zipfile.ZipFile, file: Path, progress: Progress | None) -> 
         data[name] = ImageMember(name=name, sha256=digest, size=n, file=file)
         if progress is not None:
             progress("checking images", i, len(images))
-    return manifest, data
+    return manifest, data, memories
 
 
 def _check_manifest(manifest, file: Path) -> dict:
@@ -367,36 +458,17 @@ def _shown(value) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _parse_memories(data: dict) -> list[Memory]:
-    """The archive's memories, each checked as the record file will need it; raises PersonaError."""
-    out: list[Memory] = []
-    seen: set[str] = set()
+def _parse_memory_line(line: str, n: int) -> Memory:
+    """One line of memories.jsonl, checked as the record file will need it; raises PersonaError."""
     try:
-        # Split on "\n" only: str.splitlines() also splits on U+2028, U+0085 and others, which
-        # json.dumps(ensure_ascii=False) leaves unescaped inside a memory's text.
-        lines = data["memories.jsonl"].decode("utf-8").split("\n")
-    except UnicodeDecodeError:
-        raise PersonaError("the archive's memories.jsonl is not UTF-8 text") from None
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if len(line) > MAX_LINE_BYTES:
-            raise PersonaError(f"the archive's memory on line {n} is too large; nothing imported")
-        try:
-            raw = strict_json(line)
-            if not isinstance(raw, dict):
-                raise ValueError("not an object")
-            m = Memory.from_dict(raw)
-            _check_memory(m)
-        except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
-            raise PersonaError(f"the archive's memory on line {n} is invalid ({_short(exc)}); nothing imported") from None
-        if m.id in seen:
-            raise PersonaError(f"the archive has memory {m.id} twice; nothing imported")
-        seen.add(m.id)
-        out.append(m)
-        if len(out) > MAX_MEMORIES:
-            raise PersonaError(f"the archive has more than {MAX_MEMORIES} memories; nothing imported")
-    return out
+        raw = strict_json(line)
+        if not isinstance(raw, dict):
+            raise ValueError("not an object")
+        m = Memory.from_dict(raw)
+        _check_memory(m)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
+        raise PersonaError(f"the archive's memory on line {n} is invalid ({_short(exc)}); nothing imported") from None
+    return m
 
 
 def _time(value: str, key: str):
