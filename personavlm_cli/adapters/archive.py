@@ -57,6 +57,7 @@ MAX_LINE_BYTES = 2 << 20        # one line of memories.jsonl (refused while read
 MAX_RATIO = 200                 # uncompressed / compressed size of a member over RATIO_FLOOR (a bomb: ~1000)
 RATIO_FLOOR = 1 << 20           # members smaller than this may compress as well as they like
 _CHUNK = 1 << 20
+_NONBLANK = re.compile(rb"[^ \t\r\n]")  # what JSON does not skip between values
 
 
 @dataclass(frozen=True)
@@ -99,9 +100,30 @@ def _remove_partial(path: Path) -> None:
             pass
 
 
+def check_destination(file: Path) -> None:
+    """An export replaces only a regular file (or creates one): never a device, a directory, a pipe or a
+    link (``memory export /dev/full`` run as root would have replaced the device with the archive)."""
+    import stat
+
+    try:
+        mode = os.lstat(file).st_mode
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"cannot write the archive {file}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(mode):
+        what = ("a directory" if stat.S_ISDIR(mode) else "a link" if stat.S_ISLNK(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "not a regular file")
+        raise StoreError(f"refusing to write the archive over {file}: it is {what}; give the path of a new "
+                         "or a regular file")
+
+
 def export_archive(records, user_dir: Path, file: Path, user: str, models: dict | None = None,
                    progress=None) -> dict:
+    """Write the archive to ``file`` through a temporary file of the same directory (owner-only), renamed
+    over it once complete; ``file`` must be new or a regular file."""
     file = Path(file)
+    check_destination(file)
     memories = records.list(include_superseded=True)
     files: dict[str, bytes] = {
         "memories.jsonl": "".join(json.dumps(m.to_dict(), ensure_ascii=False) + "\n" for m in memories).encode(),
@@ -133,10 +155,19 @@ def export_archive(records, user_dir: Path, file: Path, user: str, models: dict 
     }
     for name, path in images.items():
         manifest["files"][name] = _sha(path if isinstance(path, bytes) else path.read_bytes())
-    tmp = Path(str(file) + ".part")
+    import tempfile
+
+    try:  # a new name of the same directory (0600, never an existing file or a planted link)
+        fd, name = tempfile.mkstemp(dir=file.parent if str(file.parent) else ".", prefix=f".{file.name}.",
+                                    suffix=".part")
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise disk_full(file.parent if str(file.parent) else Path(".")) from None
+        raise StoreError(f"cannot write the archive {file}: {exc.strerror or exc}") from None
+    tmp = Path(name)
     try:
-        fd = os.open(tmp, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600)
         os.close(fd)
+        check_destination(file)  # again, just before: nothing was made there meanwhile
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as z:
             z.writestr("manifest.json", json.dumps(manifest, indent=1))
             for name, data in files.items():
@@ -210,37 +241,61 @@ def strict_json(raw: bytes | str):
 
 class _MemoryLines:
     """memories.jsonl parsed line by line while the member is streamed: one line at a time in memory (a
-    line over the limit is refused as soon as it is), each line checked into a ``Memory``. The first
-    problem is kept, not raised, so that a member that fails its sha256 is reported as altered."""
+    line over the limit is refused as soon as it is), each line checked into a ``Memory``. Blank stretches
+    are skipped at C speed (a bomb of newlines or spaces costs no Python loop per line). A problem other
+    than a long line is kept, not raised, so that a member that fails its sha256 is reported as altered."""
 
     def __init__(self, line_limit: int):
-        self.limit, self.line, self.tail = line_limit, 0, bytearray()
+        self.limit, self.line = line_limit, 0
+        self.tail = bytearray()   # the text of the current line so far (once it has any)
+        self.blank = 0            # the blank bytes of the current line before its text
         self.memories: list[Memory] = []
         self.seen: set[str] = set()
         self.problem: PersonaError | None = None
 
     def __call__(self, chunk: bytes) -> None:
-        if self.problem is not None:
-            return
-        start = 0
-        while self.problem is None:
-            end = chunk.find(b"\n", start)
+        pos, n = 0, len(chunk)
+        while pos < n and self.problem is None:
+            if not self.tail:  # between lines, or in a blank one: skip to the next text
+                found = _NONBLANK.search(chunk, pos)
+                stop = found.start() if found else n
+                if stop > pos:
+                    self._blank(chunk, pos, stop)
+                    pos = stop
+                    continue
+            end = chunk.find(b"\n", pos)
             if end == -1:
-                self.tail += chunk[start:]
-                if len(self.tail) > self.limit:
+                self.tail += chunk[pos:]
+                if self.blank + len(self.tail) > self.limit:
                     self._refuse_long(self.line + 1)
                 return
-            if self.tail:
-                self.tail += chunk[start:end]
-                piece, self.tail = bytes(self.tail), bytearray()
-            else:
-                piece = chunk[start:end]
-            self._line(piece)
-            start = end + 1
+            self.tail += chunk[pos:end]
+            piece, self.tail = bytes(self.tail), bytearray()
+            size, self.blank = self.blank + len(piece), 0
+            self._line(piece, size)
+            pos = end + 1
+
+    def _blank(self, chunk: bytes, start: int, stop: int) -> None:
+        """chunk[start:stop] holds only blanks: count the lines it ends, check their lengths."""
+        ends = chunk.count(b"\n", start, stop)
+        if not ends:
+            self.blank += stop - start
+        else:
+            if self.blank + chunk.find(b"\n", start, stop) - start > self.limit:
+                self._refuse_long(self.line + 1)
+            if stop - start > self.limit:  # only then can a whole line inside it be too long
+                lengths = list(map(len, chunk[start:stop].split(b"\n")[1:-1]))
+                if lengths and max(lengths) > self.limit:
+                    self._refuse_long(self.line + 2 + next(i for i, k in enumerate(lengths) if k > self.limit))
+            self.line += ends
+            self.blank = stop - chunk.rfind(b"\n", start, stop) - 1
+        if self.blank > self.limit:
+            self._refuse_long(self.line + 1)
 
     def finish(self) -> list[Memory]:
         if self.problem is None and self.tail:
-            self._line(bytes(self.tail))
+            piece = bytes(self.tail)
+            self._line(piece, self.blank + len(piece))
             self.tail = bytearray()
         if self.problem is not None:
             raise self.problem
@@ -251,9 +306,9 @@ class _MemoryLines:
         raise PersonaError(f"the archive's memory on line {n} is too large (over {_size(self.limit)}, "
                                     "archive.max_line_kb); nothing imported")
 
-    def _line(self, raw: bytes) -> None:
+    def _line(self, raw: bytes, size: int) -> None:
         self.line += 1
-        if len(raw) > self.limit:
+        if size > self.limit:
             self._refuse_long(self.line)
         if not raw.strip():
             return
@@ -312,7 +367,7 @@ def _size(n: int) -> str:
 
 def _bomb(file: Path, info: zipfile.ZipInfo, ratio: int) -> PersonaError:
     times = info.file_size // max(info.compress_size, 1)
-    return PersonaError(f"archive {file} is refused: {info.filename} expands {times if times > ratio else 'over ' + str(ratio)} "
+    return PersonaError(f"archive {file} is too large to import: {info.filename} expands {times if times > ratio else 'over ' + str(ratio)} "
                         f"times its compressed size (limit {ratio}, archive.max_ratio; a zip bomb?); nothing imported")
 
 

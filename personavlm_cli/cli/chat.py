@@ -272,7 +272,11 @@ class ChatSession:
         """What the user should know about this turn, said once the answer starts."""
         n_ctx = self.assistant.model.n_ctx
         notices = []
-        if turn.trimmed is not None:
+        if turn.trimmed is not None and turn.trimmed.cut_bytes:
+            notices.append(f"[yellow]Your message ({turn.trimmed.cut_bytes:,} bytes) was longer than the context "
+                           f"allows ({n_ctx} tokens): it was cut before reading, and only its first "
+                           f"{turn.trimmed.kept} tokens were kept and stored.[/yellow]")
+        elif turn.trimmed is not None:
             notices.append(f"[yellow]Your message was longer than the context allows ({turn.trimmed.tokens} tokens "
                            f"for a {n_ctx}-token context); only its first {turn.trimmed.kept} tokens were kept "
                            "and stored.[/yellow]")

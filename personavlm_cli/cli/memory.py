@@ -50,7 +50,7 @@ def list_(
     type: TypeOpt = None,
     since: Annotated[Optional[str], typer.Option(help="Only memories from this time on (YYYY-MM-DD [HH:MM]).")] = None,
     until: Annotated[Optional[str], typer.Option(help="Only memories up to this time.")] = None,
-    limit: Annotated[Optional[int], typer.Option(help="At most this many (the newest).")] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many (the newest).")] = None,
     all: Annotated[bool, typer.Option("--all", help="Include superseded memories.")] = False,
     pending: Annotated[bool, typer.Option("--pending", help="Show queued update work instead.")] = False,
     json: JsonOpt = False,
@@ -205,7 +205,7 @@ def search(
     type: TypeOpt = None,
     since: Annotated[Optional[str], typer.Option(help="Only from this time on.")] = None,
     until: Annotated[Optional[str], typer.Option(help="Only up to this time.")] = None,
-    limit: Annotated[int, typer.Option("--limit", "-k", help="How many results.")] = 10,
+    limit: Annotated[int, typer.Option("--limit", "-k", min=1, help="How many results.")] = 10,
     all: Annotated[bool, typer.Option("--all", help="Include superseded memories.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Show each signal's rank and score.")] = False,
     json: JsonOpt = False,
@@ -392,14 +392,34 @@ def import_(
 ):
     """Import an archive into this user's store (memories already present are kept)."""
     summary = import_file(make_env(user), file)
+    if summary.get("empty"):
+        err.print(line(f"The archive {file} holds no memories: nothing imported"))
+        return
     err.print(f"[green]Imported[/green] {count(summary['added'], 'memory')} ({summary['skipped']} already present)")
+
+
+def archive_limits(settings):
+    """What an imported archive may expand to (archive.max_member_mb, archive.max_ratio, archive.max_line_kb)."""
+    from personavlm_cli.adapters.archive import Limits
+
+    return Limits(member_bytes=settings["archive.max_member_mb"] << 20, ratio=settings["archive.max_ratio"],
+                  line_bytes=settings["archive.max_line_kb"] << 10)
+
+
+def is_empty(archive) -> bool:
+    """An archive with nothing to write: no memory, no personality, no state (its import creates nothing)."""
+    return not archive.memories and not archive.personality.get("state") and not archive.state.get("consolidated")
 
 
 def import_file(env, file: Path) -> dict:
     """Verify an archive, then write it into ``env``'s user store (shared by `memory` and `profile import`)."""
     from personavlm_cli.adapters.archive import import_archive, read_archive
 
-    verified = read_archive(file)  # refuse a corrupt or tampered archive before creating anything
+    env.user  # a bad user name or configuration is refused before the archive is read
+    # Refuse a corrupt, tampered or hostile archive before creating anything.
+    verified = read_archive(file, limits=archive_limits(env.settings))
+    if is_empty(verified):  # nothing to write: the user's store is not created for it
+        return {"added": 0, "skipped": 0, "manifest": verified[0], "empty": True}
     try:
         return import_archive(env.store(write=True), verified)
     finally:

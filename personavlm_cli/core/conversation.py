@@ -58,6 +58,12 @@ class Trimmed:
 
     tokens: int
     kept: int
+    cut_bytes: int = 0  # the message's size in bytes when it was cut by bytes before tokenizing (else 0)
+
+
+# The most bytes of a message tokenized per token of budget: a longer message is cut by bytes first, so a
+# 50 MB line is never tokenized whole (no tokenizer makes tokens of 32 bytes of text in ordinary use).
+BYTES_PER_TOKEN = 32
 
 
 class Turn:
@@ -265,10 +271,11 @@ class Conversation:
         """A message longer than half the context is cut to its first tokens (what is stored is what was sent)."""
         model = self.assistant.model
         budget = max(256, model.n_ctx // 2)
+        text, cut_bytes = _cut_bytes(text, budget * BYTES_PER_TOKEN)
         with self.assistant.model_lock:  # the update thread may be using the model
             n = model.count_tokens(text)
             if n <= budget:
-                return text, None
+                return text, Trimmed(n, n, cut_bytes) if cut_bytes else None
             lo, hi = 0, len(text)
             while lo < hi:
                 mid = (lo + hi + 1) // 2
@@ -276,7 +283,7 @@ class Conversation:
                     lo = mid
                 else:
                     hi = mid - 1
-        return text[:lo], Trimmed(n, budget)
+        return text[:lo], Trimmed(n, budget, cut_bytes)
 
     def remember(self, text: str) -> tuple[Memory, bool]:
         """``/remember``: the text as a memory of this session (if one is open), merged or superseding;
@@ -289,6 +296,18 @@ class Conversation:
             session = None
         with a.model_lock:
             return self.learner.remember(text, at, session)
+
+
+def _cut_bytes(text: str, limit: int) -> tuple[str, int]:
+    """``text`` cut to at most ``limit`` bytes of UTF-8 (on a character boundary), and its size in bytes
+    when it was cut (0 when it fits)."""
+    if len(text) <= limit // 4:
+        return text, 0
+    size = len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+    if size <= limit:
+        return text, 0
+    head = text[:limit].encode("utf-8", "surrogatepass")[:limit]
+    return head.decode("utf-8", "ignore"), size
 
 
 def begin(assistant: Assistant, text: str, at: datetime, images: list[Path], *, queue: UpdateQueue | None,
