@@ -46,6 +46,9 @@ COMMANDS = [
     ("model", "list"),
     ("model", "default", "embedded"),
     ("chat", "--once", "hello"),
+    ("store", "migrate", "--to", "embedded"),
+    ("memory", "import", "missing.pvm"),
+    ("memory", "list", "--limit", f"http://eve:{VECTOR_PW}@h/"),  # a usage error about a value
 ]
 
 

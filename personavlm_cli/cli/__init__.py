@@ -147,6 +147,7 @@ def _run(argv: list[str] | None) -> int:
     except Exit as exc:
         code = exc.exit_code
     except ClickException as exc:
+        exc.message = masked(exc.message)  # a usage error may quote an option's value
         exc.show()
         code = exc.exit_code
     except sqlite3.DatabaseError as exc:

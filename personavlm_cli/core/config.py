@@ -85,7 +85,8 @@ KEYS: dict[str, Key] = {
         Key("store.url", str, None, "ChromaDB server URL (store.kind server)", nullable=True),
         Key("store.database_url", str, None,
             "PostgreSQL URL of the records (store.kind server): postgresql://user:password@host:port/database; "
-            "empty = the records stay in the local user directory", nullable=True),
+            "empty = the records stay in the local user directory; the password is better left out of it, in "
+            "PGPASSWORD or ~/.pgpass (read by libpq)", nullable=True),
         Key("chat.session_gap_minutes", int, 60, "minutes of silence that start a new chat session",
             low=1, high=525_600),
         Key("chat.history", bool, True, "keep a per-user input history for the REPL"),
