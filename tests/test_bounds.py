@@ -185,3 +185,19 @@ def test_a_huge_chat_message_is_cut_by_bytes_before_it_is_tokenized(store):  # n
     turn.finish()
     stored = store.records.get(turn.exchange.user_turn.id)
     assert len(stored.text.split()) == 300 and message.startswith(stored.text)
+
+
+def test_a_megabyte_line_sent_to_chat_is_cut_by_bytes_with_a_notice_and_answered(cli, isolated_home):
+    """The real chat with the embedded model: a 1 MB line is cut before it is tokenized, the user is told
+    how big it was, and it is answered; what is stored is the beginning of the line."""
+    from tests.test_reliability import prepare
+
+    prepare(isolated_home)
+    line = "tea " * 250_000
+    r = cli("chat", "--no-update", "--context", "512", "--at", "2026-11-08 10:00", input=line + "\n")
+    assert r.code == 0, r.err
+    assert r.out.strip(), "it still answered"
+    notices = [x for x in r.err.splitlines() if x.strip()]
+    assert len(notices) == 1 and "1,000,000 bytes" in notices[0] and "cut before reading" in notices[0], r.err
+    stored = [m for m in cli("memory", "list", "--json").json() if m.get("role") == "user"]
+    assert len(stored) == 1 and line.startswith(stored[0]["text"]) and len(stored[0]["text"]) <= 256 * 32
