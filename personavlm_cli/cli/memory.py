@@ -252,8 +252,11 @@ def search(
                   since=parse_time(since, "--since").timestamp() if since else None,
                   until=parse_time(until, "--until").timestamp() if until else None)
         hits = recall(store, q, k=limit, weights=weights)
+        why_not = _why_no_text_search(env, store) if query and "image" in q.types and image is None else None
     finally:
         env.close()
+    if why_not:
+        err.print(line((why_not, "yellow")))
     if json:
         print_json([{**memory_json(h.memory), "score": round(h.score, 5), "signals": h.signals} for h in hits])
         return
@@ -269,6 +272,14 @@ def search(
             out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))
     if not hits:
         err.print("no matching memories")
+
+
+def _why_no_text_search(env, store) -> str | None:
+    """Why words cannot find images by what they show (random CLIP weights, or a re-embedding under way)."""
+    from personavlm_cli.cli.clip import target_space
+    from personavlm_cli.core import reembed
+
+    return reembed.status(store.records, target_space(env.settings)).why_no_text_search()
 
 
 @app.command()
