@@ -68,8 +68,8 @@ KEYS: dict[str, Key] = {
         Key("clip.model", str, "ViT-B-32", "open_clip architecture for image memories"),
         Key("clip.weights", str, "none",
             "CLIP weights: none (seeded random init: exact and near-duplicate image matching only), "
-            "a local weights file, or an open_clip tag such as openai already in the cache (cache_dir/clip, see "
-            "`personavlm config path`; personavlm downloads nothing)"),
+            "a local weights file, or an open_clip tag such as laion2b_s34b_b79k in the hub cache (the standard "
+            "one, where `personavlm model pull clip` puts it and sets this key, or cache_dir/clip)"),
         Key("store.kind", str, "embedded", "embedded ChromaDB on disk, or a ChromaDB server",
             choices=("embedded", "server")),
         Key("store.url", str, None, "ChromaDB server URL (store.kind server)", nullable=True),
