@@ -213,3 +213,36 @@ def test_re_embedding_continues_after_a_kill_without_redoing_what_was_done(hub, 
     found = run("memory", "search", "--image", str(tmp_path / "photo4.png"), "--json").json()
     assert found[0]["id"] == ids[4], "the vectors are the new weights' (the query is embedded with them)"
     assert json.loads(run("doctor", "--no-load", "--json").out)["image vectors"] == "5 images, text search on"
+
+
+def test_a_chat_moves_the_images_in_its_background_and_logs_the_progress(hub, tiny_clip, isolated_home, tmp_path):
+    """What `chat` starts (cli/chat.py): the move on the store's fork, in a thread; progress in the user's log."""
+    import threading
+
+    from personavlm_cli.adapters import downloads
+    from personavlm_cli.cli.clip import start_background, write_clip_config
+    from personavlm_cli.cli.common import log_file, log_to_file, make_env
+
+    configure(isolated_home)
+    add_images(tmp_path, 3)
+    hub.add(REPO, "open_clip_model.safetensors", tiny_clip)
+    downloads.fetch(REPO, "open_clip_model.safetensors")
+    write_clip_config(make_env(None).settings.locations, ARCH, TAG)
+    env = make_env(None)
+    try:
+        store = env.store(write=True)
+        log_to_file(env)
+        thread = start_background(store, env.settings, threading.Event())
+        assert thread is not None
+        thread.join(120)
+        assert start_background(store, env.settings, threading.Event()) is None, "nothing left to move"
+        log = log_file(env).read_text()
+    finally:
+        import logging
+
+        for h in logging.getLogger("personavlm").handlers[:]:
+            logging.getLogger("personavlm").removeHandler(h)
+            h.close()
+        env.close()
+    assert "re-embedded 3 of 3 images" in log and "re-embedded 3 images into open_clip:TinyCLIP-test:tiny" in log
+    assert status().text_search
