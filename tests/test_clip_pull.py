@@ -93,6 +93,8 @@ def test_pull_clip_downloads_sets_the_weights_and_moves_the_images(run, hub, tin
     ids = add_images(tmp_path, 3)
     before = run("memory", "search", "a photo of my dog", "--type", "image")
     assert "model pull clip" in before.err and "3 image(s)" in before.err, "says why words cannot find images"
+    assert "model pull clip" not in run("memory", "search", "cat").err, "only when images are asked for"
+    assert "model pull clip" in run("memory", "search", "my holiday photos").err
     doctor = run("doctor", "--no-load", "--json").json()
     assert "model pull clip" in doctor["text-to-image search"] and "text search off" in doctor["image vectors"]
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -252,7 +253,8 @@ def search(
                   since=parse_time(since, "--since").timestamp() if since else None,
                   until=parse_time(until, "--until").timestamp() if until else None)
         hits = recall(store, q, k=limit, weights=weights)
-        why_not = _why_no_text_search(env, store) if query and "image" in q.types and image is None else None
+        asks_images = (type and "image" in type) or (not type and _IMAGE_WORDS.search(query))
+        why_not = _why_no_text_search(env, store) if query and asks_images and image is None else None
     finally:
         env.close()
     if why_not:
@@ -272,6 +274,9 @@ def search(
             out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))
     if not hits:
         err.print("no matching memories")
+
+
+_IMAGE_WORDS = re.compile(r"\b(photos?|pictures?|images?|pics?|selfies?|screenshots?|snapshots?)\b", re.I)
 
 
 def _why_no_text_search(env, store) -> str | None:
