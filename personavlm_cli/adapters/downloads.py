@@ -136,7 +136,7 @@ def remote_info(repo: str, filename: str, revision: str = "main") -> RemoteFile:
     with _hub():
         try:
             meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=endpoint()),
-                                        endpoint=endpoint(), retry_on_errors=True)
+                                        endpoint=endpoint(), retry_on_errors=False)
         except Exception as e:  # noqa: BLE001 - the hub client's errors become one line
             raise _problem(e, what) from None
     etag = (meta.etag or "").lower()
