@@ -88,7 +88,8 @@ RECOMMENDED: dict[str, Recommended] = {
 
 
 def models_dir(locations: Locations) -> Path:
-    """Where `model pull` keeps what it downloads: ``<data dir>/models/<owner>--<repo>/``."""
+    """Where `model pull` keeps what it downloads, in the hub cache layout:
+    ``<data dir>/models/models--<owner>--<repo>/snapshots/<commit>/<file>``."""
     return locations.data_dir / "models"
 
 
