@@ -65,10 +65,26 @@ def pv():
     """``pv(*args, width=N)``: run personavlm in this process (``run_in_process``); the consoles are N
     columns wide."""
 
-    def run(*args, width=120, **kwargs):
+    def run(*args, width=120, tty=False, **kwargs):
+        if tty:
+            return on_a_terminal(*args, width=width, **kwargs)
         return run_in_process(*args, env={"COLUMNS": str(width), **kwargs.pop("env", {})}, **kwargs)
 
     return run
+
+
+def on_a_terminal(*args, width=120, input=""):
+    """Run personavlm in this process with stdout (and stderr) said to be a terminal N columns wide; the
+    styles are taken out of what it printed, so the text is what a person reads."""
+    from personavlm_cli.cli import main, terminal
+    from tests.conftest import Result
+
+    term = terminal.captured(input)
+    term._tty.update(stdout=True, stderr=True)
+    term._environ = {**__import__("os").environ, "COLUMNS": str(width), "TERM": "xterm"}
+    code = main(list(args), environment=term)
+    plain = functools.partial(re.sub, "\x1b\\[[0-9;]*m", "")
+    return Result(code, plain(terminal.text(term.stdout)), plain(terminal.text(term.stderr)))
 
 
 def assert_inert(text: str) -> None:
@@ -275,7 +291,7 @@ def test_pending_updates_are_a_readable_listing_and_valid_json(pv):
 def test_listings_are_one_line_per_memory_cut_at_the_terminal_not_wrapped(pv, width):
     long = "My sister lives in Nice and " + "she likes long walks by the sea " * 12
     seed([_memory(long), _memory("short one"), _memory("another [/b] one")])
-    r = pv("memory", "list", width=width)
+    r = pv("memory", "list", width=width, tty=True)
     lines = r.out.rstrip("\n").split("\n")
     assert len(lines) == 4, r.out  # the header and one line per memory
     assert all(len(x.rstrip()) <= width for x in lines)
@@ -283,8 +299,30 @@ def test_listings_are_one_line_per_memory_cut_at_the_terminal_not_wrapped(pv, wi
     assert long_line.rstrip().endswith("…")
     assert "short one" in r.out and "another [/b] one" in r.out
     assert long in pv("memory", "show", json.loads(pv("memory", "list", "--json").out)[0]["id"], width=1000).out
-    found = pv("memory", "search", "sister", "-k", "1", width=width)
+    found = pv("memory", "search", "sister", "-k", "1", width=width, tty=True)
     assert found.out.count("\n") == 1 and found.out.rstrip().endswith("…"), found.out
+
+
+def test_in_a_pipe_each_memory_is_one_whole_line_of_tab_separated_columns(pv):
+    """`memory list | grep WORD` finds a word at the end of a long memory (issue 29, section 4)."""
+    long = "My sister lives in Nice and " + "she likes long walks by the sea " * 12 + "with her dog Pistache"
+    seed([_memory(long), _memory("two\tcolumns\nand lines"), _memory(HOSTILE[4])])
+    r = pv("memory", "list", width=40)
+    assert r.code == 0, r
+    rows = [x.split("\t") for x in r.out.splitlines()]
+    assert len(rows) == 3 and all(len(x) == 4 for x in rows), r.out  # no header: every line is a memory
+    assert [x for x in r.out.splitlines() if "Pistache" in x], "the whole text, not cut at 40 columns"
+    by_text = {x[3]: x for x in rows}
+    assert one_line(long) in by_text and "two columns and lines" in by_text
+    assert all(x[1] == "semantic" and x[0].startswith("sem") for x in rows)
+    assert_inert(r.out)
+    assert "3 memories" in r.err
+    found = pv("memory", "search", "Pistache", "-k", "1", width=40)
+    assert found.code == 0, found
+    hit = found.out.rstrip("\n").split("\t")
+    assert len(hit) == 5 and hit[4] == one_line(long) and float(hit[3]) > 0
+    assert json.loads(pv("memory", "list", "--json").out)[0]["text"] in (long, "two\tcolumns\nand lines",
+                                                                      HOSTILE[4]), "--json is unchanged"
 
 
 def test_model_list_never_breaks_a_path(pv, tmp_path):

@@ -161,8 +161,8 @@ def test_uncached_hub_tag_fails_fast_offline(tmp_path):
     with pytest.raises(ImageError) as ei:
         ImageEncoder(weights="openai", cache_dir=tmp_path / "empty-cache")
     assert time.perf_counter() - t0 < 20
-    assert str(ei.value) == ("CLIP weights 'openai' are not available offline; run with --download "
-                             "or set clip.weights to a local file")
+    assert str(ei.value) == ("CLIP weights 'openai' for ViT-B-32 are not downloaded; run "
+                             "`personavlm model pull clip ViT-B-32:openai` or set clip.weights to a local file")
 
 
 def test_bad_weights_values(tmp_path):

@@ -1,9 +1,11 @@
 """`personavlm model pull` against a local server that behaves like the Hugging Face hub.
 
 The server (http.server on loopback, in a thread) answers the way the hub does: the resolve URL
-redirects to a storage URL with the file's sha256 in ``X-Linked-Etag`` and its size in
-``X-Linked-Size``; the storage URL honours Range with 206; the tree API lists ``lfs.oid``. The
-model it serves is a copy of the real embedded GGUF, and the projector a minimal real GGUF header.
+redirects to a storage URL with the file's sha256 in ``X-Linked-Etag``, its size in
+``X-Linked-Size`` and the commit in ``X-Repo-Commit``; the storage URL honours Range with 206; the
+tree API lists ``lfs.oid``. The model it serves is a copy of the real embedded GGUF, and the
+projector a minimal real GGUF header. Downloads go through huggingface_hub into the hub cache layout
+under the data directory's models/ folder.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ class FakeHub:
         self.cut_after: dict[str, int] = {}  # file name -> close the connection after this many bytes, once
         self.stall_after: dict[str, int] = {}  # file name -> send this many bytes, then hang (once)
         self.release = threading.Event()
+        self.commit = "c0ffee" * 6 + "c0fe"  # X-Repo-Commit: the revision's commit, 40 hex digits
         self.log: list[tuple[str, str, str | None]] = []
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.server.daemon_threads = True
@@ -97,7 +100,8 @@ class FakeHub:
                     sha = hub.sha(name, data)
                     # As the hub does for LFS files: a redirect to storage that carries the checksum.
                     return self._send(302, b"", {"Location": f"/storage/{repo}/{name}", "X-Linked-Etag": f'"{sha}"',
-                                                 "X-Linked-Size": str(len(data)), "ETag": f'"{sha}"'}, head)
+                                                 "X-Linked-Size": str(len(data)), "ETag": f'"{sha}"',
+                                                 "X-Repo-Commit": hub.commit}, head)
                 if parts[0] == "storage":
                     repo, name = "/".join(parts[1:3]), "/".join(parts[3:])
                     data = hub.files.get((repo, name))
@@ -107,7 +111,8 @@ class FakeHub:
                 self._send(404, b"", {}, head)
 
             def _storage(self, name: str, data: bytes, head: bool):
-                start, status, headers = 0, 200, {"Accept-Ranges": "bytes", "ETag": f'"{hub.sha(name, data)}"'}
+                start, status, headers = 0, 200, {"Accept-Ranges": "bytes", "ETag": f'"{hub.sha(name, data)}"',
+                                          "X-Repo-Commit": hub.commit}
                 rng = self.headers.get("Range")
                 if rng:
                     start = int(rng.split("=")[1].split("-")[0])
@@ -186,6 +191,15 @@ def models_dir(home: Path) -> Path:
     return home / "data" / "models"
 
 
+def cache_folder(home: Path, repo: str) -> Path:
+    """The repository's folder in the hub cache layout (blobs/, snapshots/<commit>/, refs/)."""
+    return models_dir(home) / ("models--" + repo.replace("/", "--"))
+
+
+def pulled(home: Path, repo: str, name: str, hub: "FakeHub") -> Path:
+    return cache_folder(home, repo) / "snapshots" / hub.commit / name
+
+
 def test_pull_a_recommended_vision_model_downloads_verifies_and_registers_both_files(run, hub, model_bytes,
                                                                                     isolated_home):
     from personavlm_cli.core.models import RECOMMENDED
@@ -196,11 +210,11 @@ def test_pull_a_recommended_vision_model_downloads_verifies_and_registers_both_f
 
     r = run("model", "pull", "smolvlm2-2.2b")
     assert r.code == 0, r.err
-    folder = models_dir(isolated_home) / rec.repo.replace("/", "--")
+    folder = pulled(isolated_home, rec.repo, "", hub)
     assert (folder / rec.file).read_bytes() == model_bytes
     assert (folder / rec.mmproj).read_bytes() == gguf_projector()
-    assert not list(folder.glob("*.part*")), "nothing half-done is left behind"
-    assert "sha256 verified" in r.err
+    assert not list(cache_folder(isolated_home, rec.repo).rglob("*.part")), "nothing half-done is left behind"
+    assert "checksum verified" in r.err and f"{rec.repo}/{rec.file}: " in r.err, "the size is said first"
 
     rows = {row["name"]: row for row in run("model", "list", "--json").json()}
     row = rows["smolvlm2-2.2b"]
@@ -229,17 +243,16 @@ def test_pull_a_repository_file_by_name(run, hub, model_bytes):
 def test_an_interrupted_pull_resumes_where_it_stopped(run, hub, model_bytes, isolated_home):
     repo, name = "someone/Tiny-GGUF", "tiny.gguf"
     hub.add(repo, name, model_bytes)
-    half = len(model_bytes) // 2 >> 20 << 20  # whole 1 MiB chunks: all of them reach the disk before the stall
-    hub.stall_after[name] = half
-    dest = models_dir(isolated_home) / "someone--Tiny-GGUF" / name
-    part = dest.with_name(name + ".part")
+    hub.stall_after[name] = len(model_bytes) // 2
+    dest = pulled(isolated_home, repo, name, hub)
+    part = cache_folder(isolated_home, repo) / "blobs" / (hashlib.sha256(model_bytes).hexdigest() + ".part")
 
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "personavlm_cli", "model", "pull", repo, name],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
-    while not (part.exists() and part.stat().st_size >= half):
+    while not (part.exists() and part.stat().st_size >= 10 << 20):  # the hub client writes 10 MiB pieces
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, "the download never started"
         time.sleep(0.1)
@@ -248,7 +261,8 @@ def test_an_interrupted_pull_resumes_where_it_stopped(run, hub, model_bytes, iso
     hub.release.set()
     assert proc.returncode == 130, stderr
     assert "resume" in stderr and "Traceback" not in stderr
-    assert part.stat().st_size == half and not dest.exists()
+    half = part.stat().st_size
+    assert 0 < half < len(model_bytes) and not dest.exists()
 
     r = run("model", "pull", repo, name)
     assert r.code == 0, r.err
@@ -260,21 +274,24 @@ def test_an_interrupted_pull_resumes_where_it_stopped(run, hub, model_bytes, iso
 
 def test_a_dropped_connection_is_resumed_within_the_same_pull(run, hub, model_bytes, isolated_home):
     hub.add("someone/Tiny-GGUF", "tiny.gguf", model_bytes)
-    hub.cut_after["tiny.gguf"] = 100_000
+    hub.cut_after["tiny.gguf"] = 15 << 20
     r = run("model", "pull", "someone/Tiny-GGUF", "tiny.gguf", "--name", "tiny")
     assert r.code == 0, r.err
     ranges = [rng for m, p, rng in hub.log if m == "GET" and p.startswith("/storage/")]
-    assert ranges == [None, "bytes=100000-"]
-    assert (models_dir(isolated_home) / "someone--Tiny-GGUF" / "tiny.gguf").read_bytes() == model_bytes
+    # The hub client hands over 10 MiB pieces: it resumes after the last whole piece it received.
+    assert ranges == [None, f"bytes={10 << 20}-"]
+    assert pulled(isolated_home, "someone/Tiny-GGUF", "tiny.gguf", hub).read_bytes() == model_bytes
 
 
 def test_a_checksum_mismatch_is_refused_and_the_bad_file_removed(run, hub, model_bytes, isolated_home):
     hub.add("someone/Tiny-GGUF", "tiny.gguf", model_bytes)
     hub.wrong_sha.add("tiny.gguf")
     r = run("model", "pull", "someone/Tiny-GGUF", "tiny.gguf")
-    assert_one_line_error(r, "checksum mismatch", "tiny.gguf")
-    folder = models_dir(isolated_home) / "someone--Tiny-GGUF"
-    assert not folder.exists() or not any(folder.iterdir()), "neither the file nor its .part is kept"
+    assert r.code == 1 and "Traceback" not in r.err, r
+    said, error = r.err.strip().splitlines()  # the size, said before the download; then one error line
+    assert "93.8 MB" in said and "checksum mismatch" in error and "tiny.gguf" in error
+    folder = cache_folder(isolated_home, "someone/Tiny-GGUF")
+    assert not [p for p in folder.rglob("*") if p.is_file()], "neither the file nor its .part is kept"
     assert [row["name"] for row in run("model", "list", "--json").json()] == ["embedded"]
 
 
@@ -305,7 +322,8 @@ def test_rm_delete_files_removes_only_what_pull_downloaded(run, hub, model_bytes
     assert run("model", "add", str(own), "--name", "mine").code == 0
     r = run("model", "rm", "tiny", "--delete-files")
     assert r.code == 0, r.err
-    assert not (models_dir(isolated_home) / "someone--Tiny-GGUF" / "tiny.gguf").exists()
+    assert not pulled(isolated_home, "someone/Tiny-GGUF", "tiny.gguf", hub).exists()
+    assert not list((cache_folder(isolated_home, "someone/Tiny-GGUF") / "blobs").iterdir()), "the blob is gone too"
     assert run("model", "rm", "mine", "--delete-files").code == 0
     assert own.exists(), "a file the user registered is never deleted"
     rows = run("model", "list", "--json").json()

@@ -3,9 +3,11 @@
 Weights: ``None``/"none" builds the real architecture with a seeded random initialisation (no
 download, deterministic; good for exact and near-duplicate matching, not for semantics); a local
 file (.safetensors/.bin/.pt/.pth) or ``local-dir:/path`` loads offline; any other value is an
-open_clip pretrained tag ("openai", "laion2b_s34b_b79k", ...) read from the hub cache. Unless the
-caller allows downloads the hub is put in offline mode, so a tag that is not cached fails at once
-with a clear message instead of retrying the network for most of a minute.
+open_clip pretrained tag ("openai", "laion2b_s34b_b79k", ...) read from the hub cache: the standard
+one (``HF_HUB_CACHE``, where `personavlm model pull clip` and open_clip itself put them) when the
+tag's file is there, else ``cache_dir``. Unless the caller allows downloads the hub is put in offline
+mode, so a tag that is not cached fails at once with a clear message instead of retrying the network
+for most of a minute.
 
 torch, torchvision and open_clip are imported on first use (about 4 s together).
 """
@@ -186,6 +188,53 @@ def _one_line(e: BaseException, limit: int = 200) -> str:
     return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
+def hub_files(model_name: str, tag: str) -> tuple[str, list[str]]:
+    """Where open_clip gets a pretrained tag's weights on the hub: (repository, file names in the order
+    open_clip tries them: the safetensors form first)."""
+    open_clip = _import_open_clip()
+    from open_clip import pretrained
+
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    if tag not in tags:
+        known = ", ".join(tags[:8]) + (", ..." if len(tags) > 8 else "") if tags else "none"
+        raise ImageError(f"unknown CLIP weights '{tag}' for {model_name} (known tags: {known})")
+    hf_hub = (pretrained.get_pretrained_cfg(model_name, tag) or {}).get("hf_hub") or ""
+    if not hf_hub:
+        raise ImageError(f"open_clip's '{tag}' weights for {model_name} are not on the model hub (only at a URL); "
+                         "download them yourself and set clip.weights to the file")
+    repo, filename = os.path.split(hf_hub)
+    filename = filename or "open_clip_pytorch_model.bin"
+    safe = list(pretrained._get_safe_alternatives(filename)) if getattr(pretrained, "_has_safetensors", False) else []
+    return repo, safe + [filename]
+
+
+def _in_standard_cache(model_name: str, tag: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        repo, files = hub_files(model_name, tag)
+        return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
+    except Exception:  # noqa: BLE001 - not there, as far as we can tell
+        return False
+
+
+def space_id(model_name: str, weights: str | None, seed: int = 0) -> str:
+    """The embedding space (``ImageEncoder.model_id``) of these settings, without loading torch: vectors
+    from encoders with different ids do not compare."""
+    w = (weights or "").strip()
+    base = f"open_clip:{model_name}"
+    if w.lower() in ("", "none", "random"):
+        return f"{base}:random-seed{int(seed)}"
+    if w.startswith("local-dir:"):
+        folder = Path(w[len("local-dir:"):]).expanduser()
+        files = [folder / "open_clip_config.json"] + sorted(
+            p for p in folder.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
+        return f"open_clip:local-dir:{_sha256_prefix(files)}"
+    if w.lower().endswith(WEIGHT_SUFFIXES) or os.sep in w or w.startswith((".", "~")) or Path(w).expanduser().is_file():
+        return f"{base}:file:{_sha256_prefix([Path(w).expanduser()])}"
+    return f"{base}:{w}"
+
+
 class ImageEncoder:
     """open_clip model: ``embed_images(paths)`` and ``embed_texts(texts)`` -> float32 unit rows."""
 
@@ -245,12 +294,15 @@ class ImageEncoder:
                 known = ", ".join(tags[:8]) + (", ..." if len(tags) > 8 else "") if tags else "none"
                 raise ImageError(f"unknown CLIP weights '{self._tag}' for {self.model_name} (known tags: {known})")
             pretrained = self._tag
+        cache_dir = self.cache_dir
+        if self.kind == "tag" and _in_standard_cache(self.model_name, self._tag):
+            cache_dir = None  # the standard hub cache, where `model pull clip` and open_clip users put it
         try:
             with _quiet_logs(), _hub_offline(not self.allow_download), torch.random.fork_rng(devices=[]):
                 torch.manual_seed(self.seed)
                 model, _, preprocess = open_clip.create_model_and_transforms(
-                    name, pretrained=pretrained, cache_dir=self.cache_dir)
-                tokenizer = open_clip.get_tokenizer(name, cache_dir=self.cache_dir) \
+                    name, pretrained=pretrained, cache_dir=cache_dir)
+                tokenizer = open_clip.get_tokenizer(name, cache_dir=cache_dir) \
                     if "cache_dir" in _params(open_clip.get_tokenizer) else open_clip.get_tokenizer(name)
         except PersonaError:
             raise
@@ -274,8 +326,9 @@ class ImageEncoder:
                                "Failed to download", "Connection", "resolve", "Max retries")
             if not self.allow_download and any(m.lower() in (text + type(e).__name__).lower()
                                                for m in offline_markers):
-                return ImageError(f"CLIP weights '{self._tag}' are not available offline; run with --download "
-                                  f"or set clip.weights to a local file")
+                return ImageError(f"CLIP weights '{self._tag}' for {self.model_name} are not downloaded; run "
+                                  f"`personavlm model pull clip {self.model_name}:{self._tag}` or set clip.weights "
+                                  f"to a local file")
             if self.allow_download and any(m.lower() in text.lower() for m in offline_markers):
                 return ImageError(f"cannot download CLIP weights '{self._tag}' for {self.model_name} from the "
                                   f"model hub (no connection?): {text}")
@@ -312,17 +365,9 @@ class ImageEncoder:
     def model_id(self) -> str:
         """Names the embedding space: vectors from encoders with different ids do not compare."""
         if self._model_id_cache is None:
-            base = f"open_clip:{self.model_name}"
-            if self.kind == "random":
-                mid = f"{base}:random-seed{self.seed}"
-            elif self.kind == "tag":
-                mid = f"{base}:{self._tag}"
-            elif self.kind == "file":
-                mid = f"{base}:file:{_sha256_prefix([self._weights_file])}"
-            else:
-                files = [self._local_dir / "open_clip_config.json"] + sorted(
-                    p for p in self._local_dir.iterdir() if p.is_file() and p.name.endswith(WEIGHT_SUFFIXES))
-                mid = f"open_clip:local-dir:{_sha256_prefix(files)}"
+            weights = {"random": None, "tag": self._tag, "file": str(self._weights_file),
+                       "local-dir": f"local-dir:{self._local_dir}"}[self.kind]
+            mid = space_id(self.model_name, weights, self.seed)
             self._model_id_cache = mid
         return self._model_id_cache
 

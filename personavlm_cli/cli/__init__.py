@@ -17,6 +17,7 @@ import typer
 from personavlm_cli.cli import chat as chat_cmd
 from personavlm_cli.cli import bench as bench_cmd
 from personavlm_cli.cli import eval_persona, evaluate, housekeeping, memory, memory_learning, models, profile
+from personavlm_cli.cli import mcp as mcp_cmd
 from personavlm_cli.cli import store as store_cmd
 from personavlm_cli.cli.terminal import Terminal
 
@@ -80,6 +81,7 @@ app.command("doctor")(housekeeping.doctor)
 app.add_typer(housekeeping.users_app, name="users")
 app.add_typer(housekeeping.config_app, name="config")
 app.add_typer(store_cmd.app, name="store")
+app.command("mcp")(mcp_cmd.mcp)
 
 
 app.add_typer(models.app, name="model")

@@ -158,6 +158,10 @@ class ChatSession:
             # Build the shared parts here, before the update thread can race to build them twice.
             store.vectors, store.text_encoder  # noqa: B018
         s = env.settings
+        from personavlm_cli.cli.clip import start_background
+
+        self._reembed_stop = threading.Event()  # images moving to new CLIP weights (cli/clip.py), if any
+        self._reembed = start_background(store, s, self._reembed_stop)
         self.assistant = Assistant(store, model, env.user, profile=s["model.prompt_profile"],
                                    session_gap_minutes=s["chat.session_gap_minutes"],
                                    recent_turns=s["chat.recent_turns"], model_lock=env.model_lock,
@@ -188,6 +192,9 @@ class ChatSession:
         """Quit at once, whatever learning is pending; one line says what is left."""
         if self.conversation is None:
             return
+        if getattr(self, "_reembed", None) is not None:  # stops after its batch; the next chat continues
+            self._reembed_stop.set()
+            self._reembed.join(timeout=30)
         closing = self.conversation.close(consolidate)
         if closing.error is not None:
             err.print(styled(("Background learning stopped with an error (see `personavlm logs`): "

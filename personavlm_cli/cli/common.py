@@ -170,6 +170,16 @@ def print_json(data: Any) -> None:
     stdout.flush()
 
 
+def print_rows(rows) -> None:
+    """Rows for a pipe (stdout is not a terminal): one per line, cells separated by tabs, each cell whole
+    (never cut at a width) and on one line: its whitespace, tabs and newlines included, becomes single
+    spaces, and control characters are shown as escapes, as everywhere (``one_line``)."""
+    stdout = active().stdout
+    for row in rows:
+        stdout.write("\t".join(one_line(cell) for cell in row) + "\n")
+    stdout.flush()
+
+
 def count(n: int, noun: str) -> str:
     """``1 memory``, ``3 memories``."""
     if n == 1:

@@ -200,7 +200,7 @@ def doctor(
     report["clip weights"] = weights
     if weights in (None, "none"):
         report["text-to-image search"] = ("unavailable: no CLIP weights (images still match exact and "
-                                          "near-duplicate images); set clip.weights to a local file or hub tag")
+                                          "near-duplicate images); fix: `personavlm model pull clip`")
     else:
         report["text-to-image search"] = "available"
     udir = users_core.user_dir(s, env.user)
@@ -229,6 +229,16 @@ def doctor(
             try:
                 report["learning pending"] = len(records.pending_jobs())
                 report["learnt statements dropped"] = int(records.get_meta("learning_dropped") or 0)
+                from personavlm_cli.cli.clip import target_space
+                from personavlm_cli.core import reembed
+
+                st = reembed.status(records, target_space(s))
+                if st.images:
+                    report["image vectors"] = (f"re-embedding with the new CLIP weights: {st.done} of {st.images} "
+                                               "done (continues in the chat's background; `personavlm logs`)"
+                                               if st.needed and not reembed.is_random(st.target) else
+                                               f"{st.images} images, text search "
+                                               + ("on" if st.text_search else "off (`personavlm model pull clip`)"))
             finally:
                 records.close()
         except Exception as exc:  # noqa: BLE001 - doctor reports, never fails

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -9,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from personavlm_cli.cli.common import (JsonOpt, UserOpt, count, err, line, listing_table, make_env, one_line, out,
-                                      print_json, safe)
+                                      print_json, print_rows, safe)
 from personavlm_cli.core.errors import NotFoundError, PersonaError, StoreBusyError
 from personavlm_cli.core.memory import TYPES, parse_time
 
@@ -55,7 +56,10 @@ def list_(
     pending: Annotated[bool, typer.Option("--pending", help="Show queued update work instead.")] = False,
     json: JsonOpt = False,
 ):
-    """List memories, oldest first (with --limit: the newest N)."""
+    """List memories, oldest first (with --limit: the newest N).
+
+    On a terminal, a table cut at its width; in a pipe, one memory per line with tab-separated
+    columns (id, type, when, text) and each text whole, for grep and cut; --json for programs."""
     env = make_env(user)
     records = _open_records(env)
     if pending:
@@ -74,6 +78,16 @@ def list_(
     if json:
         print_json([memory_json(m) for m in items])
         return
+    if not out.is_terminal:  # a pipe or a file (FORCE_COLOR makes it a terminal, as for Rich)
+        print_rows([m.id, m.type, _when(m), ("" if m.current else "(superseded) ") + m.text] for m in items)
+    else:
+        _print_table(items)
+    pending_jobs = records.pending_jobs()
+    tail = f"; {count(len(pending_jobs), 'update')} pending (memory list --pending)" if pending_jobs else ""
+    err.print(line((f"{count(len(items), 'memory')}{tail}", "dim")))
+
+
+def _print_table(items) -> None:
     table = listing_table("id", "type", "when", "text")
     for m in items:
         text = safe(m.text, single_line=True)
@@ -81,9 +95,6 @@ def list_(
             text = line(("(superseded) ", "yellow"), text)
         table.add_row(safe(m.id), safe(m.type), safe(_when(m)), text)
     out.print(table)
-    pending_jobs = records.pending_jobs()
-    tail = f"; {count(len(pending_jobs), 'update')} pending (memory list --pending)" if pending_jobs else ""
-    err.print(line((f"{count(len(items), 'memory')}{tail}", "dim")))
 
 
 def _when(m) -> str:
@@ -210,7 +221,9 @@ def search(
     explain: Annotated[bool, typer.Option("--explain", help="Show each signal's rank and score.")] = False,
     json: JsonOpt = False,
 ):
-    """Hybrid search (dense + lexical + image) over every memory."""
+    """Hybrid search (dense + lexical + image) over every memory.
+
+    In a pipe: one hit per line, tab-separated (id, type, when, score, text), each text whole."""
     from personavlm_cli.core.recall import Query, recall
 
     if not query and image is None:
@@ -240,19 +253,38 @@ def search(
                   since=parse_time(since, "--since").timestamp() if since else None,
                   until=parse_time(until, "--until").timestamp() if until else None)
         hits = recall(store, q, k=limit, weights=weights)
+        asks_images = (type and "image" in type) or (not type and _IMAGE_WORDS.search(query))
+        why_not = _why_no_text_search(env, store) if query and asks_images and image is None else None
     finally:
         env.close()
+    if why_not:
+        err.print(line((why_not, "yellow")))
     if json:
         print_json([{**memory_json(h.memory), "score": round(h.score, 5), "signals": h.signals} for h in hits])
         return
+    piped = not out.is_terminal
     for h in hits:
         m = h.memory
-        _print_brief(out, m, f"{m.type} {_when(m)}", indent="")
+        if piped:
+            print_rows([[m.id, m.type, _when(m), f"{h.score:.4f}", m.text]])
+        else:
+            _print_brief(out, m, f"{m.type} {_when(m)}", indent="")
         if explain:
             parts = [f"{name} #{s['rank']} ({s['score']})" for name, s in h.signals.items()]
             out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))
     if not hits:
         err.print("no matching memories")
+
+
+_IMAGE_WORDS = re.compile(r"\b(photos?|pictures?|images?|pics?|selfies?|screenshots?|snapshots?)\b", re.I)
+
+
+def _why_no_text_search(env, store) -> str | None:
+    """Why words cannot find images by what they show (random CLIP weights, or a re-embedding under way)."""
+    from personavlm_cli.cli.clip import target_space
+    from personavlm_cli.core import reembed
+
+    return reembed.status(store.records, target_space(env.settings)).why_no_text_search()
 
 
 @app.command()

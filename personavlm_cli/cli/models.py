@@ -143,17 +143,21 @@ def rm(name: Annotated[str, typer.Argument(help="A registered name.")],
             elif value in still_used:
                 err.print(line(f"Kept {f}: another registered model uses it"))
             elif f.exists():
-                f.unlink()
+                from personavlm_cli.adapters.downloads import delete_file
+
+                delete_file(f)
                 err.print(line(f"Deleted {f}"))
 
 
 @app.command()
 def pull(
     model: Annotated[Optional[str], typer.Argument(
-        help="A recommended model's name (run `personavlm model pull` alone for the list), or a hub repository "
-             "such as ggml-org/gemma-3-4b-it-GGUF.", metavar="NAME|REPO", show_default=False)] = None,
+        help="A recommended model's name (run `personavlm model pull` alone for the list), a hub repository "
+             "such as ggml-org/gemma-3-4b-it-GGUF, or clip (CLIP weights for image memories).",
+        metavar="NAME|REPO|clip", show_default=False)] = None,
     file: Annotated[Optional[str], typer.Argument(
-        help="With a repository: the GGUF file to download.", metavar="FILE", show_default=False)] = None,
+        help="With a repository: the GGUF file to download. With clip: an open_clip ARCH or ARCH:TAG "
+             "(default: the recommended one).", metavar="FILE|ARCH", show_default=False)] = None,
     mmproj: Annotated[Optional[str], typer.Option(
         "--mmproj", help="With a repository: its vision projector file, downloaded too.")] = None,
     name: Annotated[Optional[str], typer.Option("--name", help="Name to register it under.")] = None,
@@ -162,13 +166,19 @@ def pull(
 ):
     """Download a model from the Hugging Face hub (resumable, sha256-verified) and register it.
 
-    Files go to the data directory's models/ folder. HF_ENDPOINT picks a mirror, HF_TOKEN opens gated
-    repositories, HF_HUB_OFFLINE=1 forbids downloads.
+    Files go to the data directory's models/ folder, in the hub cache's layout. HF_ENDPOINT picks a
+    mirror, HF_TOKEN opens gated repositories, HF_HUB_OFFLINE=1 forbids downloads. `model pull clip`
+    fetches CLIP weights for image memories instead (see `personavlm model pull clip --help`).
     """
-    from personavlm_cli.adapters import hub
+    from personavlm_cli.adapters import downloads
 
     if model is None:
         _print_recommended()
+        return
+    if model == "clip":
+        from personavlm_cli.cli.clip import pull_clip
+
+        pull_clip(make_env(None), file, revision)
         return
     if model in registry.RECOMMENDED and file is None:
         rec = registry.RECOMMENDED[model]
@@ -181,24 +191,14 @@ def pull(
         repo, files, label = model, [file] + ([mmproj] if mmproj else []), None
     else:
         names = ", ".join(registry.RECOMMENDED)
-        raise NotFoundError(f"no recommended model named '{model}' (known: {names}); or give a hub repository "
-                            "and file: personavlm model pull OWNER/REPO FILE.gguf")
-    hub.check_repo(repo)
+        raise NotFoundError(f"no recommended model named '{model}' (known: {names}, clip); or give a hub "
+                            "repository and file: personavlm model pull OWNER/REPO FILE.gguf")
+    downloads.check_repo(repo)
     for f in files:
-        hub.check_filename(f)
+        downloads.check_filename(f)
     env = make_env(None)
-    folder = registry.models_dir(env.settings.locations) / repo.replace("/", "--")
-    paths = []
-    for f in files:
-        remote = hub.remote_info(repo, f, revision)
-        dest = folder / f
-        try:
-            paths.append(_download(hub, remote, dest))
-        except KeyboardInterrupt:
-            kept = hub.partial_size(dest)
-            err.print(line((f"Download interrupted: {human_size(kept)} of {f} kept; run the same command again "
-                            "to resume.", "yellow")))
-            raise typer.Exit(130) from None
+    folder = registry.models_dir(env.settings.locations)
+    paths = [fetch_with_progress(repo, f, revision, folder) for f in files]
     label = _register(env, paths[0], paths[1] if len(paths) > 1 else None, name or label,
                       lambda g: g.display_name)
     if make_default:
@@ -208,12 +208,34 @@ def pull(
                        f"`personavlm model default {label}`"))
 
 
-def _download(hub, remote, dest: Path) -> Path:
+def fetch_with_progress(repo: str, filename: str, revision: str, cache_dir: Path | None) -> Path:
+    """One file from the hub: its size said first, a progress bar on a terminal (and nothing but the
+    result otherwise); Ctrl-C keeps what came for the next run."""
+    from personavlm_cli.adapters import downloads
+
+    if downloads.offline():
+        path = downloads.fetch(repo, filename, revision, cache_dir)  # the cache, or one line saying why not
+        err.print(line(f"{filename}: already downloaded ({path})"))
+        return path
+    remote = downloads.remote_info(repo, filename, revision)
+    have = downloads.partial_size(remote, cache_dir)
+    size = human_size(remote.size) if remote.size else "size unknown"
+    resuming = f", resuming at {human_size(have)}" if have else ""
+    err.print(line(f"{repo}/{filename}: {size}{resuming}"))
+    try:
+        return _download(downloads, remote, cache_dir)
+    except KeyboardInterrupt:
+        kept = downloads.partial_size(remote, cache_dir)
+        err.print(line((f"Download interrupted: {human_size(kept)} of {filename} kept; run the same command again "
+                        "to resume.", "yellow")))
+        raise typer.Exit(130) from None
+
+
+def _download(downloads, remote, cache_dir: Path | None) -> Path:
     """One file, with a progress bar on a terminal (and nothing but the result otherwise)."""
-    size = f" ({human_size(remote.size)})" if remote.size else ""
     if not is_tty(sys.stderr):
-        path = hub.download(remote, dest)
-        err.print(line(f"Downloaded {remote.filename}{size}, sha256 verified"))
+        path = downloads.download(remote, cache_dir)
+        err.print(line(f"Downloaded {remote.filename}, checksum verified"))
         return path
     from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                                TransferSpeedColumn)
@@ -229,10 +251,10 @@ def _download(hub, remote, dest: Path) -> Path:
                 tasks[phase] = progress.add_task(label, total=total, completed=done)
             progress.update(tasks[phase], completed=done, total=total)
 
-        path = hub.download(remote, dest, progress=report)
+        path = downloads.download(remote, cache_dir, progress=report)
         if "verify" in tasks:
             progress.remove_task(tasks["verify"])  # the bar that stays is the download's
-    err.print(line(f"{remote.filename}: sha256 verified" + ("" if "download" in tasks else " (already downloaded)")))
+    err.print(line(f"{remote.filename}: checksum verified" + ("" if "download" in tasks else " (already downloaded)")))
     return path
 
 

@@ -71,8 +71,8 @@ KEYS: dict[str, Key] = {
         Key("clip.model", str, "ViT-B-32", "open_clip architecture for image memories"),
         Key("clip.weights", str, "none",
             "CLIP weights: none (seeded random init: exact and near-duplicate image matching only), "
-            "a local weights file, or an open_clip tag such as openai already in the cache (cache_dir/clip, see "
-            "`personavlm config path`; personavlm downloads nothing)"),
+            "a local weights file, or an open_clip tag such as laion2b_s34b_b79k in the hub cache (the standard "
+            "one, where `personavlm model pull clip` puts it and sets this key, or cache_dir/clip)"),
         Key("archive.max_member_mb", int, 1024, "largest member of an imported archive once decompressed, "
             "in MiB (memories.jsonl, personality.json, state.json: checked from the zip's headers and while "
             "reading)", low=1, high=4096),

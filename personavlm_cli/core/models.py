@@ -92,12 +92,14 @@ RECOMMENDED: dict[str, Recommended] = {
 
 
 def models_dir(locations: Locations) -> Path:
-    """Where `model pull` keeps what it downloads: ``<data dir>/models/<owner>--<repo>/``."""
+    """Where `model pull` keeps what it downloads, in the hub cache layout:
+    ``<data dir>/models/models--<owner>--<repo>/snapshots/<commit>/<file>``."""
     return locations.data_dir / "models"
 
 
 def register(locations: Locations, label: str, path: Path, mmproj: Path | None = None) -> None:
     data = load(locations)
-    data["models"][label] = {"path": str(Path(path).resolve()),
-                             **({"mmproj": str(Path(mmproj).resolve())} if mmproj else {})}
+    # Absolute, links kept: a pulled file is the hub cache's snapshot link, whose target is named by hash.
+    data["models"][label] = {"path": os.path.abspath(path),
+                             **({"mmproj": os.path.abspath(mmproj)} if mmproj else {})}
     save(locations, data)

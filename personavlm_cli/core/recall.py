@@ -30,6 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from personavlm_cli.core import reembed
 from personavlm_cli.core.memory import TYPES, Memory
 from personavlm_cli.core.store import IMAGES, TEXT, MemoryStore
 from personavlm_cli.core.timewords import MONTHS
@@ -37,7 +38,10 @@ from personavlm_cli.core.timewords import MONTHS
 # Convex-combination weights of the signals (each normalised by its best score). ``context`` is
 # the share of the neighbours' lexical score carried over (1.0 = NEIGHBOURS as they are).
 WEIGHTS = {"dense": 0.3, "keywords": 0.15, "lexical": 0.7, "image": 0.5, "context": 1.0, "speaker": 0.3,
-           "date": 0.2}
+           "date": 0.2, "image_text": 0.5}
+# CLIP's cosine of words and an image they do not describe is about 0.1-0.2, of a caption and its
+# image about 0.3: below this an image is not a match for the words, only the least bad one.
+IMAGE_TEXT_FLOOR = 0.2
 NEIGHBOURS = (0.5, 0.2)  # share of a turn's lexical score given to the turns 1 and 2 away
 FUSIONS = ("score", "rrf")
 RRF_K = 60  # only for fusion="rrf", kept as the baseline the benchmark compares against
@@ -265,6 +269,13 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
     if q.image_paths and weights.get("image", 0) > 0 and "image" in q.types:
         vec = store.image_encoder.embed_images(q.image_paths).mean(axis=0)
         rankings["image"] = _vector_search(store, IMAGES, vec, pool, q, where)
+    if text and not q.image_paths and "image" in q.types and weights.get("image", 0) > 0 \
+            and weights.get("image_text", 0) > 0:
+        # Words against what the images show (CLIP's text tower), once the images have real weights.
+        vec = reembed.text_vector(store, text)
+        if vec is not None:
+            rankings["image_text"] = [(i, s) for i, s in _vector_search(store, IMAGES, vec, pool, q, where)
+                                      if s >= IMAGE_TEXT_FLOOR]
 
     signals: dict[str, dict[str, dict]] = {}
     raw: dict[str, dict[str, float]] = {}
