@@ -159,6 +159,20 @@ def test_the_reading_and_its_evidence_survive_export_and_import(run, tmp_path):
     assert after == before and before[1]["evidence"][0]["sentence"] == "I worry about everything all the time."
 
 
+def test_forgetting_a_message_takes_back_what_it_said_about_the_user(run):
+    ids = _chat(["I love big parties and meeting new people.", "I worry about everything all the time."])
+    assert run("profile", "show", "--json").json()["big_five"]["neuroticism"] > 3
+    r = run("memory", "forget", ids[1], "--yes")
+    assert r.code == 0, r.err
+    shown = run("profile", "show", "--json").json()
+    assert shown["big_five"]["neuroticism"] == 3.0 and shown["confidence"]["neuroticism"] == 0
+    assert shown["big_five"]["extraversion"] > 3  # the other message's evidence stays
+    assert run("profile", "why", "neuroticism", "--json").json()["evidence"] == []
+    history = run("profile", "history", "--json").json()
+    assert history[-1]["note"].startswith("forgotten") and history[-1]["before"] == history[-2]["after"]
+    assert "worry" not in run("profile", "history", "--no-chart").out
+
+
 def test_eval_personality_on_the_held_out_writers(run, tmp_path):
     """The figures in docs/benchmarks.md: neutral writers, greetings and negation exactly; separation
     at its measured level (a drop below it fails)."""

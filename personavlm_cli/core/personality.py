@@ -117,6 +117,17 @@ def add_evidence(totals: dict, items: list[dict]) -> dict:
     return out
 
 
+def totals_of(items: list[dict]) -> dict:
+    """The totals of kept evidence, message by message (what ``add_evidence`` built, rebuilt)."""
+    by_message: dict = {}
+    for e in items:
+        by_message.setdefault(e.get("turn_id"), []).append(e)
+    totals = empty_totals()
+    for message in by_message.values():
+        totals = add_evidence(totals, message)
+    return totals
+
+
 def value_of(total: dict) -> float:
     return clamp(NEUTRAL + 2.0 * total["sum"] / (total["weight"] + PRIOR))
 

@@ -19,7 +19,7 @@ from personavlm_cli.core import learning
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
-from personavlm_cli.core.memory import Memory
+from personavlm_cli.core.memory import Memory, iso, now
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
@@ -115,6 +115,25 @@ EXTRACTORS = ("auto", "rules", "model")
 
 
 Interrupted = ModelInterrupted  # a background model call was stopped: the job stays queued
+
+
+def forget_personality_evidence(records, ids) -> None:
+    """Forgetting a message takes back what it said about the user's personality: its evidence goes and
+    the reading is rebuilt from the rest (in the caller's transaction), with a history row."""
+    state = records.get_meta("personality_evidence")
+    items = (state or {}).get("items") or []
+    kept = [e for e in items if e.get("turn_id") not in set(ids)]
+    if len(kept) == len(items):
+        return
+    totals = pem.totals_of(kept)
+    before, after = records.get_meta("personality") or pem.initial(), pem.vector_of(totals)
+    m = records.get_meta("personality_updates") or 0
+    gone = {e.get("turn_id") for e in items} - {e.get("turn_id") for e in kept}
+    records.add_personality({"at": iso(now()), "turn_id": None, "m": m, "lambda": None, "inferred": None,
+                             "before": before, "after": after, "note": f"forgotten: {len(gone)} message(s) of evidence"})
+    records.set_meta("personality_evidence", {"totals": totals, "items": kept})
+    records.set_meta("personality", after)
+    records.set_meta("personality_updates", m + 1)
 
 
 class UpdateQueue:
