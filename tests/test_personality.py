@@ -173,6 +173,32 @@ def test_forgetting_a_message_takes_back_what_it_said_about_the_user(run):
     assert "worry" not in run("profile", "history", "--no-chart").out
 
 
+ITEM = {"trait": "openness", "start": 0, "end": 10, "direction": 1.0, "weight": 0.8, "moved": 0.3,
+        "turn_id": "turn_0000000001", "at": "2026-11-20T09:00:00+00:00", "marker": "Am full of ideas."}
+
+
+@pytest.mark.parametrize("evidence,needle", [
+    ([1, 2], "'evidence' must hold"),
+    ({"items": []}, "'evidence' must hold"),
+    ({"totals": {"wit": {"sum": 1, "weight": 1}}, "items": []}, "must be a trait"),
+    ({"totals": {"openness": {"sum": 1, "weight": -1}}, "items": []}, "must be a trait"),
+    ({"totals": {}, "items": [{**ITEM, "trait": "wit"}]}, "must name a trait"),
+    ({"totals": {}, "items": [{**ITEM, "start": 5, "end": 2}]}, "must be a span"),
+    ({"totals": {}, "items": [{**ITEM, "end": True}]}, "must be a span"),
+    ({"totals": {}, "items": [{**ITEM, "direction": 7}]}, "numbers in range"),
+    ({"totals": {}, "items": [{**ITEM, "weight": 1.5}]}, "numbers in range"),
+    ({"totals": {}, "items": [{**ITEM, "turn_id": "../x"}]}, "'turn_id'"),
+    ({"totals": {}, "items": [{**ITEM, "marker": {"x": 1}}]}, "'marker'"),
+])
+def test_malformed_evidence_in_an_archive_is_refused_with_one_line(tmp_path, evidence, needle):
+    import json
+
+    from tests.test_hostile_archives import GOOD, build, refused
+
+    blob = json.dumps({"state": GOOD, "updates": 0, "history": [], "evidence": evidence}).encode()
+    refused(build(tmp_path / "e.pvm", personality_json=blob), "personality", needle, "nothing imported")
+
+
 def test_eval_personality_on_the_held_out_writers(run, tmp_path):
     """The figures in docs/benchmarks.md: neutral writers, greetings and negation exactly; separation
     at its measured level (a drop below it fails)."""

@@ -69,14 +69,15 @@ def _value(v) -> str:
 def show(user: UserOpt = None, json: JsonOpt = False):
     """The core profile, habits and goals, and the Big Five with a reading of each.
 
-    The Big Five reading is what your own statements about yourself suggest, nothing more: a sentence
-    such as "I love big parties" or "I don't worry much" counts as evidence when it is close in meaning
-    to a published questionnaire item (IPIP) for a trait; questions, requests, greetings and facts
-    ("I have a cat") count for nothing. Each trait starts at the neutral 3 and moves only as evidence
-    adds up; its confidence grows with the evidence, and below 0.5 it reads "not enough evidence yet"
-    and the assistant's tone ignores it. It is not a personality test: it knows only what you chose to
-    say here, short messages carry little signal, and a sentence can be misread (`profile why TRAIT`
-    shows each one; `profile reset TRAIT` starts a trait over)."""
+    The Big Five reading is what your own statements about yourself suggest, nothing more.
+    A sentence such as "I love big parties" or "I don't worry much" counts as evidence when
+    it is close in meaning to a published questionnaire item (IPIP) for a trait; questions,
+    requests, greetings and plain facts ("I have a cat") count for nothing. Each trait starts
+    at the neutral 3 and moves only as evidence adds up; its confidence grows with the
+    evidence, and below 0.5 it reads "not enough evidence yet" and the assistant's tone
+    ignores it. It is not a personality test: it knows only what you chose to say here, short
+    messages carry little signal, and a sentence can be misread (`profile why TRAIT` shows
+    each one; `profile reset TRAIT` starts a trait over)."""
     env = make_env(user)
     records = _open_records(env)
     if json:
@@ -88,7 +89,7 @@ def show(user: UserOpt = None, json: JsonOpt = False):
 @app.command()
 def history(user: UserOpt = None, json: JsonOpt = False,
             chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Draw a terminal chart per trait.")] = True):
-    """How the personality changed, update by update, with the turn that caused each change."""
+    """How the personality changed, update by update, with the sentences that moved it and by how much."""
     env = make_env(user)
     records = _open_records(env)
     rows = records.personality_history()
@@ -178,7 +179,7 @@ def why(trait: Annotated[str, typer.Argument(help="A trait name (openness, consc
 
 @app.command()
 def reset(trait: Annotated[str, typer.Argument(help="A trait name, or 'all'.")], user: UserOpt = None):
-    """Reset a personality trait (or all) to neutral 3.0; the reset is kept in the history."""
+    """Reset a personality trait (or all) to neutral 3.0 and drop its evidence; the reset is kept in the history."""
     from personavlm_cli.core.memory import iso, now
 
     wanted = list(pem.TRAITS) if trait == "all" else [trait.lower()]
