@@ -377,7 +377,9 @@ class UpdateStage:
         if getattr(self, "_evidence_reader", None) is None:
             self._evidence_reader = EvidenceReader(self.store.text_encoder)
         items = [{**e.as_dict(), "source": "text"} for e in self._evidence_reader.read(user_turn.text)]
-        if items and self.model is not None and not is_small(self.model):
+        # The size gate (core/capability.py); a stand-in model that does not say its size is taken as capable.
+        capable = self.model is not None and (not hasattr(self.model, "weights_bytes") or not is_small(self.model))
+        if items and capable:
             rated = self._ask(pem.rating_messages(user_turn.text), PERSONALITY_SCHEMA, max_tokens=80) or {}
             items += [{"trait": t, "start": 0, "end": len(user_turn.text), "direction": (rated[t] - 3) / 2,
                        "weight": pem.MODEL_WEIGHT, "similarity": None, "marker": "the chat model's rating",
