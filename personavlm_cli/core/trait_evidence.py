@@ -103,7 +103,7 @@ class Evidence:
     direction: float  # +1 raises the trait, -1 lowers it
     weight: float  # 0.5 .. 1: how clearly it bears on the trait
     similarity: float
-    marker: str  # the marker it matched (published text)
+    marker: str  # the marker it matched, in its positive first-person form
     negated: bool
 
     def as_dict(self) -> dict:
@@ -217,7 +217,8 @@ class EvidenceReader:
             negated = bool(negations % 2)
             direction = (1.0 if vote > 0 else -1.0) * (-1.0 if negated else 1.0)
             weight = min(1.0, 0.5 + 0.5 * (similarity - MIN_SIMILARITY) / (FULL_SIMILARITY - MIN_SIMILARITY))
-            out.append(Evidence(trait, start, end, direction, weight, similarity, self.markers[best].text, negated))
+            # the marker in the form it was matched in ("Don't talk a lot." as "I talk a lot."): what `why` shows
+            out.append(Evidence(trait, start, end, direction, weight, similarity, self.markers[best].base, negated))
         return out
 
     @staticmethod
