@@ -190,7 +190,7 @@ def test_an_explicit_session_is_used_as_given(store):
 
 def test_the_background_worker_runs_queued_work_and_a_failure_is_reported_at_close(store):
     conv = _conversation(store, ScriptedModel())
-    turn = conv.send("My name is Ada.")
+    turn = conv.send("My name is Ada and I love meeting new people at parties.")
     "".join(turn)
     turn.finish()
     worker = ScriptedModel()
@@ -206,7 +206,7 @@ def test_the_background_worker_runs_queued_work_and_a_failure_is_reported_at_clo
         def complete_json(self, messages, schema, **kw):
             raise RuntimeError("the worker crashed")
 
-    turn = conv.send("I work as a baker.")
+    turn = conv.send("I work as a baker and I worry about everything.")  # evidence: the model is asked
     "".join(turn)
     turn.finish()
     conv.open(Broken())

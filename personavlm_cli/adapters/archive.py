@@ -129,7 +129,8 @@ def export_archive(records, user_dir: Path, file: Path, user: str, models: dict 
         "memories.jsonl": "".join(json.dumps(m.to_dict(), ensure_ascii=False) + "\n" for m in memories).encode(),
         "personality.json": json.dumps({
             "state": records.get_meta("personality"), "updates": records.get_meta("personality_updates") or 0,
-            "history": records.personality_history()}, ensure_ascii=False, indent=1).encode(),
+            "history": records.personality_history(),
+            "evidence": records.get_meta("personality_evidence")}, ensure_ascii=False, indent=1).encode(),
         "state.json": json.dumps({"consolidated": records.get_meta("consolidated", {}) or {}}).encode(),
     }
     images = {}
@@ -688,6 +689,36 @@ def _personality_problem(personality: dict) -> str | None:
                 return problem
         if not isinstance(h.get("note", ""), str) or len(h.get("note", "")) > MAX_KEYWORDS_CHARS:
             return f"{where}: 'note' must be a short text"
+    return _evidence_problem(personality.get("evidence"))
+
+
+def _evidence_problem(evidence) -> str | None:
+    """What is wrong with the evidence block (the totals and the sentences' spans), or None."""
+    if evidence is None:
+        return None
+    if not isinstance(evidence, dict) or not isinstance(evidence.get("totals"), dict) \
+            or not isinstance(evidence.get("items", []), list):
+        return "'evidence' must hold 'totals' and a list of 'items'"
+    for t, total in evidence["totals"].items():
+        if t not in TRAITS or not isinstance(total, dict) or not _is_number(total.get("weight"), 0, 1e9) \
+                or not _is_number(total.get("sum"), -1e9, 1e9):
+            return f"evidence totals: '{_short(t)}' must be a trait with a weight and a sum"
+    for i, e in enumerate(evidence.get("items", []), 1):
+        where = f"evidence item {i}"
+        if not isinstance(e, dict) or e.get("trait") not in TRAITS:
+            return f"{where} must name a trait"
+        start, end = e.get("start"), e.get("end")
+        if not (isinstance(start, int) and isinstance(end, int) and not isinstance(start, bool)
+                and not isinstance(end, bool) and 0 <= start <= end < 1 << 40):
+            return f"{where}: 'start' and 'end' must be a span"
+        if not all(_is_number(e.get(k), lo, hi) for k, lo, hi in (("direction", -1, 1), ("weight", 0, 1),
+                                                                   ("moved", -4, 4))):
+            return f"{where}: 'direction', 'weight' and 'moved' must be numbers in range"
+        if e.get("turn_id") is not None and not (isinstance(e["turn_id"], str) and _ID.fullmatch(e["turn_id"])):
+            return f"{where}: 'turn_id' is not an id"
+        if not isinstance(e.get("marker", ""), str) or len(e.get("marker", "")) > MAX_KEYWORDS_CHARS \
+                or not isinstance(e.get("at", ""), str):
+            return f"{where}: 'marker' and 'at' must be short texts"
     return None
 
 
@@ -746,6 +777,8 @@ def import_archive(store, archive, progress: Progress | None = None) -> dict:
                 records.set_meta("personality_updates", personality.get("updates") or 0)
                 for h in personality.get("history") or []:
                     records.add_personality(h)
+                if personality.get("evidence"):  # what the reading rests on (core/personality.py)
+                    records.set_meta("personality_evidence", personality["evidence"])
             if state.get("consolidated"):
                 done = records.get_meta("consolidated", {}) or {}
                 records.set_meta("consolidated", {**state["consolidated"], **done})

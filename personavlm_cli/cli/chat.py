@@ -449,9 +449,11 @@ class ChatSession:
         from personavlm_cli.core import personality as pem
 
         if not arg:
-            vector = self.env.store().records.get_meta("personality") or pem.initial()
+            from personavlm_cli.cli.profile import profile_data, trait_line
+
+            data = profile_data(self.env.store().records, "")
             for t in pem.TRAITS:
-                out.print(f"  {t:<18} {vector[t]:.2f}  {pem.reading(t, vector[t])}")
+                out.print(trait_line(t, data["big_five"][t], data["confidence"][t]), markup=False)
             return
         override = {}
         for item in arg.split():

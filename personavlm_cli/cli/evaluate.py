@@ -193,3 +193,81 @@ def facts(
     for user, m in result["people"].items():
         for line in m["untrue"]:
             out.print(f"untrue ({user}): {line}", markup=False, highlight=False)
+
+
+@app.command("personality")
+def personality(
+    data: Annotated[str, typer.Argument(help="Writers: heldout (the default), tuning, or a JSON file of the same "
+                                             "form (or of shared/data/personality/dev.json's).")] = "heldout",
+    method: Annotated[str, typer.Option("--method", help="evidence (what the chat uses), paper (the chat model "
+                                                         "rates each message, the momentum update), or both.")]
+    = "evidence",
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name "
+                                                                      "(for --method paper).")] = None,
+):
+    """Does the Big Five reading mean something? Scripted writers high and low on each trait, neutral
+    writers and negation pairs: separation per trait after five messages, neutral and off-target drift
+    (docs/benchmarks.md)."""
+    from personavlm_cli.evals import personality as ev
+    from personavlm_cli.evals.workspace import model_line, write_json
+
+    if method not in ("evidence", "paper", "both"):
+        raise PersonaError(f"unknown method '{method}' (use evidence, paper or both)")
+    writers, pairs = ev.load(data)
+    steps = sum(len(w.messages) for w in writers) + len(ev.GREETINGS) + 2 * len(pairs)
+    env = make_env(None, **{"model.path": model})
+    results = []
+    try:
+        methods = []
+        if method in ("evidence", "both"):
+            from personavlm_cli.adapters.text_encoder import TextEncoder
+
+            methods.append(ev.EvidenceMethod(TextEncoder()))
+        if method in ("paper", "both"):
+            methods.append(ev.PaperMethod(load_model(env)))
+        for m in methods:
+            with progress_bar(f"personality ({m.name})", steps) as hooks:
+                def step(name: str) -> None:
+                    hooks.describe(f"{m.name}: {name}")
+                    hooks.advance(1)
+
+                started = time.perf_counter()
+                result = ev.run(writers, pairs, m, progress=step)
+            result["seconds"] = round(time.perf_counter() - started, 1)
+            if m.name == "paper":
+                result["model"] = model_line(m.model)
+            result["done_when"] = ev.done_when(result)
+            results.append(result)
+    finally:
+        env.close()
+    write_json(json_out, {"benchmark": "personality", "data": str(ev.resolve(data)), "results": results})
+    _print_personality(results)
+
+
+def _print_personality(results: list[dict]) -> None:
+    from rich.table import Table
+
+    def cell(v):
+        return "-" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v)
+
+    for r in results:
+        table = Table(title=f"Personality ({r['method']}): high vs low writers, windows of {r['window']} messages")
+        for col in ("trait", "pairs", "in order", "by 0.5", "AUC", "high", "low"):
+            table.add_column(col, justify="left" if col == "trait" else "right")
+        for t, v in r["traits"].items():
+            table.add_row(t, str(v["pairs"]), cell(v["in_order"]), cell(v["by_half"]), cell(v["auc"]),
+                          cell(v["high_mean"]), cell(v["low_mean"]))
+        o = r["overall"]
+        table.add_row("overall", str(o["pairs"]), cell(o["in_order"]), cell(o["by_half"]), cell(o["auc"]), "", "",
+                      style="bold")
+        out.print(table)
+        out.print(f"neutral writers: largest drift {cell(o['neutral_max_drift'])}, largest confidence "
+                  f"{cell(o['neutral_max_confidence'])}; greetings that moved a trait: {o['greetings_moved']} of "
+                  f"{o['greetings']}", markup=False)
+        out.print(f"off-target drift after 20 messages: mean {cell(o['off_target_mean'])}, largest "
+                  f"{cell(o['off_target_max'])}", markup=False)
+        out.print(f"negation pairs: {o['negation_right']} of {o['negation_plain_moved']} right "
+                  f"({o['negation_reversed']} reversed; {o['negation_pairs']} pairs)", markup=False)
+        out.print("done when: " + ", ".join(f"{k}: {'yes' if ok else 'NO'}" for k, ok in r["done_when"].items()),
+                  markup=False)

@@ -21,12 +21,20 @@ def profile_data(records, user: str) -> dict:
     core = records.list(types=["core"])
     procedural = records.list(types=["procedural"])
     vector = records.get_meta("personality") or pem.initial()
+    totals = (records.get_meta("personality_evidence") or {}).get("totals")
     return {
         "user": user,
         "core": core[-1].meta.get("facts", {}) if core else {},
         "procedural": {m.meta.get("key", m.id): m.text for m in procedural},
         "big_five": {t: round(float(vector[t]), 4) for t in pem.TRAITS},
+        "confidence": {t: round(c, 4) for t, c in pem.confidences(totals).items()},
     }
+
+
+def trait_line(trait: str, value: float, confidence: float) -> str:
+    if confidence < pem.CONFIDENCE_FLOOR:
+        return f"  {trait:<18} {value:4.2f}  not enough evidence yet (confidence {confidence:.2f})"
+    return f"  {trait:<18} {value:4.2f}  confidence {confidence:.2f}  {pem.reading(trait, value)}"
 
 
 def render_profile(store_or_records, user: str | None = None) -> None:
@@ -45,7 +53,9 @@ def render_profile(store_or_records, user: str | None = None) -> None:
         out.print("  (none yet)", markup=False)
     out.print(line(("Personality (Big Five, 1-5)", "bold")))
     for t, v in data["big_five"].items():
-        out.print(line(f"  {t:<18} {v:4.2f}  {pem.reading(t, v)}"))
+        out.print(line(trait_line(t, v, data["confidence"][t])))
+    out.print("  (read only from what you say about yourself; `personavlm profile why TRAIT` shows the sentences)",
+              markup=False)
 
 
 def _value(v) -> str:
@@ -57,7 +67,17 @@ def _value(v) -> str:
 
 @app.command()
 def show(user: UserOpt = None, json: JsonOpt = False):
-    """The core profile, habits and goals, and the Big Five with a reading of each."""
+    """The core profile, habits and goals, and the Big Five with a reading of each.
+
+    The Big Five reading is what your own statements about yourself suggest, nothing more.
+    A sentence such as "I love big parties" or "I don't worry much" counts as evidence when
+    it is close in meaning to a published questionnaire item (IPIP) for a trait; questions,
+    requests, greetings and plain facts ("I have a cat") count for nothing. Each trait starts
+    at the neutral 3 and moves only as evidence adds up; its confidence grows with the
+    evidence, and below 0.5 it reads "not enough evidence yet" and the assistant's tone
+    ignores it. It is not a personality test: it knows only what you chose to say here, short
+    messages carry little signal, and a sentence can be misread (`profile why TRAIT` shows
+    each one; `profile reset TRAIT` starts a trait over)."""
     env = make_env(user)
     records = _open_records(env)
     if json:
@@ -69,10 +89,13 @@ def show(user: UserOpt = None, json: JsonOpt = False):
 @app.command()
 def history(user: UserOpt = None, json: JsonOpt = False,
             chart: Annotated[bool, typer.Option("--chart/--no-chart", help="Draw a terminal chart per trait.")] = True):
-    """How the personality changed, update by update, with the turn that caused each change."""
+    """How the personality changed, update by update, with the sentences that moved it and by how much."""
     env = make_env(user)
     records = _open_records(env)
     rows = records.personality_history()
+    evidence = evidence_by_turn(records)
+    for r in rows:
+        r["evidence"] = evidence.get(r["turn_id"], []) if r["turn_id"] else []
     if json:
         print_json(rows)
         return
@@ -82,14 +105,15 @@ def history(user: UserOpt = None, json: JsonOpt = False,
     from rich.table import Table
 
     table = Table(box=None)
-    for col in ("#", "when", "turn", "λ", *[t[:5] for t in pem.TRAITS], "note"):
+    for col in ("#", "when", "turn", "λ", *[t[:5] for t in pem.TRAITS], "note", "evidence"):
         table.add_column(col)
     for i, r in enumerate(rows, 1):
         inferred = r["inferred"] or {}
         cells = [str(i), str(r["at"])[:16].replace("T", " "), r["turn_id"] or "-",
                  f"{r['lambda']:.3f}" if r["lambda"] is not None else "-",
                  *[f"{r['after'][t]:.2f}" + (f" ({inferred[t]})" if t in inferred else "") for t in pem.TRAITS],
-                 r["note"] or ""]
+                 r["note"] or "",
+                 "; ".join(f"{e['trait'][:5]} {e['moved']:+.2f} {_quoted(e['sentence'])}" for e in r["evidence"])]
         table.add_row(*[line(one_line(c)) for c in cells])  # Text cells: a note is never markup
     out.print(table)
     if chart and len(rows) > 1 and sys.stdout.isatty():
@@ -104,9 +128,58 @@ def history(user: UserOpt = None, json: JsonOpt = False,
         plt.show()
 
 
+def evidence_by_turn(records) -> dict[str, list[dict]]:
+    """The kept evidence, per message, with each sentence read from the message itself (a forgotten
+    message's evidence shows no text: none was copied)."""
+    items = (records.get_meta("personality_evidence") or {}).get("items") or []
+    turns = {m.id: m for m in records.get_many(sorted({e["turn_id"] for e in items if e.get("turn_id")}))}
+    out: dict[str, list[dict]] = {}
+    for e in items:
+        turn = turns.get(e.get("turn_id"))
+        sentence = turn.text[e["start"]:e["end"]] if turn is not None else None
+        out.setdefault(e.get("turn_id"), []).append({**e, "sentence": sentence})
+    return out
+
+
+def _quoted(sentence: str | None, width: int = 60) -> str:
+    if sentence is None:
+        return "(message forgotten)"
+    text = one_line(sentence)
+    return f'"{text[:width - 1]}…"' if len(text) > width else f'"{text}"'
+
+
+@app.command()
+def why(trait: Annotated[str, typer.Argument(help="A trait name (openness, conscientiousness, extraversion, "
+                                                  "agreeableness, neuroticism).")],
+        user: UserOpt = None, json: JsonOpt = False):
+    """The sentences that moved a trait, each with how much, which way and the item it was read as."""
+    trait = trait.lower()
+    if trait not in pem.TRAITS:
+        raise PersonaError(f"unknown trait '{trait}' (use {', '.join(pem.TRAITS)})")
+    env = make_env(user)
+    records = _open_records(env)
+    data = profile_data(records, env.user)
+    rows = [e for items in evidence_by_turn(records).values() for e in items if e["trait"] == trait]
+    rows.sort(key=lambda e: str(e.get("at")))
+    if json:
+        print_json({"trait": trait, "value": data["big_five"][trait], "confidence": data["confidence"][trait],
+                    "evidence": rows})
+        return
+    out.print(line(trait_line(trait, data["big_five"][trait], data["confidence"][trait]).strip()))
+    if not rows:
+        out.print(f"No sentence has moved {trait} yet.", markup=False)
+        return
+    for e in rows:
+        how = "raised" if e["direction"] > 0 else "lowered"
+        src = "the chat model's rating" if e.get("source") == "model" else \
+            f"read as \"{one_line(e['marker'])}\"" + (" (negated)" if e.get("negated") else "")
+        out.print(line(f"  {str(e.get('at'))[:16].replace('T', ' ')}  {e['moved']:+.2f}  {how}, weight "
+                       f"{e['weight']:.2f}, {src}: {_quoted(e['sentence'], 90)}"))
+
+
 @app.command()
 def reset(trait: Annotated[str, typer.Argument(help="A trait name, or 'all'.")], user: UserOpt = None):
-    """Reset a personality trait (or all) to neutral 3.0; the reset is kept in the history."""
+    """Reset a personality trait (or all) to neutral 3.0 and drop its evidence; the reset is kept in the history."""
     from personavlm_cli.core.memory import iso, now
 
     wanted = list(pem.TRAITS) if trait == "all" else [trait.lower()]
@@ -118,7 +191,12 @@ def reset(trait: Annotated[str, typer.Argument(help="A trait name, or 'all'.")],
         records = store.records
         before = records.get_meta("personality") or pem.initial()
         after = {**before, **{t: pem.NEUTRAL for t in wanted}}
+        state = records.get_meta("personality_evidence")
         with records.transaction():
+            if state:  # the trait starts over: its evidence goes with the reset
+                totals = {**state.get("totals", {}), **{t: {"sum": 0.0, "weight": 0.0} for t in wanted}}
+                items = [e for e in state.get("items") or [] if e["trait"] not in wanted]
+                records.set_meta("personality_evidence", {"totals": totals, "items": items})
             records.add_personality({"at": iso(now()), "turn_id": None, "m": records.get_meta("personality_updates") or 0,
                                      "lambda": None, "inferred": None, "before": before, "after": after,
                                      "note": f"reset {', '.join(wanted)}"})
@@ -173,7 +251,8 @@ def profile_markdown(data: dict, records) -> str:
     lines += ["", "## Habits and goals", ""]
     lines += [f"- {one_line(v)}" for v in data["procedural"].values()] or ["_None yet._"]
     lines += ["", "## Personality (Big Five, 1 to 5)", "", "| trait | score | reading |", "|---|---|---|"]
-    lines += [f"| {t} | {v:.2f} | {pem.reading(t, v)} |" for t, v in data["big_five"].items()]
+    lines += [f"| {t} | {v:.2f} | " + (pem.reading(t, v) if data["confidence"][t] >= pem.CONFIDENCE_FLOOR
+                                         else "not enough evidence yet") + " |" for t, v in data["big_five"].items()]
     semantic = records.list(types=["semantic"])
     lines += ["", "## Things you asked me to remember, or told me", ""]
     lines += [f"- {one_line(m.text)} _({m.occurred_at[:10]})_" for m in semantic] or ["_None yet._"]

@@ -88,7 +88,10 @@ class Assistant:
         if view is None or session_id is None or view[0] != session_id:
             core = records.list(types=["core"])
             view = (session_id, core[-1].meta.get("facts", {}) if core else {},
-                    records.list(types=["procedural"]), dict(records.get_meta("personality") or pem.initial()))
+                    records.list(types=["procedural"]),
+                    # the tone follows only the traits read with confidence (core/personality.py)
+                    pem.for_tone(records.get_meta("personality") or pem.initial(),
+                                 (records.get_meta("personality_evidence") or {}).get("totals")))
             self._session_view = view if session_id is not None else None
         vector = dict(view[3])
         if self.personality_override:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from personavlm_cli.core.memory import Memory
 from personavlm_cli.core.store import MemoryStore
-from personavlm_cli.core.update import UpdateQueue
+from personavlm_cli.core.update import UpdateQueue, forget_personality_evidence
 
 
 @dataclass
@@ -61,6 +61,7 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, queue: UpdateQueu
             if successor is None and not closed:
                 m.valid_to = None
             records.update(m)
+        forget_personality_evidence(records, ids)  # what a forgotten message said about the user goes too
         done = records.get_meta("consolidated", {}) or {}
         for session in sessions:
             done.pop(session, None)

@@ -1,4 +1,16 @@
-"""The Big Five and the momentum-based personality evolving mechanism (PEM, paper §4).
+"""The Big Five: the reading from evidence (what ``chat`` uses), and the paper's momentum-based
+personality evolving mechanism (PEM, paper §4: ``evolve``, kept for ``eval personality --method paper``).
+
+The reading from evidence: each sentence that bears on a trait (``core/trait_evidence.py``) adds its
+direction (+1/-1) with its weight (0.5-1; one message gives a trait at most weight 1, and the chat model's
+own rating, where the model is capable, ``MODEL_WEIGHT``). A trait's value is
+``3 + 2 * sum(weight * direction) / (sum(weight) + PRIOR)``: shrunk toward the neutral middle, as if
+``PRIOR`` units of neutral evidence came first, so one sentence moves a trait by at most 0.67 and five
+consistent clear messages by about 1.4. Its confidence is ``sum(weight) / (sum(weight) + PRIOR)``; below
+``CONFIDENCE_FLOOR`` (less than two clear sentences) the trait reads "not enough evidence yet" and the
+assistant's tone does not follow it.
+
+The paper's PEM, for comparison:
 
 p <- lambda*p + (1-lambda)*p', with lambda = 0.7 - 0.2*cos(pi*min(m,50)/50): the profile moves
 quickly over the first turns (lambda 0.5) and settles later (0.9 from turn 50 on).
@@ -37,8 +49,28 @@ STYLE = {
 }
 
 
+PRIOR = 2.0
+CONFIDENCE_FLOOR = 0.5
+MESSAGE_CAP = 1.0  # the most weight one message gives one trait: a long message is not many witnesses
+# The chat model's own rating of a message (1-5), where the model is capable (core/capability.py): a
+# quarter of a clear sentence. Zero-shot ratings of short messages by language models correlate at
+# best about 0.2-0.4 with self-report, and we cannot measure the user's model here; four agreeing
+# ratings count as much as one sentence that plainly says it. It is only asked about a message that
+# already has a sentence about the user, so it cannot move a trait on a greeting or a question.
+MODEL_WEIGHT = 0.25
+
+
 def initial() -> dict[str, float]:
     return {t: NEUTRAL for t in TRAITS}
+
+
+def rating_messages(text: str) -> list[dict]:
+    """The chat model's rating of one message (the paper's per-turn inference, reduced to the message)."""
+    return [
+        {"role": "system", "content": "You rate the user's momentary Big Five personality state from their "
+         "message, on integers 1 (very low) to 5 (very high); 3 means no signal. Reply with JSON."},
+        {"role": "user", "content": f"User message:\n{text}"},
+    ]
 
 
 def momentum(m: int) -> float:
@@ -57,6 +89,66 @@ def evolve(current: dict[str, float], inferred: dict[str, int], m: int) -> tuple
             continue
         out[trait] = clamp(lam * current[trait] + (1.0 - lam) * float(value))
     return out, lam, skipped
+
+
+def message_evidence(items: list[dict]) -> dict[str, tuple[float, float]]:
+    """One message's evidence per trait: (sum of weight*direction, sum of weight), capped at
+    ``MESSAGE_CAP`` weight per trait."""
+    out: dict[str, tuple[float, float]] = {}
+    for e in items:
+        s, w = out.get(e["trait"], (0.0, 0.0))
+        out[e["trait"]] = (s + e["weight"] * e["direction"], w + e["weight"])
+    for t, (s, w) in out.items():
+        if w > MESSAGE_CAP:
+            out[t] = (s * MESSAGE_CAP / w, MESSAGE_CAP)
+    return out
+
+
+def empty_totals() -> dict[str, dict[str, float]]:
+    return {t: {"sum": 0.0, "weight": 0.0} for t in TRAITS}
+
+
+def add_evidence(totals: dict, items: list[dict]) -> dict:
+    """Totals with one message's evidence added (a new dict)."""
+    out = {t: dict(totals.get(t) or {"sum": 0.0, "weight": 0.0}) for t in TRAITS}
+    for t, (s, w) in message_evidence(items).items():
+        out[t]["sum"] += s
+        out[t]["weight"] += w
+    return out
+
+
+def totals_of(items: list[dict]) -> dict:
+    """The totals of kept evidence, message by message (what ``add_evidence`` built, rebuilt)."""
+    by_message: dict = {}
+    for e in items:
+        by_message.setdefault(e.get("turn_id"), []).append(e)
+    totals = empty_totals()
+    for message in by_message.values():
+        totals = add_evidence(totals, message)
+    return totals
+
+
+def value_of(total: dict) -> float:
+    return clamp(NEUTRAL + 2.0 * total["sum"] / (total["weight"] + PRIOR))
+
+
+def confidence_of(total: dict) -> float:
+    return total["weight"] / (total["weight"] + PRIOR)
+
+
+def vector_of(totals: dict) -> dict[str, float]:
+    return {t: round(value_of(totals.get(t) or {"sum": 0.0, "weight": 0.0}), 6) for t in TRAITS}
+
+
+def confidences(totals: dict | None) -> dict[str, float]:
+    totals = totals or {}
+    return {t: round(confidence_of(totals.get(t) or {"sum": 0.0, "weight": 0.0}), 6) for t in TRAITS}
+
+
+def for_tone(vector: dict[str, float], totals: dict | None) -> dict[str, float]:
+    """What the assistant's tone follows: each trait read with confidence, the others neutral."""
+    conf = confidences(totals)
+    return {t: float(vector[t]) if conf[t] >= CONFIDENCE_FLOOR else NEUTRAL for t in TRAITS}
 
 
 def clamp(value: float) -> float:

@@ -19,7 +19,7 @@ from personavlm_cli.core import learning
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
-from personavlm_cli.core.memory import Memory
+from personavlm_cli.core.memory import Memory, iso, now
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
@@ -115,6 +115,25 @@ EXTRACTORS = ("auto", "rules", "model")
 
 
 Interrupted = ModelInterrupted  # a background model call was stopped: the job stays queued
+
+
+def forget_personality_evidence(records, ids) -> None:
+    """Forgetting a message takes back what it said about the user's personality: its evidence goes and
+    the reading is rebuilt from the rest (in the caller's transaction), with a history row."""
+    state = records.get_meta("personality_evidence")
+    items = (state or {}).get("items") or []
+    kept = [e for e in items if e.get("turn_id") not in set(ids)]
+    if len(kept) == len(items):
+        return
+    totals = pem.totals_of(kept)
+    before, after = records.get_meta("personality") or pem.initial(), pem.vector_of(totals)
+    m = records.get_meta("personality_updates") or 0
+    gone = {e.get("turn_id") for e in items} - {e.get("turn_id") for e in kept}
+    records.add_personality({"at": iso(now()), "turn_id": None, "m": m, "lambda": None, "inferred": None,
+                             "before": before, "after": after, "note": f"forgotten: {len(gone)} message(s) of evidence"})
+    records.set_meta("personality_evidence", {"totals": totals, "items": kept})
+    records.set_meta("personality", after)
+    records.set_meta("personality_updates", m + 1)
 
 
 class UpdateQueue:
@@ -341,28 +360,56 @@ class UpdateStage:
             self.extract_semantic(user_turn, assistant)
 
     def update_personality(self, user_turn: Memory, assistant: Memory | None) -> None:
-        history = self.store.records.personality_history()
-        if any(h["turn_id"] == user_turn.id for h in history):
-            return
-        messages = [
-            {"role": "system", "content": "You rate the user's momentary Big Five personality state from their "
-             "message, on integers 1 (very low) to 5 (very high); 3 means no signal. Reply with JSON."},
-            {"role": "user", "content": f"User message:\n{user_turn.text}"},
-        ]
-        inferred = self._ask(messages, PERSONALITY_SCHEMA, max_tokens=80)
-        if inferred is None:
-            inferred = {t: 3 for t in pem.TRAITS}
-        self.apply_personality(inferred, user_turn.id, at=user_turn.occurred_at)
-
-    def apply_personality(self, inferred: dict, turn_id: str | None, at: str) -> dict:
+        """The Big Five from this message's evidence (``core/trait_evidence.py``, ``personality.py``): a
+        message with no sentence about the user that bears on a trait changes nothing and leaves no row."""
         records = self.store.records
+        if any(h["turn_id"] == user_turn.id for h in records.personality_history()):
+            return
+        evidence = self._trait_evidence(user_turn)
+        if not evidence:
+            return
+        self.apply_evidence(evidence, user_turn.id, at=user_turn.occurred_at)
+
+    def _trait_evidence(self, user_turn: Memory) -> list[dict]:
+        from personavlm_cli.core.capability import is_small
+        from personavlm_cli.core.trait_evidence import EvidenceReader
+
+        if getattr(self, "_evidence_reader", None) is None:
+            self._evidence_reader = EvidenceReader(self.store.text_encoder)
+        items = [{**e.as_dict(), "source": "text"} for e in self._evidence_reader.read(user_turn.text)]
+        # The size gate (core/capability.py); a stand-in model that does not say its size is taken as capable.
+        capable = self.model is not None and (not hasattr(self.model, "weights_bytes") or not is_small(self.model))
+        if items and capable:
+            rated = self._ask(pem.rating_messages(user_turn.text), PERSONALITY_SCHEMA, max_tokens=80) or {}
+            items += [{"trait": t, "start": 0, "end": len(user_turn.text), "direction": (rated[t] - 3) / 2,
+                       "weight": pem.MODEL_WEIGHT, "similarity": None, "marker": "the chat model's rating",
+                       "negated": False, "source": "model"} for t in pem.TRAITS if rated.get(t, 3) != 3]
+        return items
+
+    def apply_evidence(self, items: list[dict], turn_id: str | None, at: str) -> dict:
+        """Add one message's evidence: the totals, the reading, the evidence kept for `profile why`
+        (spans of the message, never its text: forgetting the message leaves nothing of it here) and a
+        history row."""
+        records = self.store.records
+        state = records.get_meta("personality_evidence") or {}
+        totals = state.get("totals") or pem.empty_totals()
         current = records.get_meta("personality") or pem.initial()
+        before = pem.vector_of(totals) if state else current
+        new_totals = pem.add_evidence(totals, items)
+        after = pem.vector_of(new_totals)
+        per_trait = pem.message_evidence(items)
+        kept = list(state.get("items") or [])
+        for e in items:
+            share = e["weight"] / max(sum(x["weight"] for x in items if x["trait"] == e["trait"]), 1e-9)
+            kept.append({**e, "turn_id": turn_id, "at": at,
+                         "moved": round((after[e["trait"]] - before[e["trait"]]) * share, 4)})
         m = records.get_meta("personality_updates") or 0
-        after, lam, skipped = pem.evolve(current, inferred, m)
+        implied = {t: round(pem.clamp(3 + 2 * s / w), 4) for t, (s, w) in per_trait.items() if w > 0}
+        note = "evidence: " + ", ".join(f"{t} {after[t] - before[t]:+.2f}" for t in pem.TRAITS if t in per_trait)
         with records.transaction():
-            records.add_personality({"at": at, "turn_id": turn_id, "m": m, "lambda": lam, "inferred": inferred,
-                                     "before": current, "after": after,
-                                     "note": f"neutral: {', '.join(skipped)}" if skipped else ""})
+            records.add_personality({"at": at, "turn_id": turn_id, "m": m, "lambda": None, "inferred": implied,
+                                     "before": before, "after": after, "note": note})
+            records.set_meta("personality_evidence", {"totals": new_totals, "items": kept})
             records.set_meta("personality", after)
             records.set_meta("personality_updates", m + 1)
         return after

@@ -1,0 +1,230 @@
+"""Evidence for the Big Five: which sentences of a message say something about the user that bears on a
+trait, and which way (``personavlm profile why TRAIT`` shows them).
+
+A greeting, a factual question, a coding request or a recipe says nothing about its writer's
+personality, and even trained models reach a correlation of about 0.4 with self-report after hundreds of
+words. So the first decision is when *not* to move. A sentence is evidence only when it passes three gates:
+
+1. **It is about the user**: a statement (not a question or a request to the assistant) with a
+   first-person singular word (I, me, my, ...).
+2. **It bears on a trait**: its embedding (the shipped MiniLM text encoder) is close to a marker of
+   that trait: the public-domain IPIP Big-Five items (``data/ipip/big_five_markers.json``) and the paper's
+   own descriptors (Table 10, ``personality.DESCRIPTORS``), at least ``MIN_SIMILARITY``.
+3. **More than it bears on nothing**: it is closer to that marker than to any of ``NEUTRAL_ANCHORS``
+   (first-person statements with no trait in them: "I need help with my code", "I have a cat") by
+   ``MIN_MARGIN``.
+
+Direction comes from the markers' keys. Sentence embeddings barely tell "I enjoy parties" from "I don't
+enjoy parties", so polarity is taken out before embedding, on both sides: negations ("not", "n't",
+"never", "rarely", "nothing", ...) and words of dislike ("hate", "bores me", "wears me out", "avoid")
+are rewritten to the plain positive form and counted; an odd count flips the marker's key. "I don't
+enjoy parties" becomes "I enjoy parties", flipped: extraversion down. The item "Don't talk a lot"
+(extraversion, keyed minus) becomes "I talk a lot", keyed plus, by the same rule.
+
+The direction of a sentence for its trait is the similarity-weighted vote of that trait's ``VOTERS``
+nearest markers (one nearest marker alone is too often the opposite pole on the same topic).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from personavlm_cli.core.memory import TRAITS
+
+MARKERS_PATH = Path(__file__).resolve().parent.parent / "data" / "ipip" / "big_five_markers.json"
+
+MIN_SIMILARITY = 0.45  # cosine to the nearest marker (MiniLM): tuned on the tuning writers only
+MIN_MARGIN = 0.06  # ... above the nearest neutral anchor
+FULL_SIMILARITY = 0.65  # at or above this a sentence counts with weight 1; at MIN_SIMILARITY, 0.5
+VOTERS = 1  # the nearest marker of the trait gives the direction (3 and 5 voters did worse on the tuning writers)
+MAX_SENTENCES = 12  # a long paste is not a self-description: only its first sentences are read
+MAX_SENTENCE_CHARS = 400
+
+# First-person statements that carry no trait: what the user says about themselves all the time
+# without telling anything about their personality (facts, plans, tasks, requests).
+NEUTRAL_ANCHORS = (
+    "I need help with my code.", "I am writing a Python script.", "I have a question about my homework.",
+    "I am looking for a recipe for dinner.", "I am cooking pasta tonight.", "I have a meeting tomorrow at 3pm.",
+    "I live in a city.", "I bought a new phone.", "I have a cat.", "My name is Alex.", "I work as an accountant.",
+    "I am travelling for work this week.", "I had a sandwich for lunch.", "I am using a laptop.",
+    "I need to buy groceries.", "My sister's birthday is next week.", "I just got home.",
+    "I am reading a book about history.", "I want to learn how this works.", "I need a translation.",
+    "I am fine, thanks.", "I watched the news.", "My train leaves at eight.", "I am planning a trip to Spain.",
+)
+
+_FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|im|ive|me|my|myself|mine)\b", re.I)
+_REQUEST = re.compile(r"^\s*(please\b|can you|could you|would you|will you|help me|give me|tell me|show me|"
+                      r"let me know|write\b|fix\b|translate\b|summari[sz]e\b|explain\b|list\b|draft\b|"
+                      r"convert\b|remind me|make me|find\b|what\b|how\b|why\b|when\b|where\b|who\b|which\b)",
+                      re.I)
+_SENTENCE = re.compile(r"[^.!?;\n]+[.!?;]*")
+
+# Negations: the word, and what the positive form puts in its place.
+_NEGATIONS = {
+    "not": "", "never": "", "no": "", "rarely": "", "seldom": "", "hardly": "", "barely": "",
+    "nothing": "something", "nobody": "somebody", "none": "some", "neither": "", "nor": "",
+    "cannot": "can", "can't": "can", "won't": "will", "don't": "", "doesn't": "", "didn't": "",
+    "isn't": "is", "aren't": "are", "wasn't": "was", "weren't": "were", "couldn't": "could",
+    "wouldn't": "would", "shouldn't": "should", "haven't": "have", "hasn't": "has", "hadn't": "had",
+    "ain't": "am", "dont": "", "doesnt": "", "didnt": "", "cant": "can", "wont": "will", "isnt": "is",
+}
+# Words of dislike: the word (or phrase), and its positive counterpart.
+_DISLIKE = [
+    (r"\bhate(s|d)?\b", "love"), (r"\bdislike(s|d)?\b", "like"), (r"\bdetest(s|ed)?\b", "love"),
+    (r"\bcan(no|')?t stand\b", "like"), (r"\bavoid(s|ed)?\b", "seek"),
+    (r"\b(bore|bores|bored) me\b", "excite me"), (r"\b(annoy|annoys|annoyed|irritate|irritates) me\b", "please me"),
+    (r"\b(drain|drains|drained|exhaust|exhausts|exhausted|tire|tires|tired) me( out)?\b", "energise me"),
+    (r"\b(wear|wears|wore) me out\b", "energise me"), (r"\bbore(s)? me to tears\b", "excite me"),
+    (r"\bis not my thing\b", "is my thing"), (r"\baren't my thing\b", "are my thing"),
+    (r"\bwaste of time\b", "good use of time"), (r"\bnonsense\b", "wonderful"), (r"\bpointless\b", "worthwhile"),
+]
+
+
+@dataclass(frozen=True)
+class Marker:
+    trait: str
+    key: int  # +1: agreeing raises the trait
+    text: str  # as published
+    source: str
+    base: str = ""  # the positive first-person form that is embedded
+    flipped: bool = False  # the base form reverses the published text: its key counts negated
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """One sentence that bears on one trait."""
+
+    trait: str
+    start: int  # the sentence's span in the message
+    end: int
+    direction: float  # +1 raises the trait, -1 lowers it
+    weight: float  # 0.5 .. 1: how clearly it bears on the trait
+    similarity: float
+    marker: str  # the marker it matched, in its positive first-person form
+    negated: bool
+
+    def as_dict(self) -> dict:
+        return {"trait": self.trait, "start": self.start, "end": self.end, "direction": self.direction,
+                "weight": round(self.weight, 4), "similarity": round(self.similarity, 4), "marker": self.marker,
+                "negated": self.negated}
+
+
+def positive_form(sentence: str) -> tuple[str, int]:
+    """The sentence with its negations and words of dislike rewritten to the plain positive form, and how
+    many were rewritten (an odd count reverses what the sentence says)."""
+    text = sentence.replace("\u2019", "'").replace("\u2018", "'")
+    count = 0
+    for pattern, repl in _DISLIKE:
+        text, n = re.subn(pattern, repl, text, flags=re.I)
+        count += n
+    words = []
+    tokens = re.findall(r"[\w']+|[^\w\s']+", text)
+    for i, tok in enumerate(tokens):
+        low = tok.lower()
+        if low == "no" and (i + 1 >= len(tokens) or not re.match(r"\w", tokens[i + 1])):
+            words.append(tok)  # "No, ..." answers; it does not negate what follows
+        elif low in _NEGATIONS:
+            count += 1
+            if _NEGATIONS[low]:
+                words.append(_NEGATIONS[low])
+        elif low == "longer" and words and count and tokens[i - 1].lower() == "no":
+            continue  # "no longer": the "no" was the negation
+        else:
+            words.append(tok)
+    out = " ".join(words)
+    out = re.sub(r"\s+([,.!?;:])", r"\1", out)
+    return re.sub(r"\s+", " ", out).strip(), count
+
+
+def sentences(text: str) -> list[tuple[int, int]]:
+    """Spans of the message's sentences (at most ``MAX_SENTENCES``)."""
+    spans = []
+    for m in _SENTENCE.finditer(text):
+        s, e = m.start(), m.end()
+        while s < e and text[s].isspace():
+            s += 1
+        while e > s and text[e - 1].isspace():
+            e -= 1
+        if e - s >= 3:
+            spans.append((s, min(e, s + MAX_SENTENCE_CHARS)))
+        if len(spans) >= MAX_SENTENCES:
+            break
+    return spans
+
+
+def about_the_user(sentence: str) -> bool:
+    """A statement about the writer: a first-person singular word, not a question, not a request."""
+    s = sentence.strip()
+    if not s or s.endswith("?") or _REQUEST.match(s):
+        return False
+    return _FIRST_PERSON.search(s) is not None
+
+
+def load_markers() -> list[Marker]:
+    from personavlm_cli.core.personality import DESCRIPTORS
+
+    data = json.loads(MARKERS_PATH.read_text(encoding="utf-8"))
+    raw = [(t, int(k), text, src) for t, k, text, src in data["items"]]
+    for trait, (low, high) in DESCRIPTORS.items():  # the paper's own words for each end of each trait
+        raw += [(trait, -1, f"Am {w.strip()}.", "paper") for w in low.split(",")]
+        raw += [(trait, 1, f"Am {w.strip()}.", "paper") for w in high.split(",")]
+    out = []
+    for trait, key, text, source in raw:
+        base, n = positive_form("I " + text[0].lower() + text[1:])
+        out.append(Marker(trait, key, text, source, base, bool(n % 2)))
+    return out
+
+
+class EvidenceReader:
+    """Reads the evidence in a message with a text encoder (``core.ports.TextEncoder``); the markers'
+    and anchors' vectors are computed once per reader."""
+
+    def __init__(self, encoder):
+        self.encoder = encoder
+        self.markers = load_markers()
+        self._marker_vectors = None
+        self._anchor_vectors = None
+
+    def _vectors(self):
+        if self._marker_vectors is None:
+            self._marker_vectors = self.encoder.embed([m.base for m in self.markers])
+            self._anchor_vectors = self.encoder.embed([positive_form(a)[0] for a in NEUTRAL_ANCHORS])
+        return self._marker_vectors, self._anchor_vectors
+
+    def read(self, text: str) -> list[Evidence]:
+        spans = [(s, e) for s, e in sentences(text or "") if about_the_user(text[s:e])]
+        if not spans:
+            return []  # no sentence about the user: nothing is embedded, nothing moves
+        forms = [positive_form(text[s:e]) for s, e in spans]
+        markers, anchors = self._vectors()
+        vectors = self.encoder.embed([f for f, _ in forms])
+        to_markers = vectors @ markers.T
+        to_anchors = (vectors @ anchors.T).max(axis=1)
+        out = []
+        for (start, end), (_form, negations), sims, neutral in zip(spans, forms, to_markers, to_anchors):
+            best = int(sims.argmax())
+            similarity = float(sims[best])
+            if similarity < MIN_SIMILARITY or similarity - float(neutral) < MIN_MARGIN:
+                continue
+            trait = self.markers[best].trait
+            ranked = sorted((i for i, m in enumerate(self.markers) if m.trait == trait), key=lambda i: -sims[i])
+            vote = sum(float(sims[i]) * self._key(self.markers[i]) for i in ranked[:VOTERS])
+            if vote == 0:
+                continue
+            negated = bool(negations % 2)
+            direction = (1.0 if vote > 0 else -1.0) * (-1.0 if negated else 1.0)
+            weight = min(1.0, 0.5 + 0.5 * (similarity - MIN_SIMILARITY) / (FULL_SIMILARITY - MIN_SIMILARITY))
+            # the marker in the form it was matched in ("Don't talk a lot." as "I talk a lot."): what `why` shows
+            out.append(Evidence(trait, start, end, direction, weight, similarity, self.markers[best].base, negated))
+        return out
+
+    @staticmethod
+    def _key(m: Marker) -> int:
+        return -m.key if m.flipped else m.key
+
+
+__all__ = ["Evidence", "EvidenceReader", "Marker", "TRAITS", "about_the_user", "load_markers", "positive_form",
+           "sentences"]
