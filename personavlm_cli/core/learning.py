@@ -369,8 +369,14 @@ def _value(name: str, m: re.Match, sentence: str) -> str | None:
     return value
 
 
-def learn(text: str) -> Learnt:
-    return Learnt(statements_of(text), profile_of(text))
+def learn(text: str, people: tuple[str, ...] = ()) -> Learnt:
+    return Learnt(statements_of(text, people), profile_of(text))
+
+
+def people_of(facts: dict[str, str]) -> tuple[str, ...]:
+    """The names in a profile's family and pets ("daughter Lena, cat Pepper" -> ("Lena", "Pepper"))."""
+    return tuple(item.split()[-1] for name in ("family", "pets")
+                 for item in filter(None, (facts.get(name) or "").split(", ")) if len(item.split()) > 1)
 
 
 def merge_profile(facts: dict[str, str], sources: dict[str, str], new: dict[str, str], turn_id: str
