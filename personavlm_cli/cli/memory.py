@@ -245,9 +245,13 @@ def search(
     if json:
         print_json([{**memory_json(h.memory), "score": round(h.score, 5), "signals": h.signals} for h in hits])
         return
+    from personavlm_cli.core import changes
+
     for h in hits:
         m = h.memory
-        _print_brief(out, m, f"{m.type} {_when(m)}", indent="")
+        mark = (f" past, until {changes.until_text(m)}" if changes.until_text(m)
+                else " what I told you" if changes.is_assistants(m) else "")
+        _print_brief(out, m, f"{m.type} {_when(m)}{mark}", indent="")
         if explain:
             parts = [f"{name} #{s['rank']} ({s['score']})" for name, s in h.signals.items()]
             out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))

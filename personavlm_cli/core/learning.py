@@ -136,7 +136,8 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
     ("occupation", re.compile(r"\bi (teach|lecture|work|volunteer|study)(?:es|s)?(?= at\s)", re.I)),
     ("location", re.compile(rf"\b(?:i|we) {_LIVE} (?:in|to)\s+{_PLACE}", re.I)),
     ("location", re.compile(rf"\b(?:i|we)(?:'m|’m| am|'re|’re| are) (?:now )?based in\s+{_PLACE}", re.I)),
-    ("location", re.compile(r"\b(?:i|we) (?:live|now live|moved|relocated) (?:in|to)\s+((?-i:[a-z][a-z'-]{2,}))(?=\s*(?:[,.!;]|$|\bnow\b))",
+    ("location", re.compile(r"\b(?:i|we) (?:live|now live|moved|relocated) (?:in|to)\s+((?-i:[a-z][a-z'-]{2,}))"
+                            r"(?=\s*(?:[,.!;]|$|\b(?:now|with|and|but|since|for|near|because|these|this)\b))",
                             re.I)),
     ("hometown", re.compile(rf"\bi (?:was born|grew up) in\s+{_PLACE}", re.I)),
     ("hometown", re.compile(rf"\bi(?:'m| am|’m) (?:originally )?from\s+{_PLACE}", re.I)),
@@ -238,6 +239,21 @@ def _names_one_of(sentence: str, people: tuple[str, ...]) -> bool:
     return any(p.lower() in said for p in people if p)
 
 
+def stated(text: str) -> str:
+    """Only the statements of ``text``: its questions, requests, hypotheticals and small talk left out.
+    The evidence a learnt fact may cite ("What's my sister's name?" states nothing)."""
+    return " ".join(s for s in sentences(text) if _sentences.is_statement(s))
+
+
+def not_a_fact(text: str) -> str | None:
+    """What ``text`` is when it states nothing: "question", "request", "hypothetical" or "small talk"
+    (the kind of its first sentence); None when one of its sentences is a statement."""
+    kinds = [_sentences.kind(s) for s in sentences(text)]
+    if not kinds or "statement" in kinds:
+        return None
+    return kinds[0]
+
+
 def only_asks(text: str) -> bool:
     """Every sentence of ``text`` is a question: it tells nothing about the user, and recalled for a
     later message it would only echo what is asked again."""
@@ -275,6 +291,12 @@ def _occupation(m: re.Match, sentence: str) -> str | None:
         tail = sentence[m.end():]
     else:
         job = re.split(r"\s+(?:at|in|for|and|but|since|because|on|with|from)\b", value, flags=re.I)[0].strip()
+        kept = []
+        for w in job.split():  # "a porter there": the job ends at its first function word
+            if kept and w.lower() in STOP:
+                break
+            kept.append(w)
+        job = " ".join(kept)
         tail = sentence[m.start(1) + m.group(1).find(job) + len(job):] if job else ""
         value = job
     if not value or value.split()[-1].lower() in NOT_JOBS:
@@ -294,7 +316,7 @@ def _introduction(sentence: str) -> dict[str, str]:
     if m and m.group(1).lower() not in NOT_HERE and m.group(1).lower() not in STOP \
             and m.group(1).lower() not in NOT_NAMES:
         found["name"] = m.group(1)[:1].upper() + m.group(1)[1:]
-    elif not re.match(r"^(?:(?:hi|hey|hello)\b[\s,!.]*)*(?:i'm|i’m|i am|im)\s+[A-Z]", sentence, re.I):
+    elif not re.match(r"^(?:(?:hi|hey|hello)\b[\s,!.]*)*(?:i'm|i’m|i am|im)\s+(?:(?-i:[A-Z])|\d{1,3}\s*,)", sentence, re.I):
         return {}
     for fragment in re.split(r"\s*[,;]\s*", sentence)[1:]:
         fragment = fragment.strip().rstrip(".!")
@@ -304,7 +326,8 @@ def _introduction(sentence: str) -> dict[str, str]:
             continue
         j = _JOB_FRAGMENT.match(fragment)
         if j and j.group(1).split()[-1].lower() not in NOT_JOBS:
-            found.setdefault("occupation", j.group(1))
+            place = _WORKPLACE.match(fragment[j.end():])
+            found.setdefault("occupation", j.group(1) + (f" {place.group(1)}" if place else ""))
     return found
 
 

@@ -446,7 +446,9 @@ class UpdateStage:
         out = self._ask(messages, SEMANTIC_SCHEMA, max_tokens=200)
         if not out or not out["decision"] or not out["content"].strip():
             return None
-        if not learning.supported(out["content"], [user_turn.text]):
+        # Only what the user stated is evidence: a question, request or hypothetical teaches nothing.
+        if learning.not_a_fact(out["content"]) or not learning.supported(out["content"],
+                                                                           [learning.stated(user_turn.text)]):
             self.learner.dropped("semantic", out["content"])
             return None
         sources = [user_turn.id] + [m.id for m in images]
@@ -530,6 +532,7 @@ class UpdateStage:
         current = self.store.records.list(types=["procedural"])
         listing = "\n".join(f"- {m.meta.get('key', m.id)}: {m.text}" for m in current) or "(none)"
         said = [t.text for t in turns if t.role == "user"]
+        stated = [learning.stated(t) for t in said]
         messages = [
             {"role": "system", "content":
              "You are a behaviour-pattern engine. From the user's messages, write the user's long-term goals "
@@ -548,7 +551,7 @@ class UpdateStage:
             text = entry["text"].strip()
             if not key or not text:
                 continue
-            if not learning.supported(text, said):
+            if learning.not_a_fact(text) or not learning.supported(text, stated):
                 self.learner.dropped("procedural", text)
                 continue
             old = by_key.get(key)
@@ -579,7 +582,8 @@ class UpdateStage:
             return
         for fact in out["facts"]:
             key, value = fact["key"].strip().lower(), fact["value"].strip()
-            source = next((t for t in reversed(said) if value and learning.supported(value, [t.text])), None)
+            source = next((t for t in reversed(said)
+                           if value and learning.supported(value, [learning.stated(t.text)])), None)
             if key not in learning.FIELDS or source is None:
                 self.learner.dropped(f"profile value {key}", value)
                 continue
