@@ -97,8 +97,8 @@ def past_reason(new: str, old: str, people: tuple[str, ...] = ()) -> str | None:
     cue = _CUE.search(new)
     if not cue:
         return None
-    if new_slots and old_slots and not set(new_slots) & set(old_slots):
-        return None  # both say something of a kind the other does not: "take the tram to work" vs "work as"
+    if new_slots and not set(new_slots) & set(old_slots):
+        return None  # the change is of a kind the old one does not state: "take the tram to work" vs "work as"
     if learning.changes_what(new, old) or set(new_slots) & set(old_slots):
         return f"a change was announced ('{cue.group(0).lower()}')"
     return None

@@ -34,7 +34,7 @@ GREETING = re.compile(
     r"quick question|one more thing|good (?:morning|evening|afternoon))\b[\s,!.:;-]*)+", re.I)
 _SUBJECT = r"(?:you|i|we|it|they|he|she|there|this|that|these|those|my|your|our|the|a|an|anyone|someone|anybody)"
 QUESTION = re.compile(
-    r"^(?:(?:what|who|whom|whose|when|where|why|how|which)(?!\s+(?:i|we|my|our)\b)|what's|who's|where's|how's|"
+    r"^(?:(?:what|who|whom|whose|when|where|why|how|which)(?!\s+(?:i|we|my|our)\b)|what's|who's|where's|how's|whats|whos|wheres|hows|"
     rf"(?:do|does|did|don't|doesn't|didn't|can|can't|could|couldn't|would|wouldn't|will|won't|should|shouldn't|"
     rf"shall|is|isn't|are|aren't|was|wasn't|were|weren't|have|haven't|has|hasn't|had|may|might|am)\s+{_SUBJECT}|"
     r"any idea|i wonder|i was wondering|i'm wondering|do you know|guess what|is it true)\b", re.I)
