@@ -47,8 +47,8 @@ SLOTS: list[tuple[str, re.Pattern]] = [
                            r"taking the \w+|ride|riding|bus|train|tram|metro|subway|car|scooter)\b[^.!?]*?\bto work\b",
                            re.I)),
     ("drink", re.compile(r"\b(?:drink|drinking|drinks|my drink is|my go-to drink is|it's)\s+(?:a\s+|my\s+)?"
-                         r"(coffee|tea|espresso|latte|lattes|cappuccino|green tea|black tea|matcha|water|juice|"
-                         r"cola|coke|sprite|beer|wine|milk|chai|mocha|americano|flat white|decaf)\b", re.I)),
+                         r"((?:(?:black|green|iced|hot|white|herbal|mint|oat|strong|sweet)\s+)?(?:coffee|tea|espresso|latte|lattes|cappuccino|green tea|black tea|matcha|water|juice|"
+                         r"cola|coke|sprite|beer|wine|milk|chai|mocha|americano|flat white|decaf))\b", re.I)),
     ("diet", re.compile(r"\b(vegetarian|vegan|pescatarian|carnivore|omnivore|keto|gluten-free)\b", re.I)),
     ("shift", re.compile(r"\b(day|night|morning|evening|late|early|weekend)\s+shifts?\b", re.I)),
     ("partner", re.compile(r"\bmy\s+(?:husband|wife|partner|boyfriend|girlfriend|fiance|fiancee|fiancé|fiancée)"
@@ -72,18 +72,32 @@ def slots(sentence: str) -> dict[str, str]:
 
 
 def subject(sentence: str, people: tuple[str, ...] = ()) -> str:
-    """Who the sentence is about: a named person of the user's ("lena"), or "i" (the user)."""
-    said = learning.words(sentence)
-    for w in said[:6]:
-        if w in {p.lower() for p in people}:
+    """Who the sentence is about: the user ("i": an "I" or "we" among its first words, "Ama and I"
+    included), else a named person of the user's ("lena"), else a relation ("sister"), else the user."""
+    said = learning.words(sentence)[:6]
+    if any(w in ("i", "i'm", "we", "we're", "i've", "we've", "i'd", "we'd") for w in said):
+        return "i"
+    names = {p.lower() for p in people}
+    for w in said:
+        if w in names:
             return w
-        if w in ("i", "i'm", "we", "we're", "i've", "we've", "i'd"):
-            return "i"
-    m = re.match(rf"^\W*(?:my|our)\s+(?:\w+\s+)?({learning._REL}|{learning._ANI})\b(?:\s*,?\s+(\w+))?", sentence, re.I)
+    m = re.match(rf"^\W*(?:my|our)\s+(?:\w+\s+)?({learning._REL}|{learning._ANI})\b", sentence, re.I)
+    return m.group(1).lower() if m else "i"
+
+
+# Words of a slot's frame, not of its value: sharing them does not make two statements one fact
+# ("I love my work colleagues" and "these days I walk to work").
+FRAME = frozenset("work works working job live lives living shift shifts drink drinks home day days".split())
+
+
+def _names_the_old(new: str, old: str) -> bool:
+    """``learning.changes_what`` without the frame words: the change names what the old one said."""
+    m = learning.FROM_TO.search(new)
     if m:
-        return (m.group(2) or m.group(1)).lower() if m.group(2) and m.group(2).lower() in {p.lower() for p in people} \
-            else m.group(1).lower()
-    return "i"
+        return learning.changes_what(new, old)
+    stem = learning._stem
+    shared = {stem(w) for w in learning.content_words(new)} & {stem(w) for w in learning.content_words(old)}
+    return bool(shared - {stem(w) for w in FRAME}) and learning.changes_what(new, old)
 
 
 def past_reason(new: str, old: str, people: tuple[str, ...] = ()) -> str | None:
@@ -97,9 +111,9 @@ def past_reason(new: str, old: str, people: tuple[str, ...] = ()) -> str | None:
     cue = _CUE.search(new)
     if not cue:
         return None
-    if new_slots and not set(new_slots) & set(old_slots):
+    if new_slots and old_slots and not set(new_slots) & set(old_slots):
         return None  # the change is of a kind the old one does not state: "take the tram to work" vs "work as"
-    if learning.changes_what(new, old) or set(new_slots) & set(old_slots):
+    if _names_the_old(new, old) or set(new_slots) & set(old_slots):
         return f"a change was announced ('{cue.group(0).lower()}')"
     return None
 
@@ -116,7 +130,7 @@ def about_the_past(text: str) -> bool:
 
 def until(m: Memory) -> str | None:
     """When ``m`` stopped being true: its ``valid_to`` (a closed learnt memory) or a past turn's mark."""
-    past = (m.meta or {}).get("past") if m.type == "turn" else None
+    past = (m.meta or {}).get("past") if m.type in ("turn", "episodic") else None
     if past and past.get("until"):
         return past["until"]
     return m.valid_to if m.type in ("semantic", "procedural", "episodic", "core") else None
@@ -149,7 +163,7 @@ def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str
     for memory_id, m in list(memories.items()):
         if memory_id not in fused:
             continue
-        if until(m) and not keep_past and m.type == "turn":
+        if until(m) and not keep_past and m.type in ("turn", "episodic"):
             before = fused[memory_id]
             fused[memory_id] *= PAST_WEIGHT
             past = (m.meta or {}).get("past") or {}

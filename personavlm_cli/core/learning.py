@@ -111,7 +111,7 @@ _ROLE = r"((?:an?\s+)?[a-z][a-z-]+(?:\s+[a-z][a-z-]+){0,3})"
 _REL = "|".join(sorted(RELATIONS, key=len, reverse=True))
 _ANI = "|".join(sorted(ANIMALS, key=len, reverse=True))
 _COUNT = r"(?:a|an|one|two|three|four|five|\d)"
-_LIVE = r"(?:live|am living|'m living|’m living|are living|'re living|now live|moved|have moved|'ve moved|relocated|" \
+_LIVE = r"(?:(?:finally|just|recently|now|actually|also)\s+)?(?:live|am living|'m living|’m living|are living|'re living|now live|moved|have moved|'ve moved|relocated|" \
         r"have relocated|'ve relocated|just moved)"
 # Where a workplace follows a job: "at" a named place ("at Dr. Lee's clinic", "at St. Anne's") or "at
 # a/the" place; cut at punctuation, a conjunction or another preposition.

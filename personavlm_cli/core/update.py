@@ -217,6 +217,11 @@ class Learner:
                     if reason and changes.mark_past(old, user_turn, reason):
                         self.store.replace(old)
                         made += 1
+                        # A summary that holds the old statement is past as well (what was said then).
+                        for episode in self.store.records.derived_from([old.id]):
+                            if episode.type == "episodic" and episode.current and \
+                                    changes.mark_past(episode, user_turn, reason):
+                                self.store.replace(episode)
                 elif old.current and user_turn.id not in old.source_ids:
                     reason = changes.past_reason(sentence, old.text, people)
                     if reason:
@@ -504,7 +509,11 @@ class UpdateStage:
             missing = [r for r in range(1, len(window) + 1) if r not in covered]
             # By rules: the user's own words of the rounds no topic covers (their questions say
             # nothing about them: a summary of questions alone is no episode).
-            said = [window[r - 1][0].text for r in missing if not learning.only_asks(window[r - 1][0].text)]
+            # Questions, requests and hypotheticals are left out of the gist: they are not what the user said
+            # of themselves (issue 24).
+            said = [learning.stated(window[r - 1][0].text) for r in missing
+                    if not learning.only_asks(window[r - 1][0].text)]
+            said = [t for t in said if t.strip()]
             if said:
                 topics.append({"summary": _gist(said), "keywords": learning.keywords_of(" ".join(said)),
                                "rounds": missing})
