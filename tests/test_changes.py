@@ -333,3 +333,49 @@ def test_memory_verify_reports_questions_learnt_as_facts_and_drop_erases_them():
     ids = {m["id"] for m in left}
     assert "sem_q1" not in ids and "proc_q2" not in ids and "turn_q1" in ids
     assert any("Ferran" in m["text"] for m in left if m["type"] == "semantic")
+
+
+# -- item 7: lives that change, measured --------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["lived_own.json", "lived_heldout.json"])
+def test_scripted_lives_keep_the_current_value_first_and_learn_no_question(name, tmp_path):
+    """The measure of `eval facts --lived` on the project's own lives (the held-out ones were never
+    tuned on), with a scripted model: the ranking and the prompt do not depend on the model's words."""
+    from personavlm_cli.core.assistant import Assistant
+    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.evals import lived
+
+    results = []
+    for i, life in enumerate(lived.load(DATA / name)):
+        root = tmp_path / str(i)
+        root.mkdir(mode=0o700)
+        opened = []
+
+        def make(root=root, life=life):
+            s = _store(root)
+            opened.append(s)
+            a = Assistant(s, ScriptedModel(["I see."] * 50), life.user, model_lock=ModelGate(), prompt_style="compact")
+            return a, UpdateStage(s, a.model, life.user, a.model_lock, extractor="rules")
+
+        results.append(lived.run_life(life, make, {"max_tokens": 16}, root=root))
+        for s in opened[1:]:
+            s.close()
+    overall = lived.summarize(results)["overall"]
+    assert overall["changes_search"] >= 0.9 and overall["changes_context"] >= 0.9, overall
+    assert overall["learnt_questions"] == 0
+    assert overall["profile"] >= 0.9
+    assert overall["forget_left"] == 0
+
+
+def test_a_lived_file_is_told_apart_from_scripted_people_and_bad_ones_are_refused(tmp_path):
+    from personavlm_cli.core.errors import PersonaError
+    from personavlm_cli.evals import lived
+
+    assert lived.is_lived(DATA / "lived_own.json")
+    bad = tmp_path / "bad.json"
+    bad.write_text('[{"user": "x", "sessions": [{"at": "yesterday", "messages": []}], "expect": {}}]')
+    with pytest.raises(PersonaError, match="life 1"):
+        lived.load(bad)
+    assert lived.newest_first(["moved to Oulu", "live in Tampere"], "Oulu", "Tampere")
+    assert not lived.newest_first(["live in Tampere", "moved to Oulu"], "Oulu", "Tampere")
+    assert lived.newest_first([], "Oulu", "Tampere", also="location: Oulu")

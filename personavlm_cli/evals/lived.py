@@ -91,7 +91,7 @@ def load(path: Path) -> list[Life]:
                     raise TypeError("messages must be text")
             for c in life.expect.get("current", []):
                 str(c["ask"]), str(c["newest"]), str(c["old"])
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, PersonaError) as exc:
             raise PersonaError(f"{path}: life {i + 1} is not in the lived format ({exc})") from None
         lives.append(life)
     return lives
