@@ -154,8 +154,9 @@ def facts(
                         "value first, learnt questions, forgetting.")] = None,
 ):
     """Do they learn true facts and use them? Replays scripted people through the chat turn with learning,
-    then asks about each fact: learnt, truthful, grounded and answered (docs/benchmarks.md). DATA may
-    also be a file of lives that change (as --lived)."""
+    then asks about each fact: learnt, truthful, grounded and answered (docs/benchmarks.md).
+
+    DATA may also be a file of lives that change (as --lived)."""
     from personavlm_cli.core.capability import choose_extractor
     from personavlm_cli.evals import facts as fx
     from personavlm_cli.evals import lived as lv
