@@ -44,6 +44,16 @@ Configuration keys and environment variables are in [configuration.md](configura
 **Shell completion**: `personavlm --install-completion` installs Tab completion of commands and
 options for the current shell (bash, zsh, fish or PowerShell; restart the shell afterwards), and
 `personavlm --show-completion` prints the script to install it by hand.
+
+**When your life changes**: say the new fact the way you would to a person ("we moved to Braga in
+March", "I drink espresso now", or just "I work at Fabrikam"). The newer statement wins: what you said
+before is kept as the past, not erased: recall puts the current statement first, the answer's prompt
+shows the old one as "true only until <date>", `memory search` marks it "past, until <date>", `/why`
+says which memory was treated as past and why, and a question about the past ("where did I live last
+year?") still finds it. Only what you state is learnt: questions, requests ("remind me ...") and
+hypotheticals ("if I moved ...") never become facts, and what the assistant said is never a fact about
+you (recalled, it is labelled as its own words). `memory verify` reports anything learnt otherwise
+(`--drop` erases it). The rules are in [learning.md](learning.md).
 """
 
 

@@ -556,6 +556,21 @@ def _sigint_once():
         signal.signal(signal.SIGINT, previous)
 
 
+def memory_standing(m) -> str:
+    """Why a memory is not the user's current word: past (until when, and why) or the assistant's."""
+    from personavlm_cli.core import changes
+
+    if changes.is_assistants(m):
+        return "what I told you (my words, not yours): ranked below your own"
+    until = changes.until_text(m)
+    if until:
+        past = (m.meta or {}).get("past") or {}
+        reason = past.get("reason") or "superseded"
+        by = past.get("by") or m.superseded_by
+        return f"treated as past, until {until}: {reason}" + (f" (by {by})" if by else "")
+    return ""
+
+
 def _print_reasoning(ex, console=None) -> None:
     """Exactly what produced the answer shown: each step, and the memories the prompt held."""
 
@@ -578,6 +593,9 @@ def _print_reasoning(ex, console=None) -> None:
                     why = ("(" + ", ".join(sorted(hit.signals)) + ")") if hit and hit.signals else ""
                     console.print(styled("    ", (m.id, "cyan"), " ", (m.occurred_at[:16].replace("T", " "), "dim"), " ",
                                        short(m.text, 70), " ", (why, "dim")))
+                    standing = memory_standing(m)
+                    if standing:
+                        console.print(styled("      ", (standing, "yellow")))
             if not step.retrieved:
                 console.print("    (nothing new found)")
     if not r.used:

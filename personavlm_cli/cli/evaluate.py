@@ -9,6 +9,7 @@ Nothing touches the user's own memories.
 
 from __future__ import annotations
 
+import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -148,14 +149,23 @@ def facts(
     gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
     context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens in one answer.")] = 96,
+    lived: Annotated[Optional[Path], typer.Option(
+        "--lived", help="Also replay lives that change (the format of shared/data/lived): profile, current "
+                        "value first, learnt questions, forgetting.")] = None,
 ):
     """Do they learn true facts and use them? Replays scripted people through the chat turn with learning,
-    then asks about each fact: learnt, truthful, grounded and answered (docs/benchmarks.md)."""
+    then asks about each fact: learnt, truthful, grounded and answered (docs/benchmarks.md).
+
+    DATA may also be a file of lives that change (as --lived)."""
     from personavlm_cli.core.capability import choose_extractor
     from personavlm_cli.evals import facts as fx
+    from personavlm_cli.evals import lived as lv
     from personavlm_cli.evals.workspace import model_line, write_json
 
-    people = fx.load(data)
+    if lv.is_lived(data):
+        data, lived = None, data
+    people = fx.load(data) if data is not None else []
+    lives = lv.load(lived) if lived is not None else []
     env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers, "model.context": context})
     s = env.settings
     started = time.perf_counter()
@@ -163,20 +173,40 @@ def facts(
         llm = load_model(env)
         extractor = choose_extractor(s["memory.extractor"], llm)
         steps = sum(sum(len(x["messages"]) for x in p.sessions) + len(p.facts) for p in people)
+        steps += sum(sum(len(x["messages"]) for x in life.sessions) + len(life.expect.get("current") or [])
+                     for life in lives)
         with progress_bar("facts", steps) as hooks:
             def step(user: str) -> None:
                 hooks.describe(user)
                 hooks.advance(1)
 
-            results = fx.run(people, llm, s, extractor, max_tokens, progress=step)
+            results = fx.run(people, llm, s, extractor, max_tokens, progress=step) if people else []
+            changed = lv.run(lives, llm, s, extractor, max_tokens, progress=step) if lives else []
     finally:
         env.close()
-    result = {"benchmark": "facts", "data": str(data), "people": len(people), "extractor": extractor,
-              "retrieval": s["chat.retrieval"], "seconds": round(time.perf_counter() - started, 1),
-              **fx.summarize(results)}
+    result = {"benchmark": "facts", "data": str(data) if data else None, "people": len(people),
+              "extractor": extractor, "retrieval": s["chat.retrieval"],
+              "seconds": round(time.perf_counter() - started, 1), **(fx.summarize(results) if people else {})}
+    if lives:
+        result["lived"] = {"data": str(lived), "lives": len(lives), **lv.summarize(changed)}
     result["model"] = model_line(llm)
     write_json(json_out, result)
     from rich.table import Table
+
+    if lives:
+        changes_table = Table(title=f"Lives that change: {len(lives)} lives ({extractor} learning)")
+        for col in ("category", "value", "bar"):
+            changes_table.add_column(col, justify="left" if col == "category" else "right")
+        for row in lv.category_rows(result["lived"]):
+            changes_table.add_row(*row)
+        out.print(changes_table)
+        for user, m in result["lived"]["lives"].items():
+            for item in m["items"]:
+                if not item.get("ok", item.get("search", True) and item.get("context", True)):
+                    out.print(f"missed ({user}): {json.dumps(item, ensure_ascii=True)[:200]}", markup=False,
+                              highlight=False)
+    if not people:
+        return
 
     table = Table(title=f"Facts: {len(people)} people, {result['counts']['facts']} facts ({extractor} learning)")
     for col in ("person", "learnt", "truthful", "grounded", "answered"):

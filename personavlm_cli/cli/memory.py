@@ -262,13 +262,17 @@ def search(
     if json:
         print_json([{**memory_json(h.memory), "score": round(h.score, 5), "signals": h.signals} for h in hits])
         return
+    from personavlm_cli.core import changes
+
     piped = not out.is_terminal
     for h in hits:
         m = h.memory
+        mark = (f" past, until {changes.until_text(m)}" if changes.until_text(m)
+                else " what I told you" if changes.is_assistants(m) else "")
         if piped:
-            print_rows([[m.id, m.type, _when(m), f"{h.score:.4f}", m.text]])
+            print_rows([[m.id, m.type + mark, _when(m), f"{h.score:.4f}", m.text]])
         else:
-            _print_brief(out, m, f"{m.type} {_when(m)}", indent="")
+            _print_brief(out, m, f"{m.type} {_when(m)}{mark}", indent="")
         if explain:
             parts = [f"{name} #{s['rank']} ({s['score']})" for name, s in h.signals.items()]
             out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))

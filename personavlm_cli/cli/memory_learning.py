@@ -54,7 +54,7 @@ def verify(
 ):
     """Re-check every learnt memory against your own words in the turns it cites.
 
-    A learnt statement (semantic, procedural, episodic) or core profile value is supported when each of
+    A question, request or hypothetical learnt as a fact, habit or goal is reported too. A learnt statement (semantic, procedural, episodic) or core profile value is supported when each of
     its content words occurs in the user turns it came from; the assistant's turns are never evidence.
     What you wrote yourself (/remember, `memory edit`) is your own word. Nothing is erased without --drop
     and your yes.
@@ -101,6 +101,11 @@ def unsupported(store) -> list[dict]:
             continue
         sources = [s for s in records.get_many(m.source_ids) if s.type == "turn" and s.role == "user"]
         said = [s.text for s in sources]
+        if m.type in ("semantic", "procedural"):
+            kind = learning.not_a_fact(m.text) or (learning.not_a_fact(" ".join(said)) if said else None)
+            if kind:  # "What's my sister's name?" learnt as a fact, "What do you love?" as a habit
+                findings.append({"memory": m, "field": None, "text": m.text, "reason": f"a {kind}, not a fact"})
+                continue
         if m.type == "core":
             facts = (m.meta or {}).get("facts") or {}
             cited = (m.meta or {}).get("sources") or {}
@@ -109,6 +114,10 @@ def unsupported(store) -> list[dict]:
                 if key not in learning.FIELDS:
                     findings.append({"memory": m, "field": key, "text": f"{key}: {value}",
                                      "reason": "not a profile field"})
+                elif evidence and not learning.supported(str(value), [learning.stated(e) for e in evidence]) \
+                        and learning.supported(str(value), evidence):
+                    findings.append({"memory": m, "field": key, "text": f"{key}: {value}",
+                                     "reason": "said in a question, request or hypothetical, not stated"})
                 elif not learning.supported(str(value), evidence):
                     findings.append({"memory": m, "field": key, "text": f"{key}: {value}",
                                      "reason": "not in the user's words" if evidence else "no user turn cited"})

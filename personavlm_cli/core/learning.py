@@ -24,6 +24,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from personavlm_cli.core import sentences as _sentences
+
 # Words that carry no fact: function words, pronouns, auxiliaries, and the framing words a
 # rephrasing may add ("the user"). A statement's *content words* are its other words.
 STOP = frozenset("""
@@ -68,7 +70,8 @@ PLAN = re.compile(
     r"am going|are going|i'll|we'll)\b", re.I)
 CHANGE = re.compile(
     r"\b(switch(ed|ing)?|chang(ed|ing)|no longer|not any ?more|anymore|stopped|instead|now (prefer|like|love|use|"
-    r"drink|eat|live|work)|moved|quit|gave up|replaced|used to|prefer now|actually)\b", re.I)
+    r"drink|eat|live|work|take|go|have)|moved|relocat(ed|ing)|quit|gave up|given up|replaced|used to|prefer now|"
+    r"actually|these days|nowadays|from now on|no more|sold|passed away|broke up|divorced|retired)\b", re.I)
 FROM_TO = re.compile(r"\bfrom\s+(?:the\s+|my\s+|a\s+)?([A-Za-z][\w'-]*(?:\s+[A-Za-z][\w'-]*)?)\s+to\b", re.I)
 
 RELATIONS = ("mother", "mom", "mum", "father", "dad", "brother", "sister", "son", "daughter", "wife", "husband",
@@ -83,35 +86,83 @@ LANGUAGES = ("english", "french", "german", "spanish", "italian", "portuguese", 
              "norwegian", "danish", "finnish", "greek", "hebrew", "czech", "hungarian", "romanian", "ukrainian",
              "vietnamese", "thai", "indonesian", "swahili", "catalan", "welsh", "irish", "latin")
 
-_NAME = r"((?-i:[A-Z][\w'’-]+(?:\s+[A-Z][\w'’-]+)?))"
+# Words that look like a name after "I'm" but say something else (a nationality, a faith, a mood).
+NOT_NAMES = frozenset("""
+american british english scottish welsh irish canadian australian indian pakistani chinese japanese korean
+french german dutch belgian swiss austrian italian spanish portuguese brazilian mexican argentinian
+chilean colombian peruvian cuban russian ukrainian polish czech slovak hungarian romanian bulgarian greek
+turkish danish swedish norwegian finnish icelandic israeli egyptian moroccan nigerian kenyan african
+european asian latino latina jewish muslim christian catholic protestant hindu buddhist sikh atheist
+vegan vegetarian sorry fine good ok okay back here home done ready sure happy tired sad busy free new
+monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
+september october november december so just not also still really very glad excited afraid
+""".split()) | frozenset(LANGUAGES)
+_CAP = r"(?-i:[A-Z][\w'’-]+)"
+_NAME = rf"((?-i:[A-Z][\w'’-]+(?:\s+[A-Z][\w'’-]+)?))"
 _PLACE = r"((?-i:[A-Z][\w'’.-]+(?:,?\s+[A-Z][\w'’.-]+){0,2}))"
 _JOB_ENDINGS = r"(?:er|ist|ian|or|ant|ent|nurse|chef|doctor|lawyer|pilot|cook|clerk|nanny|vet|surgeon|medic|midwife)"
+# A job word: an agent ending ("carpenter", "pharmacist", "librarian") or one of a few whole words.
+_JOB = (r"(?:[a-z-]+(?:er|ist|ian|or|ant|ent)|[a-z-]*(?:nurse|chef|doctor|lawyer|pilot|cook|clerk|nanny|vet|"
+        r"surgeon|medic|midwife|paramedic|engineer|dentist|barista|plumber|electrician))")
 NOT_JOBS = frozenset("vegetarian vegan fan member beginner lover believer person mother father parent owner "
                      "smoker drinker runner reader student patient customer passenger foreigner introvert "
                      "extrovert perfectionist optimist pessimist morning winner loser".split())
 _ROLE = r"((?:an?\s+)?[a-z][a-z-]+(?:\s+[a-z][a-z-]+){0,3})"
 _REL = "|".join(sorted(RELATIONS, key=len, reverse=True))
 _ANI = "|".join(sorted(ANIMALS, key=len, reverse=True))
+_COUNT = r"(?:a|an|one|two|three|four|five|\d)"
+_LIVE = r"(?:(?:finally|just|recently|now|actually|also)\s+)?(?:live|am living|'m living|’m living|are living|'re living|now live|moved|have moved|'ve moved|relocated|" \
+        r"have relocated|'ve relocated|just moved)"
+# Where a workplace follows a job: "at" a named place ("at Dr. Lee's clinic", "at St. Anne's") or "at
+# a/the" place; cut at punctuation, a conjunction or another preposition.
+_WORKPLACE = re.compile(r"^\s+(at\s+(?:(?-i:[A-Z])[\w'’.-]*|the\s+\w[\w'’-]*|an?\s+\w[\w'’-]*)"
+                        r"(?:\s+(?!(?:and|but|since|because|so|in|on|for|near|where|which|who|with|as|from|"
+                        r"to|now|these|since)\b)[\w'’.-]+){0,3})", re.I)
 
 PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("name", re.compile(rf"\b(?:my name is|my name's|call me|i am called|i'm called)\s+{_NAME}", re.I)),
+    ("name", re.compile(rf"\b(?:my name is|my name's|my name’s|i am called|i'm called)\s+"
+                        r"([A-Za-z][\w'’-]+(?:\s+(?!(?:and|but|i|i'm|im|from|here|by|so)\b)[A-Za-z][\w'’-]+)?)", re.I)),
+    ("name", re.compile(rf"\b(?:call me|this is)\s+{_NAME}", re.I)),
+    ("name", re.compile(rf"^(?:(?:hi|hey|hello|hiya|ok|so|well)\b[\s,!.]*)*(?:i'm|i’m|i am|im)\s+{_NAME}(?=\s*(?:[,.!;]|$|\band\b|\bfrom\b|\bhere\b))",
+                        re.I)),
     ("age", re.compile(r"\b(?:i am|i'm|i’m|im)\s+(\d{1,3})(?:\s+years?\s+old|\s+y/?o\b)", re.I)),
-    ("age", re.compile(r"\bi turned\s+(\d{1,3})\b", re.I)),
-    ("occupation", re.compile(rf"\bi (?:work|am working) as\s+{_ROLE}", re.I)),
+    ("age", re.compile(r"\b(?:i am|i'm|i’m|im)\s+(\d{1,3})(?=\s*(?:[,;!]|\.(?!\d)|$|\band\b|\bnow\b|\btoday\b|"
+                       r"\bthis year\b|\bnext\b|\bbut\b|\bso\b))", re.I)),
+    ("age", re.compile(r"\bi (?:just |recently )?turned\s+(\d{1,3})\b", re.I)),
+    ("occupation", re.compile(rf"\bi (?:work|am working|'m working|’m working) as\s+{_ROLE}", re.I)),
     ("occupation", re.compile(rf"\bmy (?:job|profession|occupation) is\s+{_ROLE}", re.I)),
-    ("occupation", re.compile(r"\bi(?:'m| am) an?\s+([a-z][a-z-]+(?:\s+[a-z][a-z-]+)?)\s+by (?:profession|trade)", re.I)),
-    ("occupation", re.compile(rf"\bi(?:'m| am|’m) an?\s+((?:[a-z-]+\s+){{0,2}}[a-z-]+{_JOB_ENDINGS})\b", re.I)),
-    ("location", re.compile(rf"\bi (?:live|am living|now live|moved) (?:in|to)\s+{_PLACE}", re.I)),
-    ("location", re.compile(rf"\bi(?:'m| am) based in\s+{_PLACE}", re.I)),
+    ("occupation", re.compile(r"\bi(?:'m| am|’m) an?\s+([a-z][a-z-]+(?:\s+[a-z][a-z-]+)?)\s+by (?:profession|trade)", re.I)),
+    ("occupation", re.compile(rf"\bi(?:'m| am|’m|m) an?\s+((?:[a-z-]+\s+){{0,2}}{_JOB})\b", re.I)),
+    ("occupation", re.compile(r"\bi (teach|lecture|work|volunteer|study)(?:es|s)?(?= at\s)", re.I)),
+    ("location", re.compile(rf"\b(?:i|we) {_LIVE} (?:in|to)\s+{_PLACE}", re.I)),
+    ("location", re.compile(rf"\b(?:i|we)(?:'m|’m| am|'re|’re| are) (?:now )?based in\s+{_PLACE}", re.I)),
+    ("location", re.compile(r"\b(?:i|we) (?:live|now live|moved|relocated) (?:in|to)\s+((?-i:[a-z][a-z'-]{2,}))"
+                            r"(?=\s*(?:[,.!;]|$|\b(?:now|with|and|but|since|for|near|because|these|this)\b))",
+                            re.I)),
     ("hometown", re.compile(rf"\bi (?:was born|grew up) in\s+{_PLACE}", re.I)),
-    ("hometown", re.compile(rf"\bi(?:'m| am) (?:originally )?from\s+{_PLACE}", re.I)),
-    ("family", re.compile(rf"\bmy\s+(?:older |younger |little |big |elder |baby )?({_REL})\s+(?:is\s+(?:called|named)\s+)?{_NAME}",
-                          re.I)),
-    ("pets", re.compile(rf"\bmy\s+({_ANI})\s+(?:is\s+)?(?:called|named)\s+{_NAME}", re.I)),
-    ("pets", re.compile(rf"\b(?:a|our|my)\s+({_ANI})\s+(?:called|named)\s+{_NAME}", re.I)),
+    ("hometown", re.compile(rf"\bi(?:'m| am|’m) (?:originally )?from\s+{_PLACE}", re.I)),
+    ("hometown", re.compile(r"\bi(?:'m| am|’m) (?:originally )?from\s+((?-i:[a-z][a-z'-]{2,}))(?=\s*(?:[,.!;]|$|\bbut\b))",
+                            re.I)),
+    ("family", re.compile(rf"\b(?:my|our)\s+(?:older |younger |little |big |elder |baby |twin )?({_REL})\s*,?\s+"
+                          rf"(?:is\s+(?:called|named)\s+)?{_NAME}", re.I)),
+    ("pets", re.compile(rf"\b(?:my|our)\s+({_ANI})\s+(?:is\s+)?(?:called|named)\s+{_NAME}", re.I)),
+    ("pets", re.compile(rf"\b(?:a|an|our|my)\s+({_ANI})\s+(?:called|named)\s+{_NAME}", re.I)),
+    ("pets", re.compile(rf"\b(?:my|our)\s+(?:little |old |new |young )?({_ANI})\s*,?\s+{_NAME}", re.I)),
+    ("pets", re.compile(rf"\b(?:i|we) (?:have|own|adopted|got) {_COUNT}\s+(?:little |young |rescue )?({_ANI})s?\s*"
+                        rf"(?:,|:|\s+called|\s+named)\s*({_CAP}(?:\s*(?:,|\band\b)\s*{_CAP})*)", re.I)),
     ("languages", re.compile(rf"\bi (?:speak|am learning|'m learning|am fluent in)\s+((?:{'|'.join(LANGUAGES)})"
                              rf"(?:(?:,\s*|\s+and\s+)(?:{'|'.join(LANGUAGES)}))*)", re.I)),
 ]
+# Places that a lower-case "I live in ..." names without being a place name.
+NOT_PLACES = frozenset("town city village house flat apartment home the a an my our peace fear hope sin harmony "
+                       "denial luxury style comfort hiding".split())
+# A self-introduction's fragments ("ines here, 27 years old, nurse in the night shift"): only in a
+# sentence that opens with "<name> here" or "I'm <Name>".
+_HERE = re.compile(r"^(?:(?:hi|hey|hello|hiya)\b[\s,!.]*)*([A-Za-z][a-z'’-]+)\s+here\b", re.I)
+NOT_HERE = frozenset("me i we it everyone everybody someone somebody nobody nothing something all you they he she "
+                     "still back just right over up down out in not new who what this that there".split())
+_AGE_FRAGMENT = re.compile(r"^(?:aged\s+)?(\d{1,3})(?:\s*(?:years?\s+old|y/?o|yrs?\s+old))?$", re.I)
+_JOB_FRAGMENT = re.compile(rf"^(?:an?\s+)?((?:[a-z-]+\s+)?{_JOB})\b", re.I)
 
 
 def words(text: str) -> list[str]:
@@ -149,13 +200,9 @@ def supported(statement: str, evidence: list[str]) -> bool:
 
 
 def sentences(text: str) -> list[str]:
-    out = []
-    for line in (text or "").splitlines():
-        for s in _SENTENCE.findall(line):
-            s = s.strip()
-            if s:
-                out.append(s)
-    return out
+    """The sentences of ``text`` (``core/sentences.py``: abbreviations, initials, decimals and times
+    do not end one)."""
+    return _sentences.split(text)
 
 
 @dataclass
@@ -173,13 +220,38 @@ class Learnt:
     profile: dict[str, str] = field(default_factory=dict)  # field -> value
 
 
-def is_about_the_user(sentence: str) -> bool:
+def is_about_the_user(sentence: str, people: tuple[str, ...] = ()) -> bool:
+    """A statement (not a question, request, hypothetical or small talk: ``sentences.kind``) in the
+    first person, or about one of ``people`` (the names of the user's family and pets), with at least
+    two content words."""
     s = sentence.strip()
     if len(s) < 8 or s.endswith("?") or QUESTION_START.match(s) or REQUEST.match(s) or SMALL_TALK.match(s):
         return False
-    if not FIRST_PERSON.search(s):
+    if not _sentences.is_statement(s):
+        return False
+    if not FIRST_PERSON.search(s) and not _names_one_of(s, people):
         return False
     return len(content_words(s)) >= 2
+
+
+def _names_one_of(sentence: str, people: tuple[str, ...]) -> bool:
+    said = set(words(sentence))
+    return any(p.lower() in said for p in people if p)
+
+
+def stated(text: str) -> str:
+    """Only the statements of ``text``: its questions, requests, hypotheticals and small talk left out.
+    The evidence a learnt fact may cite ("What's my sister's name?" states nothing)."""
+    return " ".join(s for s in sentences(text) if _sentences.is_statement(s))
+
+
+def not_a_fact(text: str) -> str | None:
+    """What ``text`` is when it states nothing: "question", "request", "hypothetical" or "small talk"
+    (the kind of its first sentence); None when one of its sentences is a statement."""
+    kinds = [_sentences.kind(s) for s in sentences(text)]
+    if not kinds or "statement" in kinds:
+        return None
+    return kinds[0]
 
 
 def only_asks(text: str) -> bool:
@@ -194,11 +266,12 @@ def keywords_of(text: str, limit: int = 6) -> str:
     return ", ".join(seen[:limit])
 
 
-def statements_of(text: str) -> list[Statement]:
-    """The sentences of a user's message that state something about them, in their own words."""
+def statements_of(text: str, people: tuple[str, ...] = ()) -> list[Statement]:
+    """The sentences of a user's message that state something about them (or about one of ``people``,
+    the names in their profile's family and pets), in their own words."""
     out: list[Statement] = []
     for s in sentences(text):
-        if not is_about_the_user(s):
+        if not is_about_the_user(s, people):
             continue
         s = s[:400]
         kind = "procedural" if (HABIT.search(s) or PLAN.search(s)) and not CHANGE.search(s) else "semantic"
@@ -208,38 +281,125 @@ def statements_of(text: str) -> list[Statement]:
     return out
 
 
-def profile_of(text: str) -> dict[str, str]:
-    """Core profile values stated in ``text``, by the schema's patterns (field -> value)."""
+def _occupation(m: re.Match, sentence: str) -> str | None:
+    """The job a pattern found, with its workplace when one follows ("paramedic at St. Luke's")."""
+    value = m.group(1).strip().rstrip(",.")
+    value = re.sub(r"^(an?)\s+", "", value, flags=re.I)
+    if value.lower() in ("teach", "lecture", "work", "volunteer", "study"):  # "I teach at St. Anne's"
+        verb = value.lower()
+        value = {"teach": "teaches", "study": "studies"}.get(verb, verb + "s")
+        tail = sentence[m.end():]
+    else:
+        job = re.split(r"\s+(?:at|in|for|and|but|since|because|on|with|from)\b", value, flags=re.I)[0].strip()
+        kept = []
+        for w in job.split():  # "a porter there": the job ends at its first function word
+            if kept and w.lower() in STOP:
+                break
+            kept.append(w)
+        job = " ".join(kept)
+        tail = sentence[m.start(1) + m.group(1).find(job) + len(job):] if job else ""
+        value = job
+    if not value or value.split()[-1].lower() in NOT_JOBS:
+        return None
+    m = _WORKPLACE.match(tail)
+    if m:
+        value = f"{value} {m.group(1).rstrip(',.;')}"
+    elif value in ("teaches", "lectures", "works", "volunteers", "studies"):
+        return None
+    return value
+
+
+def _introduction(sentence: str) -> dict[str, str]:
+    """The fragments of a self-introduction: "ines here, 27 years old, nurse in the night shift"."""
     found: dict[str, str] = {}
-    for s in sentences(text):
-        if s.strip().endswith("?") or QUESTION_START.match(s):
+    m = _HERE.match(sentence)
+    if m and m.group(1).lower() not in NOT_HERE and m.group(1).lower() not in STOP \
+            and m.group(1).lower() not in NOT_NAMES:
+        found["name"] = m.group(1)[:1].upper() + m.group(1)[1:]
+    elif not re.match(r"^(?:(?:hi|hey|hello)\b[\s,!.]*)*(?:i'm|i’m|i am|im)\s+(?:(?-i:[A-Z])|\d{1,3}\s*,)", sentence, re.I):
+        return {}
+    for fragment in re.split(r"\s*[,;]\s*", sentence)[1:]:
+        fragment = fragment.strip().rstrip(".!")
+        a = _AGE_FRAGMENT.match(fragment)
+        if a and 0 < int(a.group(1)) < 130:
+            found.setdefault("age", a.group(1))
             continue
-        for name, pattern in PATTERNS:
-            m = pattern.search(s)
-            if not m:
-                continue
-            if name in ("family", "pets"):
-                value = f"{m.group(1).lower()} {m.group(2)}"
-            elif name == "languages":
-                value = ", ".join(x.capitalize() for x in re.split(r",\s*|\s+and\s+", m.group(1)) if x)
-            else:
-                value = m.group(1).strip().rstrip(",.")
-            if name == "occupation":
-                value = re.sub(r"^(an?)\s+", "", value, flags=re.I)
-                value = re.split(r"\s+(?:at|in|for|and|but|since|because)\b", value)[0]
-            if name == "occupation" and value.split()[-1].lower() in NOT_JOBS:
-                continue
-            if name == "age" and not 0 < int(value) < 130:
-                continue
-            if name in LIST_FIELDS:
-                found[name] = ", ".join(dict.fromkeys([*filter(None, found.get(name, "").split(", ")), value]))
-            else:
-                found.setdefault(name, value)
+        j = _JOB_FRAGMENT.match(fragment)
+        if j and j.group(1).split()[-1].lower() not in NOT_JOBS:
+            place = _WORKPLACE.match(fragment[j.end():])
+            found.setdefault("occupation", j.group(1) + (f" {place.group(1)}" if place else ""))
     return found
 
 
-def learn(text: str) -> Learnt:
-    return Learnt(statements_of(text), profile_of(text))
+def profile_of(text: str) -> dict[str, str]:
+    """Core profile values stated in ``text``, by the schema's patterns (field -> value).
+
+    Only statements count (``sentences.kind``): a question, request or hypothetical names no value.
+    The grammar is documented in docs/learning.md."""
+    found: dict[str, str] = {}
+    for s in sentences(text):
+        if s.strip().endswith("?") or QUESTION_START.match(s) or not _sentences.is_statement(s):
+            continue
+        s = s.replace("’", "'")
+        for name, value in _introduction(s).items():
+            found.setdefault(name, value)
+        for name, pattern in PATTERNS:
+            for m in pattern.finditer(s):
+                value = _value(name, m, s)
+                if value is None:
+                    continue
+                if name in LIST_FIELDS:
+                    found[name] = ", ".join(dict.fromkeys([*filter(None, found.get(name, "").split(", ")),
+                                                           *value.split(", ")]))
+                else:
+                    found.setdefault(name, value)
+                if name not in LIST_FIELDS:
+                    break
+    return found
+
+
+def _value(name: str, m: re.Match, sentence: str) -> str | None:
+    if name == "pets" and m.lastindex and m.lastindex >= 2 and re.search(r"\band\b|,", m.group(2)):
+        animal = m.group(1).lower()
+        names = [n for n in re.split(r"\s*(?:,|\band\b)\s*", m.group(2)) if n and n.lower() not in NOT_NAMES]
+        return ", ".join(f"{animal} {n}" for n in names) or None
+    if name in ("family", "pets"):
+        person = m.group(2)
+        first = person.split()[0].lower()
+        if first in NOT_NAMES or first in STOP:
+            return None
+        if len(person.split()) == 2 and (person.split()[1].lower() in NOT_NAMES or person.split()[1].lower() in STOP):
+            person = person.split()[0]
+        return f"{m.group(1).lower()} {person}"
+    if name == "languages":
+        return ", ".join(x.capitalize() for x in re.split(r",\s*|\s+and\s+", m.group(1)) if x)
+    if name == "occupation":
+        return _occupation(m, sentence)
+    value = m.group(1).strip().rstrip(",.")
+    if name == "name":
+        parts = value.split()
+        if parts[0].lower() in NOT_NAMES or parts[0].lower() in STOP:
+            return None
+        if len(parts) == 2 and (parts[1].lower() in NOT_NAMES or parts[1].lower() in STOP):
+            parts = parts[:1]
+        return " ".join(p[:1].upper() + p[1:] for p in parts)
+    if name in ("location", "hometown"):
+        if value.lower() in NOT_PLACES or value.lower() in STOP:
+            return None
+        return value[:1].upper() + value[1:]
+    if name == "age" and not 0 < int(value) < 130:
+        return None
+    return value
+
+
+def learn(text: str, people: tuple[str, ...] = ()) -> Learnt:
+    return Learnt(statements_of(text, people), profile_of(text))
+
+
+def people_of(facts: dict[str, str]) -> tuple[str, ...]:
+    """The names in a profile's family and pets ("daughter Lena, cat Pepper" -> ("Lena", "Pepper"))."""
+    return tuple(item.split()[-1] for name in ("family", "pets")
+                 for item in filter(None, (facts.get(name) or "").split(", ")) if len(item.split()) > 1)
 
 
 def merge_profile(facts: dict[str, str], sources: dict[str, str], new: dict[str, str], turn_id: str

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from personavlm_cli.core import changes
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.memory import Memory, parse_time, prompt_time
 
@@ -75,6 +76,9 @@ def _compact(m: Memory) -> str:
     if m.type == "turn" and m.role == "assistant" and not (m.meta or {}).get("speaker"):
         return f"(You said: {text})"
     text = text if text.endswith((".", "!", "?")) else text + "."
+    past = changes.until_text(m)
+    if past:  # no longer true: "until 15 March 2026" (core/changes.py)
+        return f"[{m.occurred.day} {m.occurred.strftime('%B %Y')}, past: true only until {past}] {text}"
     if m.type == "turn":  # when it was said: "yesterday" in a turn needs its date
         return f"[{m.occurred.day} {m.occurred.strftime('%B %Y')}] {text}"
     return text
@@ -82,7 +86,12 @@ def _compact(m: Memory) -> str:
 
 def render_memory(m: Memory) -> str:
     when = prompt_time(m.occurred)
+    past = changes.until_text(m)
+    if past:  # no longer true: shown as the past, never as current (core/changes.py)
+        when = f"{when}; past, true only until {past}"
     if m.type == "turn":
+        if changes.is_assistants(m):
+            return f"[{when}] What you told the user (your words, not theirs):\n{quote(m.text)}"
         who = "User" if m.role == "user" else "Assistant"
         return f"[{when}] {who} said:\n{quote(m.text)}"
     if m.type == "episodic":
@@ -306,7 +315,11 @@ class PersonaVLMProfile(GenericProfile):
         proc = [m for m in retrieved if m.type == "procedural"]
         sem = [m for m in retrieved if m.type in ("semantic", "core", "image")]
         dia = [m for m in retrieved if m.type in ("turn", "episodic")]
-        fmt = lambda ms: "\n".join(f"Time: {prompt_time(m.occurred)}\nMemory: {m.text}" for m in ms) or "None"
+        def fmt(ms):
+            return "\n".join(f"Time: {prompt_time(m.occurred)}"
+                             + (f" (past, true only until {changes.until_text(m)})" if changes.until_text(m) else "")
+                             + (" (what you told the user)" if changes.is_assistants(m) else "")
+                             + f"\nMemory: {m.text}" for m in ms) or "None"
         return (f"## Retrieved Procedural Memory\n{fmt(proc)}\n## Retrieved Semantic Memory\n{fmt(sem)}\n"
                 f"## Retrieved Dialogue History\n{fmt(dia)}\n"
                 "If these memories are enough, think and answer; otherwise think and retrieve with new conditions.")

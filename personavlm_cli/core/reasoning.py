@@ -204,8 +204,16 @@ class ResponseStage:
         found = list({m.id: m for m in found}.values())
         # A statement learnt from a turn says what the turn said: show it once (the learnt one is
         # current; a turn whose statement was superseded would bring the old truth back).
-        learnt = {m.text.strip() for m in [*found, *r.used] if m.type in ("semantic", "procedural")}
-        found = [m for m in found if not (m.type == "turn" and m.text.strip() in learnt)]
+        # The learnt one takes the turn's place in the ranking: a newer statement stays above an older one.
+        learnt = {m.text.strip(): m for m in [*found, *r.used] if m.type in ("semantic", "procedural")}
+        used = {m.id for m in r.used}
+        placed: list[Memory] = []
+        for m in found:
+            twin = learnt.get(m.text.strip()) if m.type == "turn" else None
+            m = twin or m
+            if m.id not in used and all(x.id != m.id for x in placed):
+                placed.append(m)
+        found = placed
         found = found[: max(0, cap - len(r.used))]
         step.retrieved = [m.id for m in found]
         step.found = found

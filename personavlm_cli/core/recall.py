@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from personavlm_cli.core import reembed
+from personavlm_cli.core import changes, reembed
 from personavlm_cli.core.memory import TYPES, Memory
 from personavlm_cli.core.store import IMAGES, TEXT, MemoryStore
 from personavlm_cli.core.timewords import MONTHS
@@ -343,7 +343,23 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
                 if match:
                     fused[memory_id] += weights["date"] * match
                     signals[memory_id]["date"] = {"rank": 1, "score": match}
+    memories = _standing(store, fused, signals, k, query_text, memories)
     return _hits(store, fused, signals, k, memories)
+
+
+def _standing(store: MemoryStore, fused: dict[str, float], signals: dict, k: int, query_text: str,
+              memories: dict[str, Memory] | None) -> dict[str, Memory]:
+    """The newest word wins (``core/changes.py``): past statements and the assistant's own turns are
+    demoted among the candidates that could reach the first k."""
+    top = sorted(fused, key=lambda i: -fused[i])[: max(k * 3, k + 10)]
+    memories = dict(memories or {})
+    missing = [i for i in top if i not in memories]
+    if missing:
+        memories.update((m.id, m) for m in store.records.get_many(missing))
+    ranked = {i: memories[i] for i in top if i in memories}
+    changes.rerank(fused, ranked, query_text, signals, fetch=store.records.get_many)
+    memories.update(ranked)
+    return memories
 
 
 def _hits(store: MemoryStore, fused: dict[str, float], signals: dict, k: int,

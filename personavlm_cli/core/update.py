@@ -15,7 +15,7 @@ import re
 import threading
 from typing import Callable
 
-from personavlm_cli.core import learning
+from personavlm_cli.core import changes, learning
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
@@ -188,7 +188,8 @@ class Learner:
         """
         if user_turn.role != "user" or self.store.records.get_meta(f"learnt:{user_turn.id}"):
             return []
-        learnt = learning.learn(user_turn.text)
+        people = learning.people_of(self._facts())
+        learnt = learning.learn(user_turn.text, people)
         images = [m.id for m in self.store.records.derived_from([user_turn.id]) if m.type == "image"]
         kept: list[Memory] = []
         for i, st in enumerate(learnt.statements):
@@ -199,11 +200,74 @@ class Learner:
                                 source_ids=[user_turn.id, *images], session_id=user_turn.session_id,
                                 meta={"origin": "said", **({"key": _key(st.text)} if st.kind == "procedural" else {})})
             memory.id = stable_id(st.kind, user_turn.id, str(i))
-            kept.append(self.integrate_semantic(memory))
+            kept.append(self.integrate_semantic(memory, people))
         if learnt.profile:
             self.update_profile(learnt.profile, user_turn)
+        self.close_past(user_turn, [st.text for st in learnt.statements], people)
         self.store.records.set_meta(f"learnt:{user_turn.id}", True)
         return kept
+
+    def _facts(self) -> dict[str, str]:
+        current = self.store.records.list(types=["core"])
+        return dict(current[-1].meta.get("facts", {})) if current else {}
+
+    def close_past(self, user_turn: Memory, said: list[str], people: tuple[str, ...]) -> int:
+        """What ``user_turn``'s statements make past (``core/changes.py``): older user turns that state the
+        old value are marked past, learnt memories that do are closed, and family or pets it says are
+        gone leave the profile. The number of memories made past."""
+        made = 0
+        facts = self._facts()
+        gone = [g for s in said for g in changes.gone_items(s, facts)]
+        if gone:
+            self._drop_profile_items(gone, user_turn)
+        for sentence in said:
+            hits = recall(self.store, Query(text=sentence, types=("turn", "semantic", "procedural"),
+                                            exclude_ids={user_turn.id}), k=12)
+            for hit in hits:
+                old = hit.memory
+                if old.occurred > user_turn.occurred or old.id == user_turn.id:
+                    continue
+                if old.type == "turn":
+                    if old.role != "user" or (old.meta or {}).get("past"):
+                        continue
+                    reasons = [changes.past_reason(sentence, s, people) for s in learning.sentences(old.text)
+                               if changes.is_statement(s)]
+                    reason = next((r for r in reasons if r), None)
+                    if reason and changes.mark_past(old, user_turn, reason):
+                        self.store.replace(old)
+                        made += 1
+                        # A summary that holds the old statement is past as well (what was said then).
+                        for episode in self.store.records.derived_from([old.id]):
+                            if episode.type == "episodic" and episode.current and \
+                                    changes.mark_past(episode, user_turn, reason):
+                                self.store.replace(episode)
+                elif old.current and user_turn.id not in old.source_ids:
+                    reason = changes.past_reason(sentence, old.text, people)
+                    if reason:
+                        self.store.supersede(old, None, at=user_turn.occurred_at, operation="changed")
+                        made += 1
+        return made
+
+    def _drop_profile_items(self, gone: list[tuple[str, str]], user_turn: Memory) -> None:
+        current = self.store.records.list(types=["core"])
+        if not current:
+            return
+        old = current[-1]
+        facts = dict(old.meta.get("facts", {}))
+        for name, item in gone:
+            items = [x for x in (facts.get(name) or "").split(", ") if x and x != item]
+            if items:
+                facts[name] = ", ".join(items)
+            else:
+                facts.pop(name, None)
+        sources = {k: v for k, v in (old.meta.get("sources") or {}).items() if k in facts}
+        text = learning.profile_text(facts)
+        memory = new_memory("core", text, user_turn.occurred_at, source_ids=list(dict.fromkeys(sources.values())) + [old.id],
+                            session_id=user_turn.session_id, meta={"facts": facts, "sources": sources,
+                                                                   "gone": [item for _n, item in gone]})
+        memory.id = stable_id("core", text, user_turn.id, "gone")
+        if self.store.records.get(memory.id) is None:
+            self.store.supersede(old, memory, at=user_turn.occurred_at)
 
     def update_profile(self, values: dict[str, str], user_turn: Memory) -> Memory | None:
         """Apply schema values said in ``user_turn`` to the core profile (a new version if it changes)."""
@@ -232,7 +296,7 @@ class Learner:
             self.store.add([memory])
         return memory
 
-    def integrate_semantic(self, memory: Memory) -> Memory:
+    def integrate_semantic(self, memory: Memory, people: tuple[str, ...] | None = None) -> Memory:
         """Add a learnt statement without pile-up: merge a near-duplicate, supersede what it changes.
 
         A statement that announces a change ("I switched from Sprite to Coke") closes every current
@@ -251,8 +315,11 @@ class Learner:
                 old.meta.setdefault("merged", []).append({"at": memory.occurred_at, "text": memory.text})
                 self.store.replace(old)
                 return old
+        if people is None:
+            people = learning.people_of(self._facts())
         replaced = [h.memory for h in hits if h.memory.occurred <= memory.occurred
-                    and learning.changes_what(memory.text, h.memory.text)]
+                    and (learning.changes_what(memory.text, h.memory.text)
+                         or changes.past_reason(memory.text, h.memory.text, people))]
         if not replaced:
             self.store.add([memory])
             return memory
@@ -431,7 +498,9 @@ class UpdateStage:
         out = self._ask(messages, SEMANTIC_SCHEMA, max_tokens=200)
         if not out or not out["decision"] or not out["content"].strip():
             return None
-        if not learning.supported(out["content"], [user_turn.text]):
+        # Only what the user stated is evidence: a question, request or hypothetical teaches nothing.
+        if learning.not_a_fact(out["content"]) or not learning.supported(out["content"],
+                                                                           [learning.stated(user_turn.text)]):
             self.learner.dropped("semantic", out["content"])
             return None
         sources = [user_turn.id] + [m.id for m in images]
@@ -487,7 +556,11 @@ class UpdateStage:
             missing = [r for r in range(1, len(window) + 1) if r not in covered]
             # By rules: the user's own words of the rounds no topic covers (their questions say
             # nothing about them: a summary of questions alone is no episode).
-            said = [window[r - 1][0].text for r in missing if not learning.only_asks(window[r - 1][0].text)]
+            # Questions, requests and hypotheticals are left out of the gist: they are not what the user said
+            # of themselves (issue 24).
+            said = [learning.stated(window[r - 1][0].text) for r in missing
+                    if not learning.only_asks(window[r - 1][0].text)]
+            said = [t for t in said if t.strip()]
             if said:
                 topics.append({"summary": _gist(said), "keywords": learning.keywords_of(" ".join(said)),
                                "rounds": missing})
@@ -515,6 +588,7 @@ class UpdateStage:
         current = self.store.records.list(types=["procedural"])
         listing = "\n".join(f"- {m.meta.get('key', m.id)}: {m.text}" for m in current) or "(none)"
         said = [t.text for t in turns if t.role == "user"]
+        stated = [learning.stated(t) for t in said]
         messages = [
             {"role": "system", "content":
              "You are a behaviour-pattern engine. From the user's messages, write the user's long-term goals "
@@ -533,7 +607,7 @@ class UpdateStage:
             text = entry["text"].strip()
             if not key or not text:
                 continue
-            if not learning.supported(text, said):
+            if learning.not_a_fact(text) or not learning.supported(text, stated):
                 self.learner.dropped("procedural", text)
                 continue
             old = by_key.get(key)
@@ -564,7 +638,8 @@ class UpdateStage:
             return
         for fact in out["facts"]:
             key, value = fact["key"].strip().lower(), fact["value"].strip()
-            source = next((t for t in reversed(said) if value and learning.supported(value, [t.text])), None)
+            source = next((t for t in reversed(said)
+                           if value and learning.supported(value, [learning.stated(t.text)])), None)
             if key not in learning.FIELDS or source is None:
                 self.learner.dropped(f"profile value {key}", value)
                 continue
