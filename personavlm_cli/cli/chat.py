@@ -31,6 +31,10 @@ SLASH_HELP = {
 }
 
 
+class AnswerFailed(PersonaError):
+    """The model failed on a message: the message is stored, no answer is (core/conversation.py)."""
+
+
 def chat(
     user: UserOpt = None,
     once: Annotated[Optional[str], typer.Option("--once", help="Send one message, print only the answer, exit.")] = None,
@@ -69,8 +73,10 @@ def chat(
             session.stage(path)
         if once is not None:
             session.start(quiet=True)
-            finished = session.send(once)
-            session.finish(consolidate=False)
+            try:
+                finished = session.send(once)  # a failing model: one Error line, exit 1, the message kept
+            finally:
+                session.finish(consolidate=False)
             if not finished:
                 raise typer.Exit(130)
         elif not is_tty(sys.stdin):
@@ -84,9 +90,10 @@ def chat(
                 try:
                     if not session.handle(text):
                         break
-                except PersonaError as exc:  # one line failed (a full disk, say): say which, go on
+                except PersonaError as exc:  # one line failed (a full disk, a failing model): say which, go on
                     failed += 1
-                    err.print(styled(("Error:", "red"), f" line {number} not stored: {exc}"))
+                    said = f" line {number}: {exc}" if isinstance(exc, AnswerFailed) else f" line {number} not stored: {exc}"
+                    err.print(styled(("Error:", "red"), said))
                     continue
                 if session.interrupted:
                     stopped = True  # Ctrl-C stops a scripted chat, not only the answer
@@ -251,6 +258,18 @@ class ChatSession:
                 mark = ("(answer stopped; the partial answer is kept)" if turn is not None
                         else "(stopped before the answer began)")
                 err.print(styled((mark, "yellow")))
+            except PersonaError as exc:
+                if turn is None or turn.failure is not exc:
+                    raise
+                spinner.stop()
+                turn.interrupt()  # a failed model: the message is kept, no answer is stored
+                if writer.started:
+                    writer.end(interrupted=True)
+                self.stats = turn.stats
+                self.conversation.ended(turn)
+                kept = ("the part shown is kept, marked interrupted" if turn.exchange.assistant_turn is not None
+                        else "nothing was stored as an answer")
+                raise AnswerFailed(f"{exc} (your message is kept; {kept})") from None
             else:
                 turn.finish()
                 spinner.stop()

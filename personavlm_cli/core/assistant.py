@@ -39,6 +39,9 @@ class Exchange:
     prompt: list[dict] = field(default_factory=list)  # the final answer prompt (messages), for /why and benches
 
 
+NOT_ANSWERS = ("", "(the model gave no answer)")
+
+
 class Assistant:
     def __init__(self, store: MemoryStore, model: ChatModel, user: str, *, profile: str = "generic",
                  session_gap_minutes: int = 60, recent_turns: int = 20, model_lock: ModelGate | None = None,
@@ -79,7 +82,8 @@ class Assistant:
         since = (at - self.gap).timestamp()
         turns = self.store.records.list(types=["turn"], since=since, until=at.timestamp(), newest_first=True,
                                         limit=self.recent_turns)
-        return list(reversed(turns))
+        # A blank answer or the old stand-in for none (stored before failures stored nothing) is not fed back.
+        return [t for t in reversed(turns) if t.role != "assistant" or t.text.strip() not in NOT_ANSWERS]
 
     def context(self, message: str, at: datetime, images: list[Path], recent: list[Memory],
                 current_ids: set[str] = frozenset(), session_id: str | None = None) -> Context:
