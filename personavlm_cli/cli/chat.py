@@ -394,6 +394,7 @@ class ChatSession:
 
     def _forget(self, arg: str) -> None:
 
+        from personavlm_cli.cli.memory import show_text_plan, text_plan_question
         from personavlm_cli.core import forgetting
         from personavlm_cli.core.memory import type_of_id
 
@@ -401,26 +402,24 @@ class ChatSession:
         if not arg:
             raise PersonaError("usage: /forget ID or /forget TEXT")
         if type_of_id(arg) and store.records.get(arg):
-            ids = [arg]
-        else:
             with self.env.model_lock:
-                found = forgetting.matching(store, arg)
-            if not found:
+                p = forgetting.plan(store, [arg])
+        else:
+            # Literally the words given (case aside), never what only means the same: every memory that
+            # holds them is listed with what goes with it, before the question.
+            with self.env.model_lock:
+                p = forgetting.plan_text(store, arg)
+            if not p.ids and not p.recomputed:
                 err.print(styled(f"Nothing matches '{short(arg)}': nothing was forgotten."))
                 return
-            err.print(styled(f"{count(len(found), 'memory')} match '{short(arg)}':"))
-            for m in found:
-                mark = " (older version)" if m.superseded_by else ""
-                err.print(styled("  ", (m.id, "cyan"), " ", (f"{m.type}{mark}", "dim"), " ", short(m.text, 70)))
-            if not self._confirm(f"Forget {'it' if len(found) == 1 else 'them'} and what was learnt from "
-                                 f"{'it' if len(found) == 1 else 'them'}?"):
+            show_text_plan(err, p)
+            if not self._confirm(text_plan_question(p)):
                 err.print("Nothing was forgotten.")
                 return
-            ids = [m.id for m in found]
         with self.env.model_lock:
-            p = forgetting.plan(store, ids)
             with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
                 erased = forgetting.execute(store, p, "forget", self.conversation.queue)
+        self.assistant.forget_view()  # the profile in the system text is read again
         err.print(f"[green]Forgot {count(len(erased), 'memory')}.[/green]")
 
     def _confirm(self, question: str) -> bool:

@@ -65,6 +65,10 @@ class Assistant:
         # llama.cpp evaluate the whole prompt again (its cache keeps the longest common prefix).
         self._session_view: tuple[str, dict, list, dict] | None = None
 
+    def forget_view(self) -> None:
+        """Read the profile, habits and personality again for the next answer (after a forget)."""
+        self._session_view = None
+
     # -- sessions and context ---------------------------------------------------------------------
 
     def last_turn(self) -> Memory | None:
