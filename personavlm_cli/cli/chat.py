@@ -583,7 +583,9 @@ def _print_reasoning(ex, console=None) -> None:
                     why = ("(" + ", ".join(sorted(hit.signals)) + ")") if hit and hit.signals else ""
                     console.print(styled("    ", (m.id, "cyan"), " ", (m.occurred_at[:16].replace("T", " "), "dim"), " ",
                                        short(m.text, 70), " ", (why, "dim")))
-            if not step.retrieved:
+            if i - 1 in r.nothing_relevant:
+                console.print("    (nothing relevant: no memory shares a word with it or means nearly the same)")
+            elif not step.retrieved:
                 console.print("    (nothing new found)")
     if not r.used:
         console.print("[dim]  no memories were recalled into this answer's prompt[/dim]")

@@ -252,7 +252,7 @@ def search(
             parts = [f"{name} #{s['rank']} ({s['score']})" for name, s in h.signals.items()]
             out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))
     if not hits:
-        err.print("no matching memories")
+        err.print("no matching memories: none shares a word with the query or means nearly the same")
 
 
 @app.command()

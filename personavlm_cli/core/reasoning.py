@@ -45,6 +45,8 @@ class Reasoning:
     steps: list[Step] = field(default_factory=list)
     used: list[Memory] = field(default_factory=list)
     hits: dict[str, Hit] = field(default_factory=dict)
+    nothing_relevant: list[int] = field(default_factory=list)  # steps (0-based) whose recall found nothing
+    # above the relevance floor (core/recall.py FLOOR): their prompt carries no memories rather than noise
 
     def to_dict(self) -> dict:
         return {"steps": [s.to_dict() for s in self.steps], "used": [m.id for m in self.used]}
@@ -187,6 +189,8 @@ class ResponseStage:
             step.start_time = step.end_time = None
             step.think += " (nothing in that window; searched without it)"
             hits = self.recall(query, k + 4)
+        if not hits:
+            r.nothing_relevant.append(len(r.steps))
         # The user's own earlier questions (and summaries made only of questions) tell nothing about
         # them: asked again, they would be recalled first and crowd out the answer's evidence.
         hits = [h for h in hits if not (h.memory.type in ("turn", "episodic") and h.memory.role != "assistant"
