@@ -148,6 +148,9 @@ def facts(
     gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
     context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens in one answer.")] = 96,
+    forget_lives: Annotated[Optional[Path], typer.Option(
+        "--forget-lives", help="Also replay these lives (shared/data/lived format), forget each one's "
+        "expect.forget.query and count the literal occurrences left (the forgetting category).")] = None,
 ):
     """Do they learn true facts and use them? Replays scripted people through the chat turn with learning,
     then asks about each fact: learnt, truthful, grounded and answered (docs/benchmarks.md)."""
@@ -156,6 +159,10 @@ def facts(
     from personavlm_cli.evals.workspace import model_line, write_json
 
     people = fx.load(data)
+    if forget_lives is not None:
+        from personavlm_cli.evals import forgetting as ff
+
+        lives = ff.load(forget_lives)  # a bad file is refused before the model loads
     env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers, "model.context": context})
     s = env.settings
     started = time.perf_counter()
@@ -169,12 +176,15 @@ def facts(
                 hooks.advance(1)
 
             results = fx.run(people, llm, s, extractor, max_tokens, progress=step)
+            forgotten = ff.run(lives, llm, s, extractor, max_tokens) if forget_lives is not None else None
     finally:
         env.close()
     result = {"benchmark": "facts", "data": str(data), "people": len(people), "extractor": extractor,
               "retrieval": s["chat.retrieval"], "seconds": round(time.perf_counter() - started, 1),
               **fx.summarize(results)}
     result["model"] = model_line(llm)
+    if forgotten is not None:
+        result["forgetting"] = forgotten
     write_json(json_out, result)
     from rich.table import Table
 
@@ -193,3 +203,8 @@ def facts(
     for user, m in result["people"].items():
         for line in m["untrue"]:
             out.print(f"untrue ({user}): {line}", markup=False, highlight=False)
+    if forgotten is not None:
+        kept = "-" if forgotten["kept"] is None else f"{forgotten['kept']:.2f}"
+        out.print(f"forgetting: {forgotten['lives']} lives, literal occurrences left {forgotten['occurrences_left']} "
+                  f"(zero in {forgotten['zero_occurrences']:.2f} of them), profile fields kept {kept}",
+                  markup=False, highlight=False)
