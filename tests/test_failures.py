@@ -1,7 +1,7 @@
 """Failures poison nothing (issue 24, item 6): a model that is refused, unreachable, times out or answers
 with nothing leaves the user's message stored and no assistant turn, nothing of it in a later prompt,
 one line in the chat, and a non-zero exit for ``chat --once``. In-process with a real store and scripted
-models; the refusing HTTP server (a real 401 over loopback) is in tests/test_failures_e2e.py."""
+models; the refusing HTTP server (a real 401 over loopback) is in tests/test_failing_server.py."""
 
 from __future__ import annotations
 

@@ -20,7 +20,7 @@ from personavlm_cli.core.errors import PersonaError
 SLASH_HELP = {
     "/attach PATH": "stage an image for the next message",
     "/remember TEXT": "store a memory exactly as written",
-    "/forget ID|TEXT": "erase a memory (and what was derived from it)",
+    "/forget ID|TEXT": "erase a memory, or every memory that holds TEXT (listed first), and what came of it",
     "/memories [QUERY]": "list recent memories, or search them",
     "/profile": "show the core profile, habits and goals, and personality",
     "/personality [TRAIT=VALUE ...]": "show the Big Five, or override traits for the next answer",
@@ -54,6 +54,9 @@ def chat(
 
     In the REPL: /help lists the commands, \"\"\" opens a multi-line message, Tab completes commands
     and /attach paths, Ctrl-C stops an answer (twice at an empty prompt quits), Ctrl-D quits.
+
+    If the model fails (unreachable, refused, timed out, an empty answer), your message is kept, no answer
+    is stored, one line says what failed and the chat goes on; --once then exits 1.
 
     What you say about yourself is learnt right after each answer. Quitting never waits for the rest of
     the learning (personality): it runs in the background of your next chat, or now with

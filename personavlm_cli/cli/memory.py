@@ -210,7 +210,8 @@ def search(
     explain: Annotated[bool, typer.Option("--explain", help="Show each signal's rank and score.")] = False,
     json: JsonOpt = False,
 ):
-    """Hybrid search (dense + lexical + image) over every memory."""
+    """Hybrid search (dense + lexical + image) over every memory. Only what shares a word with the query
+    or means nearly the same is shown (a relevance floor): nonsense finds nothing."""
     from personavlm_cli.core.recall import Query, recall
 
     if not query and image is None:
@@ -264,7 +265,16 @@ def forget(
     all: Annotated[bool, typer.Option("--all", help="Erase all of this user's memories.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ):
-    """Erase memories for real: text, vectors, image files, and everything derived from them."""
+    """Erase memories for real: text, vectors, image files, and everything derived from them.
+
+    With --query TEXT, forgetting is exact and complete: every memory that holds the words, literally
+    (case aside; a meaning alone never erases), every version, turns of both roles; what was derived
+    from them alone (the reply to an erased message, its images, the episodes of its session, a
+    statement whose every source goes). A memory with other sources left is kept, recomputed from them,
+    and the core profile loses only the values that hold the words. All of it is listed, each with its
+    text, before the question; afterwards no byte of the words is left in your store (records, lexical
+    index, free pages, write-ahead log, vectors, input history). An old version whose successor is
+    erased stays closed: it never comes back as current."""
     from personavlm_cli.core import forgetting
     from personavlm_cli.core.update import UpdateQueue
 
