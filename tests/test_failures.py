@@ -5,6 +5,8 @@ models; the refusing HTTP server (a real 401 over loopback) is in tests/test_fai
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import pytest
 
 from personavlm_cli.core.errors import ModelError, NoAnswer
@@ -153,3 +155,12 @@ def test_a_scripted_chat_says_each_failure_in_one_line_goes_on_and_exits_non_zer
     turns = run("memory", "list", "--type", "turn", "--json").json()
     assert [(t["role"], t["text"]) for t in turns] == [("user", "I sail on Sundays."), ("user", "My boat leaks.")]
 
+
+
+def test_a_replay_through_respond_goes_on_after_an_empty_answer(store):
+    """The evaluations replay through ``Assistant.respond``: an empty answer ends that stream with nothing
+    (no stand-in, nothing stored) instead of stopping the whole run."""
+    conv = _conversation(store, FailingModel(error=None, blank=" "))
+    ex, stream = conv.assistant.respond("I repair clocks.", datetime(2026, 5, 4, 9, 0).astimezone())
+    assert list(stream) == []
+    assert _assistant_turns(store) == [] and ex.user_turn.text == "I repair clocks."

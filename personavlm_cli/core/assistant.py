@@ -195,8 +195,10 @@ class Assistant:
                 session_id: str | None = None) -> tuple[Exchange, Iterator[str]]:
         """One turn as a generator (``conversation.Turn`` is the explicit form the chat uses): the
         user's turn is stored now; the generator streams the answer and ends the turn when it ends,
-        or as interrupted when the consumer stops it early or an error cuts it."""
+        or as interrupted when the consumer stops it early or an error cuts it. An empty answer
+        (``NoAnswer``) ends the stream with no pieces and nothing stored: a replay goes on."""
         from personavlm_cli.core.conversation import begin
+        from personavlm_cli.core.errors import NoAnswer
 
         learn = updates is not None and updates.enabled
         turn = begin(self, text, at, list(image_paths or []), queue=updates.queue if updates is not None else None,
@@ -206,6 +208,9 @@ class Assistant:
         def stream() -> Iterator[str]:
             try:
                 yield from turn
+            except NoAnswer:
+                turn.interrupt()  # the user's message stays; no answer is stored
+                return
             except (KeyboardInterrupt, GeneratorExit, PersonaError):
                 turn.interrupt()
                 raise
