@@ -341,9 +341,15 @@ def forget(
 def show_text_plan(console, p) -> None:
     """Everything forgetting a text will do, before the question: each memory that goes with its
     whole text, what goes with them, the profile values that go, what is kept but recomputed."""
+    from personavlm_cli.core.forgetting import holds, needle
+
+    wanted = needle(p.text)
+
     def each(items, label):
         for m in items:
             mark = "" if m.current else " (older version)"
+            if m in p.targets and not holds(m, wanted, meta=False):
+                mark += " (its record holds it, e.g. the message it answered)"
             role = f" {m.role}" if m.role else ""
             console.print(line("  ", (m.id, "cyan"), " ", (f"{m.type}{role}{mark}", "dim"), " ",
                                safe(m.text, single_line=True)), overflow="fold")
