@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 
 import pytest
 
@@ -38,6 +39,9 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def do_POST(self):
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.posts += 1
+        if self.server.mode == "hang":
+            time.sleep(4)  # longer than the model's timeout in the test
+            return
         if self.server.mode == "refuse":
             self._send(401, json.dumps({"error": {"message": "Invalid API Key", "code": 401}}).encode())
             return
@@ -96,3 +100,31 @@ def test_a_server_that_answers_only_whitespace_stores_no_placeholder(cli, server
     assert _turns(cli, env) == [("user", "Say something.")]
     r = cli("memory", "search", "no answer", "--json", env=env)
     assert "(the model gave no answer)" not in r.out
+
+
+def test_a_model_that_times_out_stores_no_answer(tmp_path, server):
+    """The chat turn with the real remote adapter, its timeout cut to one second, against a server that
+    never answers in time: the message is kept, no assistant turn, a ModelError that says so."""
+    from personavlm_cli.adapters.image_store import embedded_parts
+    from personavlm_cli.adapters.remote_llm import RemoteChatModel
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.adapters.vectors import VectorIndex
+    from personavlm_cli.core.errors import ModelError
+    from personavlm_cli.core.store import MemoryStore
+    from tests.test_conversation import _conversation
+
+    server.mode = "hang"
+    encoder = TextEncoder()
+    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder,
+                        image_encoder=lambda: None, vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
+    model = RemoteChatModel(f"http://127.0.0.1:{server.server_address[1]}", timeout=1.0)
+    conv = _conversation(store, model)
+    turn = conv.send("I play the oboe.")
+    with pytest.raises(ModelError) as caught:
+        for _ in turn:
+            pass
+    stats = turn.interrupt()
+    assert stats.failed and "\n" not in str(caught.value)
+    turns = store.records.list(types=["turn"])
+    assert [(t.role, t.text) for t in turns] == [("user", "I play the oboe.")]
+    store.close()
