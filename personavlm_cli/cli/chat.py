@@ -453,7 +453,8 @@ class ChatSession:
             out.print(styled("  ", (m.id, "cyan"), " ", (f"{m.occurred_at[:16].replace('T', ' ')} {m.type}", "dim"), " ",
                            short(m.text)))
         if not items:
-            out.print("  no memories yet")
+            out.print("  nothing relevant: no memory shares a word with it or means nearly the same" if query
+                      else "  no memories yet")
 
     def _personality(self, arg: str) -> None:
         from personavlm_cli.core import personality as pem
