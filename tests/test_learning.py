@@ -140,13 +140,23 @@ def test_the_model_may_ask_for_one_more_search_and_the_answer_follows():
 
 
 def test_searches_stop_at_the_limit_and_an_answer_is_forced_never_empty():
-    model = Scripted([f"{SEARCH_MARK} more\n"] * 10 + [""])
+    model = Scripted([f"{SEARCH_MARK} more\n"] * MAX_RETRIEVALS + ["Here is what I found."])
     stage, queries = _stage(model, [])
     r = Reasoning()
     text = "".join(stage.respond(_ctx(), r))
     assert len(queries) == MAX_RETRIEVALS
     assert r.steps[-1].action == "answer" and r.steps[-1].forced
-    assert text.strip() and SEARCH_MARK not in text
+    assert text == "Here is what I found."
+    # A model that still gives nothing: NoAnswer, and no stand-in text is ever produced as an answer.
+    from personavlm_cli.core.errors import NoAnswer
+
+    model = Scripted([f"{SEARCH_MARK} more\n"] * 10 + [""])
+    stage, _ = _stage(model, [])
+    pieces = []
+    with pytest.raises(NoAnswer):
+        for piece in stage.respond(_ctx(), Reasoning()):
+            pieces.append(piece)
+    assert "".join(pieces).strip() == ""
 
 
 def test_without_long_term_memory_nothing_is_recalled():

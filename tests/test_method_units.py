@@ -68,8 +68,12 @@ def test_reasoning_loop_caps_retrievals_and_never_returns_an_empty_answer():
     assert [s.action for s in r.steps] == ["retrieve"] * MAX_RETRIEVALS + ["answer"]
     assert r.steps[-1].forced
     assert len(found) == MAX_RETRIEVALS
-    text = "".join(stage.answer(ctx(), r))
-    assert text.strip(), "an empty model answer is never passed on as the reply"
+    from personavlm_cli.core.errors import NoAnswer
+
+    with pytest.raises(NoAnswer):  # an empty model answer is never passed on as the reply, nor a stand-in
+        "".join(stage.answer(ctx(), r))
+    model.answer = "Your cat is Miso."
+    assert "".join(stage.answer(ctx(), r)) == "Your cat is Miso."
 
 
 def test_time_window_from_the_model_becomes_a_recall_filter():

@@ -20,7 +20,7 @@ from personavlm_cli.core.errors import PersonaError
 SLASH_HELP = {
     "/attach PATH": "stage an image for the next message",
     "/remember TEXT": "store a memory exactly as written",
-    "/forget ID|TEXT": "erase a memory (and what was derived from it)",
+    "/forget ID|TEXT": "erase a memory, or every memory that holds TEXT (listed first), and what came of it",
     "/memories [QUERY]": "list recent memories, or search them",
     "/profile": "show the core profile, habits and goals, and personality",
     "/personality [TRAIT=VALUE ...]": "show the Big Five, or override traits for the next answer",
@@ -29,6 +29,10 @@ SLASH_HELP = {
     "/help": "this list",
     "/exit": "quit (Ctrl-D also quits)",
 }
+
+
+class AnswerFailed(PersonaError):
+    """The model failed on a message: the message is stored, no answer is (core/conversation.py)."""
 
 
 def chat(
@@ -51,6 +55,9 @@ def chat(
     In the REPL: /help lists the commands, \"\"\" opens a multi-line message, Tab completes commands
     and /attach paths, Ctrl-C stops an answer (twice at an empty prompt quits), Ctrl-D quits.
 
+    If the model fails (unreachable, refused, timed out, an empty answer), your message is kept, no answer
+    is stored, one line says what failed and the chat goes on; --once then exits 1.
+
     What you say about yourself is learnt right after each answer. Quitting never waits for the rest of
     the learning (personality): it runs in the background of your next chat, or now with
     `personavlm memory update`.
@@ -69,8 +76,10 @@ def chat(
             session.stage(path)
         if once is not None:
             session.start(quiet=True)
-            finished = session.send(once)
-            session.finish(consolidate=False)
+            try:
+                finished = session.send(once)  # a failing model: one Error line, exit 1, the message kept
+            finally:
+                session.finish(consolidate=False)
             if not finished:
                 raise typer.Exit(130)
         elif not is_tty(sys.stdin):
@@ -84,9 +93,10 @@ def chat(
                 try:
                     if not session.handle(text):
                         break
-                except PersonaError as exc:  # one line failed (a full disk, say): say which, go on
+                except PersonaError as exc:  # one line failed (a full disk, a failing model): say which, go on
                     failed += 1
-                    err.print(styled(("Error:", "red"), f" line {number} not stored: {exc}"))
+                    said = f" line {number}: {exc}" if isinstance(exc, AnswerFailed) else f" line {number} not stored: {exc}"
+                    err.print(styled(("Error:", "red"), said))
                     continue
                 if session.interrupted:
                     stopped = True  # Ctrl-C stops a scripted chat, not only the answer
@@ -258,6 +268,18 @@ class ChatSession:
                 mark = ("(answer stopped; the partial answer is kept)" if turn is not None
                         else "(stopped before the answer began)")
                 err.print(styled((mark, "yellow")))
+            except PersonaError as exc:
+                if turn is None or turn.failure is not exc:
+                    raise
+                spinner.stop()
+                turn.interrupt()  # a failed model: the message is kept, no answer is stored
+                if writer.started:
+                    writer.end(interrupted=True)
+                self.stats = turn.stats
+                self.conversation.ended(turn)
+                kept = ("the part shown is kept, marked interrupted" if turn.exchange.assistant_turn is not None
+                        else "nothing was stored as an answer")
+                raise AnswerFailed(f"{exc} (your message is kept; {kept})") from None
             else:
                 turn.finish()
                 spinner.stop()
@@ -386,6 +408,7 @@ class ChatSession:
 
     def _forget(self, arg: str) -> None:
 
+        from personavlm_cli.cli.memory import show_text_plan, text_plan_question
         from personavlm_cli.core import forgetting
         from personavlm_cli.core.memory import type_of_id
 
@@ -393,26 +416,24 @@ class ChatSession:
         if not arg:
             raise PersonaError("usage: /forget ID or /forget TEXT")
         if type_of_id(arg) and store.records.get(arg):
-            ids = [arg]
-        else:
             with self.env.model_lock:
-                found = forgetting.matching(store, arg)
-            if not found:
+                p = forgetting.plan(store, [arg])
+        else:
+            # Literally the words given (case aside), never what only means the same: every memory that
+            # holds them is listed with what goes with it, before the question.
+            with self.env.model_lock:
+                p = forgetting.plan_text(store, arg)
+            if not p.ids and not p.recomputed:
                 err.print(styled(f"Nothing matches '{short(arg)}': nothing was forgotten."))
                 return
-            err.print(styled(f"{count(len(found), 'memory')} match '{short(arg)}':"))
-            for m in found:
-                mark = " (older version)" if m.superseded_by else ""
-                err.print(styled("  ", (m.id, "cyan"), " ", (f"{m.type}{mark}", "dim"), " ", short(m.text, 70)))
-            if not self._confirm(f"Forget {'it' if len(found) == 1 else 'them'} and what was learnt from "
-                                 f"{'it' if len(found) == 1 else 'them'}?"):
+            show_text_plan(err, p)
+            if not self._confirm(text_plan_question(p)):
                 err.print("Nothing was forgotten.")
                 return
-            ids = [m.id for m in found]
         with self.env.model_lock:
-            p = forgetting.plan(store, ids)
             with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
                 erased = forgetting.execute(store, p, "forget", self.conversation.queue)
+        self.assistant.forget_view()  # the profile in the system text is read again
         err.print(f"[green]Forgot {count(len(erased), 'memory')}.[/green]")
 
     def _confirm(self, question: str) -> bool:
@@ -443,7 +464,8 @@ class ChatSession:
             out.print(styled("  ", (m.id, "cyan"), " ", (f"{m.occurred_at[:16].replace('T', ' ')} {m.type}", "dim"), " ",
                            short(m.text)))
         if not items:
-            out.print("  no memories yet")
+            out.print("  nothing relevant: no memory shares a word with it or means nearly the same" if query
+                      else "  no memories yet")
 
     def _personality(self, arg: str) -> None:
         from personavlm_cli.core import personality as pem
@@ -596,7 +618,9 @@ def _print_reasoning(ex, console=None) -> None:
                     standing = memory_standing(m)
                     if standing:
                         console.print(styled("      ", (standing, "yellow")))
-            if not step.retrieved:
+            if i - 1 in r.nothing_relevant:
+                console.print("    (nothing relevant: no memory shares a word with it or means nearly the same)")
+            elif not step.retrieved:
                 console.print("    (nothing new found)")
     if not r.used:
         console.print("[dim]  no memories were recalled into this answer's prompt[/dim]")

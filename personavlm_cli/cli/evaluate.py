@@ -152,6 +152,9 @@ def facts(
     lived: Annotated[Optional[Path], typer.Option(
         "--lived", help="Also replay lives that change (the format of shared/data/lived): profile, current "
                         "value first, learnt questions, forgetting.")] = None,
+    forget_lives: Annotated[Optional[Path], typer.Option(
+        "--forget-lives", help="Also replay these lives (shared/data/lived format), forget each one's "
+        "expect.forget.query and count the literal occurrences left (the forgetting category).")] = None,
 ):
     """Do they learn true facts and use them? Replays scripted people through the chat turn with learning,
     then asks about each fact: learnt, truthful, grounded and answered (docs/benchmarks.md).
@@ -166,6 +169,11 @@ def facts(
         data, lived = None, data
     people = fx.load(data) if data is not None else []
     lives = lv.load(lived) if lived is not None else []
+    forget_set = []
+    if forget_lives is not None:
+        from personavlm_cli.evals import forgetting as ff
+
+        forget_set = ff.load(forget_lives)  # a bad file is refused before the model loads
     env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers, "model.context": context})
     s = env.settings
     started = time.perf_counter()
@@ -182,6 +190,7 @@ def facts(
 
             results = fx.run(people, llm, s, extractor, max_tokens, progress=step) if people else []
             changed = lv.run(lives, llm, s, extractor, max_tokens, progress=step) if lives else []
+            forgotten = ff.run(forget_set, llm, s, extractor, max_tokens) if forget_lives is not None else None
     finally:
         env.close()
     result = {"benchmark": "facts", "data": str(data) if data else None, "people": len(people),
@@ -190,6 +199,8 @@ def facts(
     if lives:
         result["lived"] = {"data": str(lived), "lives": len(lives), **lv.summarize(changed)}
     result["model"] = model_line(llm)
+    if forgotten is not None:
+        result["forgetting"] = forgotten
     write_json(json_out, result)
     from rich.table import Table
 
@@ -205,6 +216,11 @@ def facts(
                 if not item.get("ok", item.get("search", True) and item.get("context", True)):
                     out.print(f"missed ({user}): {json.dumps(item, ensure_ascii=True)[:200]}", markup=False,
                               highlight=False)
+    if forgotten is not None:
+        kept = "-" if forgotten["kept"] is None else f"{forgotten['kept']:.2f}"
+        out.print(f"forgetting: {forgotten['lives']} lives, literal occurrences left {forgotten['occurrences_left']} "
+                  f"(zero in {forgotten['zero_occurrences']:.2f} of them), profile fields kept {kept}",
+                  markup=False, highlight=False)
     if not people:
         return
 

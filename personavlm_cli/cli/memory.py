@@ -221,7 +221,8 @@ def search(
     explain: Annotated[bool, typer.Option("--explain", help="Show each signal's rank and score.")] = False,
     json: JsonOpt = False,
 ):
-    """Hybrid search (dense + lexical + image) over every memory.
+    """Hybrid search (dense + lexical + image) over every memory. Only what shares a word with the query
+    or means nearly the same is shown (a relevance floor): nonsense finds nothing.
 
     In a pipe: one hit per line, tab-separated (id, type, when, score, text), each text whole."""
     from personavlm_cli.core.recall import Query, recall
@@ -277,7 +278,7 @@ def search(
             parts = [f"{name} #{s['rank']} ({s['score']})" for name, s in h.signals.items()]
             out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))
     if not hits:
-        err.print("no matching memories")
+        err.print("no matching memories: none shares a word with the query or means nearly the same")
 
 
 _IMAGE_WORDS = re.compile(r"\b(photos?|pictures?|images?|pics?|selfies?|screenshots?|snapshots?)\b", re.I)
@@ -295,12 +296,21 @@ def _why_no_text_search(env, store) -> str | None:
 def forget(
     memory_ids: Annotated[Optional[list[str]], typer.Argument(help="Ids of memories to erase.")] = None,
     user: UserOpt = None,
-    query: Annotated[Optional[str], typer.Option("--query", "-q", help="Erase the memories that match this text.")] = None,
+    query: Annotated[Optional[str], typer.Option("--query", "-q", help="Erase every memory that holds this text (its words, literally, case aside) and what was derived from them alone; listed first.")] = None,
     before: Annotated[Optional[str], typer.Option(help="Erase everything that happened before this date.")] = None,
     all: Annotated[bool, typer.Option("--all", help="Erase all of this user's memories.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ):
-    """Erase memories for real: text, vectors, image files, and everything derived from them."""
+    """Erase memories for real: text, vectors, image files, and everything derived from them.
+
+    With --query TEXT, forgetting is exact and complete: every memory that holds the words, literally
+    (case aside; a meaning alone never erases), every version, turns of both roles; what was derived
+    from them alone (the reply to an erased message, its images, the episodes of its session, a
+    statement whose every source goes). A memory with other sources left is kept, recomputed from them,
+    and the core profile loses only the values that hold the words. All of it is listed, each with its
+    text, before the question; afterwards no byte of the words is left in your store (records, lexical
+    index, free pages, write-ahead log, vectors, input history). An old version whose successor is
+    erased stays closed: it never comes back as current."""
     from personavlm_cli.core import forgetting
     from personavlm_cli.core.update import UpdateQueue
 
@@ -317,9 +327,23 @@ def forget(
                 raise NotFoundError(f"no memory with id '{missing[0]}'")
             ids, operation = memory_ids, "forget-id"
         elif query:
-            # The one rule for forgetting by text (the REPL's /forget uses it too): what shares a word
-            # or means nearly the same, with every older version of it.
-            ids, operation = [m.id for m in forgetting.matching(store, query)], "forget-query"
+            # The one rule for forgetting by text (the REPL's /forget uses it too): every memory that
+            # holds the words literally, what was derived from them alone, the profile values that hold them.
+            p = forgetting.plan_text(store, query)
+            if not p.ids and not p.recomputed:
+                err.print(line(f"Nothing matches '{one_line(query)}': nothing to forget."))
+                return
+            if not yes and not sys.stdin.isatty():
+                raise PersonaError(f"refusing to forget {count(len(p.ids), 'memory')} that hold "
+                                   f"'{one_line(query)}' without confirmation: pass --yes")
+            show_text_plan(err, p)
+            if not yes and not typer.confirm(text_plan_question(p), err=True):
+                raise typer.Exit(1)
+            queue = UpdateQueue(store.records)
+            with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
+                erased = forgetting.execute_text(store, p, "forget-query", queue)
+            err.print(f"[green]Erased {count(len(erased), 'memory')}.[/green]")
+            return
         elif before:
             cutoff = parse_time(before, "--before").timestamp()
             ids = [m.id for m in store.records.list(until=cutoff, include_superseded=True)]
@@ -348,6 +372,48 @@ def forget(
         err.print(f"[green]Erased {count(len(erased), 'memory')}.[/green]")
     finally:
         env.close()
+
+
+def show_text_plan(console, p) -> None:
+    """Everything forgetting a text will do, before the question: each memory that goes with its
+    whole text, what goes with them, the profile values that go, what is kept but recomputed."""
+    from personavlm_cli.core.forgetting import holds, needle
+
+    wanted = needle(p.text)
+
+    def each(items, label):
+        for m in items:
+            mark = "" if m.current else " (older version)"
+            if m in p.targets and not holds(m, wanted, meta=False):
+                mark += " (its record holds it, e.g. the message it answered)"
+            role = f" {m.role}" if m.role else ""
+            console.print(line("  ", (m.id, "cyan"), " ", (f"{m.type}{role}{mark}", "dim"), " ",
+                               safe(m.text, single_line=True)), overflow="fold")
+        if items and label:
+            console.print(line(("  " + label, "dim")))
+
+    shown = [m for m in p.targets if m.type != "core"]
+    console.print(line((f"{count(len(shown), 'memory')} hold '{one_line(p.text)}':", "bold")))
+    each(shown, "")
+    if p.derived:
+        console.print(line((f"{count(len(p.derived), 'memory')} derived from them go too:", "bold")))
+        each(p.derived, "")
+    cores = [m for m in p.targets if m.type == "core"]
+    if cores:
+        removed = "; ".join(f"{k}: {v}" for k, v in (p.profile.removed.items() if p.profile else ()))
+        left = ", ".join(p.profile.facts) if p.profile and p.profile.facts else "nothing"
+        what = f"loses {removed}" if removed else "loses the values that hold it"
+        console.print(line(("Core profile: ", "bold"), safe(what, single_line=True), f" (kept: {left}); ",
+                           f"{count(len(cores), 'profile version')} that held it erased"), overflow="fold")
+    if p.recomputed:
+        console.print(line((f"Kept, recomputed from the sources that remain: {count(len(p.recomputed), 'memory')}",
+                            "dim")))
+        each(p.recomputed, "")
+
+
+def text_plan_question(p) -> str:
+    n = len(p.ids)
+    return f"Erase {count(n, 'memory')}" + (" and change what is listed" if p.recomputed or p.profile else "") + "?"
 
 
 @app.command()

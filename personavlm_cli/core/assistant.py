@@ -39,6 +39,9 @@ class Exchange:
     prompt: list[dict] = field(default_factory=list)  # the final answer prompt (messages), for /why and benches
 
 
+NOT_ANSWERS = ("", "(the model gave no answer)")
+
+
 class Assistant:
     def __init__(self, store: MemoryStore, model: ChatModel, user: str, *, profile: str = "generic",
                  session_gap_minutes: int = 60, recent_turns: int = 20, model_lock: ModelGate | None = None,
@@ -62,6 +65,10 @@ class Assistant:
         # llama.cpp evaluate the whole prompt again (its cache keeps the longest common prefix).
         self._session_view: tuple[str, dict, list, dict] | None = None
 
+    def forget_view(self) -> None:
+        """Read the profile, habits and personality again for the next answer (after a forget)."""
+        self._session_view = None
+
     # -- sessions and context ---------------------------------------------------------------------
 
     def last_turn(self) -> Memory | None:
@@ -79,7 +86,8 @@ class Assistant:
         since = (at - self.gap).timestamp()
         turns = self.store.records.list(types=["turn"], since=since, until=at.timestamp(), newest_first=True,
                                         limit=self.recent_turns)
-        return list(reversed(turns))
+        # A blank answer or the old stand-in for none (stored before failures stored nothing) is not fed back.
+        return [t for t in reversed(turns) if t.role != "assistant" or t.text.strip() not in NOT_ANSWERS]
 
     def context(self, message: str, at: datetime, images: list[Path], recent: list[Memory],
                 current_ids: set[str] = frozenset(), session_id: str | None = None) -> Context:
@@ -190,8 +198,10 @@ class Assistant:
                 session_id: str | None = None) -> tuple[Exchange, Iterator[str]]:
         """One turn as a generator (``conversation.Turn`` is the explicit form the chat uses): the
         user's turn is stored now; the generator streams the answer and ends the turn when it ends,
-        or as interrupted when the consumer stops it early or an error cuts it."""
+        or as interrupted when the consumer stops it early or an error cuts it. An empty answer
+        (``NoAnswer``) ends the stream with no pieces and nothing stored: a replay goes on."""
         from personavlm_cli.core.conversation import begin
+        from personavlm_cli.core.errors import NoAnswer
 
         learn = updates is not None and updates.enabled
         turn = begin(self, text, at, list(image_paths or []), queue=updates.queue if updates is not None else None,
@@ -201,6 +211,9 @@ class Assistant:
         def stream() -> Iterator[str]:
             try:
                 yield from turn
+            except NoAnswer:
+                turn.interrupt()  # the user's message stays; no answer is stored
+                return
             except (KeyboardInterrupt, GeneratorExit, PersonaError):
                 turn.interrupt()
                 raise

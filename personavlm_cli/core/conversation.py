@@ -8,6 +8,12 @@ assistant's turn stored, the turn embedded, learnt from by rules, and its model 
 used as a context manager is interrupted if the block raises and finished otherwise, so no path
 leaves a turn half-stored.
 
+A model that fails (unreachable, refused, timed out, an empty or whitespace-only answer) poisons
+nothing: the turn records the error (``Turn.failure``), the user's message is kept (stored, embedded,
+learnt from, queued), and no assistant turn is stored, so nothing of the failure is fed back into a
+later prompt. Text the user already saw when a model failed mid-answer is kept, marked interrupted,
+as a Ctrl-C keeps it; a turn with no text is never stored.
+
 ``open()`` and ``close()`` frame a chat: the background worker that drains the queue while the
 user reads and types, and what is left for next time. Nothing here prints: the CLI words what the
 turn reports (``TurnStats``, the notices' figures).
@@ -22,7 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from personavlm_cli.core.assistant import Assistant, Exchange
-from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.errors import ModelInterrupted, NoAnswer, PersonaError
 from personavlm_cli.core.memory import Memory, now, prompt_time
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import Context
@@ -50,6 +56,7 @@ class TurnStats:
     turns_left_out: int
     session: str
     time: str
+    failed: str | None = None  # the model's failure, when no answer was stored
 
 
 @dataclass
@@ -85,6 +92,8 @@ class Turn:
         self._started = started
         self._first: float | None = None
         self.stats: TurnStats | None = None
+        self.failure: PersonaError | None = None  # the model failed: no answer is stored
+
 
     @property
     def turns_left_out(self) -> int:
@@ -95,13 +104,22 @@ class Turn:
         return self.stats is not None
 
     def __iter__(self) -> Iterator[str]:
-        for piece in self._pieces:
-            if self._first is None:
-                self._first = time.perf_counter()
-            yield piece
-            # Kept once the caller asks for the next piece, i.e. once it has shown this one: a Ctrl-C
-            # while a piece is shown keeps no more than the user saw.
-            self._shown.append(piece)
+        try:
+            for piece in self._pieces:
+                if self._first is None:
+                    self._first = time.perf_counter()
+                yield piece
+                # Kept once the caller asks for the next piece, i.e. once it has shown this one: a Ctrl-C
+                # while a piece is shown keeps no more than the user saw.
+                self._shown.append(piece)
+        except ModelInterrupted:
+            raise
+        except PersonaError as exc:  # the model failed: nothing of it is stored (see _end)
+            self.failure = exc
+            raise
+        if not "".join(self._shown).strip():  # whatever the response stage did, never store a blank
+            self.failure = NoAnswer("the model gave an empty answer")
+            raise self.failure
 
     def finish(self) -> TurnStats:
         """The answer ended (or the caller stops reading it): store it, learn, queue."""
@@ -128,7 +146,8 @@ class Turn:
         ex.prompt = a.profile.answer_messages(self.context, ex.reasoning.used)
         ex.answer = "".join(self._shown).strip()
         try:
-            reply = a.store_assistant_turn(ex, self._at) if ex.answer or ex.interrupted else None
+            # Only text the user saw is stored as said: never a blank, never a stand-in for a failure.
+            reply = a.store_assistant_turn(ex, self._at) if ex.answer else None
             # The message's own vectors are written after the answer: this answer's recall leaves the
             # message out anyway, and its text vector is the query's, cached by the encoder. A kill
             # before this point leaves them unembedded; the next start embeds them.
@@ -136,8 +155,8 @@ class Turn:
                 a.store.embed([ex.user_turn, *ex.images, *([reply] if reply else [])])
             if self._learner is not None:
                 self._learner.learn_turn(ex.user_turn)
-            if self._queue is not None and reply is not None:
-                self._queue.enqueue_turn(ex.user_turn, reply)
+            if self._queue is not None and (reply is not None or self.failure is not None):
+                self._queue.enqueue_turn(ex.user_turn, reply)  # a failed turn: the message alone
         finally:
             a.personality_override = None  # an override holds for the next answer only
             self.stats = self._stats(end)
@@ -164,7 +183,7 @@ class Turn:
             prompt_tokens=prompt, cached_tokens=usage.get("cached_tokens"),
             recalled=len(ex.reasoning.used) if ex.reasoning else 0, interrupted=ex.interrupted,
             turns_left_out=ex.turns_left_out, session=ex.user_turn.session_id,
-            time=prompt_time(ex.user_turn.occurred))
+            time=prompt_time(ex.user_turn.occurred), failed=str(self.failure) if self.failure else None)
 
 
 @dataclass

@@ -29,6 +29,10 @@ class ModelError(PersonaError):
     """The chat model file is missing, not a GGUF, truncated or unsupported."""
 
 
+class NoAnswer(ModelError):
+    """The model's answer was empty or only whitespace (after one plain retry): nothing to store."""
+
+
 class StoreError(PersonaError):
     """The user's store cannot be opened or written."""
 

@@ -1,18 +1,40 @@
 """Forgetting is erasure: a memory, everything derived from it, its vectors and its image files.
 
-Derived memories (episodes, semantic memories, core and procedural versions) name their sources
-in ``source_ids``. Forgetting follows those links to a fixed point, so no derived text that could
-repeat the forgotten content survives. Sessions that still have turns left are queued for
+By id (``plan``): derived memories (episodes, semantic memories, core and procedural versions) name
+their sources in ``source_ids``. Forgetting follows those links to a fixed point, so no derived text
+that could repeat the forgotten content survives. Sessions that still have turns left are queued for
 consolidation again, which regenerates their episodes, habits and profile from what remains; a
 version whose successor was erased becomes current again.
+
+By text (``plan_text``, for ``memory forget --query`` and ``/forget TEXT``): exact and complete. What
+matches is every memory that holds the words given, literally (case aside), in its text, keywords or
+metadata: meaning alone never erases. Every literal occurrence goes, and nothing unrelated:
+
+- the memories that hold the text, of every type and both roles, every version;
+- what was derived from them alone: the assistant's reply to an erased message, the images shared
+  with it, episodes over its session (the session is consolidated again from the turns that remain),
+  a learnt statement whose every source goes;
+- a memory derived from several sources, some of which remain, is kept and recomputed from those: its
+  sources pruned, the merged variants that hold the text dropped;
+- the core profile loses only the values that hold the text: a new version is written from the values
+  that remain (each keeps its source when that survives), the versions that held the text are erased;
+- a version whose successor is erased stays closed: an old truth never comes back as current.
+
+The record store then merges its lexical index, checkpoints its write-ahead log and vacuums (free
+pages are zeroed: ``secure_delete``), the vector shards that held an erased vector are rebuilt, and
+the REPL's input history loses every line that holds the text: a byte search of the user's directory
+finds nothing (``tests/test_forget_text.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import dataclass, field
 
+from personavlm_cli.core import learning
+from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import Memory
-from personavlm_cli.core.store import MemoryStore
+from personavlm_cli.core.store import MemoryStore, new_memory
 from personavlm_cli.core.update import UpdateQueue, forget_personality_evidence
 
 
@@ -43,6 +65,8 @@ def plan(store: MemoryStore, ids: list[str]) -> ForgetPlan:
 
 
 def execute(store: MemoryStore, p: ForgetPlan, operation: str, queue: UpdateQueue | None = None) -> list[str]:
+    if isinstance(p, TextPlan):
+        return execute_text(store, p, operation, queue)
     records = store.records
     ids = set(p.ids)
     sessions = {m.session_id for m in p.targets + p.derived if m.type == "turn" and m.session_id}
@@ -96,7 +120,7 @@ def scrub_input_history(path, texts: list[str]) -> None:
     entries of "# time" then "+line" lines), rewriting the file so the old bytes do not linger."""
     import os
 
-    texts = [t.strip() for t in texts if t and len(t.strip()) >= 4]
+    texts = [t.strip().casefold() for t in texts if t and len(t.strip()) >= 2]
     if not texts or not path.exists():
         return
     entries, current = [], []
@@ -108,7 +132,7 @@ def scrub_input_history(path, texts: list[str]) -> None:
     if current:
         entries.append(current)
     kept = [e for e in entries
-            if not any(t in "".join(x[1:] for x in e if x.startswith("+")) for t in texts)]
+            if not any(t in "".join(x[1:] for x in e if x.startswith("+")).casefold() for t in texts)]
     if len(kept) == len(entries):
         return
     data = "".join("".join(e) for e in kept).encode("utf-8")
@@ -120,22 +144,202 @@ def scrub_input_history(path, texts: list[str]) -> None:
         fh.truncate(len(data))
 
 
-FORGET_TYPES = ("semantic", "episodic", "procedural", "core", "image", "turn")
+# -- forgetting by text -------------------------------------------------------------------------------
+
+MIN_TEXT = 2  # characters: "forget e" would match nearly everything
 
 
-def matching(store: MemoryStore, text: str, k: int = 5) -> list[Memory]:
-    """What "forget TEXT" means, in the REPL and on the command line alike: the memories that share a
-    word with the text (BM25) or mean nearly the same (cosine > 0.5), at most ``k``, each with every
-    older version of it, so that nothing erased comes back as the current version."""
-    from personavlm_cli.core.recall import Query, recall
+def needle(text: str) -> str:
+    """The text to forget as it is matched: spaces collapsed, case folded. Too short: one PersonaError."""
+    words = " ".join((text or "").split())
+    if len(words) < MIN_TEXT:
+        raise PersonaError(f"'{words}' is too short to forget by text (at least {MIN_TEXT} characters): "
+                           "give more of the words, or the memory's id")
+    return words.casefold()
 
-    hits = recall(store, Query(text=text, types=FORGET_TYPES, include_superseded=True), k=k)
-    found = [h.memory for h in hits
-             if "lexical" in h.signals or h.signals.get("dense", {}).get("score", 0) > 0.5]
-    out = {m.id: m for m in found}
-    frontier = set(out)
-    while frontier:
-        older = [m for m in store.records.superseded_by_any(frontier) if m.id not in out]
-        frontier = {m.id for m in older}
-        out.update((m.id, m) for m in older)
-    return list(out.values())
+
+def holds(m: Memory, wanted: str, *, meta: bool = True) -> bool:
+    """Does ``m`` hold ``wanted`` (a ``needle``) literally: in its text, keywords or (``meta``) metadata?"""
+    if wanted in " ".join(m.text.split()).casefold() or wanted in " ".join(m.keywords.split()).casefold():
+        return True
+    if not meta or not m.meta:
+        return False
+    return wanted in _flat(m.meta)
+
+
+def _flat(value) -> str:
+    """Metadata as the record store keeps it (JSON, non-ASCII as is), spaces collapsed, case folded."""
+    return " ".join(json.dumps(value, ensure_ascii=False).split()).casefold()
+
+
+def matching(store: MemoryStore, text: str) -> list[Memory]:
+    """The memories that hold ``text`` literally (case aside), every version, oldest first."""
+    wanted = needle(text)
+    return [m for m in store.records.list(include_superseded=True) if holds(m, wanted)]
+
+
+@dataclass
+class ProfileChange:
+    """The core profile without the values that hold the text."""
+
+    removed: dict[str, str]  # field -> the value (or list items) that go
+    facts: dict[str, str]  # what remains
+    sources: dict[str, str]
+
+
+@dataclass
+class TextPlan(ForgetPlan):
+    """What forgetting a text does, computed before anything changes (shown, then executed)."""
+
+    text: str = ""
+    profile: ProfileChange | None = None  # the current profile's change, if it holds the text
+    recomputed: list[Memory] = field(default_factory=list)  # kept, with sources pruned or variants dropped
+    reopened: list[Memory] = field(default_factory=list)  # kept; their successor goes, they stay closed
+
+
+def plan_text(store: MemoryStore, text: str) -> TextPlan:
+    """Everything that forgetting ``text`` erases or recomputes (see the module's docstring)."""
+    wanted = needle(text)
+    everything = store.records.list(include_superseded=True)
+    by_id = {m.id: m for m in everything}
+    doomed: dict[str, Memory] = {}
+    recomputed: dict[str, Memory] = {}
+    for m in everything:
+        if m.type == "core" or not holds(m, wanted):
+            continue
+        if not holds(m, wanted, meta=False) and _drop_variants(m, wanted) is not None:
+            recomputed[m.id] = m  # only a merged variant holds it: the memory stays, recomputed
+            continue
+        doomed[m.id] = m
+    targets = list(doomed.values())
+    # What was derived from the erased memories alone goes with them, to a fixed point.
+    derived: dict[str, Memory] = {}
+    while True:
+        grown = False
+        for m in everything:
+            if m.id in doomed or m.type == "core" or not m.source_ids:
+                continue
+            sources = [s for s in m.source_ids if s in by_id]
+            gone = [s for s in sources if s in doomed]
+            if not gone:
+                continue
+            alone = m.type in ("turn", "image", "episodic") or len(gone) == len(sources)
+            if alone:
+                doomed[m.id] = derived[m.id] = m
+                recomputed.pop(m.id, None)
+                grown = True
+            else:
+                recomputed[m.id] = m
+        if not grown:
+            break
+    # The core profile: the versions that hold the text go; the current one is rewritten without it.
+    profile = None
+    cores = [m for m in everything if m.type == "core"]
+    current = next((m for m in reversed(cores) if m.current), None)
+    for m in cores:
+        if holds(m, wanted):
+            doomed[m.id] = m
+            targets.append(m)
+        elif any(s in doomed for s in m.source_ids):
+            recomputed[m.id] = m
+    if current is not None and current.id in doomed:
+        profile = _profile_without(current, wanted, set(doomed))
+    reopened = [m for m in everything if m.superseded_by in doomed and m.id not in doomed]
+    return TextPlan(targets=targets, derived=list(derived.values()), text=text, profile=profile,
+                    recomputed=[m for m in recomputed.values() if m.id not in doomed], reopened=reopened)
+
+
+def _drop_variants(m: Memory, wanted: str) -> dict | None:
+    """``m``'s metadata without the merged variants that hold the text; None if the text is elsewhere in it."""
+    meta = dict(m.meta)
+    merged = meta.get("merged")
+    if isinstance(merged, list):
+        meta["merged"] = [x for x in merged if wanted not in _flat(x)]
+        if not meta["merged"]:
+            meta.pop("merged")
+    if wanted in _flat(meta):
+        return None
+    return meta
+
+
+def _profile_without(core: Memory, wanted: str, doomed: set[str]) -> ProfileChange:
+    facts = dict(core.meta.get("facts") or {})
+    if not facts:  # an old profile without its fields: read them back from its text
+        facts = dict(line.split(": ", 1) for line in core.text.splitlines() if ": " in line)
+    sources = dict(core.meta.get("sources") or {})
+    removed: dict[str, str] = {}
+    kept: dict[str, str] = {}
+    for key, value in facts.items():
+        value = str(value)
+        if wanted in key.casefold():
+            removed[key] = value
+            continue
+        if key in learning.LIST_FIELDS:
+            items = [x for x in value.split(", ") if x]
+            gone = [x for x in items if wanted in " ".join(x.split()).casefold()]
+            if gone:
+                removed[key] = ", ".join(gone)
+                items = [x for x in items if x not in gone]
+            if items:
+                kept[key] = ", ".join(items)
+        elif wanted in " ".join(value.split()).casefold():
+            removed[key] = value
+        else:
+            kept[key] = value
+    kept_sources = {k: v for k, v in sources.items() if k in kept and v not in doomed}
+    return ProfileChange(removed=removed, facts=kept, sources=kept_sources)
+
+
+def execute_text(store: MemoryStore, p: TextPlan, operation: str, queue: UpdateQueue | None = None) -> list[str]:
+    """Carry out a ``plan_text``: the erasure, the recomputed memories and the new profile in one
+    transaction, then the compaction (``MemoryStore.erase``), then the vectors of what changed."""
+    records = store.records
+    wanted = needle(p.text)
+    gone = {m.id for m in p.targets + p.derived}
+    sessions = {m.session_id for m in p.targets + p.derived
+                if m.type in ("turn", "episodic") and m.session_id}
+    scrub_input_history(store.user_dir / "input_history", [p.text] + [m.text for m in p.targets + p.derived])
+    new_core = None
+    if p.profile is not None and p.profile.facts:
+        old = next(m for m in p.targets if m.type == "core" and m.current)
+        new_core = new_memory("core", learning.profile_text(p.profile.facts), old.occurred_at,
+                              source_ids=list(dict.fromkeys(p.profile.sources.values())),
+                              session_id=old.session_id, meta={"facts": p.profile.facts, "sources": p.profile.sources,
+                                                                "recomputed": "forget"})
+    changed: list[Memory] = []
+
+    def rewrite() -> None:
+        if new_core is not None:
+            records.insert([new_core])
+        for m in p.recomputed:
+            fresh = records.get(m.id)
+            if fresh is None:
+                continue
+            fresh.source_ids = [s for s in fresh.source_ids if s not in gone]
+            meta = _drop_variants(fresh, wanted)
+            if meta is not None:
+                fresh.meta = meta
+            if fresh.type == "core" and isinstance(fresh.meta.get("sources"), dict):
+                fresh.meta["sources"] = {k: v for k, v in fresh.meta["sources"].items() if v not in gone}
+            records.update(fresh)
+            changed.append(fresh)
+        for m in p.reopened:
+            fresh = records.get(m.id)
+            if fresh is None:
+                continue
+            # The current profile's line goes on in the new version; any other line stays closed.
+            fresh.superseded_by = new_core.id if new_core is not None and fresh.type == "core" else None
+            records.update(fresh)
+            changed.append(fresh)
+        done = records.get_meta("consolidated", {}) or {}
+        for session in sessions:
+            done.pop(session, None)
+        records.set_meta("consolidated", done)
+
+    erased = store.erase(list(gone), operation, before_commit=rewrite)
+    store.embed(list({m.id: m for m in [*changed, *([new_core] if new_core is not None else [])]}.values()))
+    if queue is not None:
+        for session in sorted(sessions):
+            if records.list(types=["turn"], session_id=session, limit=1):
+                queue.enqueue_session(session)
+    return erased

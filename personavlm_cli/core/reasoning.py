@@ -6,7 +6,8 @@ are in the answer prompt. The model's first generation is the answer itself, str
 ask for one more search by opening its reply with ``SEARCH: keywords`` (the generic profile's
 system text says how): the opening is watched while it streams, so asking costs nothing when the
 model does not ask. At most ``MAX_RETRIEVALS`` searches in all, then an answer is forced; the reply
-is never empty (the reference code could return an empty string when its step cap was reached).
+is never empty (the reference code could return an empty string when its step cap was reached): a
+model that still gives nothing, or only whitespace, raises ``NoAnswer`` and no text stands in for it.
 
 ``mode="model-decides"`` keeps the paper's loop with a small model: a separate decision call (JSON
 schema, or the paper's tags for ``persona-vlm``) before every answer. ``mode="force"`` recalls up
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from personavlm_cli.core import timewords
+from personavlm_cli.core.errors import NoAnswer
 from personavlm_cli.core.learning import only_asks
 from personavlm_cli.core.memory import Memory
 from personavlm_cli.core.ports import ChatModel
@@ -33,6 +35,7 @@ from personavlm_cli.core.recall import Hit, Query
 MODES = ("retrieve-first", "model-decides", "force")
 RECALLED_TYPES = ("semantic", "episodic", "procedural", "image", "turn")
 UPFRONT_K = 10  # memories recalled before the model starts (LoCoMo recall@10: 0.785)
+NO_ANSWER = "the model gave an empty answer (twice)"
 MAX_SHOWN = 14  # at most this many memories in one prompt, after episodes expand to their turns
 COMPACT_K = 10  # the compact prompt (small models): fewer memories, each message with its own
 
@@ -42,6 +45,8 @@ class Reasoning:
     steps: list[Step] = field(default_factory=list)
     used: list[Memory] = field(default_factory=list)
     hits: dict[str, Hit] = field(default_factory=dict)
+    nothing_relevant: list[int] = field(default_factory=list)  # steps (0-based) whose recall found nothing
+    # above the relevance floor (core/recall.py FLOOR): their prompt carries no memories rather than noise
 
     def to_dict(self) -> dict:
         return {"steps": [s.to_dict() for s in self.steps], "used": [m.id for m in self.used]}
@@ -135,7 +140,7 @@ class ResponseStage:
 
     def _plain_answer(self, ctx: Context, r: Reasoning, **sampling) -> Iterator[str]:
         """Never an empty answer: one plain try without the search protocol (a line that still asks to
-        search is dropped), then a fixed line."""
+        search is dropped); nothing again (or only whitespace) raises ``NoAnswer``."""
         produced = False
         opening: str | None = ""
         for piece in self.model.stream(self.profile.answer_messages(ctx, r.used, search=False), **sampling):
@@ -152,13 +157,13 @@ class ResponseStage:
                     piece = opening
                 opening = None
             if piece:
-                produced = True
+                produced = produced or bool(piece.strip())
                 yield piece
         if opening and opening.strip() and not opening.lstrip().upper().startswith(SEARCH_MARK):
             produced = True
             yield opening
         if not produced:
-            yield "(the model gave no answer)"
+            raise NoAnswer(NO_ANSWER)
 
     def _search(self, ctx: Context, r: Reasoning, step: Step, k: int, cap: int = MAX_SHOWN) -> None:
         named = None
@@ -184,6 +189,8 @@ class ResponseStage:
             step.start_time = step.end_time = None
             step.think += " (nothing in that window; searched without it)"
             hits = self.recall(query, k + 4)
+        if not hits:
+            r.nothing_relevant.append(len(r.steps))
         # The user's own earlier questions (and summaries made only of questions) tell nothing about
         # them: asked again, they would be recalled first and crowd out the answer's evidence.
         hits = [h for h in hits if not (h.memory.type in ("turn", "episodic") and h.memory.role != "assistant"
@@ -245,12 +252,12 @@ class ResponseStage:
         produced = False
         for piece in self.profile.answer(self.model, ctx, r.used, steps=r.steps, **sampling):
             if piece:
-                produced = True
+                produced = produced or bool(piece.strip())
                 yield piece
         if not produced:
             # Never an empty answer: a model that produced nothing gets one plain retry.
             for piece in self.model.stream(self.profile.answer_messages(ctx, r.used, search=False), **sampling):
-                produced = produced or bool(piece)
+                produced = produced or bool(piece.strip())
                 yield piece
             if not produced:
-                yield "(the model gave no answer)"
+                raise NoAnswer(NO_ANSWER)

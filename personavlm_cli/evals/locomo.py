@@ -26,7 +26,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable
 
-from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.errors import NoAnswer, PersonaError
 from personavlm_cli.core.memory import Memory, iso, new_id
 from personavlm_cli.evals.workspace import Progress, mean, model_line, percentile, scratch, temporary_store
 
@@ -482,4 +482,8 @@ def _answer(r: _Run, store, conv: Conversation, q: Question) -> tuple[str, list]
     reasoning = Reasoning()
     pieces = stage.respond(ctx, reasoning, mode=r.answering.mode, max_tokens=min(int(s["model.max_tokens"]), 128),
                            temperature=0.0)
-    return "".join(pieces).strip(), list(reasoning.used)
+    try:
+        answer = "".join(pieces).strip()
+    except NoAnswer:  # an empty answer scores as one
+        answer = ""
+    return answer, list(reasoning.used)
