@@ -813,6 +813,13 @@ class ChatModel(ChatModelBase):
         params["batch"] = FORK_BATCH
         return ChatModel(**params)
 
+    def drop_cache(self) -> None:
+        """Forget the evaluated prompt, as a new process starts: `bench` measures a new chat's first
+        message with it (the next call evaluates its whole prompt)."""
+        with self._lock:
+            if self._llm is not None:
+                self._llm.reset()
+
     def interrupt(self) -> None:
         """Stop the call in progress at its next token (a background call an answer is waiting for)."""
         self._abort.set()

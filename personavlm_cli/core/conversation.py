@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 
 from personavlm_cli.core.assistant import Assistant, Exchange
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, now, prompt_time
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import Context
@@ -79,6 +80,7 @@ class Turn:
         self._started = started
         self._first: float | None = None
         self.stats: TurnStats | None = None
+        self._held: ModelGate | None = None  # held from the message to the turn's end (``Conversation.send``)
 
     @property
     def turns_left_out(self) -> int:
@@ -135,6 +137,9 @@ class Turn:
         finally:
             a.personality_override = None  # an override holds for the next answer only
             self.stats = self._stats(end)
+            if self._held is not None:
+                self._held, held = None, self._held
+                held.release()  # background work may go on
         return self.stats
 
     def _stats(self, end: float) -> TurnStats:
@@ -243,11 +248,18 @@ class Conversation:
         started = time.perf_counter()
         a = self.assistant
         at = at or self.clock()
-        text, trimmed = self._fit_message(text)
-        turn = begin(a, text, at, images or [], queue=self.queue if self.learn else None,
-                     learner=self.learner if self.learn else None, sampling=self.sampling,
-                     mode="force" if self.force_retrieve else None, session_id=session_id, started=started,
-                     trimmed=trimmed)
+        gate = a.model_lock
+        gate.hold()  # answers first: background work yields now and waits until this turn ends
+        try:
+            text, trimmed = self._fit_message(text)
+            turn = begin(a, text, at, images or [], queue=self.queue if self.learn else None,
+                         learner=self.learner if self.learn else None, sampling=self.sampling,
+                         mode="force" if self.force_retrieve else None, session_id=session_id, started=started,
+                         trimmed=trimmed)
+        except BaseException:
+            gate.release()
+            raise
+        turn._held = gate
         self.last = turn
         return turn
 

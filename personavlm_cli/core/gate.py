@@ -32,11 +32,7 @@ class ModelGate:
             self._waiting += 1
             background_busy = self._holder is not None and self._holder != threading.get_ident()
         if background_busy:
-            for hook in list(self.on_wait):
-                try:
-                    hook()
-                except Exception:  # noqa: BLE001 - a hook must never block an answer
-                    pass
+            self._interrupt()
         try:
             self._lock.acquire()
         finally:
@@ -73,6 +69,28 @@ class ModelGate:
             with self._cond:
                 self._holder = None
             self._lock.release()
+
+    def hold(self) -> None:
+        """An answer is on its way (a chat turn, from the message to its end): background work stops
+        at its next token and does not start again until :meth:`release`, so the turn's steps (its
+        store writes, recall, the answer) never wait for a job that restarted between two of them."""
+        with self._cond:
+            self._waiting += 1
+            background_busy = self._holder is not None and self._holder != threading.get_ident()
+        if background_busy:
+            self._interrupt()
+
+    def release(self) -> None:
+        with self._cond:
+            self._waiting = max(0, self._waiting - 1)
+            self._cond.notify_all()
+
+    def _interrupt(self) -> None:
+        for hook in list(self.on_wait):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - a hook must never block an answer
+                pass
 
     def answer_waiting(self) -> bool:
         return self._waiting > 0

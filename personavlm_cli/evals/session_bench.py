@@ -114,7 +114,9 @@ def session_rows(host, tenv, model, raw, n: int, pause_s: float) -> list[dict]:
         closing = session.conversation.close(consolidate=True) if session.conversation is not None else None
         session.conversation = None
     pending = closing.pending if closing is not None else 0
-    # The next chat, ten minutes later: its first message while the previous chat's learning runs.
+    # The next chat, ten minutes later: its first message while the previous chat's learning runs, on
+    # a cold cache, as in a new process (the benchmark shares one loaded model between its chats).
+    model.drop_cache()
     second = host.chat_session(tenv, pinned_time=start + timedelta(minutes=n + 10), learn=True)
     second.start(quiet=True)
     try:
