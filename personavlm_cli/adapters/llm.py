@@ -635,6 +635,7 @@ class ChatModel(ChatModelBase):
         self._params = dict(path=path, n_ctx=n_ctx, gpu_layers=gpu_layers, threads=threads, seed=seed,
                             chat_format=chat_format, batch=batch)
         self._abortable = False  # a complete() call is running: interrupt() stops it between two batches
+        self._prefill_stop = None  # a prefill() is running: asked between two batches
         self.last_usage: dict[str, int] = {}
 
         t0 = time.perf_counter()
@@ -730,6 +731,9 @@ class ChatModel(ChatModelBase):
             if self._abortable and abort.is_set():
                 abort.clear()
                 raise ModelInterrupted("the model call was interrupted")
+            stop = self._prefill_stop
+            if stop is not None and stop():
+                raise ModelInterrupted("the prefill was stopped")
             return decode(batch)
 
         context.decode = guarded
@@ -812,6 +816,35 @@ class ChatModel(ChatModelBase):
         # prompt (interrupt() is honoured between batches), not for the whole prompt.
         params["batch"] = FORK_BATCH
         return ChatModel(**params)
+
+    def prefill(self, messages: Sequence[Mapping[str, Any]], stop=None) -> bool:
+        """Evaluate ``messages`` (with the chat template, then one sampled token, discarded) into the
+        context, in batches of ``FORK_BATCH`` tokens with ``stop()`` asked before each: a message that
+        arrives waits for one small batch. What was evaluated before a stop stays (llama-cpp-python
+        counts a batch only once it is decoded), so the context is never left inconsistent."""
+        with self._lock:
+            msgs = prepare_messages(messages, vision=self.vision)
+            llm = self._model()
+            saved = llm.n_batch
+            llm.n_batch = min(saved, FORK_BATCH * 2)
+            self._prefill_stop = stop
+            it = None
+            try:
+                it = llm.create_chat_completion(msgs, stream=True, max_tokens=1, temperature=0.0, seed=self._seed)
+                for _chunk in it:
+                    break
+                return True
+            except ModelInterrupted:
+                return False
+            except (ValueError, RuntimeError) as e:
+                self._dirty = True  # a native failure: start the next call from a clean cache
+                raise ModelError(one_line(f"the model could not evaluate the prompt: {e}")) from None
+            finally:
+                self._prefill_stop = None
+                llm.n_batch = saved
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
 
     def drop_cache(self) -> None:
         """Forget the evaluated prompt, as a new process starts: `bench` measures a new chat's first

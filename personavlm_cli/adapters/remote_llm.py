@@ -510,6 +510,11 @@ class RemoteChatModel(ChatModelBase):
             except OSError:
                 pass  # already closed: the call is over
 
+    def prefill(self, messages: Sequence[Mapping[str, Any]], stop: Callable[[], bool] | None = None) -> bool:
+        """Nothing is sent: the server keeps its own cache slots (llama-server reuses a slot's prompt
+        prefix by itself), and a request could not be stopped between two batches."""
+        return False
+
     def close(self) -> None:
         self._closed = True
         pool, self._pool = self._pool, None

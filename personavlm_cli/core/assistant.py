@@ -63,7 +63,7 @@ class Assistant:
         self._session_view: tuple[str, dict, list, dict] | None = None
         # Where the recent-turn window starts (the first turn it holds), kept between messages so the
         # window moves in large steps rather than one exchange per message (see ``window``).
-        self._window_start: str | None = None
+        self._window_start: Memory | None = None
         self._search_offered: tuple[str, bool] | None = None  # (session, whether the system text offers SEARCH)
 
     # -- sessions and context ---------------------------------------------------------------------
@@ -84,9 +84,16 @@ class Assistant:
         if self.recent_turns <= 0:
             return []
         since = (at - self.gap).timestamp()
-        turns = self.store.records.list(types=["turn"], since=since, until=at.timestamp(), newest_first=True,
-                                        limit=self.recent_turns * 2)
-        return self.window(list(reversed(turns)))
+        anchor = self._window_start
+        # A session longer than the gap keeps its window's first turn until the window moves, rather
+        # than losing one turn per message to the clock.
+        wider = anchor is not None and anchor.occurred.timestamp() < since
+        turns = list(reversed(self.store.records.list(
+            types=["turn"], since=anchor.occurred.timestamp() if wider else since, until=at.timestamp(),
+            newest_first=True, limit=self.recent_turns * 2)))
+        if wider and (not turns or turns[-1].session_id != anchor.session_id):
+            turns = [m for m in turns if m.occurred.timestamp() >= since]  # another session: the gap rules
+        return self.window(turns)
 
     def window(self, turns: list[Memory]) -> list[Memory]:
         """The part of ``turns`` (oldest first) the prompt shows, moved in large steps.
@@ -100,14 +107,15 @@ class Assistant:
         """
         n = self.recent_turns
         ids = [m.id for m in turns]
-        start = ids.index(self._window_start) if self._window_start in ids else None
+        anchor = self._window_start.id if self._window_start is not None else None
+        start = ids.index(anchor) if anchor in ids else None
         if start is None:
             start = max(0, len(turns) - n)
         elif len(turns) - start > n:
             start = max(start + 1, len(turns) - max(2, n // 2))
         while start < len(turns) and turns[start].role == "assistant":  # never start on an answer
             start += 1
-        self._window_start = turns[start].id if start < len(turns) else None
+        self._window_start = turns[start] if start < len(turns) else None
         return turns[start:]
 
     def context(self, message: str, at: datetime, images: list[Path], recent: list[Memory],
@@ -186,11 +194,28 @@ class Assistant:
             while ctx.recent and ctx.recent[0].role == "assistant":  # never start on an answer
                 ctx.recent = ctx.recent[1:]
                 left_out += 1
-            self._window_start = ctx.recent[0].id if ctx.recent else None
+            self._window_start = ctx.recent[0] if ctx.recent else None
             kept = {m.id for m in ctx.recent}
             ctx.recalled_for = {k: v for k, v in ctx.recalled_for.items() if k in kept}
             ctx.shown_ids = {m.id for ms in ctx.recalled_for.values() for m in ms}
         return left_out
+
+    def next_prefix(self, at: datetime, session_id: str) -> list[dict] | None:
+        """When the next message would find the recent-turn window moved (it is full, or the context
+        is), move it now and return the beginning of that message's prompt (system text and history,
+        then an empty user message), for the model to evaluate while the user reads; None when the
+        window stays where it is (the model's cache already holds the prompt's beginning)."""
+        if self.profile.tagged:  # the paper's layout puts the history inside one message: nothing stable
+            return None
+        before = self._window_start.id if self._window_start is not None else None
+        recent = self.recent(at)
+        ctx = self.context("", at, [], recent, session_id=session_id)
+        self.fit(ctx)
+        after = self._window_start.id if self._window_start is not None else None
+        if after == before or not ctx.recent:
+            return None
+        messages = self.profile.answer_messages(ctx, [])
+        return [*messages[:-1], {"role": "user", "content": ""}]
 
     # -- storing ----------------------------------------------------------------------------------
 

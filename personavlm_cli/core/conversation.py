@@ -34,6 +34,7 @@ from personavlm_cli.core.update import (
     UpdateQueue,
     UpdateStage,
 )
+from personavlm_cli.core.warmup import PrefixWarmup
 
 
 @dataclass
@@ -193,6 +194,7 @@ class Conversation:
         self.background: BackgroundUpdates | None = None
         self._worker_model = None
         self.last: Turn | None = None
+        self.warmup: PrefixWarmup | None = None  # the next prompt's beginning, evaluated while the user reads
 
     # -- a chat's frame -----------------------------------------------------------------------------
 
@@ -217,6 +219,9 @@ class Conversation:
         chat's worker (or `memory update`) finishes it."""
         error = None
         stopped = True
+        if self.warmup is not None:
+            self.warmup.stop()
+            self.warmup = None
         if self.background is not None:
             stopped = self.background.stop()
             if self.background.error is not None:
@@ -270,8 +275,22 @@ class Conversation:
             self.totals["answers"] += 1
             self.totals["tokens"] += st.answer_tokens or 0
             self.totals["seconds"] += st.seconds
+            self._prepare_next(turn)
         if self.background is not None:
             self.background.poke()
+
+    def _prepare_next(self, turn: Turn) -> None:
+        """If the next message would find the recent-turn window moved, move it now and let the model
+        evaluate the new prompt's beginning while the user reads (``core/warmup.py``)."""
+        if self.warmup is not None:
+            self.warmup.stop()  # a previous one still at work: its prefix is out of date
+            self.warmup = None
+        try:
+            messages = self.assistant.next_prefix(self.clock(), turn.exchange.user_turn.session_id)
+        except PersonaError:
+            return
+        if messages is not None:
+            self.warmup = PrefixWarmup(self.assistant.model, self.assistant.model_lock, messages).start()
 
     def _fit_message(self, text: str) -> tuple[str, Trimmed | None]:
         """A message longer than half the context is cut to its first tokens (what is stored is what was sent)."""
