@@ -101,7 +101,7 @@ def plan_for(quick: bool, sizes: list[int] | None = None, repeat: int | None = N
         "forgets": 3 if quick else 5,
         "ttft_questions": questions or (10 if quick else 24),
         "session_lengths": [16] if quick else [16, 60],
-        "session_pause_s": 1.0,
+        "session_pause_s": 2.0,
         "session_answer_tokens": 48,
     }
     if any(s < 1 for s in plan["sizes"]):

@@ -3,7 +3,8 @@
 A single question on a long history says little about a session: there the user talks, learning runs
 between messages, and the next message comes while it runs. This replays a scripted session (statements
 about the user, questions, requests) through the REPL's own chat session (``ChatSession.send``, the
-update thread working between messages, a short reading pause after each answer) and records, for each
+update thread working between messages, a reading pause after each answer, longer, up to ten seconds,
+after the answers that moved the recent-turn window while its new prefix is evaluated) and records, for each
 message, its time to the first token against raw llama-cpp-python *cold* (a fresh ``reset()``) on the
 exact same prompt, with the prompt tokens and how many of them came from the cache. Then the chat ends
 with its learning still queued, a new chat starts, and its first message is measured the same way (the
@@ -61,6 +62,9 @@ SCRIPT = [
 ]
 
 
+PREFILL_WAIT_S = 10.0
+
+
 def script(n: int) -> list[str]:
     return [SCRIPT[i % len(SCRIPT)] for i in range(n)]
 
@@ -110,6 +114,9 @@ def session_rows(host, tenv, model, raw, n: int, pause_s: float) -> list[dict]:
             host.say(f"  {n} messages, {i + 1}/{n}: chat {rows[-1]['chat_s']} s, raw {rows[-1]['raw_s']} s, "
                      f"{rows[-1]['cached_tokens']}/{rows[-1]['prompt_tokens']} tokens reused", highlight=False)
             time.sleep(pause_s)  # the user reads the answer; learning runs meanwhile
+            warmup = session.conversation.warmup
+            if warmup is not None:  # a slow reader: the next prompt's beginning may finish (10 s at most)
+                warmup.wait(PREFILL_WAIT_S)
     finally:
         closing = session.conversation.close(consolidate=True) if session.conversation is not None else None
         session.conversation = None
