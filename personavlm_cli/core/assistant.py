@@ -212,7 +212,7 @@ class Assistant:
         ctx = self.context("", at, [], recent, session_id=session_id)
         self.fit(ctx)
         after = self._window_start.id if self._window_start is not None else None
-        if after == before or not ctx.recent:
+        if before is None or after == before or not ctx.recent:  # a new window: this answer's prompt began it
             return None
         messages = self.profile.answer_messages(ctx, [])
         return [*messages[:-1], {"role": "user", "content": ""}]

@@ -4,8 +4,9 @@ llama.cpp reuses the longest common prefix of two prompts. The recent-turn windo
 steps (``Assistant.window``), and the message that comes right after a move would pay for the whole
 new history. So when a turn ends and the window has to move for the next message, it is moved now,
 and the new beginning of the prompt (system text and history) is evaluated into the chat model's
-cache in a thread, as background work: it holds the gate in background mode (``core/gate.py``) and
-stops between two small batches as soon as a message is waiting, keeping what it evaluated. The next
+cache in a thread, as urgent background work: it holds the gate in background mode (``core/gate.py``),
+learning jobs stop for it as they stop for an answer, and it stops between two small batches as soon
+as a message is waiting, keeping what it evaluated. The next
 message then pays only for its own tokens.
 """
 
@@ -40,7 +41,7 @@ class PrefixWarmup:
 
     def _run(self) -> None:
         try:
-            with self.gate.background():
+            with self.gate.background(urgent=True):  # before learning jobs, after any answer
                 if self._stop.is_set():
                     self.done = False
                     return
