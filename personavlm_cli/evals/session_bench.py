@@ -109,14 +109,10 @@ def session_rows(host, tenv, model, raw, n: int, pause_s: float) -> list[dict]:
     session.start(quiet=True)
     try:
         for i, text in enumerate(script(n)):
-            rows.append(_measure(session, tenv, model, raw, text, start + timedelta(minutes=i)))
+            rows.append(_measure(session, tenv, model, raw, text, start + timedelta(minutes=i), pause_s))
             rows[-1]["message"] = i + 1
             host.say(f"  {n} messages, {i + 1}/{n}: chat {rows[-1]['chat_s']} s, raw {rows[-1]['raw_s']} s, "
                      f"{rows[-1]['cached_tokens']}/{rows[-1]['prompt_tokens']} tokens reused", highlight=False)
-            time.sleep(pause_s)  # the user reads the answer; learning runs meanwhile
-            warmup = session.conversation.warmup
-            if warmup is not None:  # a slow reader: the next prompt's beginning may finish (10 s at most)
-                warmup.wait(PREFILL_WAIT_S)
     finally:
         closing = session.conversation.close(consolidate=True) if session.conversation is not None else None
         session.conversation = None
@@ -137,7 +133,10 @@ def session_rows(host, tenv, model, raw, n: int, pause_s: float) -> list[dict]:
     return rows
 
 
-def _measure(session, tenv, model, raw, text: str, at: datetime) -> dict:
+def _measure(session, tenv, model, raw, text: str, at: datetime, pause_s: float = 0.0) -> dict:
+    """One message through the chat, then (after the user's reading pause, during which learning and
+    the next prompt's prefill run) raw llama-cpp-python cold on the same prompt: raw is timed after the
+    pause because taking the model for it is an answer to the gate and would stop the prefill."""
     session.pinned_time = at
     real_stdout = sys.stdout
     sys.stdout = io.StringIO()
@@ -147,6 +146,10 @@ def _measure(session, tenv, model, raw, text: str, at: datetime) -> dict:
         sys.stdout = real_stdout
     usage = dict(getattr(model, "last_usage", None) or {})
     prompt = session.assistant.last.prompt
+    time.sleep(pause_s)  # the user reads the answer; learning runs meanwhile
+    warmup = session.conversation.warmup if session.conversation is not None else None
+    if warmup is not None:  # a slow reader: the next prompt's beginning may finish (10 s at most)
+        warmup.wait(PREFILL_WAIT_S)
     with tenv.model_lock:  # the update thread pauses: raw runs alone
         raw.reset()
         t = time.perf_counter()
