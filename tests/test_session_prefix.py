@@ -240,3 +240,26 @@ def test_a_session_job_stops_between_its_steps_when_an_answer_waits_and_stays_qu
     assert len(learnt) == 1 and [j["id"] for j in stage.pending()] == [job["id"]], "it stays queued"
     gate.release()
     assert stage.run_job(stage.pending()[0]) is True and not stage.pending()
+
+
+def test_the_session_benchmark_summarises_each_message_against_raw_and_judges_the_bars():
+    from personavlm_cli.evals import perf
+    from personavlm_cli.evals.session_bench import script, summarise
+
+    assert len(script(60)) == 60 and len(set(script(60))) >= 30
+    rows = [{"message": 1, "chat_s": 1.0, "raw_s": 1.0, "ratio": 1.0, "prompt_tokens": 40, "cached_tokens": 0}]
+    rows += [{"message": i, "chat_s": 0.2, "raw_s": 1.0, "ratio": r, "prompt_tokens": 100, "cached_tokens": 80}
+             for i, r in zip(range(2, 6), (0.2, 0.3, 0.4, 1.1))]
+    rows.append({"message": "next chat", "chat_s": 1.0, "raw_s": 1.0, "ratio": 0.9, "prompt_tokens": 100,
+                 "cached_tokens": 0, "pending_at_start": 4})
+    m = summarise(rows)
+    assert m["messages"] == 5 and m["first_ratio"] == 1.0
+    assert m["ratio_median"] == 0.35 and m["ratio_worst"] == 1.1 and m["over_1"] == 1
+    assert m["next_chat_ratio"] == 0.9 and m["next_chat_pending"] == 4 and m["reused_share_median"] == 0.8
+    results = {"sections": {"session": {"lengths": {"16": m}}}}
+    bars = perf.check_bars(results)
+    assert bars["session_ratio_median_16"]["met"] and not bars["session_ratio_worst_16"]["met"]
+    assert bars["session_next_chat_ratio_16"]["met"]
+    assert perf.plan_for(True)["session_lengths"] == [16] and perf.plan_for(False)["session_lengths"] == [16, 60]
+    with pytest.raises(Exception, match="--messages"):
+        perf.plan_for(True, lengths=[1])

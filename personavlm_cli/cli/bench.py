@@ -33,6 +33,8 @@ def bench(
     locomo: Annotated[Optional[Path], typer.Option(
         "--locomo", help="LoCoMo JSON for the ttft section (a long real history; e.g. the development split).")] = None,
     questions: Annotated[Optional[int], typer.Option("--questions", min=1, help="ttft: questions asked.")] = None,
+    messages: Annotated[Optional[str], typer.Option(
+        "--messages", help="session: session lengths in messages, comma-separated (default 16,60; --quick: 16).")] = None,
 ):
     """Measure start-up, recall, memory work before the first token, forgetting, generation, CLIP, replay,
     updates, and the first token of every message of a session with learning on."""
@@ -44,7 +46,11 @@ def bench(
         wanted = [int(s) for s in sizes.split(",")] if sizes else None
     except ValueError:
         raise PersonaError(f"--sizes must be numbers of memories, comma-separated (not '{sizes}')") from None
-    plan = perf.plan_for(quick, wanted, repeat, questions)
+    try:
+        lengths = [int(m) for m in messages.split(",")] if messages else None
+    except ValueError:
+        raise PersonaError(f"--messages must be numbers of messages, comma-separated (not '{messages}')") from None
+    plan = perf.plan_for(quick, wanted, repeat, questions, lengths)
     env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers})
     try:
         results = perf.run(_host(env), plan, chosen, quick, locomo)

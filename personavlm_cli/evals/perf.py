@@ -85,7 +85,7 @@ class Host:
 
 
 def plan_for(quick: bool, sizes: list[int] | None = None, repeat: int | None = None,
-             questions: int | None = None) -> dict:
+             questions: int | None = None, lengths: list[int] | None = None) -> dict:
     """How much each section does: the full run, or ``quick`` (the CI-sized one)."""
     plan = {
         "sizes": sizes or ([1000, 10000] if quick else [1000, 10000, 100000]),
@@ -100,12 +100,14 @@ def plan_for(quick: bool, sizes: list[int] | None = None, repeat: int | None = N
         "update_turns": 2 if quick else 4,
         "forgets": 3 if quick else 5,
         "ttft_questions": questions or (10 if quick else 24),
-        "session_lengths": [16] if quick else [16, 60],
+        "session_lengths": lengths or ([16] if quick else [16, 60]),
         "session_pause_s": 2.0,
         "session_answer_tokens": 48,
     }
     if any(s < 1 for s in plan["sizes"]):
         raise PersonaError("--sizes must be positive numbers of memories")
+    if any(n < 2 for n in plan["session_lengths"]):
+        raise PersonaError("--messages must be session lengths of 2 messages or more")
     return plan
 
 
