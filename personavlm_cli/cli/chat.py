@@ -339,7 +339,10 @@ class ChatSession:
                   f"first token after {st.first_token_s} s{cut}")
         if st.context_used is not None:
             pct = 100 * st.context_used / max(1, st.context)
-            cached = f" ({st.cached_tokens} reused from the cache)" if st.cached_tokens else ""
+            cached = ""
+            if st.cached_tokens is not None and st.prompt_tokens is not None:  # what the backend reported
+                cached = (f" ({st.cached_tokens} reused from the cache, "
+                          f"{max(0, st.prompt_tokens - st.cached_tokens)} new)")
             out.print(f"  context: {st.context_used} of {st.context} tokens used ({pct:.0f}%): "
                       f"prompt {st.prompt_tokens}{cached}, answer {st.answer_tokens}")
         else:

@@ -64,6 +64,10 @@ class Assistant:
         # session are in its turns already, and a system text that changed every message would make
         # llama.cpp evaluate the whole prompt again (its cache keeps the longest common prefix).
         self._session_view: tuple[str, dict, list, dict] | None = None
+        # Where the recent-turn window starts (the first turn it holds), kept between messages so the
+        # window moves in large steps rather than one exchange per message (see ``window``).
+        self._window_start: Memory | None = None
+        self._search_offered: tuple[str, bool] | None = None  # (session, whether the system text offers SEARCH)
 
     def forget_view(self) -> None:
         """Read the profile, habits and personality again for the next answer (after a forget)."""
@@ -83,11 +87,45 @@ class Assistant:
         return f"s_{at.strftime('%Y%m%d%H%M')}_{new_id('turn')[-4:]}", (last.session_id if last else None)
 
     def recent(self, at: datetime) -> list[Memory]:
+        """The recent-turn window: turns of the last session gap, at most ``recent_turns`` of them."""
+        if self.recent_turns <= 0:
+            return []
         since = (at - self.gap).timestamp()
-        turns = self.store.records.list(types=["turn"], since=since, until=at.timestamp(), newest_first=True,
-                                        limit=self.recent_turns)
+        anchor = self._window_start
+        # A session longer than the gap keeps its window's first turn until the window moves, rather
+        # than losing one turn per message to the clock.
+        wider = anchor is not None and anchor.occurred.timestamp() < since
+        turns = list(reversed(self.store.records.list(
+            types=["turn"], since=anchor.occurred.timestamp() if wider else since, until=at.timestamp(),
+            newest_first=True, limit=self.recent_turns * 2)))
         # A blank answer or the old stand-in for none (stored before failures stored nothing) is not fed back.
-        return [t for t in reversed(turns) if t.role != "assistant" or t.text.strip() not in NOT_ANSWERS]
+        turns = [t for t in turns if t.role != "assistant" or t.text.strip() not in NOT_ANSWERS]
+        if wider and (not turns or turns[-1].session_id != anchor.session_id):
+            turns = [m for m in turns if m.occurred.timestamp() >= since]  # another session: the gap rules
+        return self.window(turns)
+
+    def window(self, turns: list[Memory]) -> list[Memory]:
+        """The part of ``turns`` (oldest first) the prompt shows, moved in large steps.
+
+        llama.cpp reuses only the longest common prefix of two prompts, so a window that slid by one
+        exchange per message would change the prompt's beginning every time and the whole session
+        would be evaluated again for each message. The window keeps its first turn while it holds at
+        most ``recent_turns`` turns; when it would hold more, it moves at once by half its size (to
+        the newest ``recent_turns // 2``, starting on a user turn): one full evaluation every
+        ``recent_turns // 4`` messages instead of one per message.
+        """
+        n = self.recent_turns
+        ids = [m.id for m in turns]
+        anchor = self._window_start.id if self._window_start is not None else None
+        start = ids.index(anchor) if anchor in ids else None
+        if start is None:
+            start = max(0, len(turns) - n)
+        elif len(turns) - start > n:
+            start = max(start + 1, len(turns) - max(2, n // 2))
+        while start < len(turns) and turns[start].role == "assistant":  # never start on an answer
+            start += 1
+        self._window_start = turns[start] if start < len(turns) else None
+        return turns[start:]
 
     def context(self, message: str, at: datetime, images: list[Path], recent: list[Memory],
                 current_ids: set[str] = frozenset(), session_id: str | None = None) -> Context:
@@ -107,9 +145,18 @@ class Assistant:
         recalled_for, shown = self._recalled_in(recent)
         if self.profile.style == "compact":
             shown = set()  # a small model reads each message's own context, not the whole session
+        long_term = records.has_current_besides({m.id for m in recent} | set(current_ids))
+        # The system text's offer to search changes the prompt's beginning: within a session it is made
+        # once there is something to search, and then kept (one change per session at most).
+        offered = self._search_offered
+        if offered is None or session_id is None or offered[0] != session_id:
+            offered = (session_id, long_term)
+        elif long_term and not offered[1]:
+            offered = (session_id, True)
+        self._search_offered = offered if session_id is not None else None
         return Context(user=self.user, now=at, message=message, images=images, recent=recent,
                        core=dict(view[1]), procedural=list(view[2]), personality=vector, vision=self.vision,
-                       has_long_term_memory=records.has_current_besides({m.id for m in recent} | set(current_ids)),
+                       has_long_term_memory=long_term, search_offered=offered[1],
                        current_ids=set(current_ids), recalled_for=recalled_for, shown_ids=shown)
 
     def _recalled_in(self, recent: list[Memory]) -> tuple[dict[str, list[Memory]], set[str]]:
@@ -135,6 +182,7 @@ class Assistant:
         reserve = min(1024, n_ctx // 4)  # recalled memories and the chat template
         room = n_ctx - answer - reserve - count(self.profile.system(ctx)) - count(ctx.message) - 32
         keep = 0
+        sizes: list[int] = []  # tokens of each kept turn, newest first
         for m in reversed(ctx.recent):
             if m.role == "user":
                 n = count(self.profile.user_block(m.text, m.occurred, ctx.recalled_for.get(m.id, []))) + 8
@@ -144,16 +192,42 @@ class Assistant:
                 break
             room -= n
             keep += 1
+            sizes.append(n)
         left_out = len(ctx.recent) - keep
         if left_out:
+            # Moved in a large step, as the window is (``window``): the history left uses at most half
+            # of the room, so the next messages fit after it and reuse its cached prefix.
+            sizes = sizes[:keep]
+            used, half = sum(sizes), (sum(sizes) + room) // 2
+            while sizes and used > half:
+                used -= sizes.pop()
+                left_out += 1
             ctx.recent = ctx.recent[left_out:]
-            if ctx.recent and ctx.recent[0].role == "assistant":  # never start on an answer
+            while ctx.recent and ctx.recent[0].role == "assistant":  # never start on an answer
                 ctx.recent = ctx.recent[1:]
                 left_out += 1
+            self._window_start = ctx.recent[0] if ctx.recent else None
             kept = {m.id for m in ctx.recent}
             ctx.recalled_for = {k: v for k, v in ctx.recalled_for.items() if k in kept}
             ctx.shown_ids = {m.id for ms in ctx.recalled_for.values() for m in ms}
         return left_out
+
+    def next_prefix(self, at: datetime, session_id: str) -> list[dict] | None:
+        """When the next message would find the recent-turn window moved (it is full, or the context
+        is), move it now and return the beginning of that message's prompt (system text and history,
+        then an empty user message), for the model to evaluate while the user reads; None when the
+        window stays where it is (the model's cache already holds the prompt's beginning)."""
+        if self.profile.tagged:  # the paper's layout puts the history inside one message: nothing stable
+            return None
+        before = self._window_start.id if self._window_start is not None else None
+        recent = self.recent(at)
+        ctx = self.context("", at, [], recent, session_id=session_id)
+        self.fit(ctx)
+        after = self._window_start.id if self._window_start is not None else None
+        if before is None or after == before or not ctx.recent:  # a new window: this answer's prompt began it
+            return None
+        messages = self.profile.answer_messages(ctx, [])
+        return [*messages[:-1], {"role": "user", "content": ""}]
 
     # -- storing ----------------------------------------------------------------------------------
 

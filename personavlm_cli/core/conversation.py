@@ -29,6 +29,7 @@ from typing import Callable, Iterator
 
 from personavlm_cli.core.assistant import Assistant, Exchange
 from personavlm_cli.core.errors import ModelInterrupted, NoAnswer, PersonaError
+from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, now, prompt_time
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import Context
@@ -39,6 +40,7 @@ from personavlm_cli.core.update import (
     UpdateQueue,
     UpdateStage,
 )
+from personavlm_cli.core.warmup import PrefixWarmup
 
 
 @dataclass
@@ -94,6 +96,7 @@ class Turn:
         self.stats: TurnStats | None = None
         self.failure: PersonaError | None = None  # the model failed: no answer is stored
 
+        self._held: ModelGate | None = None  # held from the message to the turn's end (``Conversation.send``)
 
     @property
     def turns_left_out(self) -> int:
@@ -160,6 +163,9 @@ class Turn:
         finally:
             a.personality_override = None  # an override holds for the next answer only
             self.stats = self._stats(end)
+            if self._held is not None:
+                self._held, held = None, self._held
+                held.release()  # background work may go on
         return self.stats
 
     def _stats(self, end: float) -> TurnStats:
@@ -213,6 +219,7 @@ class Conversation:
         self.background: BackgroundUpdates | None = None
         self._worker_model = None
         self.last: Turn | None = None
+        self.warmup: PrefixWarmup | None = None  # the next prompt's beginning, evaluated while the user reads
 
     # -- a chat's frame -----------------------------------------------------------------------------
 
@@ -237,6 +244,9 @@ class Conversation:
         chat's worker (or `memory update`) finishes it."""
         error = None
         stopped = True
+        if self.warmup is not None:
+            self.warmup.stop()
+            self.warmup = None
         if self.background is not None:
             stopped = self.background.stop()
             if self.background.error is not None:
@@ -268,11 +278,18 @@ class Conversation:
         started = time.perf_counter()
         a = self.assistant
         at = at or self.clock()
-        text, trimmed = self._fit_message(text)
-        turn = begin(a, text, at, images or [], queue=self.queue if self.learn else None,
-                     learner=self.learner if self.learn else None, sampling=self.sampling,
-                     mode="force" if self.force_retrieve else None, session_id=session_id, started=started,
-                     trimmed=trimmed)
+        gate = a.model_lock
+        gate.hold()  # answers first: background work yields now and waits until this turn ends
+        try:
+            text, trimmed = self._fit_message(text)
+            turn = begin(a, text, at, images or [], queue=self.queue if self.learn else None,
+                         learner=self.learner if self.learn else None, sampling=self.sampling,
+                         mode="force" if self.force_retrieve else None, session_id=session_id, started=started,
+                         trimmed=trimmed)
+        except BaseException:
+            gate.release()
+            raise
+        turn._held = gate
         self.last = turn
         return turn
 
@@ -283,8 +300,22 @@ class Conversation:
             self.totals["answers"] += 1
             self.totals["tokens"] += st.answer_tokens or 0
             self.totals["seconds"] += st.seconds
+            self._prepare_next(turn)
         if self.background is not None:
             self.background.poke()
+
+    def _prepare_next(self, turn: Turn) -> None:
+        """If the next message would find the recent-turn window moved, move it now and let the model
+        evaluate the new prompt's beginning while the user reads (``core/warmup.py``)."""
+        if self.warmup is not None:
+            self.warmup.stop()  # a previous one still at work: its prefix is out of date
+            self.warmup = None
+        try:
+            messages = self.assistant.next_prefix(self.clock(), turn.exchange.user_turn.session_id)
+        except PersonaError:
+            return
+        if messages is not None:
+            self.warmup = PrefixWarmup(self.assistant.model, self.assistant.model_lock, messages).start()
 
     def _fit_message(self, text: str) -> tuple[str, Trimmed | None]:
         """A message longer than half the context is cut to its first tokens (what is stored is what was sent)."""

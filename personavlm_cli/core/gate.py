@@ -21,6 +21,7 @@ class ModelGate:
         self._lock = threading.RLock()
         self._cond = threading.Condition()
         self._waiting = 0
+        self._urgent = 0  # background work that goes before the others (the next prompt's prefill)
         self._holder: int | None = None  # thread id of the background holder, if any
         self._depth = 0
         self._local = threading.local()  # the open ``with gate:`` blocks of each thread
@@ -32,11 +33,7 @@ class ModelGate:
             self._waiting += 1
             background_busy = self._holder is not None and self._holder != threading.get_ident()
         if background_busy:
-            for hook in list(self.on_wait):
-                try:
-                    hook()
-                except Exception:  # noqa: BLE001 - a hook must never block an answer
-                    pass
+            self._interrupt()
         try:
             self._lock.acquire()
         finally:
@@ -49,7 +46,32 @@ class ModelGate:
             self._lock.release()
 
     @contextmanager
-    def background(self):
+    def background(self, urgent: bool = False):
+        """Background use; ``urgent`` work (the next prompt's prefill, ``core/warmup.py``) still yields
+        to answers, but the other background work yields to it as it does to an answer."""
+        if not urgent:
+            with self._background(lambda: self._waiting == 0 and self._urgent == 0):
+                yield
+            return
+        with self._cond:
+            self._urgent += 1
+            busy = self._holder is not None and self._holder != threading.get_ident()
+        if busy:
+            self._interrupt()
+        try:
+            with self._background(lambda: self._waiting == 0):
+                yield
+        finally:
+            with self._cond:
+                self._urgent -= 1
+                self._cond.notify_all()
+
+    def yield_wanted(self) -> bool:
+        """Should background work in progress stop at its next step (an answer, or urgent work, waits)?"""
+        return self._waiting > 0 or self._urgent > 0
+
+    @contextmanager
+    def _background(self, free):
         me = threading.get_ident()
         if self._holder == me:  # nested: the job already holds the gate
             self._depth += 1
@@ -60,10 +82,10 @@ class ModelGate:
             return
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._waiting == 0)
+                self._cond.wait_for(free)
             self._lock.acquire()
             with self._cond:
-                if self._waiting == 0:
+                if free():
                     self._holder = me
                     break
             self._lock.release()  # an answer arrived meanwhile: let it have the model first
@@ -73,6 +95,28 @@ class ModelGate:
             with self._cond:
                 self._holder = None
             self._lock.release()
+
+    def hold(self) -> None:
+        """An answer is on its way (a chat turn, from the message to its end): background work stops
+        at its next token and does not start again until :meth:`release`, so the turn's steps (its
+        store writes, recall, the answer) never wait for a job that restarted between two of them."""
+        with self._cond:
+            self._waiting += 1
+            background_busy = self._holder is not None and self._holder != threading.get_ident()
+        if background_busy:
+            self._interrupt()
+
+    def release(self) -> None:
+        with self._cond:
+            self._waiting = max(0, self._waiting - 1)
+            self._cond.notify_all()
+
+    def _interrupt(self) -> None:
+        for hook in list(self.on_wait):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - a hook must never block an answer
+                pass
 
     def answer_waiting(self) -> bool:
         return self._waiting > 0

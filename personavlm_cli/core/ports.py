@@ -114,6 +114,14 @@ class ChatModel(Protocol):
         that starts right after is stopped at once. The stopped call raises ModelInterrupted."""
         ...
 
+    def prefill(self, messages: Messages, stop: Callable[[], bool] | None = None) -> bool:
+        """Evaluate ``messages`` into the model's prompt cache without answering, so that a later
+        prompt that begins with them pays only for what follows (the chat's next prefix, while the
+        user reads). ``stop()`` is asked between two small batches of the prompt; True stops it there,
+        keeping what was evaluated. True when the whole prompt is in the cache; False when stopped, or
+        when the backend keeps no cache of its own here (a server's cache slots are its own)."""
+        ...
+
     def close(self) -> None:
         """Free the model (or the client); later calls raise ModelError. Closing twice is fine."""
         ...

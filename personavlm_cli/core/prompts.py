@@ -39,6 +39,7 @@ class Context:
     personality: dict = field(default_factory=pem.initial)
     vision: bool = False
     has_long_term_memory: bool = True
+    search_offered: bool | None = None  # does the system text offer SEARCH (None: has_long_term_memory)
     current_ids: set = field(default_factory=set)  # this message's own turn and images: never recalled
     # Memories each earlier user turn of this session was sent with (turn id -> memories), so that
     # the history is laid out exactly as it was sent and llama.cpp's cache of it stays valid.
@@ -165,7 +166,7 @@ class GenericProfile:
             "You remember earlier conversations with this user: what you remember is shown with their "
             "message. Use it when it answers them; never invent memories you do not have.",
         ]
-        if search and ctx.has_long_term_memory:
+        if search and (ctx.has_long_term_memory if ctx.search_offered is None else ctx.search_offered):
             lines.append(f"If what you remember does not answer the message, reply with just one line "
                          f"'{SEARCH_MARK} <keywords>' to search your memory again.")
         if ctx.core:

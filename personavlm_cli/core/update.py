@@ -403,6 +403,13 @@ class UpdateStage:
             self.store.records.finish_job(job["id"])
         return True
 
+    def _yield_point(self) -> None:
+        """Between two steps of a job's store work (learning a turn, writing an episode): an answer that
+        waits (or the next prompt's prefill) stops the job here, as a model call stops at its next token. The job stays queued and,
+        being idempotent, runs again from its start later."""
+        if self.model_lock.yield_wanted():
+            raise Interrupted("an answer (or the next prompt's prefill) is waiting")
+
     def _ask(self, messages, schema, max_tokens=200) -> dict | None:
         try:
             # Background use: an answer the user is waiting for goes first.
@@ -422,6 +429,7 @@ class UpdateStage:
             return
         assistant = self.store.records.get(payload["assistant"]) if payload.get("assistant") else None
         self.learner.learn_turn(user_turn)  # idempotent: usually done already, right after the answer
+        self._yield_point()
         self.update_personality(user_turn, assistant)
         if self.extractor == "model":
             self.extract_semantic(user_turn, assistant)
@@ -518,7 +526,9 @@ class UpdateStage:
             return
         for t in turns:
             if t.role == "user":
+                self._yield_point()
                 self.learner.learn_turn(t)
+        self._yield_point()
         self.episodes(session_id, turns)
         if self.extractor == "model":
             self.procedural(turns)

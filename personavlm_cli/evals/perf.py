@@ -17,6 +17,8 @@ Measured (each in its own temporary store or home; nothing touches the user's me
 - CLIP time per image; replay throughput (turns stored per second, without the chat model); the
   update stage's time per turn and per session with the chat model, the wait it adds before the
   next prompt, and the delay it causes to an answer asked while it runs;
+- time to the first token of every message of a scripted session with learning on, against raw
+  llama-cpp-python cold on the same prompt (``evals/session_bench.py``);
 - peak memory (``resource.getrusage``).
 
 ``run`` measures the chosen sections and judges the bars; what only the composition root may build
@@ -43,6 +45,7 @@ from typing import Any, Callable
 
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.evals.replay import Replayer, Turn
+from personavlm_cli.evals.session_bench import bench_session
 from personavlm_cli.evals.workspace import forget_exchange, percentile, scratch, temporary_store
 
 BARS = {
@@ -55,6 +58,13 @@ BARS = {
     "ttft_cold_ratio_no_update": ("<= 1.15", lambda v: v <= 1.15),
     "ttft_warm_ratio_no_update": ("<= 0.6", lambda v: v <= 0.6),
     "ttft_evidence_in_context_no_update": (">= 0.70", lambda v: v >= 0.70),
+    # A scripted session with learning on (evals/session_bench.py), per message against raw cold.
+    "session_ratio_median_16": ("<= 0.5", lambda v: v <= 0.5),
+    "session_ratio_worst_16": ("<= 1.0", lambda v: v <= 1.0),
+    "session_next_chat_ratio_16": ("<= 1.2", lambda v: v <= 1.2),
+    "session_ratio_median_60": ("<= 0.5", lambda v: v <= 0.5),
+    "session_ratio_worst_60": ("<= 1.0", lambda v: v <= 1.0),
+    "session_next_chat_ratio_60": ("<= 1.2", lambda v: v <= 1.2),
 }
 
 
@@ -75,7 +85,7 @@ class Host:
 
 
 def plan_for(quick: bool, sizes: list[int] | None = None, repeat: int | None = None,
-             questions: int | None = None) -> dict:
+             questions: int | None = None, lengths: list[int] | None = None) -> dict:
     """How much each section does: the full run, or ``quick`` (the CI-sized one)."""
     plan = {
         "sizes": sizes or ([1000, 10000] if quick else [1000, 10000, 100000]),
@@ -90,15 +100,20 @@ def plan_for(quick: bool, sizes: list[int] | None = None, repeat: int | None = N
         "update_turns": 2 if quick else 4,
         "forgets": 3 if quick else 5,
         "ttft_questions": questions or (10 if quick else 24),
+        "session_lengths": lengths or ([16] if quick else [16, 60]),
+        "session_pause_s": 2.0,
+        "session_answer_tokens": 48,
     }
     if any(s < 1 for s in plan["sizes"]):
         raise PersonaError("--sizes must be positive numbers of memories")
+    if any(n < 2 for n in plan["session_lengths"]):
+        raise PersonaError("--messages must be session lengths of 2 messages or more")
     return plan
 
 
 def run(host: Host, plan: dict, chosen: set[str], quick: bool, locomo: Path | None = None) -> dict:
     """Measure the ``chosen`` sections (startup, recall, pretoken, forget, generation, clip, replay, update,
-    ttft), each in its own temporary store or home; the figures and the bars."""
+    ttft, session), each in its own temporary store or home; the figures and the bars."""
     started = time.perf_counter()
     results: dict = {"machine": machine(), "quick": quick, "plan": plan, "sections": {}}
     rng = random.Random(7)
@@ -113,6 +128,7 @@ def run(host: Host, plan: dict, chosen: set[str], quick: bool, locomo: Path | No
             ("generation", lambda: bench_generation(host, work / "chat", plan, rng)),
             ("update", lambda: bench_update(host, work / "update", plan, rng)),
             ("ttft", lambda: bench_ttft(host, work / "ttft", plan, locomo)),
+            ("session", lambda: bench_session(host, work / "session", plan)),
         ]
         for name, fn in runs:
             wanted = name in chosen or (name == "recall" and "pretoken" in chosen)
@@ -950,6 +966,12 @@ def figures(results: dict) -> dict:
             f[f"ttft_cold_chat_s_{mode}"] = m["cold_chat_s_median"]
             f[f"ttft_warm_chat_s_{mode}"] = m["warm_chat_s_median"]
             f[f"ttft_evidence_in_context_{mode}"] = m["evidence_in_context"]
+    for n, m in ((s.get("session") or {}).get("lengths") or {}).items():
+        f[f"session_ratio_median_{n}"] = m["ratio_median"]
+        f[f"session_ratio_p90_{n}"] = m["ratio_p90"]
+        f[f"session_ratio_worst_{n}"] = m["ratio_worst"]
+        f[f"session_next_chat_ratio_{n}"] = m["next_chat_ratio"]
+        f[f"session_reused_share_{n}"] = m["reused_share_median"]
     f["peak_memory_mb"] = results.get("peak_memory_mb")
     return f
 
