@@ -100,8 +100,10 @@ class Assistant:
             newest_first=True, limit=self.recent_turns * 2)))
         # A blank answer or the old stand-in for none (stored before failures stored nothing) is not fed back.
         turns = [t for t in turns if t.role != "assistant" or t.text.strip() not in NOT_ANSWERS]
-        if wider and (not turns or turns[-1].session_id != anchor.session_id):
-            turns = [m for m in turns if m.occurred.timestamp() >= since]  # another session: the gap rules
+        if wider and (not turns or turns[-1].session_id != anchor.session_id
+                      or turns[-1].occurred.timestamp() < since):
+            # Another session (or this message starts one: the last turn is older than the gap): the gap rules.
+            turns = [m for m in turns if m.occurred.timestamp() >= since]
         return self.window(turns)
 
     def window(self, turns: list[Memory]) -> list[Memory]:

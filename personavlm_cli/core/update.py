@@ -222,7 +222,7 @@ class Learner:
             self._drop_profile_items(gone, user_turn)
         for sentence in said:
             hits = recall(self.store, Query(text=sentence, types=("turn", "semantic", "procedural"),
-                                            exclude_ids={user_turn.id}), k=12)
+                                            exclude_ids={user_turn.id}), k=12, floor=None)  # candidates: checked below
             for hit in hits:
                 old = hit.memory
                 if old.occurred > user_turn.occurred or old.id == user_turn.id:
@@ -306,7 +306,7 @@ class Learner:
         if records.get(memory.id) is not None:
             return records.get(memory.id)
         kinds = ("semantic", "procedural")
-        hits = recall(self.store, Query(text=memory.text, types=kinds), k=8)
+        hits = recall(self.store, Query(text=memory.text, types=kinds), k=8, floor=None)  # checked below
         for hit in hits:
             old = hit.memory
             similarity = hit.signals.get("dense", {}).get("score", 0.0)
