@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from personavlm_cli.core.errors import StoreError
+from personavlm_cli.core.errors import StoreError, UnreachableError
 
 RETRY_S = 30.0  # how long a lost connection is waited for by default (store.retry_seconds)
 _NOT_RUN = {"57P01", "57P02", "57P03"}  # the server ended the session before running the statement
@@ -183,7 +183,7 @@ class Link:
                     raise StoreError(f"the record database {self.where} refused the connection: "
                                      f"{first_line(exc)}") from None
                 if time.monotonic() + delay > deadline:
-                    raise StoreError(f"the record database {self.where} is not reachable "
+                    raise UnreachableError(f"the record database {self.where} is not reachable "
                                      f"({first_line(exc)}); waited {self.retry_s:g} s for it to come back; "
                                      "nothing more was written") from None
                 time.sleep(delay)

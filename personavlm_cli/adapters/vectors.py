@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from personavlm_cli.adapters.urls import shown_url
-from personavlm_cli.core.errors import StoreError
+from personavlm_cli.core.errors import StoreError, UnreachableError
 
 HNSW = {"space": "cosine", "ef_search": 200, "ef_construction": 200, "max_neighbors": 32}
 SPARE = ".rebuild"  # suffix of the collection a rebuild fills before it replaces the original
@@ -74,7 +74,7 @@ class VectorIndex:
                 self.client = chromadb.PersistentClient(path=str(path), settings=settings)
         except Exception as exc:  # chromadb raises many kinds; all mean "cannot open"
             if url and _is_transport_error(exc):
-                raise StoreError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
+                raise UnreachableError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
             raise StoreError(f"cannot open the vector store at {self.where}: {_first_line(exc)}") from None
         self._collections: dict[str, list] = {}  # logical name -> its shards, in order
         self._migrated: set[str] = set()  # logical names checked for the layout before shards
@@ -93,7 +93,7 @@ class VectorIndex:
             raise
         except Exception as exc:  # noqa: BLE001 - httpx, ChromaError, ValueError...: all one line
             if self.remote and _is_transport_error(exc):
-                raise StoreError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
+                raise UnreachableError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
             raise StoreError(f"the vector store at {self.where} could not {action}: {_first_line(exc)}") from None
 
     def _name(self, name: str) -> str:
@@ -553,14 +553,14 @@ def _check_reachable(url: str, port: int, where: str, timeout: float = 10.0) -> 
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except socket.timeout:
-        raise StoreError(f"the vector store at {where} is not reachable: no answer within {timeout:g} s") from None
+        raise UnreachableError(f"the vector store at {where} is not reachable: no answer within {timeout:g} s") from None
     except ConnectionRefusedError:
-        raise StoreError(f"the vector store at {where} is not reachable: connection refused "
+        raise UnreachableError(f"the vector store at {where} is not reachable: connection refused "
                          "(is `chroma run` running there?)") from None
     except socket.gaierror as exc:
-        raise StoreError(f"the vector store at {where} is not reachable: unknown host ({exc.strerror})") from None
+        raise UnreachableError(f"the vector store at {where} is not reachable: unknown host ({exc.strerror})") from None
     except OSError as exc:
-        raise StoreError(f"the vector store at {where} is not reachable: {exc.strerror or exc}") from None
+        raise UnreachableError(f"the vector store at {where} is not reachable: {exc.strerror or exc}") from None
 
 
 def _bound_timeouts(client) -> None:

@@ -119,6 +119,7 @@ class Env:
 
     def close(self) -> None:
         if self._store is not None:
+            self.tell_notices()
             self._store.close()
             self._store = None
         if self._lock is not None:
@@ -127,6 +128,15 @@ class Env:
         if self._model is not None:
             self._model.close()
             self._model = None
+
+    def tell_notices(self) -> None:
+        """Print what the store has to say (the vector server down, erasures pending), once each."""
+        if self._store is None:
+            return
+        from personavlm_cli.cli.common import err, line
+
+        for notice in self._store.take_notices():
+            err.print(line((notice, "yellow")))
 
     # -- the model --------------------------------------------------------------------------------
 
