@@ -573,3 +573,54 @@ class PgRecordStore(SqlRecords):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def probe(url: str, user: str, timeout: int = 5) -> dict:
+    """What ``doctor`` says of the record database: reachable or why not, the server's version, the
+    round-trip latency (median of 5 ``SELECT 1``), and for ``user``'s schema its format version, owner,
+    and the outbox (memories whose vectors are not written yet, vector erasures queued). Never raises."""
+    import statistics
+
+    out: dict[str, Any] = {"reachable": False}
+    try:
+        psycopg, dict_row = _psycopg()
+        check_database_url(url)
+        conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=timeout,
+                               application_name="personavlm-doctor")
+    except StoreError as exc:
+        out["problem"] = str(exc)
+        return out
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        out["problem"] = _first_line(exc)
+        return out
+    try:
+        out["reachable"] = True
+        out["version"] = conn.execute("SHOW server_version").fetchone()["server_version"]
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            times.append(time.perf_counter() - t0)
+        out["latency_ms"] = round(statistics.median(times) * 1000, 2)
+        schema = schema_for(user)
+        out["schema"] = schema
+        sql = psycopg.sql
+        if conn.execute("SELECT to_regclass(%s) AS t", (f'"{schema}".meta',)).fetchone()["t"] is None:
+            out["format"] = None
+            return out
+        meta = {r["key"]: r["value"] for r in conn.execute(
+            sql.SQL("SELECT key, value FROM {} WHERE key IN ('format_version', 'owner')").format(
+                sql.Identifier(schema, "meta"))).fetchall()}
+        out["format"] = int(meta.get("format_version", 0))
+        out["format_known"] = FORMAT_VERSION
+        out["owner"] = json.loads(meta["owner"]) if "owner" in meta else None
+        out["vectors_waiting"] = conn.execute(sql.SQL("SELECT count(*) AS n FROM {} WHERE vector_state = 0").format(
+            sql.Identifier(schema, "memories"))).fetchone()["n"]
+        jobs = conn.execute(sql.SQL("SELECT payload FROM {} WHERE kind = 'vector_delete'").format(
+            sql.Identifier(schema, "jobs"))).fetchall()
+        out["erasures_pending"] = sum(len(json.loads(j["payload"]).get("ids", [])) for j in jobs)
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        out["problem"] = _first_line(exc)
+    finally:
+        conn.close()
+    return out

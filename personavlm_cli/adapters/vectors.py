@@ -574,3 +574,28 @@ def _bound_timeouts(client) -> None:
             session.timeout = httpx.Timeout(120.0, connect=10.0)
     except Exception:  # noqa: BLE001 - only the timeout is at stake
         pass
+
+
+def probe(url: str) -> dict:
+    """What ``doctor`` says of a Chroma server: reachable or why not, its version and the heartbeat's
+    round-trip latency (median of 5). Lists nothing (no other user's names). Never raises."""
+    import statistics
+    import time
+
+    out: dict[str, Any] = {"reachable": False}
+    try:
+        host, port, tenant, database, headers = _parse_server_url(url)
+        _check_reachable(host, port, shown_url(url), timeout=5.0)
+        chromadb, Settings = _chroma()
+        client = chromadb.HttpClient(host=host, port=port, headers=headers or None, tenant=tenant, database=database,
+                                     settings=Settings(anonymized_telemetry=False, allow_reset=False))
+        _bound_timeouts(client)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            client.heartbeat()
+            times.append(time.perf_counter() - t0)
+        out.update(reachable=True, version=client.get_version(), latency_ms=round(statistics.median(times) * 1000, 2))
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        out["problem"] = str(exc).splitlines()[0] if str(exc) else _first_line(exc)
+    return out

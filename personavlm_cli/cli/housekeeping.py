@@ -218,6 +218,9 @@ def doctor(
             report["records check"] = str(exc).splitlines()[0]
     else:
         report["records"] = f"{udir / 'personavlm.db'} (SQLite, this machine)"
+    from personavlm_cli.cli.server_doctor import server_report
+
+    report.update(server_report(env))  # each server: reachable, version, latency, schema, outbox
     db = udir / "personavlm.db"
     if db.exists():
         try:
