@@ -91,7 +91,8 @@ class Env:
         if url:
             from personavlm_cli.adapters.pg_records import PgRecordStore
 
-            return lambda readonly=False: PgRecordStore(url, user, readonly=readonly)
+            retry = self.settings["store.retry_seconds"]
+            return lambda readonly=False: PgRecordStore(url, user, readonly=readonly, retry_s=retry)
         from personavlm_cli.adapters.records import RecordStore
 
         path = path or self.user_dir()

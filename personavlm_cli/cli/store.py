@@ -34,7 +34,7 @@ app = typer.Typer(help="Where the memories live: this machine (embedded) or serv
                   no_args_is_help=True)
 
 # Meta keys that describe one store, not the user's memory: never copied.
-_LOCAL_META = {"format_version", "created_at", "compact_pending", "migration"}
+_LOCAL_META = {"format_version", "created_at", "compact_pending", "migration", "owner"}
 # Pending work that names the source's own vectors: meaningless in the target (its vectors are made anew).
 _LOCAL_JOBS = {"vector_delete"}
 
@@ -142,7 +142,8 @@ def _server_store(env, path: Path, must_exist: bool = False):
         return VectorIndex(url=s["store.url"], namespace=namespace(user, holder["store"].records))
 
     store = MemoryStore(path, text_encoder=_text_encoder, image_encoder=lambda: _image_encoder(s), vectors=vectors,
-                        records=lambda readonly=False: PgRecordStore(url, user, readonly=readonly),
+                        records=lambda readonly=False: PgRecordStore(url, user, readonly=readonly,
+                                                                     retry_s=s["store.retry_seconds"]),
                         images=ServerImages(path / ServerImages.CACHE))
     holder["store"] = store
     return store
