@@ -183,9 +183,9 @@ class Link:
                     raise StoreError(f"the record database {self.where} refused the connection: "
                                      f"{first_line(exc)}") from None
                 if time.monotonic() + delay > deadline:
-                    raise UnreachableError(f"the record database {self.where} is not reachable "
-                                     f"({first_line(exc)}); waited {self.retry_s:g} s for it to come back; "
-                                     "nothing more was written") from None
+                    reason = first_line(exc).rpartition("failed: ")[2] or first_line(exc)
+                    raise UnreachableError(f"the record database {self.where} is not reachable ({reason}); "
+                                           f"waited {self.retry_s:g} s for it to come back") from None
                 time.sleep(delay)
                 delay = min(delay * 2, 2.0)
                 continue
