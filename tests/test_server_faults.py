@@ -424,3 +424,43 @@ def test_with_chroma_down_chat_forget_and_import_go_on_and_the_outbox_is_flushed
     held = collections(chroma_server)
     assert held["u-vec-down-memories"] == listed  # every waiting vector written, the erased one gone
     assert miso["id"] not in held["u-vec-down-memories"]
+
+
+# --------------------------------------------------------------------------------------------------
+# A home moves whole
+# --------------------------------------------------------------------------------------------------
+
+
+def test_store_migrate_moves_every_user_of_the_home_and_a_user_left_behind_is_told_so(tmp_path, pg, chroma_server):
+    base = {**FAST, "PERSONAVLM_STORE_URL": chroma_server.url, "PERSONAVLM_STORE_DATABASE_URL": pg.url}
+    whole = {**base, "PERSONAVLM_HOME": str(tmp_path / "whole")}
+    part = {**base, "PERSONAVLM_HOME": str(tmp_path / "part")}
+    for home, names in ((whole, ("w-ann", "w-bob")), (part, ("p-ann", "p-bob"))):
+        for name in names:
+            r = run_cli("chat", "--no-update", env={**home, "PERSONAVLM_USER": name},
+                        input=f"/remember {name} keeps a red notebook\n")
+            assert r.code == 0, r.err
+    before = {n: _listing({**whole, "PERSONAVLM_USER": n}) for n in ("w-ann", "w-bob")}
+    r = run_cli("store", "migrate", "--to", "server", "--json", env={**whole, "PERSONAVLM_USER": "w-ann"})
+    assert r.code == 0, r.err
+    report = r.json()
+    assert set(report["users"]) == {"w-ann", "w-bob"} and report["left_in_the_other_store"] == []
+    for name in ("w-ann", "w-bob"):  # both read from the server now, neither looks empty
+        assert _listing({**whole, "PERSONAVLM_USER": name}) == before[name] != []
+    # --user moves one: the other is told where their memories are, by every command, in one line.
+    r = run_cli("store", "migrate", "--to", "server", "--user", "p-ann", env={**part, "PERSONAVLM_USER": "p-ann"})
+    assert r.code == 0, r.err
+    assert "Still in the embedded store of this home: p-bob" in r.err.replace("\n", " ")
+    bob = {**part, "PERSONAVLM_USER": "p-bob"}
+    for argv in (["memory", "list"], ["memory", "search", "notebook"], ["chat", "--once", "hello"],
+                 ["memory", "forget", "--all", "--yes"]):
+        assert_one_line_error(run_cli(*argv, env=bob), "p-bob", "embedded store",
+                              "store migrate --to server --user p-bob")
+    r = run_cli("store", "migrate", "--to", "server", "--user", "p-bob", env=bob)
+    assert r.code == 0, r.err
+    assert [m["text"] for m in _listing(bob)] == ["p-bob keeps a red notebook"]
+    # And back, one user: the other, still on the server, is told so by the embedded home.
+    r = run_cli("store", "migrate", "--to", "embedded", "--user", "p-ann", env={**part, "PERSONAVLM_USER": "p-ann"})
+    assert r.code == 0, r.err
+    assert_one_line_error(run_cli("memory", "list", env=bob), "p-bob", "server store",
+                          "store migrate --to embedded --user p-bob")

@@ -96,7 +96,7 @@ def users_rm(name: Annotated[str, typer.Argument(help="The user to remove, with 
             from personavlm_cli.cli.env import namespace
 
             try:
-                records = env.records(readonly=False)
+                records = env.records(readonly=False, check_kind=False)
             except NotFoundError:
                 records = None
             if records is not None:
@@ -117,7 +117,7 @@ def _has_server_records(env) -> bool:
     from personavlm_cli.core.errors import NotFoundError
 
     try:
-        env.records(readonly=True).close()
+        env.records(readonly=True, check_kind=False).close()
         return True
     except NotFoundError:
         return False
