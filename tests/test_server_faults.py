@@ -464,3 +464,67 @@ def test_store_migrate_moves_every_user_of_the_home_and_a_user_left_behind_is_to
     assert r.code == 0, r.err
     assert_one_line_error(run_cli("memory", "list", env=bob), "p-bob", "server store",
                           "store migrate --to embedded --user p-bob")
+
+
+# --------------------------------------------------------------------------------------------------
+# Several homes at once: a dropped collection, an answer to an erased message
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_home_recovers_when_another_drops_or_rebuilds_a_collection_it_holds(chroma_server):
+    from personavlm_cli.adapters.vectors import VectorIndex
+
+    ns = f"u-drop-{uuid.uuid4().hex[:8]}-"
+    chatting, forgetting = VectorIndex(url=chroma_server.url, namespace=ns), VectorIndex(url=chroma_server.url, namespace=ns)
+    chatting.upsert("memories", ["a", "b"], [[1.0, 0.0], [0.0, 1.0]])
+    forgetting.delete("memories", ["a"])
+    forgetting.purge(["memories"])  # the collection the chatting home holds is replaced by a rebuilt copy
+    chatting.upsert("memories", ["c"], [[1.0, 1.0]])  # was: "does not exist" at every later write
+    assert chatting.ids("memories") == {"b", "c"} and [i for i, _ in chatting.query("memories", [1.0, 1.0], 1)] == ["c"]
+    forgetting.drop(["memories"])  # `forget --all` / `users rm` elsewhere: the collection is gone
+    chatting.upsert("memories", ["d"], [[1.0, 1.0]])
+    assert chatting.ids("memories") == {"d"} and chatting.count("memories") == 1
+
+
+def test_no_answer_is_stored_whose_message_another_home_erased(tmp_path, pg):
+    from personavlm_cli.adapters.image_store import ServerImages
+    from personavlm_cli.adapters.pg_records import PgRecordStore
+    from personavlm_cli.core.memory import Memory
+    from personavlm_cli.core.store import MemoryStore
+
+    user = "src-" + uuid.uuid4().hex[:6]
+
+    def home(name):
+        return MemoryStore(tmp_path / name, text_encoder=lambda: None, image_encoder=lambda: None, vectors=lambda: None,
+                           records=lambda readonly=False: PgRecordStore(pg.url, user, readonly=readonly),
+                           images=ServerImages(tmp_path / name / "cache"))
+
+    def turn(mid, role, text, sources=()):
+        return Memory(id=mid, type="turn", text=text, role=role, session_id="s1", source_ids=list(sources),
+                      occurred_at="2026-11-20T10:00:00+00:00", created_at="2026-11-20T10:00:00+00:00")
+
+    a, b = home("a"), home("b")
+    try:
+        # 1. The message is erased before its answer is written: the answer is not stored.
+        a.add([turn("turn_u1", "user", "my secret code is 4417")], embed=False)
+        with b.records.transaction():
+            b.records.delete(["turn_u1"])
+        assert a.add([turn("turn_a1", "assistant", "your code is 4417", ["turn_u1"])], embed=False,
+                     sources=["turn_u1"]) is False
+        assert a.records.get("turn_a1") is None
+        # 2. The answer is written after another home planned its erasure of the message: the erasure
+        #    takes the answer too (no vector store involved here: it is down, the deletions are queued).
+        a.add([turn("turn_u2", "user", "my locker is 12")], embed=False)
+        planned = ["turn_u2"]  # what `forget --all` listed in home B
+        assert a.add([turn("turn_a2", "assistant", "locker 12", ["turn_u2"])], embed=False, sources=["turn_u2"])
+        from personavlm_cli.core.errors import UnreachableError
+
+        def down():
+            raise UnreachableError("the vector store is not reachable: test")
+        b._vectors_factory = down
+        erased = b.erase(planned, "forget-all")
+        assert set(erased) == {"turn_u2", "turn_a2"}
+        assert a.records.get("turn_a2") is None and a.records.count() == 0
+    finally:
+        a.close()
+        b.close()

@@ -446,6 +446,7 @@ class PgRecordStore(SqlRecords):
     # -- the hooks of SqlRecords -------------------------------------------------------------------
 
     PARAM = "%s"
+    _HOLD = " FOR SHARE"
 
     def _in(self, column: str, values: list) -> tuple[str, list]:
         return f"{column} = ANY(%s)", [list(values)]

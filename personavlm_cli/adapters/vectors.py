@@ -252,8 +252,44 @@ class VectorIndex:
 
     # -- the public operations --------------------------------------------------------------------
 
+    def _recovering(self, name: str, op):
+        """Run ``op``; if a collection it held was dropped or replaced meanwhile (another machine's
+        forget rebuilt or dropped it: Chroma answers "does not exist"), open the collections again by
+        name and run it once more, instead of failing every later call."""
+        try:
+            return op()
+        except UnreachableError:
+            raise
+        except StoreError as exc:
+            if not _is_missing(str(exc)):
+                raise
+            with self._lock:
+                self._collections.pop(name, None)
+                self._migrated.discard(name)
+            return op()
+
     def upsert(self, name: str, ids: list[str], embeddings, documents: list[str] | None = None,
                metadatas: list[dict] | None = None) -> None:
+        return self._recovering(name, lambda: self._upsert(name, ids, embeddings, documents, metadatas))
+
+    def delete(self, name: str, ids: list[str]) -> None:
+        return self._recovering(name, lambda: self._delete(name, ids))
+
+    def query(self, name: str, embedding, k: int, where: dict | None = None) -> list[tuple[str, float]]:
+        return self._recovering(name, lambda: self._query(name, embedding, k, where))
+
+    def ids(self, name: str) -> set[str]:
+        return self._recovering(name, lambda: self._ids(name))
+
+    def get_embeddings(self, name: str, ids: list[str]) -> dict[str, list[float]]:
+        return self._recovering(name, lambda: self._get_embeddings(name, ids))
+
+    def count(self, name: str) -> int:
+        return self._recovering(name, lambda: self._count(name))
+
+
+    def _upsert(self, name: str, ids: list[str], embeddings, documents: list[str] | None = None,
+                metadatas: list[dict] | None = None) -> None:
         if not ids:
             return
         embeddings = [list(map(float, e)) for e in embeddings]
@@ -271,7 +307,7 @@ class VectorIndex:
                         kwargs["metadatas"] = [metadatas[p] for p in positions]
                     shards[shard].upsert(**kwargs)
 
-    def delete(self, name: str, ids: list[str]) -> None:
+    def _delete(self, name: str, ids: list[str]) -> None:
         """Delete the vectors of ``ids``; the shards that held them are marked (before the deletion,
         so that a kill in between still leaves them marked) for the next ``purge`` to rebuild."""
         if not ids:
@@ -285,7 +321,7 @@ class VectorIndex:
                 for shard in sorted(set(held.values())):
                     shards[shard].delete(ids=[i for i in ids if held.get(i) == shard])
 
-    def query(self, name: str, embedding, k: int, where: dict | None = None) -> list[tuple[str, float]]:
+    def _query(self, name: str, embedding, k: int, where: dict | None = None) -> list[tuple[str, float]]:
         """Nearest neighbours as (id, cosine similarity), best first.
 
         The best ``k`` of every shard's own nearest, which is what one collection gives. Each shard is
@@ -319,7 +355,7 @@ class VectorIndex:
                     best[i] = 1.0 - d
         return sorted(best.items(), key=lambda item: -item[1])[:k]
 
-    def ids(self, name: str) -> set[str]:
+    def _ids(self, name: str) -> set[str]:
         out: set[str] = set()
         with self._lock:
             for coll in self._shards(name):
@@ -333,7 +369,7 @@ class VectorIndex:
                     offset += len(batch)
         return out
 
-    def get_embeddings(self, name: str, ids: list[str]) -> dict[str, list[float]]:
+    def _get_embeddings(self, name: str, ids: list[str]) -> dict[str, list[float]]:
         if not ids:
             return {}
         out: dict[str, list[float]] = {}
@@ -344,7 +380,7 @@ class VectorIndex:
                 out.update((i, list(e)) for i, e in zip(res["ids"], res["embeddings"]))
         return out
 
-    def count(self, name: str) -> int:
+    def _count(self, name: str) -> int:
         with self._lock:
             shards = self._shards(name)
             with self._guard("count vectors"):

@@ -241,12 +241,18 @@ class MemoryStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def add(self, memories: list[Memory], embed: bool = True) -> None:
+    def add(self, memories: list[Memory], embed: bool = True, sources: list[str] | None = None) -> bool:
+        """Write ``memories`` in one transaction. With ``sources``: only if every one of those still
+        exists, held until the commit (another machine's erasure of them waits, then takes these too:
+        ``_erase``); False, and nothing written, when one was erased meanwhile."""
         with self.records.transaction():
+            if sources and len(self.records.hold(sources)) < len(set(sources)):
+                return False
             self.records.insert(memories)
             self.keep_images(memories)
         if embed:
             self.embed(memories)
+        return True
 
     def embed(self, memories: list[Memory]) -> None:
         """Write the vectors of ``memories`` (text for all, CLIP for images) and mark them done. With
@@ -353,6 +359,13 @@ class MemoryStore:
         shas = {m.image_sha256 for m in doomed if m.image_sha256}
         with self.records.transaction():
             self.records.delete(ids)
+            # An answer another machine stored after this erasure was planned, to a turn it erases:
+            # it goes too (it would quote erased words). Read after the delete, which waited for it.
+            late = [i for i in self.records.answers_to(ids) if i not in set(ids)]
+            if late:
+                doomed += self.records.get_many(late)
+                self.records.delete(late)
+                ids = ids + late
             job = self.records.add_job("vector_delete", {"ids": ids, "purge": purge})
             self.records.audit(operation, ids)
             if before_commit is not None:  # what must change with the erasure, in the same transaction
