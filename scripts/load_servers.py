@@ -142,6 +142,7 @@ def _run(a, root: Path, pg, chroma) -> dict:
     for t in feeders:
         t.join()
     for i, user, proc in chats:
+        proc.stdin = None  # closed by its feeder: only the output is left to read
         _out, err = proc.communicate(timeout=900)
         codes[i] = (proc.returncode, err.strip().splitlines()[-3:])
     stop.set()

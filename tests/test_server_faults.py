@@ -528,3 +528,20 @@ def test_no_answer_is_stored_whose_message_another_home_erased(tmp_path, pg):
     finally:
         a.close()
         b.close()
+
+
+def test_a_load_run_of_concurrent_chats_a_migrate_and_a_forget_all_loses_nothing():
+    """scripts/load_servers.py, small (docs/benchmarks.md has the figures of the full run): several homes
+    chatting at once, a migration and a `forget --all` of a chatting user, on one server pair."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("load_servers", ROOT / "scripts" / "load_servers.py")
+    load = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(load)
+    report = load.main(["--chats", "4", "--messages", "3", "--pause", "3"])
+    assert report["chat_exit_codes"] == [0] and report["chat_errors"] == {}
+    assert report["forget_all_exit"] == 0 and report["migrate_exit"] == 0
+    assert report["lost"] == 0 and report["duplicated"] == 0 and report["answers_without_their_message"] == 0
+    assert report["users_with_every_vector"] == "2/2"
+    assert report["migrated_memories"] == {"movera": 20, "moverb": 20}
+    assert report["messages_written"] >= report["messages_sent"] - 3  # only the erased user's may be gone
