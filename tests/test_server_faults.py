@@ -544,4 +544,4 @@ def test_a_load_run_of_concurrent_chats_a_migrate_and_a_forget_all_loses_nothing
     assert report["lost"] == 0 and report["duplicated"] == 0 and report["answers_without_their_message"] == 0
     assert report["users_with_every_vector"] == "2/2"
     assert report["migrated_memories"] == {"movera": 20, "moverb": 20}
-    assert report["messages_written"] >= report["messages_sent"] - 3  # only the erased user's may be gone
+    assert report["messages_written"] >= report["messages_sent"] - 2 * 3  # only the erased user's may be gone
