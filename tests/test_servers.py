@@ -261,11 +261,17 @@ def test_two_users_on_one_chroma_server_do_not_see_each_other(cli, chroma, tmp_p
 
 
 @needs_chroma
-def test_an_unreachable_chroma_server_is_one_line(cli):
+def test_an_unreachable_chroma_server_is_one_notice_and_the_chat_goes_on(cli):
+    """The vector server down is a degraded mode (docs/deploy.md): the answer comes from words and time,
+    the message is stored, and one notice says why."""
     env = {**FAST, "PERSONAVLM_STORE_KIND": "server", "PERSONAVLM_STORE_URL": f"http://127.0.0.1:{_free_port()}",
            "PERSONAVLM_USER": "carol"}
     r = cli("chat", "--once", "hello", "--no-update", env=env)
-    assert_one_error_line(r, "vector store", "not reachable", "127.0.0.1")
+    assert r.code == 0 and r.out.strip(), r.err
+    notice = " ".join(ln for ln in r.err.splitlines() if not _embedded_notice(ln))
+    assert "Traceback" not in r.err and notice.count("not reachable") == 1, r.err
+    assert "vector store" in notice and "127.0.0.1" in notice and "answering from words and dates only" in notice
+    assert [m["text"] for m in memories(cli, env) if m.get("role") == "user"] == ["hello"]
 
 
 @needs_chroma
@@ -291,16 +297,17 @@ def test_a_chroma_server_that_goes_away_mid_chat(cli, tmp_path):
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        assert proc.returncode != 0
-        assert "Traceback" not in err, err
-        lines = [ln for ln in err.splitlines() if ln.strip() and not _embedded_notice(ln)]
-        assert len(lines) == 1 and "not reachable" in lines[0] and server.url in lines[0], err
+        assert proc.returncode == 0, err  # a degraded mode, not an outage: the chat went on
+        assert "Traceback" not in err and "not stored" not in err, err
+        notice = " ".join(ln for ln in err.splitlines() if ln.strip() and not _embedded_notice(ln))
+        assert notice.count("not reachable") == 1 and server.url in notice, err
 
         # The turn was written to the record file before the vector store was asked.
         users = [m["text"] for m in memories(cli, env) if m.get("role") == "user"]
         assert users == ["The first message reaches the store.", "The second message finds the store gone."]
 
         # The server comes back (same data, same port): the next start embeds what was missed.
+        # (A chat still open would do it at its next message: test_server_faults.py.)
         port = int(server.url.rsplit(":", 1)[1])
         server = start_chroma(tmp_path / "chroma-doomed", port=port)
         r = cli("chat", "--once", "Back again.", "--no-update", "--at", "2026-11-20 10:10", env=env)

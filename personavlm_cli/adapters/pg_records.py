@@ -33,6 +33,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from personavlm_cli.adapters.pg_link import RETRY_S, Link, idempotent
 from personavlm_cli.adapters.sql_records import FORMAT_VERSION, SqlRecords, query_words, tables
 from personavlm_cli.adapters.urls import shown_url
 from personavlm_cli.core.errors import NotFoundError, StoreBusyError, StoreError, disk_full
@@ -144,10 +145,21 @@ shown_database_url = shown_url  # the name cli/housekeeping.py imports
 
 
 def schema_for(user: str) -> str:
-    """The user's schema: ``pv_<user>`` (PostgreSQL names are at most 63 bytes: long names are hashed)."""
+    """The user's schema. ``pv_<user>`` while that fits PostgreSQL's 63 bytes; a longer name (61 to 64
+    characters) is ``pv~<its first 35 characters>~<24 hex digits of its SHA-256>``. A user name has no
+    ``~`` (core/users.py), so no short form is ever a long one, and two long forms are equal only for a
+    SHA-256 collision; every open also checks the schema's ``owner`` (a name never opens another's)."""
     name = f"pv_{user}"
     if len(name.encode()) <= 63:
         return name
+    return f"pv~{user[:35]}~{hashlib.sha256(user.encode()).hexdigest()[:24]}"
+
+
+def legacy_schema_for(user: str) -> str | None:
+    """The schema a long name had before its long form changed (``pv_<first 40>_<12 hex>``, which a
+    53-character name could also have): None for a name that fits."""
+    if len(f"pv_{user}".encode()) <= 63:
+        return None
     return f"pv_{user[:40]}_{hashlib.sha256(user.encode()).hexdigest()[:12]}"
 
 
@@ -156,13 +168,22 @@ def _key(text: str) -> int:
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
 
 
+def _try_lock(key: tuple, fn: str = "pg_try_advisory_lock") -> str:
+    """The SQL call of ``fn`` for a key of one 64-bit or two 32-bit ints (PostgreSQL keeps the two
+    kinds apart)."""
+    return f"{fn}(%s::int8)" if len(key) == 1 else f"{fn}(%s::int4, %s::int4)"
+
+
 class PgRecordStore(SqlRecords):
     """One user's records in their schema of a PostgreSQL database. Not shared between threads. The
     methods whose SQL SQLite shares are in :class:`SqlRecords`; here, what only PostgreSQL does."""
 
     remote = True
 
-    def __init__(self, url: str, user: str, readonly: bool = False, connect_timeout: int = 10):
+    def __init__(self, url: str, user: str, readonly: bool = False, connect_timeout: int = 10,
+                 retry_s: float = RETRY_S):
+        """Opens at once or raises one line (an unreachable server is not waited for at open); once open,
+        a lost connection is re-opened for up to ``retry_s`` seconds (``adapters/pg_link.py``)."""
         psycopg, dict_row = _psycopg()
         self.url = check_database_url(url)
         self.user = user
@@ -170,31 +191,112 @@ class PgRecordStore(SqlRecords):
         self.where = f"{shown_database_url(self.url)} (schema {self.schema})"
         self.readonly = readonly
         self._psycopg = psycopg
+        self._dict_row = dict_row
         self._locks: dict[str, int] = {}
+        self._held: dict[str, tuple] = {}  # advisory keys this session holds (taken back after a reconnect)
+        self._oid: int | None = None
         self._destroyed = False
         try:
-            self.db = psycopg.connect(self.url, autocommit=True, row_factory=dict_row,
-                                      connect_timeout=connect_timeout, application_name="personavlm")
+            conn = self._connect(connect_timeout)
         except psycopg.OperationalError as exc:
             raise StoreError(f"cannot reach the record database {shown_database_url(self.url)}: "
                              f"{_first_line(exc)}") from None
+        self.db = Link(conn, self._connect, self._reopen, shown_database_url(self.url), retry_s)
         try:
-            exists = self.db.execute("SELECT 1 FROM pg_namespace WHERE nspname=%s", (self.schema,)).fetchone()
+            exists = self._schema_exists(self.schema) or self._adopt_legacy()
             if readonly and not exists:
                 self.db.close()
                 raise NotFoundError(f"user '{user}' has no memories yet on {shown_database_url(self.url)}")
             if not readonly:
                 self._migrate()
-            self.db.execute(psycopg.sql.SQL("SET search_path TO {}").format(psycopg.sql.Identifier(self.schema)))
-            if readonly:
-                self.db.execute("SET default_transaction_read_only = on")
-                if self._check_version() < 1:
-                    raise StoreError(f"the record database {self.where} is empty or not a personavlm store")
-            else:
+            self._reopen(self.db.conn)
+            if readonly and self._check_version() < 1:
+                raise StoreError(f"the record database {self.where} is empty or not a personavlm store")
+            self._check_owner()
+            if not readonly:
                 self._finish_interrupted_compaction()
         except psycopg.Error as exc:
             self.db.close()
             raise StoreError(f"the record database {self.where} cannot be used: {_first_line(exc)}") from None
+        except BaseException:
+            self.db.close()
+            raise
+
+    def _connect(self, timeout: float):
+        return self._psycopg.connect(self.url, autocommit=True, row_factory=self._dict_row,
+                                     connect_timeout=max(1, int(timeout)), application_name="personavlm")
+
+    def _reopen(self, conn) -> None:
+        """Make ``conn`` this store's session: the user's schema, read-only if so opened, and the
+        session locks it held before a reconnect (refused if another process took one meanwhile)."""
+        sql = self._psycopg.sql
+        conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(self.schema)))
+        if self.readonly:
+            conn.execute("SET default_transaction_read_only = on")
+        for name, key in list(self._held.items()):
+            if not conn.execute(f"SELECT {_try_lock(key)} AS ok", key).fetchone()["ok"]:
+                self._held.pop(name, None)
+                self._locks.pop(name, None)
+                raise StoreBusyError(f"the connection to the record database was lost while holding the lock for "
+                                     f"{name}, and another process took it meanwhile; nothing more was written")
+            if name == "writer":
+                conn.execute("INSERT INTO holders VALUES(%s,%s,%s,%s,%s) ON CONFLICT (lock) DO UPDATE SET "
+                             "host=EXCLUDED.host, pid=EXCLUDED.pid, command=EXCLUDED.command, since=EXCLUDED.since",
+                             (name, socket.gethostname(), os.getpid(), self._holding or "?", iso(now())))
+
+    _holding: str | None = None
+
+    def _schema_exists(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM pg_namespace WHERE nspname=%s", (name,)).fetchone() is not None
+
+    def _adopt_legacy(self) -> bool:
+        """A long name's schema made under its former name (``legacy_schema_for``) is renamed to its
+        current one, unless its ``owner`` says it is another user's (that 53-character user keeps it)."""
+        old = legacy_schema_for(self.user)
+        if old is None or not self._schema_exists(old):
+            return False
+        sql = self._psycopg.sql
+        with self.db.begin():
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_key("personavlm-schema:" + self.schema),))
+            if self._schema_exists(self.schema):
+                return True
+            meta = self.db.execute("SELECT to_regclass(%s) AS t", (f'"{old}".meta',)).fetchone()["t"]
+            row = None
+            if meta is not None:
+                row = self.db.execute(sql.SQL("SELECT value FROM {} WHERE key='owner'").format(
+                    sql.Identifier(old, "meta"))).fetchone()
+            if row is not None and json.loads(row["value"]) != self.user:
+                return False
+            self.db.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(sql.Identifier(old),
+                                                                          sql.Identifier(self.schema)))
+        return True
+
+    def _check_owner(self) -> None:
+        """The schema names its user (``owner`` in meta, written when it is made, or at the first open by
+        this version): a schema of another name is refused, whatever mapped this name to it."""
+        owner = self.get_meta("owner")
+        if owner is None and not self.readonly:
+            self.set_meta("owner", self.user)
+        elif owner is not None and owner != self.user:
+            raise StoreError(f"the schema {self.schema} on {shown_database_url(self.url)} belongs to user "
+                             f"'{owner}', not '{self.user}'; nothing was read or written")
+
+    @property
+    def reconnects(self) -> int:
+        return self.db.reconnects
+
+    def _lock_key(self, job_id: int = 0) -> tuple:
+        """An advisory-lock key of this user's schema: (schema oid, 0) for the writer, (schema oid, job id)
+        for a job. The oid is the schema's own number in the database, so two users never share a key
+        (a hash of the name could collide); a job id past 2^31 falls back to a 64-bit hash."""
+        if self._oid is None:
+            row = self.db.execute("SELECT oid::bigint AS oid FROM pg_namespace WHERE nspname=%s",
+                                  (self.schema,)).fetchone()
+            oid = int(row["oid"]) if row else 0
+            self._oid = oid - 2 ** 32 if oid >= 2 ** 31 else oid
+        if 0 <= job_id < 2 ** 31:
+            return (self._oid, job_id)
+        return (_key(f"personavlm-job:{self.schema}:{job_id}"),)
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -212,7 +314,7 @@ class PgRecordStore(SqlRecords):
     def _migrate(self) -> None:
         sql = self._psycopg.sql
         ident = sql.Identifier(self.schema)
-        with self.db.transaction():
+        with self.db.begin():
             # Two machines opening a new user at once: one creates, the other waits and finds it done.
             self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_key("personavlm-schema:" + self.schema),))
             self.db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
@@ -228,6 +330,8 @@ class PgRecordStore(SqlRecords):
                             "SET value=EXCLUDED.value", (str(FORMAT_VERSION),))
             self.db.execute("INSERT INTO meta VALUES('created_at', %s) ON CONFLICT (key) DO NOTHING",
                             (json.dumps(iso(now())),))
+            self.db.execute("INSERT INTO meta VALUES('owner', %s) ON CONFLICT (key) DO NOTHING",
+                            (json.dumps(self.user),))
 
     def _finish_interrupted_compaction(self) -> None:
         if self.get_meta("compact_pending"):
@@ -239,23 +343,28 @@ class PgRecordStore(SqlRecords):
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Any]:
         """BEGIN ... COMMIT, rolled back on any exception; a transaction inside another joins it (as
-        SQLite's does: no savepoint). A full disk or a lost server is one StoreError line."""
-        if self.db.info.transaction_status != self._psycopg.pq.TransactionStatus.IDLE:
+        SQLite's does: no savepoint). A full disk or a lost server is one StoreError line; a connection
+        lost before the BEGIN is re-opened first (``Link.begin``)."""
+        if self.db.in_transaction():
             yield self.db
             return
         try:
-            with self.db.transaction():
+            with self.db.begin():
                 yield self.db
         except self._psycopg.errors.DiskFull:
             raise disk_full(self.where) from None
         except self._psycopg.OperationalError as exc:
             raise StoreError(f"the record database {shown_database_url(self.url)} failed: {_first_line(exc)}; "
                              "nothing of this change was written") from None
+        except self._psycopg.errors.ReadOnlySqlTransaction as exc:
+            raise StoreError(f"the record database {shown_database_url(self.url)} is read-only "
+                             f"({_first_line(exc)}); nothing of this change was written") from None
 
     def close(self) -> None:
         if not self.db.closed:
             for name in list(self._locks):
-                self._release(name)
+                with contextlib.suppress(StoreError, self._psycopg.Error):
+                    self._release(name)
             self.db.close()
 
     def destroy(self) -> None:
@@ -283,9 +392,9 @@ class PgRecordStore(SqlRecords):
             finally:
                 self._locks[name] -= 1
             return
-        key = _key(f"personavlm-writer:{self.schema}")
+        key = self._lock_key()
         deadline = time.monotonic() + wait
-        while not self.db.execute("SELECT pg_try_advisory_lock(%s) AS ok", (key,)).fetchone()["ok"]:
+        while not self.db.execute(f"SELECT {_try_lock(key)} AS ok", key).fetchone()["ok"]:
             if time.monotonic() >= deadline:
                 row = self.db.execute("SELECT * FROM holders WHERE lock=%s", (name,)).fetchone()
                 who = (f"'{row['command']}' by PID {row['pid']} on {row['host']} since {row['since'][:19]}"
@@ -294,6 +403,8 @@ class PgRecordStore(SqlRecords):
                                      "to finish and try again")
             time.sleep(0.2)
         self._locks[name] = 1
+        self._held[name] = key
+        self._holding = command
         self.db.execute("INSERT INTO holders VALUES(%s,%s,%s,%s,%s) ON CONFLICT (lock) DO UPDATE SET "
                         "host=EXCLUDED.host, pid=EXCLUDED.pid, command=EXCLUDED.command, since=EXCLUDED.since",
                         (name, socket.gethostname(), os.getpid(), command, iso(now())))
@@ -308,26 +419,34 @@ class PgRecordStore(SqlRecords):
     def claim_job(self, job_id: int) -> Iterator[bool]:
         """True while this connection alone runs job ``job_id`` (an advisory lock per job, not waited
         for): two machines' update stages never run the same queued job at once."""
-        key = _key(f"personavlm-job:{self.schema}:{job_id}")
-        mine = self.db.execute("SELECT pg_try_advisory_lock(%s) AS ok", (key,)).fetchone()["ok"]
+        key = self._lock_key(job_id)
+        name = f"job {job_id}"
+        mine = self.db.execute(f"SELECT {_try_lock(key)} AS ok", key).fetchone()["ok"]
+        if mine:
+            self._held[name] = key
         try:
             yield bool(mine) and self.db.execute("SELECT 1 FROM jobs WHERE id=%s", (job_id,)).fetchone() is not None
         finally:
-            if mine:
-                self.db.execute("SELECT pg_advisory_unlock(%s)", (key,))
+            if mine and self._held.pop(name, None) is not None:
+                self.db.execute(f"SELECT {_try_lock(key, 'pg_advisory_unlock')}", key)
 
     def _release(self, name: str) -> None:
         self._locks.pop(name, None)
+        key = self._held.pop(name, None)
+        self._holding = None
+        if key is None:
+            return
         try:
             if not self._destroyed:  # the holders table went with the schema
                 self.db.execute("DELETE FROM holders WHERE lock=%s AND pid=%s AND host=%s",
                                 (name, os.getpid(), socket.gethostname()))
         finally:
-            self.db.execute("SELECT pg_advisory_unlock(%s)", (_key(f"personavlm-writer:{self.schema}"),))
+            self.db.execute(f"SELECT {_try_lock(key, 'pg_advisory_unlock')}", key)
 
     # -- the hooks of SqlRecords -------------------------------------------------------------------
 
     PARAM = "%s"
+    _HOLD = " FOR SHARE"
 
     def _in(self, column: str, values: list) -> tuple[str, list]:
         return f"{column} = ANY(%s)", [list(values)]
@@ -338,15 +457,21 @@ class PgRecordStore(SqlRecords):
             yield ids
 
     def _execute_many(self, sql: str, rows: list[tuple]) -> None:
-        if rows:
-            with self.db.cursor() as cur:
+        def run(conn):
+            with conn.cursor() as cur:
                 cur.executemany(sql, rows)
+
+        if rows:
+            self.db.call(run, safe=idempotent(sql))
 
     def _tuples(self, sql: str, args: list) -> list[tuple]:
         from psycopg.rows import tuple_row
 
-        with self.db.cursor(row_factory=tuple_row) as cur:
-            return cur.execute(sql, args).fetchall()
+        def run(conn):
+            with conn.cursor(row_factory=tuple_row) as cur:
+                return cur.execute(sql, args).fetchall()
+
+        return self.db.call(run, safe=True)
 
     # -- memories: what only PostgreSQL does --------------------------------------------------
 
@@ -449,3 +574,54 @@ class PgRecordStore(SqlRecords):
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def probe(url: str, user: str, timeout: int = 5) -> dict:
+    """What ``doctor`` says of the record database: reachable or why not, the server's version, the
+    round-trip latency (median of 5 ``SELECT 1``), and for ``user``'s schema its format version, owner,
+    and the outbox (memories whose vectors are not written yet, vector erasures queued). Never raises."""
+    import statistics
+
+    out: dict[str, Any] = {"reachable": False}
+    try:
+        psycopg, dict_row = _psycopg()
+        check_database_url(url)
+        conn = psycopg.connect(url, autocommit=True, row_factory=dict_row, connect_timeout=timeout,
+                               application_name="personavlm-doctor")
+    except StoreError as exc:
+        out["problem"] = str(exc)
+        return out
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        out["problem"] = _first_line(exc)
+        return out
+    try:
+        out["reachable"] = True
+        out["version"] = conn.execute("SHOW server_version").fetchone()["server_version"]
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            conn.execute("SELECT 1").fetchone()
+            times.append(time.perf_counter() - t0)
+        out["latency_ms"] = round(statistics.median(times) * 1000, 2)
+        schema = schema_for(user)
+        out["schema"] = schema
+        sql = psycopg.sql
+        if conn.execute("SELECT to_regclass(%s) AS t", (f'"{schema}".meta',)).fetchone()["t"] is None:
+            out["format"] = None
+            return out
+        meta = {r["key"]: r["value"] for r in conn.execute(
+            sql.SQL("SELECT key, value FROM {} WHERE key IN ('format_version', 'owner')").format(
+                sql.Identifier(schema, "meta"))).fetchall()}
+        out["format"] = int(meta.get("format_version", 0))
+        out["format_known"] = FORMAT_VERSION
+        out["owner"] = json.loads(meta["owner"]) if "owner" in meta else None
+        out["vectors_waiting"] = conn.execute(sql.SQL("SELECT count(*) AS n FROM {} WHERE vector_state = 0").format(
+            sql.Identifier(schema, "memories"))).fetchone()["n"]
+        jobs = conn.execute(sql.SQL("SELECT payload FROM {} WHERE kind = 'vector_delete'").format(
+            sql.Identifier(schema, "jobs"))).fetchall()
+        out["erasures_pending"] = sum(len(json.loads(j["payload"]).get("ids", [])) for j in jobs)
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        out["problem"] = _first_line(exc)
+    finally:
+        conn.close()
+    return out

@@ -293,6 +293,26 @@ class SqlRecords(abc.ABC):
             "SELECT * FROM memories WHERE source_ids != '[]' ORDER BY rowid")
             if wanted.intersection(json.loads(r["source_ids"]))]
 
+    def hold(self, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` exist, kept so until the transaction ends (PostgreSQL: ``FOR SHARE``, so a
+        concurrent erasure of them waits; SQLite: its one writer already holds the file)."""
+        found: set[str] = set()
+        for chunk in self._chunks(ids):
+            clause, args = self._in("id", chunk)
+            found.update(r["id"] for r in self.db.execute(f"SELECT id FROM memories WHERE {clause}{self._HOLD}", args))
+        return found
+
+    _HOLD = ""
+
+    def answers_to(self, ids: Iterable[str]) -> list[str]:
+        """Ids of the assistant turns that answer one of the user turns ``ids`` (their one source)."""
+        found: list[str] = []
+        for chunk in self._chunks(ids):
+            clause, args = self._in("source_ids", [json.dumps([i]) for i in chunk])
+            found.extend(r["id"] for r in self.db.execute(
+                f"SELECT id FROM memories WHERE type='turn' AND role='assistant' AND {clause}", args))
+        return found
+
     def superseded_by_any(self, ids: Iterable[str]) -> list[Memory]:
         """Memories whose successor is one of ``ids``."""
         out: list[Memory] = []

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from personavlm_cli.adapters.urls import shown_url
-from personavlm_cli.core.errors import StoreError
+from personavlm_cli.core.errors import StoreError, UnreachableError
 
 HNSW = {"space": "cosine", "ef_search": 200, "ef_construction": 200, "max_neighbors": 32}
 SPARE = ".rebuild"  # suffix of the collection a rebuild fills before it replaces the original
@@ -74,7 +74,7 @@ class VectorIndex:
                 self.client = chromadb.PersistentClient(path=str(path), settings=settings)
         except Exception as exc:  # chromadb raises many kinds; all mean "cannot open"
             if url and _is_transport_error(exc):
-                raise StoreError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
+                raise UnreachableError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
             raise StoreError(f"cannot open the vector store at {self.where}: {_first_line(exc)}") from None
         self._collections: dict[str, list] = {}  # logical name -> its shards, in order
         self._migrated: set[str] = set()  # logical names checked for the layout before shards
@@ -93,7 +93,7 @@ class VectorIndex:
             raise
         except Exception as exc:  # noqa: BLE001 - httpx, ChromaError, ValueError...: all one line
             if self.remote and _is_transport_error(exc):
-                raise StoreError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
+                raise UnreachableError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
             raise StoreError(f"the vector store at {self.where} could not {action}: {_first_line(exc)}") from None
 
     def _name(self, name: str) -> str:
@@ -252,8 +252,44 @@ class VectorIndex:
 
     # -- the public operations --------------------------------------------------------------------
 
+    def _recovering(self, name: str, op):
+        """Run ``op``; if a collection it held was dropped or replaced meanwhile (another machine's
+        forget rebuilt or dropped it: Chroma answers "does not exist"), open the collections again by
+        name and run it once more, instead of failing every later call."""
+        try:
+            return op()
+        except UnreachableError:
+            raise
+        except StoreError as exc:
+            if not _is_missing(str(exc)):
+                raise
+            with self._lock:
+                self._collections.pop(name, None)
+                self._migrated.discard(name)
+            return op()
+
     def upsert(self, name: str, ids: list[str], embeddings, documents: list[str] | None = None,
                metadatas: list[dict] | None = None) -> None:
+        return self._recovering(name, lambda: self._upsert(name, ids, embeddings, documents, metadatas))
+
+    def delete(self, name: str, ids: list[str]) -> None:
+        return self._recovering(name, lambda: self._delete(name, ids))
+
+    def query(self, name: str, embedding, k: int, where: dict | None = None) -> list[tuple[str, float]]:
+        return self._recovering(name, lambda: self._query(name, embedding, k, where))
+
+    def ids(self, name: str) -> set[str]:
+        return self._recovering(name, lambda: self._ids(name))
+
+    def get_embeddings(self, name: str, ids: list[str]) -> dict[str, list[float]]:
+        return self._recovering(name, lambda: self._get_embeddings(name, ids))
+
+    def count(self, name: str) -> int:
+        return self._recovering(name, lambda: self._count(name))
+
+
+    def _upsert(self, name: str, ids: list[str], embeddings, documents: list[str] | None = None,
+                metadatas: list[dict] | None = None) -> None:
         if not ids:
             return
         embeddings = [list(map(float, e)) for e in embeddings]
@@ -271,7 +307,7 @@ class VectorIndex:
                         kwargs["metadatas"] = [metadatas[p] for p in positions]
                     shards[shard].upsert(**kwargs)
 
-    def delete(self, name: str, ids: list[str]) -> None:
+    def _delete(self, name: str, ids: list[str]) -> None:
         """Delete the vectors of ``ids``; the shards that held them are marked (before the deletion,
         so that a kill in between still leaves them marked) for the next ``purge`` to rebuild."""
         if not ids:
@@ -285,7 +321,7 @@ class VectorIndex:
                 for shard in sorted(set(held.values())):
                     shards[shard].delete(ids=[i for i in ids if held.get(i) == shard])
 
-    def query(self, name: str, embedding, k: int, where: dict | None = None) -> list[tuple[str, float]]:
+    def _query(self, name: str, embedding, k: int, where: dict | None = None) -> list[tuple[str, float]]:
         """Nearest neighbours as (id, cosine similarity), best first.
 
         The best ``k`` of every shard's own nearest, which is what one collection gives. Each shard is
@@ -319,7 +355,7 @@ class VectorIndex:
                     best[i] = 1.0 - d
         return sorted(best.items(), key=lambda item: -item[1])[:k]
 
-    def ids(self, name: str) -> set[str]:
+    def _ids(self, name: str) -> set[str]:
         out: set[str] = set()
         with self._lock:
             for coll in self._shards(name):
@@ -333,7 +369,7 @@ class VectorIndex:
                     offset += len(batch)
         return out
 
-    def get_embeddings(self, name: str, ids: list[str]) -> dict[str, list[float]]:
+    def _get_embeddings(self, name: str, ids: list[str]) -> dict[str, list[float]]:
         if not ids:
             return {}
         out: dict[str, list[float]] = {}
@@ -344,7 +380,7 @@ class VectorIndex:
                 out.update((i, list(e)) for i, e in zip(res["ids"], res["embeddings"]))
         return out
 
-    def count(self, name: str) -> int:
+    def _count(self, name: str) -> int:
         with self._lock:
             shards = self._shards(name)
             with self._guard("count vectors"):
@@ -553,14 +589,14 @@ def _check_reachable(url: str, port: int, where: str, timeout: float = 10.0) -> 
     try:
         socket.create_connection((host, port), timeout=timeout).close()
     except socket.timeout:
-        raise StoreError(f"the vector store at {where} is not reachable: no answer within {timeout:g} s") from None
+        raise UnreachableError(f"the vector store at {where} is not reachable: no answer within {timeout:g} s") from None
     except ConnectionRefusedError:
-        raise StoreError(f"the vector store at {where} is not reachable: connection refused "
+        raise UnreachableError(f"the vector store at {where} is not reachable: connection refused "
                          "(is `chroma run` running there?)") from None
     except socket.gaierror as exc:
-        raise StoreError(f"the vector store at {where} is not reachable: unknown host ({exc.strerror})") from None
+        raise UnreachableError(f"the vector store at {where} is not reachable: unknown host ({exc.strerror})") from None
     except OSError as exc:
-        raise StoreError(f"the vector store at {where} is not reachable: {exc.strerror or exc}") from None
+        raise UnreachableError(f"the vector store at {where} is not reachable: {exc.strerror or exc}") from None
 
 
 def _bound_timeouts(client) -> None:
@@ -574,3 +610,28 @@ def _bound_timeouts(client) -> None:
             session.timeout = httpx.Timeout(120.0, connect=10.0)
     except Exception:  # noqa: BLE001 - only the timeout is at stake
         pass
+
+
+def probe(url: str) -> dict:
+    """What ``doctor`` says of a Chroma server: reachable or why not, its version and the heartbeat's
+    round-trip latency (median of 5). Lists nothing (no other user's names). Never raises."""
+    import statistics
+    import time
+
+    out: dict[str, Any] = {"reachable": False}
+    try:
+        host, port, tenant, database, headers = _parse_server_url(url)
+        _check_reachable(host, port, shown_url(url), timeout=5.0)
+        chromadb, Settings = _chroma()
+        client = chromadb.HttpClient(host=host, port=port, headers=headers or None, tenant=tenant, database=database,
+                                     settings=Settings(anonymized_telemetry=False, allow_reset=False))
+        _bound_timeouts(client)
+        times = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            client.heartbeat()
+            times.append(time.perf_counter() - t0)
+        out.update(reachable=True, version=client.get_version(), latency_ms=round(statistics.median(times) * 1000, 2))
+    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        out["problem"] = str(exc).splitlines()[0] if str(exc) else _first_line(exc)
+    return out

@@ -15,7 +15,7 @@ import typer
 from personavlm_cli.cli.common import UserOpt, count, err, log_to_file, make_env, out, short
 from personavlm_cli.cli.common import line as styled
 from personavlm_cli.cli.env import Env, is_tty
-from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.errors import PersonaError, StoreError
 
 SLASH_HELP = {
     "/attach PATH": "stage an image for the next message",
@@ -285,6 +285,7 @@ class ChatSession:
                 spinner.stop()
                 self._say(notices)
                 writer.end()
+                self.env.tell_notices()  # the vector server down or back (core/store.py)
             finally:
                 spinner.stop()
                 if turn is not None and not turn.done:
@@ -313,6 +314,7 @@ class ChatSession:
             notices.append("[yellow]This model cannot see images: the image is stored and remembered, "
                            "but the answer does not see it (use a vision model: `personavlm model pull`)."
                            "[/yellow]")
+        notices.extend(styled((n, "yellow")) for n in self.assistant.store.take_notices())
         if not turn.turns_left_out:
             self._trim_shown = False
         elif not self._trim_shown:  # said once, until the conversation fits again
@@ -549,6 +551,9 @@ class ChatSession:
                         return 0
                 except PersonaError as exc:  # one message failed; the chat goes on
                     err.print(styled(("Error:", "red"), " ", str(exc)))
+                    if isinstance(exc, StoreError) and not line.startswith("/"):
+                        err.print(styled(("Your message is kept in the input history: press Up to send it "
+                                          "again once the store is back.", "yellow")))
             except KeyboardInterrupt:  # during a slash command, or between answer and prompt
                 interrupts = 0
                 err.print("[yellow](stopped)[/yellow]")

@@ -71,7 +71,10 @@ class Env:
 
         # A server store's user directory is only this machine's cache and lock: made on first use,
         # so a second machine opens a user whose records are on the server.
+        known = users.user_dir(self.settings, self.user).is_dir()  # this home had the user before
         path = self.user_dir(create=create or bool(self.database_url()))
+        if known:
+            self.check_store_kind(path)
         if write:
             self._lock = StoreLock(path, self.user).acquire()
         s = self.settings
@@ -104,7 +107,8 @@ class Env:
         if url:
             from personavlm_cli.adapters.pg_records import PgRecordStore
 
-            return lambda readonly=False: PgRecordStore(url, user, readonly=readonly)
+            retry = self.settings["store.retry_seconds"]
+            return lambda readonly=False: PgRecordStore(url, user, readonly=readonly, retry_s=retry)
         from personavlm_cli.adapters.records import RecordStore
 
         path = path or self.user_dir()
@@ -119,19 +123,49 @@ class Env:
             return ServerImages(Path(path) / ServerImages.CACHE)
         return DirImages(Path(path) / "images")
 
-    def records(self, readonly: bool = True):
+    def records(self, readonly: bool = True, check_kind: bool = True):
         """The user's records alone (listing commands: no vectors, no model); NotFoundError if none yet."""
         if self.database_url():
+            if check_kind:
+                try:
+                    self.check_store_kind(users.user_dir(self.settings, self.user))
+                except OSError:
+                    pass
             return self.record_factory(Path())(readonly=readonly)
         from personavlm_cli.adapters.records import RecordStore
 
         path = self.user_dir(create=False)
         if not (path / RecordStore.FILENAME).exists():
+            if check_kind:
+                self.check_store_kind(path)
             raise NotFoundError(f"user '{self.user}' has no memories yet")
         return RecordStore(path, readonly=readonly)
 
+    def check_store_kind(self, path: Path) -> None:
+        """A user of this home whose memories lie in the other kind of store than the home's (a migration
+        of some users only, `store migrate --user`) is told so in one line, never shown an empty memory.
+        (A home that never had the user starts its own store: `store migrate` refuses to mix them.)"""
+        from personavlm_cli.core.errors import StoreError
+
+        s, user = self.settings, self.user
+        local = (Path(path) / "personavlm.db").exists()
+        if self.database_url():
+            if local:
+                raise StoreError(f"user '{user}' has memories in this home's embedded store, but this home uses the "
+                                 f"server store: move them with `personavlm store migrate --to server --user {user}`")
+        elif s["store.database_url"] and not local and Path(path).is_dir():
+            from personavlm_cli.adapters.pg_records import PgRecordStore
+
+            try:
+                PgRecordStore(s["store.database_url"], user, readonly=True, connect_timeout=5).close()
+            except Exception:  # noqa: BLE001 - none there, or the server cannot say: nothing to tell
+                return
+            raise StoreError(f"user '{user}' has memories on the server store, but this home uses the embedded "
+                             f"store: move them with `personavlm store migrate --to embedded --user {user}`")
+
     def close(self) -> None:
         if self._store is not None:
+            self.tell_notices()
             self._store.close()
             self._store = None
         if self._lock is not None:
@@ -140,6 +174,15 @@ class Env:
         if self._model is not None:
             self._model.close()
             self._model = None
+
+    def tell_notices(self) -> None:
+        """Print what the store has to say (the vector server down, erasures pending), once each."""
+        if self._store is None:
+            return
+        from personavlm_cli.cli.common import err, line
+
+        for notice in self._store.take_notices():
+            err.print(line((notice, "yellow")))
 
     # -- the model --------------------------------------------------------------------------------
 

@@ -98,7 +98,7 @@ def users_rm(name: Annotated[str, typer.Argument(help="The user to remove, with 
             from personavlm_cli.cli.env import namespace
 
             try:
-                records = env.records(readonly=False)
+                records = env.records(readonly=False, check_kind=False)
             except NotFoundError:
                 records = None
             if records is not None:
@@ -119,7 +119,7 @@ def _has_server_records(env) -> bool:
     from personavlm_cli.core.errors import NotFoundError
 
     try:
-        env.records(readonly=True).close()
+        env.records(readonly=True, check_kind=False).close()
         return True
     except NotFoundError:
         return False
@@ -220,6 +220,9 @@ def doctor(
             report["records check"] = str(exc).splitlines()[0]
     else:
         report["records"] = f"{udir / 'personavlm.db'} (SQLite, this machine)"
+    from personavlm_cli.cli.server_doctor import server_report
+
+    report.update(server_report(env))  # each server: reachable, version, latency, schema, outbox
     db = udir / "personavlm.db"
     if db.exists():
         try:

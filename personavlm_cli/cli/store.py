@@ -1,4 +1,8 @@
-"""`personavlm store migrate`: move a user's memories between this machine and the servers.
+"""`personavlm store migrate`: move this home's memories between this machine and the servers.
+
+A home moves whole: every user of the home (``--user`` names one), each copied and verified before the
+home's ``store.kind`` is switched; a user left in the other kind of store (``--user``) is refused by
+every command with one line saying where their memories are (``cli/env.py``), never shown empty.
 
 ``--to server`` copies the embedded store of this home (SQLite records, image files) to PostgreSQL
 (``store.database_url``) and re-embeds the vectors on the Chroma server (``store.url``); ``--to
@@ -23,18 +27,18 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
-from personavlm_cli.cli.common import JsonOpt, UserOpt, count, err, line, make_env, out, print_json
+from personavlm_cli.cli.common import JsonOpt, count, err, line, make_env, out, print_json
 from personavlm_cli.core.errors import ConfigError, NotFoundError, StoreError
 
 app = typer.Typer(help="Where the memories live: this machine (embedded) or servers (PostgreSQL + Chroma).",
                   no_args_is_help=True)
 
 # Meta keys that describe one store, not the user's memory: never copied.
-_LOCAL_META = {"format_version", "created_at", "compact_pending", "migration"}
+_LOCAL_META = {"format_version", "created_at", "compact_pending", "migration", "owner"}
 # Pending work that names the source's own vectors: meaningless in the target (its vectors are made anew).
 _LOCAL_JOBS = {"vector_delete"}
 
@@ -42,12 +46,14 @@ _LOCAL_JOBS = {"vector_delete"}
 @app.command()
 def migrate(
     to: Annotated[str, typer.Option("--to", help="server (PostgreSQL + Chroma server) or embedded (this machine).")],
-    user: UserOpt = None,
+    user: Annotated[Optional[str], typer.Option(
+        "--user", "-u", help="Move only this user (default: every user of this home).", show_default=False)] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, hidden=True, help="Records per transaction.")] = 500,
     json: JsonOpt = False,
 ):
-    """Copy a user's memories, images, personality and history to the other kind of store, verify every
-    one (counts and sha256), then switch this home to it. Safe to re-run after a kill; never overwrites."""
+    """Copy this home's users (or one, with --user): memories, images, personality and history, to the
+    other kind of store, verify every one (counts and sha256), then switch this home to it. Safe to
+    re-run after a kill; never overwrites."""
     if to not in ("server", "embedded"):
         raise typer.BadParameter("--to must be server or embedded")
     env = make_env(user)
@@ -56,10 +62,89 @@ def migrate(
     if missing:
         raise ConfigError(f"store migrate needs {' and '.join(missing)} set (the Chroma server and the PostgreSQL "
                           "database: see docs/deploy.md)")
-    from personavlm_cli.adapters.lock import StoreLock
     from personavlm_cli.adapters.pg_records import _psycopg
 
     _psycopg()  # psycopg missing: one line naming the install command
+    names = [env.user] if user else _home_users(env, to)
+    reports = {}
+    for name in names:  # every user copied and verified before the home is switched
+        reports[name] = _migrate_user(make_env(name), to, batch)
+    _switch_config(env, to)
+    moved = {}
+    if to == "server":
+        for name in names:
+            moved[name] = _retire_embedded(make_env(name).user_dir(create=True))
+    left = _left_behind(env, to, names)
+    source_kind = "embedded" if to == "server" else "server"
+    report = {"to": to, "from": source_kind, "switched": True,
+              "memories": sum(r["memories"] for r in reports.values()),
+              "images": sum(r["images"] for r in reports.values()),
+              "personality_updates": sum(r["personality_updates"] for r in reports.values()),
+              "verified": all(r["verified"] for r in reports.values()),
+              "users": reports, "left_in_the_other_store": left,
+              "embedded_copy_moved_to": (str(moved[names[0]]) if len(names) == 1 and moved.get(names[0]) else None)}
+    if json:
+        print_json(report)
+    else:
+        for name, r in reports.items():
+            out.print(line(f"Migrated {count(r['memories'], 'memory')} and {count(r['images'], 'image')} of user "
+                           f"'{name}' to the {to} store; verified (counts and sha256 of every memory and image)."))
+        out.print(line(f"This home now uses store.kind {to}."))
+    for name, where in moved.items():
+        if where:
+            err.print(line((f"The embedded copy of '{name}' was moved to {where}: it still holds every memory; "
+                            f"remove it (personavlm does not) once you are satisfied.", "yellow")))
+    if left:
+        err.print(line((f"Still in the {source_kind} store of this home: {', '.join(left)}; every command refuses "
+                        f"them until they move too (personavlm store migrate --to {to} --user NAME).", "yellow")))
+    if s.origin("store.kind") == "env" and s["store.kind"] != to:
+        err.print(line((f"PERSONAVLM_STORE_KIND={s['store.kind']} in the environment still overrides the config "
+                        f"file: unset it.", "yellow")))
+
+
+def _home_users(env, to: str) -> list[str]:
+    """The users of this home whose memories are in the store ``to`` is not: every directory with an
+    embedded record file (``--to server``), or with a schema on the server (``--to embedded``)."""
+    from personavlm_cli.core import users as users_core
+
+    s = env.settings
+    names = users_core.list_users(s)
+    if to == "server":
+        found = [n for n in names if (users_core.user_dir(s, n) / "personavlm.db").exists()]
+        if not found:
+            raise NotFoundError("no user of this home has embedded memories to migrate")
+        return found
+    found = [n for n in dict.fromkeys([*names, env.user]) if _on_server(s, n)]
+    if not found:
+        raise NotFoundError("no user of this home has memories on the server store to migrate")
+    return found
+
+
+def _on_server(s, name: str) -> bool:
+    from personavlm_cli.adapters.pg_records import PgRecordStore
+
+    try:
+        PgRecordStore(s["store.database_url"], name, readonly=True).close()
+        return True
+    except NotFoundError:
+        return False
+
+
+def _left_behind(env, to: str, moved: list[str]) -> list[str]:
+    """Users of this home still in the other kind of store after this migration (``--user``)."""
+    from personavlm_cli.core import users as users_core
+
+    s = env.settings
+    rest = [n for n in users_core.list_users(s) if n not in moved]
+    if to == "server":
+        return [n for n in rest if (users_core.user_dir(s, n) / "personavlm.db").exists()]
+    return [n for n in rest if not (users_core.user_dir(s, n) / "personavlm.db").exists() and _on_server(s, n)]
+
+
+def _migrate_user(env, to: str, batch: int) -> dict:
+    """Copy and verify one user (under the user's local lock and the server's writer lock)."""
+    from personavlm_cli.adapters.lock import StoreLock
+
     path = env.user_dir(create=True)
     lock = StoreLock(path, env.user).acquire()
     source = target = None
@@ -73,34 +158,12 @@ def migrate(
             source = server = _server_store(env, path, must_exist=True)
             target = _embedded_store(env, path)
         with server.exclusive("store migrate"):
-            report = _migrate(source, target, to, batch)
-        moved = None
-        source_kind = "embedded" if to == "server" else "server"
-        source.close()
-        target.close()
-        source = target = None
-        _switch_config(env, to)
-        if to == "server":
-            moved = _retire_embedded(path)
+            return _migrate(source, target, to, batch)
     finally:
         for st in (source, target):
             if st is not None:
                 st.close()
         lock.release()
-    report.update({"to": to, "from": source_kind, "switched": True, "embedded_copy_moved_to": str(moved) if moved else None})
-    if json:
-        print_json(report)
-    else:
-        out.print(line(f"Migrated {count(report['memories'], 'memory')} and {count(report['images'], 'image')} of "
-                       f"user '{env.user}' "
-                       f"to the {to} store; verified (counts and sha256 of every memory and image); "
-                       f"this home now uses store.kind {to}."))
-    if moved:
-        err.print(line((f"The embedded copy was moved to {moved}: it still holds every memory; remove it "
-                        f"(personavlm does not) once you are satisfied.", "yellow")))
-    if s.origin("store.kind") == "env" and s["store.kind"] != to:
-        err.print(line((f"PERSONAVLM_STORE_KIND={s['store.kind']} in the environment still overrides the config "
-                        f"file: unset it.", "yellow")))
 
 
 # -- the two stores ---------------------------------------------------------------------------------
@@ -142,7 +205,8 @@ def _server_store(env, path: Path, must_exist: bool = False):
         return VectorIndex(url=s["store.url"], namespace=namespace(user, holder["store"].records))
 
     store = MemoryStore(path, text_encoder=_text_encoder, image_encoder=lambda: _image_encoder(s), vectors=vectors,
-                        records=lambda readonly=False: PgRecordStore(url, user, readonly=readonly),
+                        records=lambda readonly=False: PgRecordStore(url, user, readonly=readonly,
+                                                                     retry_s=s["store.retry_seconds"]),
                         images=ServerImages(path / ServerImages.CACHE))
     holder["store"] = store
     return store

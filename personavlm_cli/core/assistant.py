@@ -256,13 +256,14 @@ class Assistant:
         self.store.add([turn, *images], embed=False)
         return Exchange(user_turn=turn, images=images, new_session=previous is not None), previous
 
-    def store_assistant_turn(self, ex: Exchange, at: datetime) -> Memory:
+    def store_assistant_turn(self, ex: Exchange, at: datetime) -> Memory | None:
         meta = {"reasoning": ex.reasoning.to_dict() if ex.reasoning else None}
         if ex.interrupted:
             meta["interrupted"] = True
         turn = new_memory("turn", ex.answer, max(at, ex.user_turn.occurred), role="assistant",
                           session_id=ex.user_turn.session_id, source_ids=[ex.user_turn.id], meta=meta)
-        self.store.add([turn], embed=False)
+        if not self.store.add([turn], embed=False, sources=[ex.user_turn.id]):
+            return None  # its message was erased meanwhile (another machine's forget): no answer quoting it
         ex.assistant_turn = turn
         return turn
 

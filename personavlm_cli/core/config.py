@@ -87,6 +87,8 @@ KEYS: dict[str, Key] = {
             "PostgreSQL URL of the records (store.kind server): postgresql://user:password@host:port/database; "
             "empty = the records stay in the local user directory; the password is better left out of it, in "
             "PGPASSWORD or ~/.pgpass (read by libpq)", nullable=True),
+        Key("store.retry_seconds", int, 30, "how long an open server store waits for a lost PostgreSQL connection "
+            "to come back (a restart, a failover) before it says the server is unreachable", low=0, high=3600),
         Key("chat.session_gap_minutes", int, 60, "minutes of silence that start a new chat session",
             low=1, high=525_600),
         Key("chat.history", bool, True, "keep a per-user input history for the REPL"),

@@ -41,6 +41,11 @@ class StoreBusyError(StoreError):
     """Another process holds the user's store."""
 
 
+class UnreachableError(StoreError):
+    """A server of the store (the vector server, the record database) does not answer: the store may
+    go on without it (vectors wait in the record store) or say so in one line."""
+
+
 class NotFoundError(PersonaError):
     """A memory, user or model that does not exist."""
 

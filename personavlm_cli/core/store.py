@@ -8,19 +8,92 @@ Every write goes to the record file first, in one transaction, then to the vecto
 record whose vector is missing (a kill between the two) is embedded again at the next open, and
 vector deletions are queued as pending work in the same transaction that deletes the records, so
 forgetting completes even if interrupted.
+
+The vector store may be a server that stops answering: :class:`VectorGate` makes that a degraded mode,
+not an outage. The record store is then the outbox (docs/deploy.md): records are written as always
+and keep ``vector_state`` 0, queued vector deletions stay queued, searches find no vectors (recall goes
+on with words and time), one notice says so, and the first write that finds the server back flushes
+the outbox (``sync_vectors``) without the user doing anything.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from personavlm_cli.core.errors import UnreachableError
 from personavlm_cli.core.memory import Memory, from_iso, iso, new_id, now
 from personavlm_cli.core.ports import RecordStore
 
 TEXT = "memories"
 IMAGES = "images"
+
+
+class VectorGate:
+    """The vector store as the memory store uses it. While its server answers, every call goes to the
+    index (built on first use by ``factory``). Once a call finds it unreachable (UnreachableError), the
+    gate is *down*: calls fail at once for ``retry_s`` seconds (no connect timeout per search), then
+    the server is asked again; ``query`` finds nothing instead of failing, so recall goes on with
+    words and time. ``back`` is set when a call succeeds after a down spell (the store then flushes
+    its outbox)."""
+
+    retry_s = 10.0
+
+    def __init__(self, factory: Callable):
+        self._factory = factory
+        self._index = None
+        self.down: str | None = None  # the reason, while the server does not answer
+        self._since = 0.0
+        self.back = False
+        self._lock = threading.Lock()
+
+    def index(self):
+        self._check()
+        if self._index is None:
+            with self._lock:
+                if self._index is None:
+                    try:
+                        self._index = self._factory()
+                    except UnreachableError as exc:
+                        self._mark(exc)
+                        raise
+        return self._index
+
+    def _check(self) -> None:
+        if self.down is not None and time.monotonic() - self._since < self.retry_s:
+            raise UnreachableError(self.down)
+
+    def _mark(self, exc: BaseException) -> None:
+        self.down = str(exc)
+        self._since = time.monotonic()
+
+    def call(self, name: str, *args, **kwargs):
+        index = self.index()
+        try:
+            result = getattr(index, name)(*args, **kwargs)
+        except UnreachableError as exc:
+            self._mark(exc)
+            raise
+        if self.down is not None:
+            self.down, self.back = None, True
+        return result
+
+    def query(self, *args, **kwargs) -> list:
+        try:
+            return self.call("query", *args, **kwargs)
+        except UnreachableError:
+            return []
+
+    def __getattr__(self, name: str):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        attr = getattr(self.index(), name)
+        if not callable(attr):
+            return attr
+        return lambda *args, **kwargs: self.call(name, *args, **kwargs)
 
 
 class MemoryStore:
@@ -43,6 +116,9 @@ class MemoryStore:
         self._text_encoder = None
         self._image_encoder = None
         self._vectors = None
+        self.notices: list[str] = []  # what the user should be told (cli prints them): the degraded mode
+        self._flushing = False
+        self._down_told = False
 
     # -- lazily built parts -----------------------------------------------------------------------
 
@@ -59,16 +135,62 @@ class MemoryStore:
         return self._image_encoder
 
     @property
-    def vectors(self):
+    def vectors(self) -> VectorGate:
         if self._vectors is None:
-            self._vectors = self._vectors_factory()
+            self._vectors = VectorGate(self._vectors_factory)
         return self._vectors
+
+    @property
+    def vectors_down(self) -> str | None:
+        """Why the vector server does not answer, while it does not (None when it does, or untried)."""
+        return self._vectors.down if self._vectors is not None else None
+
+    def _degraded(self, exc: BaseException) -> None:
+        """Say once per down spell that the store runs without its vector server."""
+        if self._down_told:
+            return
+        self._down_told = True
+        self.notices.append(f"{exc}: answering from words and dates only; new memories are stored and their "
+                            "vectors wait in the record store until it is back")
+
+    def take_notices(self) -> list[str]:
+        """The notices not shown yet (a search that found the vector server down says so here too)."""
+        if self.vectors_down and not self._down_told:
+            self._degraded(UnreachableError(self.vectors_down))
+        out, self.notices[:] = list(self.notices), []
+        return out
+
+    def pending_vectors(self) -> tuple[int, int]:
+        """(memories whose vectors are not written yet, queued vector erasures): the outbox."""
+        waiting = len(self.records.unembedded(100000))
+        erasures = sum(len(j["payload"].get("ids", [])) for j in self.records.jobs(["vector_delete"]))
+        return waiting, erasures
+
+    def _flush_if_back(self) -> None:
+        gate = self._vectors
+        if gate is None or not gate.back or self._flushing:
+            return
+        gate.back = False
+        self._down_told = False
+        self._flushing = True
+        try:
+            waiting, erasures = self.pending_vectors()
+            self.sync_vectors()
+            if waiting or erasures:
+                self.notices.append(f"The vector store is back: {count_of(waiting, 'waiting vector')} written, "
+                                    f"{count_of(erasures, 'vector erasure')} finished.")
+        except UnreachableError as exc:
+            self._degraded(exc)
+        finally:
+            self._flushing = False
 
     def fork(self) -> "MemoryStore":
         """The same store for another thread: its own record connection, shared encoders and vectors."""
         twin = MemoryStore(self.user_dir, text_encoder=lambda: self.text_encoder,
-                           image_encoder=lambda: self.image_encoder, vectors=lambda: self.vectors,
+                           image_encoder=lambda: self.image_encoder, vectors=self._vectors_factory,
                            records=self._records_factory, images=self.images)
+        twin._vectors = self.vectors  # one gate: one down spell, one notice
+        twin.notices = self.notices
         return twin
 
     @property
@@ -119,17 +241,33 @@ class MemoryStore:
 
     # -- writing ----------------------------------------------------------------------------------
 
-    def add(self, memories: list[Memory], embed: bool = True) -> None:
+    def add(self, memories: list[Memory], embed: bool = True, sources: list[str] | None = None) -> bool:
+        """Write ``memories`` in one transaction. With ``sources``: only if every one of those still
+        exists, held until the commit (another machine's erasure of them waits, then takes these too:
+        ``_erase``); False, and nothing written, when one was erased meanwhile."""
         with self.records.transaction():
+            if sources and len(self.records.hold(sources)) < len(set(sources)):
+                return False
             self.records.insert(memories)
             self.keep_images(memories)
         if embed:
             self.embed(memories)
+        return True
 
     def embed(self, memories: list[Memory]) -> None:
-        """Write the vectors of ``memories`` (text for all, CLIP for images) and mark them done."""
+        """Write the vectors of ``memories`` (text for all, CLIP for images) and mark them done. With
+        the vector server down they wait (unmarked, in the record store) and a notice says so; the
+        first write that finds it back writes every waiting one."""
         if not memories:
             return
+        try:
+            self._embed(memories)
+        except UnreachableError as exc:
+            self._degraded(exc)
+            return
+        self._flush_if_back()
+
+    def _embed(self, memories: list[Memory]) -> None:
         vectors = self.text_encoder.embed([m.index_text() for m in memories])
         # No text goes to Chroma: its write-ahead log keeps the documents of deleted records until
         # its own compaction, which would defeat erasure. Text lives in the record file.
@@ -152,7 +290,15 @@ class MemoryStore:
                 self.images.keep(self.records, m.meta["path"])
 
     def sync_vectors(self, batch: int = 256) -> int:
-        """Repair after a kill: embed records without vectors, finish queued vector deletions."""
+        """Repair after a kill, flush the outbox after a vector-server outage: embed records without
+        vectors, finish queued vector deletions. With the server still down: nothing, and a notice."""
+        try:
+            return self._sync_vectors(batch)
+        except UnreachableError as exc:
+            self._degraded(exc)
+            return 0
+
+    def _sync_vectors(self, batch: int) -> int:
         done = 0
         jobs = self.records.jobs(["vector_delete"])
         for job in jobs:
@@ -167,7 +313,7 @@ class MemoryStore:
             pending = self.records.unembedded(batch)
             if not pending:
                 return done
-            self.embed(pending)
+            self._embed(pending)
             done += len(pending)
 
     def replace(self, memory: Memory) -> None:
@@ -213,19 +359,34 @@ class MemoryStore:
         shas = {m.image_sha256 for m in doomed if m.image_sha256}
         with self.records.transaction():
             self.records.delete(ids)
+            # An answer another machine stored after this erasure was planned, to a turn it erases:
+            # it goes too (it would quote erased words). Read after the delete, which waited for it.
+            late = [i for i in self.records.answers_to(ids) if i not in set(ids)]
+            if late:
+                doomed += self.records.get_many(late)
+                self.records.delete(late)
+                ids = ids + late
             job = self.records.add_job("vector_delete", {"ids": ids, "purge": purge})
             self.records.audit(operation, ids)
             if before_commit is not None:  # what must change with the erasure, in the same transaction
                 before_commit()
         images = [IMAGES] if any(m.type == "image" for m in doomed) else []
-        self.vectors.delete(TEXT, ids)
-        for name in images:
-            self.vectors.delete(name, ids)
-        # Chroma only marks deletions: the vectors go for good when the collections are rebuilt.
-        if purge:
-            self.vectors.purge([TEXT] + images)
-        with self.records.transaction():
-            self.records.finish_job(job)
+        try:
+            self.vectors.delete(TEXT, ids)
+            for name in images:
+                self.vectors.delete(name, ids)
+            # Chroma only marks deletions: the vectors go for good when the collections are rebuilt.
+            if purge:
+                self.vectors.purge([TEXT] + images)
+        except UnreachableError as exc:
+            # The records are gone now; the queued deletion (committed with them) finishes when the
+            # vector server is back: at the next write or open that reaches it (doctor counts them).
+            self._degraded(exc)
+            self.notices.append(f"{count_of(len(ids), 'memory')} erased from the records; their vectors are "
+                                "erased as soon as the vector store is reachable (pending: `personavlm doctor`)")
+        else:
+            with self.records.transaction():
+                self.records.finish_job(job)
         for sha in shas:
             self.erase_image(sha)
         self.records.compact()
@@ -240,6 +401,10 @@ class MemoryStore:
                 except OSError:
                     pass
         return total
+
+
+def count_of(n: int, noun: str) -> str:
+    return f"1 {noun}" if n == 1 else f"{n} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
 
 
 def vector_metadata(m: Memory) -> dict:

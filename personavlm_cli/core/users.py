@@ -68,7 +68,21 @@ def open_user_dir(settings: Settings, name: str, create: bool = True) -> Path:
         ensure_private_dir(settings.locations.data_dir)
         ensure_private_dir(settings.locations.users_dir)
         ensure_private_dir(path)
+    _same_name(path, name)
     return path
+
+
+def _same_name(path: Path, name: str) -> None:
+    """Users apart on a file system that ignores case (macOS, Windows): ``ann`` must not open the
+    directory of ``Ann``. The directory's own spelling is read back; another spelling is refused."""
+    try:
+        listed = os.listdir(path.parent)
+    except OSError:
+        return
+    if name not in listed:
+        other = next((n for n in listed if n.lower() == name.lower()), None)
+        raise UserNameError(f"user name '{name}' is taken by '{other or '?'}' on this file system, which "
+                            "ignores case; use another name") from None
 
 
 def list_users(settings: Settings) -> list[str]:
