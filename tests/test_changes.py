@@ -379,3 +379,39 @@ def test_a_lived_file_is_told_apart_from_scripted_people_and_bad_ones_are_refuse
     assert lived.newest_first(["moved to Oulu", "live in Tampere"], "Oulu", "Tampere")
     assert not lived.newest_first(["live in Tampere", "moved to Oulu"], "Oulu", "Tampere")
     assert lived.newest_first([], "Oulu", "Tampere", also="location: Oulu")
+
+
+def _history(store, n: int = 160) -> None:
+    """A long, unrelated history told before: many user turns that use the slot's own words otherwise."""
+    from personavlm_cli.core.memory import Memory, iso, new_id
+
+    topics = ["I love live music on Fridays", "We live for the weekends honestly", "The gallery moved me to tears",
+              "My painting class runs late on Tuesdays", "Hiking up the ridge was hard but worth it",
+              "I read two chapters of the novel last night", "The kids built a fort out of cushions",
+              "Our neighbour's dog barks at the postman", "I baked sourdough and it finally rose",
+              "The concert tickets sold out in minutes"]
+    at = T0 - timedelta(days=400)
+    memories = []
+    for i in range(n):
+        when = iso(at + timedelta(days=i, minutes=i))
+        memories.append(Memory(id=new_id("turn"), type="turn", text=f"{topics[i % len(topics)]} ({i}).",
+                               occurred_at=when, created_at=when, role="user", session_id=f"s{i}"))
+    store.add(memories)
+
+
+def test_a_new_home_finds_the_old_one_in_a_long_history_with_no_word_in_common(store):
+    """The old statement shares no word with the new one and is not among the nearest of a long history:
+    it is found by the slot both fill (where one lives), and made past."""
+    _history(store)
+    say(store, [(0, "I live in Aveiro with my dog Pico."), (40, "We relocated to Coimbra last month, new flat!")])
+    turns = {t.text: t for t in store.records.list(types=["turn"]) if t.role == "user"}
+    assert "home" in turns["I live in Aveiro with my dog Pico."].meta["past"]["reason"]
+    ranked = order(store, "Where do I live now?", k=40)
+    assert first(ranked, "Coimbra") < first(ranked, "Aveiro")
+
+
+def test_a_word_of_change_in_passing_makes_nothing_past(store):
+    say(store, [(0, "I made a stained glass window for the church."),
+                (3, "The window shows time changing our lives, I made it for the church.")])
+    turns = {t.text: t for t in store.records.list(types=["turn"]) if t.role == "user"}
+    assert not any("past" in t.meta for t in turns.values())

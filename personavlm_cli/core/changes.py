@@ -54,6 +54,19 @@ SLOTS: list[tuple[str, re.Pattern]] = [
     ("partner", re.compile(r"\bmy\s+(?:husband|wife|partner|boyfriend|girlfriend|fiance|fiancee|fiancé|fiancée)"
                            r"\s*,?\s+((?-i:[A-Z])\w+)", re.I)),
 ]
+# The words that state each slot, whatever its value: a new value's older statements are found by them
+# too, not only by sharing words or meaning with the new statement ("We relocated to Braga" and "I live in
+# Porto with my cat" share neither, and in a long history the old one is not among the nearest).
+SLOT_WORDS = {
+    "home": "live lives living moved relocated settled based study studies",
+    "workplace": "work works working teach teaches employed",
+    "job": "work works working job",
+    "commute": "work commute cycle bike walk drive bus train tram metro car",
+    "drink": "drink drinks coffee tea espresso latte lattes cappuccino matcha juice beer wine milk",
+    "diet": "vegetarian vegan pescatarian keto gluten",
+    "shift": "shift shifts",
+    "partner": "husband wife partner boyfriend girlfriend fiance fiancee",
+}
 PAST_QUESTION = re.compile(
     r"\b(did|was|were|used to|before|previously|formerly|earlier|back then|at the time|ago|last (?:year|month|"
     r"week|summer|winter|spring|autumn|time)|in (?:19|20)\d\d|former|originally|history)\b", re.I)

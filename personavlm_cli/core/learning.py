@@ -69,7 +69,7 @@ PLAN = re.compile(
     r"trying to|next (week|month|year|summer|winter|spring|autumn)|this (summer|winter|spring|autumn|weekend)|"
     r"am going|are going|i'll|we'll)\b", re.I)
 CHANGE = re.compile(
-    r"\b(switch(ed|ing)?|chang(ed|ing)|no longer|not any ?more|anymore|stopped|instead|now (prefer|like|love|use|"
+    r"\b(switch(ed|ing)?|chang(ed|ing)\s+(?:to|from|jobs?|careers?|teams?|schools?|(?:my|our)\s+(?:job|career|mind|diet|name|plans?|team|school|address|number))|no longer|not any ?more|anymore|stopped|instead|now (prefer|like|love|use|"
     r"drink|eat|live|work|take|go|have)|moved|relocat(ed|ing)|quit|gave up|given up|replaced|used to|prefer now|"
     r"actually|these days|nowadays|from now on|no more|sold|passed away|broke up|divorced|retired)\b", re.I)
 FROM_TO = re.compile(r"\bfrom\s+(?:the\s+|my\s+|a\s+)?([A-Za-z][\w'-]*(?:\s+[A-Za-z][\w'-]*)?)\s+to\b", re.I)

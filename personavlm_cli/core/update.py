@@ -221,8 +221,15 @@ class Learner:
         if gone:
             self._drop_profile_items(gone, user_turn)
         for sentence in said:
-            hits = recall(self.store, Query(text=sentence, types=("turn", "semantic", "procedural"),
-                                            exclude_ids={user_turn.id}), k=12, floor=None)  # candidates: checked below
+            kinds = ("turn", "semantic", "procedural")
+            hits = recall(self.store, Query(text=sentence, types=kinds, exclude_ids={user_turn.id}), k=12,
+                          floor=None)  # candidates: each is checked below
+            seen = {h.memory.id for h in hits}
+            for slot in changes.slots(sentence):  # and the older statements of the slots it fills
+                more = recall(self.store, Query(text=changes.SLOT_WORDS[slot], types=kinds,
+                                                exclude_ids={user_turn.id}), k=20, floor=None,
+                              weights={"dense": 0.0, "keywords": 0.0})
+                hits += [h for h in more if h.memory.id not in seen and not seen.add(h.memory.id)]
             for hit in hits:
                 old = hit.memory
                 if old.occurred > user_turn.occurred or old.id == user_turn.id:
