@@ -530,7 +530,7 @@ def test_kill_during_import_is_all_or_nothing(tmp_path, isolated_home):
 
     # Pinned after the records' commit, while vectors are computed: every memory is there, and the
     # next writer embeds what was left.
-    killed_at("personavlm_cli.core.store:MemoryStore.embed", "before", *imp, env=env)
+    killed_at("personavlm_cli.core.store:MemoryStore._embed", "before", *imp, env=env)
     assert count(other) == total
     assert count(other, "vector_state=0") == total
     r = run_cli("memory", "search", WORD + "7", "--json", env=env)

@@ -362,7 +362,7 @@ def test_remote_model_api_against_llama_cpp_server(model_server):
 def test_chat_with_the_model_on_a_server(cli, model_server):
     env = {**FAST, **model_env(model_server), "PERSONAVLM_USER": "erin"}
     before = completions_served(model_server)
-    r = cli("chat", "--once", "Hello! I am Erin and I love climbing mountains.", "--at", "2026-11-20 10:00", env=env)
+    r = cli("chat", "--once", "Hello! I am Erin and I love meeting new people at big parties.", "--at", "2026-11-20 10:00", env=env)
     assert r.code == 0, r.err
     assert r.out.strip()
     assert "embedded SmolLM2" not in r.err, "no local model is loaded"
@@ -371,7 +371,9 @@ def test_chat_with_the_model_on_a_server(cli, model_server):
     assert "left to learn" in r.err
     u = cli("memory", "update", env=env)
     assert u.code == 0, u.err
-    assert completions_served(model_server) - before >= 3
+    # The answer, and at least one request of the update stage (a small model's personality reading
+    # needs no model call: it is read from evidence with the text encoder).
+    assert completions_served(model_server) - before >= 2
     turns = [m for m in memories(cli, env) if m["type"] == "turn"]
     assert [t["role"] for t in turns] == ["user", "assistant"]
     r = cli("profile", "history", "--json", env=env)
