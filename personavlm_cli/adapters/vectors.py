@@ -333,8 +333,14 @@ class VectorIndex:
         vec = [list(map(float, embedding))]
 
         def search(n: int):
-            return lambda coll: coll.query(query_embeddings=vec, n_results=n, where=where or None,
-                                           include=["distances"])
+            def one(coll):
+                res = coll.query(query_embeddings=vec, n_results=n, where=where or None, include=["distances"])
+                if len(res["ids"][0]) < n:
+                    # Asked for at least all this shard holds (that the filter admits): HNSW may leave a
+                    # node of a small graph unreachable, so the shard is read whole and ranked exactly.
+                    res = _exact(coll, vec[0], n, where)
+                return res
+            return one
 
         with self._lock:
             shards = self._shards(name)
@@ -635,3 +641,20 @@ def probe(url: str) -> dict:
     except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
         out["problem"] = str(exc).splitlines()[0] if str(exc) else _first_line(exc)
     return out
+
+
+def _exact(coll, query: list[float], n: int, where: dict | None) -> dict:
+    """The shard's vectors (that ``where`` admits) ranked by cosine distance, in the shape of a query's
+    result: for a request of at least everything the shard holds, where HNSW is only approximate."""
+    import numpy as np
+
+    got = coll.get(where=where or None, include=["embeddings"])
+    ids = list(got["ids"])
+    if not ids:
+        return {"ids": [[]], "distances": [[]]}
+    matrix = np.asarray(got["embeddings"], dtype=np.float64)
+    q = np.asarray(query, dtype=np.float64)
+    norms = np.linalg.norm(matrix, axis=1) * (np.linalg.norm(q) or 1.0)
+    distances = 1.0 - (matrix @ q) / np.where(norms == 0, 1.0, norms)
+    order = np.argsort(distances, kind="stable")[:n]
+    return {"ids": [[ids[i] for i in order]], "distances": [[float(distances[i]) for i in order]]}
