@@ -415,3 +415,19 @@ def test_a_word_of_change_in_passing_makes_nothing_past(store):
                 (3, "The window shows time changing our lives, I made it for the church.")])
     turns = {t.text: t for t in store.records.list(types=["turn"]) if t.role == "user"}
     assert not any("past" in t.meta for t in turns.values())
+
+
+def test_a_summary_written_after_its_statement_became_past_is_past_too(store):
+    """The session's summary may be written after the move was learnt (learning left pending at quit):
+    it inherits the past mark of the statement it holds, as one written before does."""
+    from personavlm_cli.core.update import UpdateStage
+
+    say(store, [(0, "I live in Aveiro with my dog Pico."), (0, "I like long walks on the beach."),
+                (40, "We relocated to Coimbra last month, new flat!")])
+    old = next(t for t in store.records.list(types=["turn"]) if t.text.startswith("I live in Aveiro"))
+    assert "past" in old.meta
+    UpdateStage(store, ScriptedModel([]), "ada", ModelGate(), extractor="rules").session(old.session_id)
+    summaries = [e for e in store.records.list(types=["episodic"]) if "Aveiro" in e.text]
+    assert summaries and all(changes.until(e) for e in summaries)
+    ranked = order(store, "Where do I live now?", k=20)
+    assert first(ranked, "Coimbra") < first(ranked, "Aveiro")

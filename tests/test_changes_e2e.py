@@ -23,7 +23,7 @@ def test_a_move_told_in_a_real_chat_wins_recall_and_why_says_the_old_home_is_pas
     newest = next(i for i in users if "Wroclaw" in found[i]["text"])
     old = [i for i in users if "Gdansk near the old port" in found[i]["text"]]
     assert old and newest < old[0]
-    assert found[old[0]]["signals"]["past"]["until"] == "2026-03-20"
+    assert found[old[0]]["signals"]["past"]["until"] == "2026-03-20", found[old[0]]
     # The model's own replies (whatever they say of Gdansk) come below the user's newer statement.
     assert all(i > newest for i, m in enumerate(found) if m["type"] == "turn" and m.get("role") == "assistant")
 

@@ -139,7 +139,7 @@ class Chat:
                "COLUMNS": str(COLS), "LINES": str(ROWS)}
         env.pop("NO_COLOR", None)
         self.raw: list[str] = []
-        self.child = pexpect.spawn(sys.executable, ["-m", "personavlm_cli", "chat", *args], env=env, cwd=str(ROOT),
+        self.child = pexpect.spawn(sys.executable, ["-m", "personavlm_cli", "chat", *args], env=env, cwd=str(ROOT), use_poll=True,
                                    encoding="utf-8", codec_errors="replace", timeout=SLOW, dimensions=(ROWS, COLS),
                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.child.logfile_read = self

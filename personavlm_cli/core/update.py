@@ -598,6 +598,14 @@ class UpdateStage:
             # Replaced summaries, not a user's erasure: no rebuild of the vector index (store.erase).
             self.store.erase(stale, "consolidation-replace", purge=False)
         fresh = [m for m in new if self.store.records.get(m.id) is None]
+        for episode in fresh:
+            # A summary written after one of its statements became past is past as well, as one written
+            # before it is (``Learner``): whichever ran first, the summary of "I live in X" says until when.
+            for src in self.store.records.get_many(episode.source_ids):
+                past = (src.meta or {}).get("past")
+                if past and src.role == "user" and src.text.strip() and src.text.strip() in episode.text:
+                    episode.meta = {**(episode.meta or {}), "past": dict(past)}
+                    break
         self.store.add(fresh)
 
     def procedural(self, turns: list[Memory]) -> None:
