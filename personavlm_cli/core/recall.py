@@ -30,7 +30,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from personavlm_cli.core import changes, reembed
+from personavlm_cli.core import changes, links, reembed
 from personavlm_cli.core.memory import TYPES, Memory
 from personavlm_cli.core.store import IMAGES, TEXT, MemoryStore
 from personavlm_cli.core.timewords import MONTHS
@@ -38,7 +38,7 @@ from personavlm_cli.core.timewords import MONTHS
 # Convex-combination weights of the signals (each normalised by its best score). ``context`` is
 # the share of the neighbours' lexical score carried over (1.0 = NEIGHBOURS as they are).
 WEIGHTS = {"dense": 0.3, "keywords": 0.15, "lexical": 0.7, "image": 0.5, "context": 1.0, "speaker": 0.3,
-           "date": 0.2, "image_text": 0.5}
+           "date": 0.2, "image_text": 0.5, "taste": 0.3, "substance": 0.2}  # the last two: core/links.py
 # CLIP's cosine of words and an image they do not describe is about 0.1-0.2, of a caption and its
 # image about 0.3: below this an image is not a match for the words, only the least bad one.
 IMAGE_TEXT_FLOOR = 0.2
@@ -353,11 +353,15 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
     query_text = f"{q.text} {q.keywords}"
     dates = query_dates(query_text) if weights.get("date", 0) > 0 else []
     lift = max(weights.get("speaker", 0), 0) + (max(weights.get("date", 0), 0) if dates else 0)
+    # ``taste`` lifts, ``substance`` lowers (core/links.py): the window widens by both.
+    lift += (max(weights.get("taste", 0), 0) if links.is_inference(query_text) else 0) \
+        + max(weights.get("substance", 0), 0)
     if fused and lift > 0:
         words = {w.lower() for w in _WORD.findall(query_text)}
         ordered = sorted(fused.values(), reverse=True)
         floor = ordered[min(k, len(ordered)) - 1] - lift
         memories = {m.id: m for m in store.records.get_many([i for i, v in fused.items() if v >= floor])}
+        links.apply(fused, signals, memories, query_text, weights, lambda m: _speakers_named(m, words), query_terms)
         for memory_id, m in memories.items():
             if weights.get("speaker", 0) > 0 and _speakers_named(m, words):
                 fused[memory_id] += weights["speaker"]
