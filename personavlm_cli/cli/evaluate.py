@@ -62,6 +62,9 @@ def locomo(
     fusion: Annotated[str, typer.Option("--fusion", help="score (normalised scores, the default) or rrf (the "
                                                          "reciprocal-rank baseline).")] = "score",
     candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="Candidate pool per signal.")] = None,
+    ablate: Annotated[Optional[str], typer.Option(
+        "--ablate", help="Also recall each question without each of these signals, comma-separated (new: the "
+        "signals of core/links.py), and show recall@K per category without each.")] = None,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
     gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
     context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
@@ -75,6 +78,7 @@ def locomo(
     from personavlm_cli.evals.workspace import write_json
 
     weights = lc.recall_weights(signals, weight, fusion)
+    without = lc.ablations(ablate, weights)
     only = [c for c in conversations.split(",")] if conversations else None
     plan = lc.plan_questions(lc.load(data, only), limit)
     total = sum(len(qs) for _c, qs in plan)
@@ -90,7 +94,7 @@ def locomo(
             answering = lc.Answering(model=load_model(env), settings=env.settings, mode=mode)
         with progress_bar("LoCoMo", total) as hooks:
             result = lc.run(data, plan, k=k, weights=weights, fusion=fusion, candidates=candidates,
-                            answering=answering, progress=hooks)
+                            answering=answering, progress=hooks, ablate=without)
     finally:
         if env is not None:
             env.close()
@@ -132,6 +136,16 @@ def _print_table(result: dict, answered: bool) -> None:
             cells.append(cell(result["evidence_in_context"][key]))
         table.add_row(*cells, style="bold" if key == "overall" else None)
     out.print(table)
+    if result.get("ablation"):
+        ablated = Table(title=f"recall@{k} without each signal (the first row: all of them)")
+        ablated.add_column("signals")
+        keys = [key for key in ("1", "2", "3", "4", "overall") if key == "overall" or counts.get(key)]
+        for key in keys:
+            ablated.add_column("overall" if key == "overall" else CATEGORY_NAMES[int(key)], justify="right")
+        ablated.add_row("all", *[cell(result["recall_at_k"][key]) for key in keys])
+        for name, values in result["ablation"].items():
+            ablated.add_row(f"without {name}", *[cell(values[key]) for key in keys])
+        out.print(ablated)
     t = result["timings"]
     out.print(f"signals: {', '.join(result['signals'])} ({result['fusion']} fusion); recall {t['recall_ms_mean']} ms "
               f"mean, {t['recall_ms_p95']} ms p95; {t['total_s']} s in all")

@@ -290,6 +290,26 @@ def rounded(values: dict) -> dict:
 # --- the evaluation -------------------------------------------------------------------------------
 
 EXTRA_KS = (5, 10, 25)
+# The signals of core/links.py (issue 31): `--ablate new` asks each question again without each of them.
+NEW_SIGNALS = ("taste", "substance")
+
+
+def ablations(names: str | None, weights: dict[str, float]) -> dict[str, dict[str, float]]:
+    """``--ablate``: for each named signal (``new``: NEW_SIGNALS), the weights with that signal off."""
+    from personavlm_cli.core.recall import WEIGHTS
+
+    if not names:
+        return {}
+    chosen: list[str] = []
+    for name in (n.strip() for n in names.split(",")):
+        if not name:
+            continue
+        for one in (NEW_SIGNALS if name == "new" else (name,)):
+            if one not in WEIGHTS:
+                raise PersonaError(f"unknown signal '{one}' to ablate (use new or one of {', '.join(WEIGHTS)})")
+            if one not in chosen:
+                chosen.append(one)
+    return {name: {**weights, name: 0.0} for name in chosen}
 
 
 def recall_weights(signals: str | None, weight: list[str] | None, fusion: str) -> dict[str, float]:
@@ -350,20 +370,24 @@ class _Run:
     weights: dict[str, float]
     fusion: str
     answering: Answering | None
+    ablate: dict[str, dict[str, float]] = field(default_factory=dict)
     recall_ms: list[float] = field(default_factory=list)
 
 
 def run(data: Path, plan: list[tuple[Conversation, list[Question]]], *, k: int, weights: dict[str, float],
         fusion: str, candidates: int | None, answering: Answering | None = None,
-        progress: Progress | None = None) -> dict:
+        progress: Progress | None = None, ablate: dict[str, dict[str, float]] | None = None) -> dict:
     """Replay each conversation of ``plan`` into a fresh temporary store and ask it its questions: recall@k
     (and more depths), and with ``answering`` the answer's token F1 and whether the evidence was in its
-    prompt. Returns the report (figures per category and conversation, timings, one item per question)."""
+    prompt. ``ablate`` (from ``ablations``): each question is also recalled with each of those weights, and
+    the report gets recall@k per category without each signal. Returns the report (figures per category and
+    conversation, timings, one item per question)."""
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.core.recall import CANDIDATES, WEIGHTS
 
     progress = progress or Progress()
-    r = _Run(k=k, pool=candidates or CANDIDATES, weights=weights, fusion=fusion, answering=answering)
+    r = _Run(k=k, pool=candidates or CANDIDATES, weights=weights, fusion=fusion, answering=answering,
+             ablate=dict(ablate or {}))
     used = {**WEIGHTS, **weights}
     started = time.perf_counter()
     rows: list[dict] = []
@@ -424,6 +448,9 @@ def run(data: Path, plan: list[tuple[Conversation, list[Question]]], *, k: int, 
                                  if x not in ("replay_s", "questions_s", "total_s")} for c, v in per_conv.items()},
         "items": rows,
     }
+    if r.ablate:
+        result["ablation"] = {name: rounded(by_category([{"category": x["category"], "recall": x["without"][name]}
+                                                         for x in rows], "recall")) for name in r.ablate}
     if answering is not None:
         result["f1"] = rounded(by_category(rows, "f1"))
         result["evidence_in_context"] = rounded(by_category(rows, "evidence_in_context"))
@@ -448,6 +475,11 @@ def _ask(r: _Run, store, conv: Conversation, q: Question, dia_of: dict[str, str]
            "evidence": q.evidence, "found": ranked[:k], "recall": recall_at_k(ranked, q.evidence, k)}
     for x in sorted({*EXTRA_KS, k}):
         row[f"recall@{x}"] = recall_at_k(ranked, q.evidence, x)
+    if r.ablate:
+        row["without"] = {}
+        for name, weights in r.ablate.items():
+            other = recall(store, Query(text=q.question), k=k, candidates=r.pool, weights=weights, fusion=r.fusion)
+            row["without"][name] = recall_at_k(ranked_turns(other, dia_of, store.records), q.evidence, k)
     if r.answering is not None:
         llm = r.answering.model
         prediction, used = _answer(r, store, conv, q)
