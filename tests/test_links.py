@@ -1,0 +1,162 @@
+"""Recall for answers spread over several moments (issue 31, ``core/links.py``): an inference question
+is answered by its subject's own words (``taste``), turns without content are demoted (``substance``);
+both in the chat's own recall, in ``memory search --explain`` and in ``/why``, and ``eval locomo
+--ablate`` reports each. Real store, real MiniLM encoder and Chroma index; a scripted chat model."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from personavlm_cli.core import links
+from personavlm_cli.core.memory import Memory, iso, new_id
+from personavlm_cli.core.recall import query_terms
+from personavlm_cli.evals.workspace import temporary_store
+from tests.conftest import assert_one_line_error
+from tests.test_locomo import synthetic, write
+from tests.test_relevance import scripted  # noqa: F401  (the fixture)
+
+START = datetime(2026, 3, 2, 18, 0, tzinfo=timezone.utc)
+
+
+def turn(text: str, minute: int, role: str = "user", session: str = "s1", speaker: str | None = None) -> Memory:
+    return Memory(id=new_id("turn"), type="turn", text=text, occurred_at=iso(START + timedelta(minutes=minute)),
+                  created_at=iso(START), role=role, session_id=session,
+                  meta={"speaker": speaker} if speaker else {})
+
+
+# --- the rules ------------------------------------------------------------------------------------
+
+
+@pytest.mark.fast
+def test_which_questions_are_inferences():
+    for q in ("Would Melanie like a song by Vivaldi?", "What kind of music might I enjoy?",
+              "Is Jon likely to open a second studio?", "Would I prefer a national park or a theme park?"):
+        assert links.is_inference(q), q
+    for q in ("What did Melanie paint recently?", "When did I move to Gdansk?", "Where do I work?"):
+        assert not links.is_inference(q), q
+    assert links.asks_about_user("What kind of holiday would I enjoy?")
+    assert not links.asks_about_user("Would Melanie enjoy camping?")
+
+
+@pytest.mark.fast
+def test_first_person_share_and_substance_of_a_turn():
+    own = turn("Melanie: We always look forward to our family camping trip.", 0, speaker="Melanie")
+    to_other = turn("Melanie: Wow, that painting of yours is awesome! You did great.", 1, speaker="Melanie")
+    assert links.first_person(own) == 1.0 and links.first_person(to_other) == 0.0
+    # The speaker's name and a shared photo's caption are not the turn's words.
+    assert links.spoken(turn("Gina: Thanks! [shares a photo: my dog and I]", 2, speaker="Gina")).strip() == "Thanks!"
+    thanks = turn("Gina: Thanks a ton, Jon!", 3, speaker="Gina")
+    story = turn("Gina: I lost my job at the delivery company, so I opened an online clothing store "
+                 "selling vintage dance outfits and hoodies.", 4, speaker="Gina")
+    assert links.substance_penalty(story, query_terms) == 0.0
+    assert 0.6 < links.substance_penalty(thanks, query_terms) < 1.0
+    fact = Memory(id=new_id("semantic"), type="semantic", text="Likes tea.", occurred_at=iso(START),
+                  created_at=iso(START))
+    assert links.substance_penalty(fact, query_terms) == 0.0, "learnt memories are short on purpose"
+    # For a question about the user: the user's own turns by their pronouns, learnt memories fully.
+    assert links.taste_score(fact, named=False, about_user=True) == 1.0
+    assert links.taste_score(turn("I love tents.", 5), named=False, about_user=True) == 1.0
+    assert links.taste_score(turn("I love tents.", 5, role="assistant"), named=False, about_user=True) == 0.0
+    assert links.taste_score(fact, named=False, about_user=False) == 0.0
+
+
+# --- in recall ------------------------------------------------------------------------------------
+
+
+def _holiday_store(tmp_path):
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+
+    store = temporary_store(tmp_path / "u", TextEncoder())
+    mine = turn("I love hiking in the mountains and sleeping in a tent, it is my favourite kind of holiday.", 0)
+    other = turn("You should book a holiday for Ana, a cruise with a spa.", 1, session="s2")
+    short = turn("Holiday, yes!", 2, session="s3")
+    filler = [turn(text, 10 + i, session=f"f{i}") for i, text in enumerate((
+        "The plumber fixed the kitchen sink this morning.", "My car needs new tyres before winter.",
+        "I finished reading a novel about a lighthouse keeper.", "The quarterly report is due on Friday.",
+        "Our neighbour's dog barked all night.", "I baked sourdough bread with rye flour."))]
+    store.add([mine, other, short, *filler])
+    return store, mine, other, short
+
+
+@pytest.mark.fast
+def test_an_inference_question_finds_what_the_user_said_of_their_own_tastes(tmp_path):
+    from personavlm_cli.core.recall import Query, recall
+
+    store, mine, other, short = _holiday_store(tmp_path)
+    question = Query(text="What kind of holiday would I enjoy?")
+    hits = recall(store, question, k=3)
+    assert hits[0].memory.id == mine.id and "taste" in hits[0].signals, [h.memory.text for h in hits]
+    # Without the signal a turn that is not the user's taste (a short cheer, a plan for someone else) wins.
+    plain = recall(store, question, k=3, weights={"taste": 0.0})
+    assert plain[0].memory.id != mine.id and all("taste" not in h.signals for h in plain)
+    # A question that is not an inference gets no taste signal.
+    assert all("taste" not in h.signals for h in recall(store, Query(text="Where did I go hiking?"), k=3))
+    # The short turn is demoted by what it lacks, and says so; the long ones are not.
+    by_id = {h.memory.id: h for h in hits}
+    assert by_id[short.id].signals["substance"]["score"] < by_id[mine.id].signals["substance"]["score"]
+    kept = {h.memory.id: h.score for h in recall(store, question, k=3, weights={"substance": 0.0})}
+    assert kept[short.id] - by_id[short.id].score > kept[mine.id] - by_id[mine.id].score
+    store.close()
+
+
+@pytest.mark.fast
+def test_a_named_speakers_own_words_answer_an_inference_about_them(tmp_path):
+    """A transcript that names who spoke: the question names Melanie, her own first-person turns come first."""
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.core.recall import Query, recall
+
+    store = temporary_store(tmp_path / "u", TextEncoder())
+    own = turn("Melanie: We always look forward to our family camping trip, we roast marshmallows by the fire.",
+               0, speaker="Melanie")
+    praise = turn("Melanie: Your park photos are lovely, Caroline! You must enjoy parks so much.", 1,
+                  role="assistant", speaker="Melanie")
+    theirs = turn("Caroline: I went to a theme park with my friends and loved the rides.", 2, speaker="Caroline")
+    store.add([own, praise, theirs])
+    hits = recall(store, Query(text="Would Melanie be more interested in a national park or a theme park?"), k=3)
+    assert hits[0].memory.id == own.id and "taste" in hits[0].signals, [h.memory.text for h in hits]
+    assert "taste" not in next(h for h in hits if h.memory.id == theirs.id).signals, "Caroline is not the subject"
+    store.close()
+
+
+# --- the chat's own path --------------------------------------------------------------------------
+
+
+@pytest.mark.fast
+def test_search_explain_and_why_show_why_each_piece_came(run, scripted):  # noqa: F811
+    lines = ["I love hiking in the mountains and sleeping in a tent, it is my favourite kind of holiday.",
+             "Ana from work says a cruise holiday with a spa is the best.",
+             "The plumber fixed the kitchen sink this morning.", "The quarterly report is due on Friday."]
+    r = run("chat", "--at", "2026-02-01 09:00", "--no-update", input="\n".join(lines) + "\n")
+    assert r.code == 0, r.err
+    found = run("memory", "search", "What kind of holiday would I enjoy?", "--json").json()
+    assert found[0]["text"] == lines[0] and "taste" in found[0]["signals"], found
+    r = run("memory", "search", "What kind of holiday would I enjoy?", "--explain")
+    assert r.code == 0 and "taste #1" in r.out, r.out
+    r = run("chat", "--at", "2026-02-03 09:00", "--no-update", input="What kind of holiday would I enjoy?\n/why\n")
+    assert r.code == 0, r.err
+    why = [line for line in r.out.splitlines() if "favourite kind of holiday"[:20] in line or "I love hiking" in line]
+    assert why and "taste" in why[-1], r.out
+    assert not any("taste" in line for line in r.out.splitlines() if "Ana from work" in line), r.out
+
+
+# --- eval locomo --ablate -------------------------------------------------------------------------
+
+
+@pytest.mark.fast
+def test_eval_locomo_reports_each_new_signal_ablated(run, tmp_path):
+    data = write(tmp_path, synthetic())
+    out = tmp_path / "out.json"
+    r = run("eval", "locomo", str(data), "--retrieval-only", "--ablate", "new", "--json", str(out))
+    assert r.code == 0, r.err
+    import json
+
+    result = json.loads(out.read_text())
+    assert set(result["ablation"]) == {"taste", "substance"}
+    for values in result["ablation"].values():
+        assert set(values) == {"overall", "1", "2", "3", "4"}
+    assert "without taste" in r.out and "without substance" in r.out
+    assert all(set(item["without"]) == {"taste", "substance"} for item in result["items"])
+    bad = run("eval", "locomo", str(data), "--retrieval-only", "--ablate", "telepathy")
+    assert_one_line_error(bad, "telepathy")
