@@ -11,7 +11,7 @@ import pytest
 
 from personavlm_cli.core import links
 from personavlm_cli.core.memory import Memory, iso, new_id
-from personavlm_cli.core.recall import query_terms
+from personavlm_cli.core.recall import STOP_WORDS
 from personavlm_cli.evals.workspace import temporary_store
 from tests.conftest import assert_one_line_error
 from tests.test_locomo import synthetic, write
@@ -50,11 +50,11 @@ def test_first_person_share_and_substance_of_a_turn():
     thanks = turn("Gina: Thanks a ton, Jon!", 3, speaker="Gina")
     story = turn("Gina: I lost my job at the delivery company, so I opened an online clothing store "
                  "selling vintage dance outfits and hoodies.", 4, speaker="Gina")
-    assert links.substance_penalty(story, query_terms) == 0.0
-    assert 0.6 < links.substance_penalty(thanks, query_terms) < 1.0
+    assert links.substance_penalty(story, STOP_WORDS) == 0.0
+    assert 0.6 < links.substance_penalty(thanks, STOP_WORDS) < 1.0
     fact = Memory(id=new_id("semantic"), type="semantic", text="Likes tea.", occurred_at=iso(START),
                   created_at=iso(START))
-    assert links.substance_penalty(fact, query_terms) == 0.0, "learnt memories are short on purpose"
+    assert links.substance_penalty(fact, STOP_WORDS) == 0.0, "learnt memories are short on purpose"
     # For a question about the user: the user's own turns by their pronouns, learnt memories fully.
     assert links.taste_score(fact, named=False, about_user=True) == 1.0
     assert links.taste_score(turn("I love tents.", 5), named=False, about_user=True) == 1.0

@@ -69,9 +69,17 @@ def first_person(memory: Memory) -> float:
     return first / (first + second) if first + second else 0.0
 
 
-def content_words(memory: Memory, terms) -> int:
-    """How many content words (``terms``: recall's own word rule) a memory's own words hold."""
-    return len(terms(spoken(memory)))
+def content_words(memory: Memory, stop_words, limit: int = SUBSTANCE_WORDS) -> int:
+    """How many distinct content words (not in ``stop_words``, recall's own list) a memory's own words
+    hold, counted up to ``limit`` (recall looks at a few hundred candidates: a long turn stops early)."""
+    seen: set[str] = set()
+    for m in _WORD.finditer(spoken(memory)):
+        word = m.group().lower()
+        if word not in stop_words and (len(word) > 1 or word.isdigit()):
+            seen.add(word)
+            if len(seen) >= limit:
+                break
+    return len(seen)
 
 
 def taste_score(memory: Memory, named: bool, about_user: bool) -> float:
@@ -85,18 +93,18 @@ def taste_score(memory: Memory, named: bool, about_user: bool) -> float:
     return 0.0
 
 
-def substance_penalty(memory: Memory, terms) -> float:
+def substance_penalty(memory: Memory, stop_words) -> float:
     """Between 0 and 1: how far a turn is from ``SUBSTANCE_WORDS`` content words (0 for other memories)."""
     if memory.type != "turn":
         return 0.0
-    return max(0.0, 1.0 - content_words(memory, terms) / SUBSTANCE_WORDS)
+    return max(0.0, 1.0 - content_words(memory, stop_words) / SUBSTANCE_WORDS)
 
 
 def apply(fused: dict[str, float], signals: dict, memories: dict[str, Memory], query_text: str,
-          weights: dict[str, float], named, terms) -> None:
+          weights: dict[str, float], named, stop_words) -> None:
     """Add ``taste`` and take ``substance`` from the fused scores of ``memories`` (recall's candidates
     that could reach the first k), in place; each change is recorded in ``signals``. ``named(memory)``
-    says whether the memory's speaker is named in the query; ``terms(text)`` is recall's word rule."""
+    says whether the memory's speaker is named in the query; ``stop_words`` are recall's."""
     w_taste = max(weights.get("taste", 0.0), 0.0) if is_inference(query_text) else 0.0
     w_substance = max(weights.get("substance", 0.0), 0.0)
     about_user = w_taste > 0 and asks_about_user(query_text)
@@ -109,7 +117,7 @@ def apply(fused: dict[str, float], signals: dict, memories: dict[str, Memory], q
                 fused[memory_id] += w_taste * score
                 signals.setdefault(memory_id, {})["taste"] = {"rank": 1, "score": round(score, 4)}
         if w_substance:
-            lack = substance_penalty(memory, terms)
+            lack = substance_penalty(memory, stop_words)
             if lack > 0:
                 fused[memory_id] -= w_substance * lack
                 signals.setdefault(memory_id, {})["substance"] = {"rank": 1, "score": round(1.0 - lack, 4)}

@@ -360,8 +360,9 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
         words = {w.lower() for w in _WORD.findall(query_text)}
         ordered = sorted(fused.values(), reverse=True)
         floor = ordered[min(k, len(ordered)) - 1] - lift
-        memories = {m.id: m for m in store.records.get_many([i for i, v in fused.items() if v >= floor])}
-        links.apply(fused, signals, memories, query_text, weights, lambda m: _speakers_named(m, words), query_terms)
+        window = sorted((i for i, v in fused.items() if v >= floor), key=lambda i: -fused[i])[:max(4 * k, k + 30)]
+        memories = {m.id: m for m in store.records.get_many(window)}
+        links.apply(fused, signals, memories, query_text, weights, lambda m: _speakers_named(m, words), STOP_WORDS)
         for memory_id, m in memories.items():
             if weights.get("speaker", 0) > 0 and _speakers_named(m, words):
                 fused[memory_id] += weights["speaker"]
