@@ -93,7 +93,7 @@ def test_an_inference_question_finds_what_the_user_said_of_their_own_tastes(tmp_
     assert plain[0].memory.id != mine.id and all("taste" not in h.signals for h in plain)
     # A question that is not an inference gets no taste signal.
     assert all("taste" not in h.signals for h in recall(store, Query(text="Where did I go hiking?"), k=3))
-    # The short turn is demoted by what it lacks, and says so; the long ones are not.
+    # The short turn is demoted by what it lacks, and says so (the score taken, negative).
     by_id = {h.memory.id: h for h in hits}
     assert by_id[short.id].signals["substance"]["score"] < by_id[mine.id].signals["substance"]["score"]
     kept = {h.memory.id: h.score for h in recall(store, question, k=3, weights={"substance": 0.0})}

@@ -56,7 +56,7 @@ def locomo(
         "--json", help="Also write the results as JSON to this file.")] = None,
     signals: Annotated[Optional[str], typer.Option(
         "--signals", help="Use only these recall signals, comma-separated (dense, keywords, lexical, context, "
-        "speaker, date, image); default: all.")] = None,
+        "speaker, date, image, taste, substance); default: all.")] = None,
     weight: Annotated[Optional[list[str]], typer.Option(
         "--weight", help="Override one signal's weight, NAME=NUMBER (repeatable).")] = None,
     fusion: Annotated[str, typer.Option("--fusion", help="score (normalised scores, the default) or rrf (the "

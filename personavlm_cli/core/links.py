@@ -14,7 +14,8 @@ hit's ``signals``, so ``/why`` and ``memory search --explain`` say why a memory 
 - ``substance``: a turn with almost no content words ("Thanks, Gina!", "Cool! What did it look like?")
   is demoted: short turns win BM25 on a name alone (its length normalisation favours them) yet hold no
   fact. Below ``SUBSTANCE_WORDS`` content words a turn loses a share of the weight in proportion to
-  what it lacks; other memories (learnt facts are short on purpose) are left as they are.
+  what it lacks (its score in ``signals`` is what it took, a negative number); other memories (learnt
+  facts are short on purpose) are left as they are.
 
 Measured on LoCoMo's development split (docs/benchmarks.md, "Recall for spread answers"): ``taste``
 takes open-domain recall@10 from 0.455 to 0.591 and changes no other category; ``substance`` adds
@@ -120,4 +121,5 @@ def apply(fused: dict[str, float], signals: dict, memories: dict[str, Memory], q
             lack = substance_penalty(memory, stop_words)
             if lack > 0:
                 fused[memory_id] -= w_substance * lack
-                signals.setdefault(memory_id, {})["substance"] = {"rank": 1, "score": round(1.0 - lack, 4)}
+                # The score shown (`--explain`, `/why`) is what was taken: negative.
+                signals.setdefault(memory_id, {})["substance"] = {"rank": 1, "score": round(-w_substance * lack, 4)}
