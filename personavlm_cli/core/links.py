@@ -41,6 +41,9 @@ _PHOTO = re.compile(r"\[shares a photo:[^\]]*\]")
 _WORD = re.compile(r"\w+", re.UNICODE)
 
 SUBSTANCE_WORDS = 10  # content words from which a turn counts as holding something
+# Both off: for a caller that gathers candidates to check each by rule (the learner looking for the older
+# statements a new one makes past, core/update.py), where a prior on what answers a question only reorders.
+OFF = {"taste": 0.0, "substance": 0.0}
 LEARNT = ("core", "semantic", "procedural", "episodic")
 
 

@@ -15,7 +15,7 @@ import re
 import threading
 from typing import Callable
 
-from personavlm_cli.core import changes, learning
+from personavlm_cli.core import changes, learning, links
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
@@ -223,12 +223,12 @@ class Learner:
         for sentence in said:
             kinds = ("turn", "semantic", "procedural")
             hits = recall(self.store, Query(text=sentence, types=kinds, exclude_ids={user_turn.id}), k=12,
-                          floor=None)  # candidates: each is checked below
+                          floor=None, weights=links.OFF)  # candidates: each is checked below
             seen = {h.memory.id for h in hits}
             for slot in changes.slots(sentence):  # and the older statements of the slots it fills
                 more = recall(self.store, Query(text=changes.SLOT_WORDS[slot], types=kinds,
                                                 exclude_ids={user_turn.id}), k=20, floor=None,
-                              weights={"dense": 0.0, "keywords": 0.0})
+                              weights={"dense": 0.0, "keywords": 0.0, **links.OFF})
                 hits += [h for h in more if h.memory.id not in seen and not seen.add(h.memory.id)]
             for hit in hits:
                 old = hit.memory
