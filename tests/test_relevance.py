@@ -102,5 +102,8 @@ def test_the_floor_costs_no_recall_at_10_on_the_locomo_dev_split(tmp_path):
             assert recall(store, Query(text=text), k=10) == [], text
         store.close()
     assert len(with_floor) == 231
-    assert sum(with_floor) >= sum(without), "the floor never costs an evidence turn"
-    assert round(sum(with_floor) / len(with_floor), 3) >= 0.785 and empty == 0
+    # The floor costs at most one evidence turn: since taste and substance (core/links.py) demote chit-chat,
+    # "Which city have both Jean and John visited?" finds D15:1 ninth without the floor, by a cosine of 0.18
+    # and no shared word, among candidates of the same kind: what the floor is there to drop.
+    assert sum(with_floor) >= sum(without) - 0.5, "the floor costs at most one evidence turn"
+    assert round(sum(with_floor) / len(with_floor), 3) >= 0.804 and empty == 0
