@@ -17,11 +17,11 @@ hit's ``signals``, so ``/why`` and ``memory search --explain`` say why a memory 
   what it lacks (its score in ``signals`` is what it took, a negative number); other memories (learnt
   facts are short on purpose) are left as they are.
 
-Measured on LoCoMo's development split (docs/benchmarks.md, "Recall for spread answers"): ``taste``
-takes open-domain recall@10 from 0.455 to 0.591 and changes no other category; ``substance`` adds
-about 0.02 on single-hop. Per-part sub-queries, neighbour expansion (the reply after a hit), a
-per-session cap and per-sentence vectors were measured too and are not here (the figures are in the
-same section).
+Measured on LoCoMo's development split (docs/benchmarks.md, "Recall for answers spread over several
+moments"): ``taste`` takes open-domain recall@10 from 0.455 to 0.591 and changes no other category;
+``substance`` adds about 0.02 on multi-hop and single-hop. Per-part sub-queries, neighbour expansion
+(the reply after a hit), a per-session cap and per-sentence vectors were measured too and are not here
+(the figures are in the same section).
 """
 
 from __future__ import annotations
