@@ -182,7 +182,7 @@ def _run(a, root: Path, pg, chroma) -> dict:
         got = vectors.get(f"u-{user}-memories", set())
         collections_ok += listing <= got
     migrated = {}
-    for name, n in moved.items():
+    for name, _n in moved.items():
         r = _cli(["memory", "list", "--all", "--json"], {**mover, "PERSONAVLM_STORE_KIND": "server",
                                                         "PERSONAVLM_USER": name})
         migrated[name] = len(json.loads(r.stdout)) if r.returncode == 0 else r.stderr.strip()

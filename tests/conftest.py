@@ -68,8 +68,7 @@ def run_in_process(*args: str, input: str | None = None, env: dict | None = None
     terminal, stdout and stderr are captured (nor are they terminals), ``env`` is applied (with COLUMNS=200)
     for the run and restored after. ``at`` pins the product's clock (``core.memory.now``) for the run.
     ``timeout`` is accepted for the same signature and not enforced (pytest-timeout is)."""
-    from personavlm_cli.cli import main
-    from personavlm_cli.cli import terminal
+    from personavlm_cli.cli import main, terminal
 
     applied = {"COLUMNS": "200", **(env or {})}
     saved = {k: os.environ.get(k) for k in applied}
@@ -119,7 +118,7 @@ def _forget_vector_stores(keep: set) -> None:
         shared._identifier_to_refcount.pop(identifier, None)
         try:
             system.stop()
-        except Exception:  # noqa: BLE001 - a system that will not stop is dropped all the same
+        except Exception:  # a system that will not stop is dropped all the same
             pass
 
 
@@ -192,7 +191,7 @@ def _slow_names(module) -> set[str]:
 
 def _mentions(names: set[str]) -> re.Pattern:
     # a use of one of these names: not an attribute (``x.seed``), not a keyword argument (``seed=3``)
-    return re.compile(r"(?<![\w.])(?:%s)\b(?!\s*=[^=])" % "|".join(map(re.escape, sorted(names))))
+    return re.compile(r"(?<![\w.])(?:{})\b(?!\s*=[^=])".format("|".join(map(re.escape, sorted(names)))))
 
 
 def _is_slow(item) -> bool:

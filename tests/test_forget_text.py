@@ -13,8 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_conversation import ScriptedModel
-from tests.test_conversation import store  # noqa: F401 - the store fixture
+from tests.test_conversation import (
+    ScriptedModel,
+    store,  # noqa: F401 - the store fixture
+)
 
 pytestmark = pytest.mark.fast
 

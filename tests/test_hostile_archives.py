@@ -210,8 +210,8 @@ def test_a_malformed_state_is_refused_with_one_line(tmp_path, blob):
 
 
 def test_a_valid_personality_comes_in_and_later_updates_still_work(tmp_path):
-    from personavlm_cli.core import personality as pem
     from personavlm_cli.adapters.archive import import_archive, read_archive
+    from personavlm_cli.core import personality as pem
 
     after = {**GOOD, "openness": 3.4}
     history = [{**ENTRY, "after": after}, {**ENTRY, "m": 1, "lambda": None, "inferred": None, "turn_id": "turn_1",
@@ -415,8 +415,8 @@ def _enospc(*_a, **_k):
 
 
 def test_a_full_disk_during_export_is_one_line_and_leaves_no_part_file(tmp_path, isolated_home, monkeypatch, capsys):
-    from personavlm_cli.cli import main
     from personavlm_cli.adapters.archive import export_archive
+    from personavlm_cli.cli import main
     from personavlm_cli.core.errors import DiskFullError
 
     store = make_store(user_dir(isolated_home))

@@ -11,7 +11,7 @@ import hashlib
 import io
 import json
 import string
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -301,7 +301,7 @@ json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53),
 json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
     st.text(max_size=8), inner, max_size=3), max_leaves=8)
 stamps = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1),
-                      timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)),
+                      timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
                                                  timezone(timedelta(hours=-8))]))
 texts = st.text(max_size=120)  # any Unicode: newlines, quotes, NUL, emoji, right-to-left
 
@@ -407,7 +407,7 @@ def test_any_damaged_byte_of_an_archive_is_refused_with_a_persona_error_or_chang
     (src.images_dir / sha[:2] / f"{sha}.png").write_bytes(data)
     memories = [Memory(id=f"sem_{i:04d}a", type="semantic", text=f"Fact {i}: the user's cousin likes {i * 7} "
                        "kinds of tea, and keeps them in a blue tin by the window.", occurred_at=iso(
-                           datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)),
+                           datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=i)),
                        created_at="2026-01-02T00:00:00+00:00") for i in range(40)]
     memories.append(Memory(id="img_0000a", type="image", text="a picture", occurred_at=memories[0].occurred_at,
                            created_at=memories[0].created_at, image_sha256=sha, meta={"path": f"{sha[:2]}/{sha}.png"}))

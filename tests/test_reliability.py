@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, assert_one_line_error, run_cli, run_in_process
 from tests import imagegen as gen
+from tests.conftest import ROOT, assert_one_line_error, run_cli, run_in_process
 
 USER = "tester"
 CHILD_ENV = {"PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
@@ -499,7 +499,7 @@ def test_kill_while_the_vector_store_is_rebuilt_loses_no_vector_and_the_next_sta
 
 def test_kill_during_import_is_all_or_nothing(tmp_path, isolated_home):
     pics = [gen.write_png(tmp_path / f"p{i}.png", seed=i + 20) for i in range(2)]
-    ids = seed(N, WORD, images=pics)
+    seed(N, WORD, images=pics)
     archive = tmp_path / "me.pvm"
     r = run_cli("profile", "export", "--archive", str(archive))
     assert r.code == 0, r.err

@@ -208,7 +208,7 @@ def test_a_chat_in_a_terminal_streams_attaches_with_tab_stops_with_ctrl_c_and_qu
     chat.say("What is in this picture?")
 
     # A long answer, stopped by Ctrl-C shortly after it starts streaming.
-    for attempt in range(3):
+    for _attempt in range(3):
         chat.child.sendline("Write a very long story, at least 800 words, about a dragon who learns to bake bread.")
         chat.child.expect(ANSWER_STARTS)
         if chat.child.expect_exact([PROMPT_READY, pexpect.TIMEOUT], timeout=0.7) == 1:

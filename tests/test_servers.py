@@ -49,7 +49,7 @@ class Server:
         self.env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float) -> "Server":
+    def start(self, timeout: float) -> Server:
         fh = open(self.log, "ab")
         self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=self.env, cwd=self.log.parent, start_new_session=True)

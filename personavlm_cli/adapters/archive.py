@@ -23,9 +23,9 @@ import os
 import re
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from personavlm_cli.core.errors import PersonaError, StoreError, disk_full, is_disk_full
 from personavlm_cli.core.memory import (
@@ -69,7 +69,7 @@ class Limits:
     ratio: int | None = None
     line_bytes: int | None = None
 
-    def resolved(self) -> "Limits":
+    def resolved(self) -> Limits:
         return Limits(self.member_bytes or MAX_MEMBER_BYTES, self.ratio or MAX_RATIO,
                       self.line_bytes or MAX_LINE_BYTES)
 
@@ -791,7 +791,7 @@ def import_archive(store, archive, progress: Progress | None = None) -> dict:
         if job is not None:
             try:
                 finish_interrupted_imports(store)
-            except Exception:  # noqa: BLE001 - the next writer open finishes it
+            except Exception:  # the next writer open finishes it
                 pass
         if isinstance(exc, OSError):
             if is_disk_full(exc):

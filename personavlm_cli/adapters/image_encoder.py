@@ -214,7 +214,7 @@ def _in_standard_cache(model_name: str, tag: str) -> bool:
 
         repo, files = hub_files(model_name, tag)
         return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
-    except Exception:  # noqa: BLE001 - not there, as far as we can tell
+    except Exception:  # not there, as far as we can tell
         return False
 
 
@@ -306,7 +306,7 @@ class ImageEncoder:
                     if "cache_dir" in _params(open_clip.get_tokenizer) else open_clip.get_tokenizer(name)
         except PersonaError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # open_clip and torch raise anything: one line
             raise self._creation_error(e) from None
         model.eval()
         for p in model.parameters():

@@ -591,7 +591,7 @@ def probe(url: str, user: str, timeout: int = 5) -> dict:
     except StoreError as exc:
         out["problem"] = str(exc)
         return out
-    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+    except Exception as exc:  # doctor reports, never fails
         out["problem"] = _first_line(exc)
         return out
     try:
@@ -620,7 +620,7 @@ def probe(url: str, user: str, timeout: int = 5) -> dict:
         jobs = conn.execute(sql.SQL("SELECT payload FROM {} WHERE kind = 'vector_delete'").format(
             sql.Identifier(schema, "jobs"))).fetchall()
         out["erasures_pending"] = sum(len(json.loads(j["payload"]).get("ids", [])) for j in jobs)
-    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+    except Exception as exc:  # doctor reports, never fails
         out["problem"] = _first_line(exc)
     finally:
         conn.close()

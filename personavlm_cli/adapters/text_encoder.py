@@ -73,7 +73,7 @@ class TextEncoder:
 
             try:
                 tok = Tokenizer.from_file(str(self._tokenizer_path))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # tokenizers raises its own kinds: one line
                 raise PersonaError(f"cannot read MiniLM tokenizer {self._tokenizer_path}: {e}") from None
             # The shipped tokenizer.json pads every input to a fixed 128 and truncates at 128: we
             # want the model's 256-token window and padding only to the longest text of a batch.
@@ -92,7 +92,7 @@ class TextEncoder:
             try:
                 session = ort.InferenceSession(str(model_path), sess_options=opts,
                                                providers=["CPUExecutionProvider"])
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # onnxruntime raises its own kinds: one line
                 raise PersonaError(f"cannot load text embedding model {model_path}: "
                                    f"{' '.join(str(e).split())[:200]}") from None
             inputs = [i.name for i in session.get_inputs()]

@@ -14,8 +14,8 @@ from typing import Annotated
 
 import typer
 
-from personavlm_cli.cli import chat as chat_cmd
 from personavlm_cli.cli import bench as bench_cmd
+from personavlm_cli.cli import chat as chat_cmd
 from personavlm_cli.cli import eval_persona, evaluate, housekeeping, memory, memory_learning, models, profile
 from personavlm_cli.cli import mcp as mcp_cmd
 from personavlm_cli.cli import store as store_cmd

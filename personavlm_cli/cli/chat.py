@@ -8,7 +8,7 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -37,13 +37,13 @@ class AnswerFailed(PersonaError):
 
 def chat(
     user: UserOpt = None,
-    once: Annotated[Optional[str], typer.Option("--once", help="Send one message, print only the answer, exit.")] = None,
-    attach: Annotated[Optional[list[Path]], typer.Option("--attach", "-a", help="Attach an image (repeatable).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
-    mmproj: Annotated[Optional[str], typer.Option("--mmproj", help="Vision projector GGUF for a vision model.")] = None,
-    gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
-    context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
-    at: Annotated[Optional[str], typer.Option("--at", help="Pretend the time is 'YYYY-MM-DD HH:MM' (replays, tests).")] = None,
+    once: Annotated[str | None, typer.Option("--once", help="Send one message, print only the answer, exit.")] = None,
+    attach: Annotated[list[Path] | None, typer.Option("--attach", "-a", help="Attach an image (repeatable).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
+    mmproj: Annotated[str | None, typer.Option("--mmproj", help="Vision projector GGUF for a vision model.")] = None,
+    gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
+    context: Annotated[int | None, typer.Option("--context", help="Context window in tokens.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="Pretend the time is 'YYYY-MM-DD HH:MM' (replays, tests).")] = None,
     show_reasoning: Annotated[bool, typer.Option("--show-reasoning", help="Print the reasoning steps to stderr.")] = False,
     force_retrieve: Annotated[bool, typer.Option("--force-retrieve", help="Always search memory before answering.")] = False,
     no_update: Annotated[bool, typer.Option("--no-update", help="Do not learn from this chat (no memory extraction).")] = False,
@@ -435,9 +435,8 @@ class ChatSession:
             if not self._confirm(text_plan_question(p)):
                 err.print("Nothing was forgotten.")
                 return
-        with self.env.model_lock:
-            with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
-                erased = forgetting.execute(store, p, "forget", self.conversation.queue)
+        with self.env.model_lock, err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
+            erased = forgetting.execute(store, p, "forget", self.conversation.queue)
         self.assistant.forget_view()  # the profile in the system text is read again
         err.print(f"[green]Forgot {count(len(erased), 'memory')}.[/green]")
 

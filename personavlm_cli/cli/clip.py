@@ -137,7 +137,7 @@ def start_background(store, settings, stop: threading.Event) -> threading.Thread
         target = target_space(settings)
         if not reembed.status(store.records, target).needed:
             return None
-    except Exception:  # noqa: BLE001 - never in the chat's way
+    except Exception:  # never in the chat's way
         return None
 
     def work() -> None:
@@ -149,7 +149,7 @@ def start_background(store, settings, stop: threading.Event) -> threading.Thread
             fork = store.fork()
             reembed.run(fork, target, stop=stop,
                         progress=lambda done, total: log.info("re-embedded %d of %d images", done, total))
-        except Exception as e:  # noqa: BLE001 - reported in the log, retried at the next chat
+        except Exception as e:  # reported in the log, retried at the next chat
             log.warning("re-embedding images stopped: %s", " ".join(str(e).split())[:200])
         finally:
             if fork is not None:

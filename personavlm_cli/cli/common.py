@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console, ConsoleOptions, RenderHook, RenderResult
@@ -139,7 +139,7 @@ def _console(**kwargs: Any) -> Console:
 out = ConsoleProxy("out")
 err = ConsoleProxy("err")
 
-UserOpt = Annotated[Optional[str], typer.Option(
+UserOpt = Annotated[str | None, typer.Option(
     "--user", "-u", help="Whose memories to use (default: config 'user', else your login name).",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -222,7 +222,7 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
-def log_file(env) -> "Path":
+def log_file(env) -> Path:
     """The user's log of background work (updates, dropped statements): ids and counts, never text."""
     from pathlib import Path
 

@@ -158,7 +158,7 @@ class Env:
 
             try:
                 PgRecordStore(s["store.database_url"], user, readonly=True, connect_timeout=5).close()
-            except Exception:  # noqa: BLE001 - none there, or the server cannot say: nothing to tell
+            except Exception:  # none there, or the server cannot say: nothing to tell
                 return
             raise StoreError(f"user '{user}' has memories on the server store, but this home uses the embedded "
                              f"store: move them with `personavlm store migrate --to embedded --user {user}`")

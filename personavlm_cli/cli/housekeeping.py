@@ -8,8 +8,19 @@ from typing import Annotated
 
 import typer
 
-from personavlm_cli.cli.common import (JsonOpt, UserOpt, err, human_size, line, listing_table, make_env, one_line,
-                                      out, print_json, safe)
+from personavlm_cli.cli.common import (
+    JsonOpt,
+    UserOpt,
+    err,
+    human_size,
+    line,
+    listing_table,
+    make_env,
+    one_line,
+    out,
+    print_json,
+    safe,
+)
 from personavlm_cli.core import users as users_core
 from personavlm_cli.core.config import KEYS, env_var
 from personavlm_cli.core.errors import PersonaError
@@ -216,7 +227,7 @@ def doctor(
         try:
             env.records(readonly=True).close()
             report["records check"] = "reachable"
-        except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        except Exception as exc:  # doctor reports, never fails
             report["records check"] = str(exc).splitlines()[0]
     else:
         report["records"] = f"{udir / 'personavlm.db'} (SQLite, this machine)"
@@ -244,7 +255,7 @@ def doctor(
                                                + ("on" if st.text_search else "off (`personavlm model pull clip`)"))
             finally:
                 records.close()
-        except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        except Exception as exc:  # doctor reports, never fails
             report["store problem"] = str(exc).splitlines()[0]
     report["log"] = str(udir / "personavlm.log")
     from personavlm_cli.core.secrets import masked

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -63,8 +63,8 @@ def list_(json: JsonOpt = False):
 
 @app.command()
 def add(path: Annotated[Path, typer.Argument(help="A GGUF chat model file.")],
-        name: Annotated[Optional[str], typer.Option("--name", help="Name to register it under.")] = None,
-        mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Its vision projector GGUF.")] = None):
+        name: Annotated[str | None, typer.Option("--name", help="Name to register it under.")] = None,
+        mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Its vision projector GGUF.")] = None):
     """Register a GGUF model (its metadata is read and checked)."""
     env = make_env(None)
     _register(env, path, mmproj, name, lambda g: (g.name or path.stem))
@@ -151,16 +151,16 @@ def rm(name: Annotated[str, typer.Argument(help="A registered name.")],
 
 @app.command()
 def pull(
-    model: Annotated[Optional[str], typer.Argument(
+    model: Annotated[str | None, typer.Argument(
         help="A recommended model's name (run `personavlm model pull` alone for the list), a hub repository "
              "such as ggml-org/gemma-3-4b-it-GGUF, or clip (CLIP weights for image memories).",
         metavar="NAME|REPO|clip", show_default=False)] = None,
-    file: Annotated[Optional[str], typer.Argument(
+    file: Annotated[str | None, typer.Argument(
         help="With a repository: the GGUF file to download. With clip: an open_clip ARCH or ARCH:TAG "
              "(default: the recommended one).", metavar="FILE|ARCH", show_default=False)] = None,
-    mmproj: Annotated[Optional[str], typer.Option(
+    mmproj: Annotated[str | None, typer.Option(
         "--mmproj", help="With a repository: its vision projector file, downloaded too.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Name to register it under.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name to register it under.")] = None,
     make_default: Annotated[bool, typer.Option("--default", help="Also make it the default model.")] = False,
     revision: Annotated[str, typer.Option("--revision", help="Branch, tag or commit on the hub.")] = "main",
 ):
@@ -237,8 +237,7 @@ def _download(downloads, remote, cache_dir: Path | None) -> Path:
         path = downloads.download(remote, cache_dir)
         err.print(line(f"Downloaded {remote.filename}, checksum verified"))
         return path
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())

@@ -27,7 +27,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -46,7 +46,7 @@ _LOCAL_JOBS = {"vector_delete"}
 @app.command()
 def migrate(
     to: Annotated[str, typer.Option("--to", help="server (PostgreSQL + Chroma server) or embedded (this machine).")],
-    user: Annotated[Optional[str], typer.Option(
+    user: Annotated[str | None, typer.Option(
         "--user", "-u", help="Move only this user (default: every user of this home).", show_default=False)] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, hidden=True, help="Records per transaction.")] = 500,
     json: JsonOpt = False,

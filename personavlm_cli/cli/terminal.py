@@ -16,9 +16,10 @@ import contextlib
 import io
 import os
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from datetime import datetime
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import IO, Any
 
 
 def _isatty(stream: Any) -> bool:
@@ -120,7 +121,7 @@ class Terminal:
     # -- a run ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def activate(self) -> Iterator["Terminal"]:
+    def activate(self) -> Iterator[Terminal]:
         """Make this the active terminal for the block: the consoles, ``sys``'s streams (when this
         terminal has its own) and the product's clock (when it has one)."""
         token = _ACTIVE.set(self)

@@ -7,10 +7,10 @@ the answer, never before it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import PersonaError

@@ -100,7 +100,7 @@ def subject(sentence: str, people: tuple[str, ...] = ()) -> str:
 
 # Words of a slot's frame, not of its value: sharing them does not make two statements one fact
 # ("I love my work colleagues" and "these days I walk to work").
-FRAME = frozenset("work works working job live lives living shift shifts drink drinks home day days".split())
+FRAME = frozenset(["work", "works", "working", "job", "live", "lives", "living", "shift", "shifts", "drink", "drinks", "home", "day", "days"])
 
 
 def _names_the_old(new: str, old: str) -> bool:

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 
-from personavlm_cli.core.errors import NotFoundError, PersonaError
 from personavlm_cli.core import learning
+from personavlm_cli.core.errors import NotFoundError, PersonaError
 from personavlm_cli.core.memory import Memory, iso, new_id, now
 from personavlm_cli.core.store import MemoryStore
 

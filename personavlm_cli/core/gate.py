@@ -12,8 +12,8 @@ work takes the gate only when no answer is waiting.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
-from typing import Callable
 
 
 class ModelGate:
@@ -115,7 +115,7 @@ class ModelGate:
         for hook in list(self.on_wait):
             try:
                 hook()
-            except Exception:  # noqa: BLE001 - a hook must never block an answer
+            except Exception:  # a hook must never block an answer
                 pass
 
     def answer_waiting(self) -> bool:

@@ -11,10 +11,11 @@ and says when it stopped being true (``valid_to``) and what replaced it (``super
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
 
@@ -129,7 +130,7 @@ class Memory:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Memory":
+    def from_dict(cls, data: dict[str, Any]) -> Memory:
         names = cls.__dataclass_fields__.keys()
         return cls(**{k: v for k, v in data.items() if k in names})
 

@@ -15,8 +15,9 @@ Standard library only, and nothing is imported at run time beyond ``typing``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, ContextManager, Protocol
 
 if TYPE_CHECKING:  # numpy arrays and Memory records, named in annotations only
     from personavlm_cli.core.memory import Memory
@@ -103,7 +104,7 @@ class ChatModel(Protocol):
         server). ``core/capability.py`` decides from it what the model can carry."""
         ...
 
-    def fork(self) -> "ChatModel":
+    def fork(self) -> ChatModel:
         """Another model of the same kind for a second thread (background learning), so that its
         calls never evict the answers' cache: a second context over the same weights, or a second
         client of the same server. The caller closes it."""
@@ -192,12 +193,12 @@ class RecordStore(Protocol):
 
     # -- memories --
 
-    def insert(self, memories: Iterable["Memory"]) -> None:
+    def insert(self, memories: Iterable[Memory]) -> None:
         """Add new memories (their ids must not be in the store yet); they are indexed for
         :meth:`lexical` and marked as not yet embedded (:meth:`unembedded`)."""
         ...
 
-    def update(self, memory: "Memory") -> None:
+    def update(self, memory: Memory) -> None:
         """Replace every field of the memory with its id (re-indexed, and marked not embedded)."""
         ...
 
@@ -206,17 +207,17 @@ class RecordStore(Protocol):
         nothing); a memory already superseded is left as it is."""
         ...
 
-    def get(self, memory_id: str) -> "Memory | None":
+    def get(self, memory_id: str) -> Memory | None:
         """The memory with this id, current or not; None when there is none."""
         ...
 
-    def get_many(self, ids: Iterable[str]) -> list["Memory"]:
+    def get_many(self, ids: Iterable[str]) -> list[Memory]:
         """The memories with these ids, in the order of ``ids``; unknown ids are skipped. Any number of ids."""
         ...
 
     def list(self, types: Iterable[str] | None = None, since: float | None = None, until: float | None = None,
              include_superseded: bool = False, limit: int | None = None, session_id: str | None = None,
-             newest_first: bool = False) -> list["Memory"]:
+             newest_first: bool = False) -> list[Memory]:
         """Memories of ``types`` (None: all) in the window, of one session if given, in time order;
         at most ``limit`` (the first ones of that order)."""
         ...
@@ -247,7 +248,7 @@ class RecordStore(Protocol):
         ``current`` is truthy for a memory not superseded."""
         ...
 
-    def unembedded(self, limit: int = 1000) -> list["Memory"]:
+    def unembedded(self, limit: int = 1000) -> list[Memory]:
         """Up to ``limit`` memories whose vectors are not written yet (inserted or updated since)."""
         ...
 
@@ -260,11 +261,11 @@ class RecordStore(Protocol):
         unrecoverable at the next :meth:`compact`, which an open finishes if a kill interrupted it."""
         ...
 
-    def derived_from(self, ids: Iterable[str]) -> list["Memory"]:
+    def derived_from(self, ids: Iterable[str]) -> list[Memory]:
         """Memories whose ``source_ids`` name any of ``ids``."""
         ...
 
-    def superseded_by_any(self, ids: Iterable[str]) -> list["Memory"]:
+    def superseded_by_any(self, ids: Iterable[str]) -> list[Memory]:
         """Memories whose ``superseded_by`` is one of ``ids``."""
         ...
 

@@ -21,8 +21,8 @@ hit expands to its source turns.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from personavlm_cli.core import timewords
 from personavlm_cli.core.errors import NoAnswer

@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from personavlm_cli.core.errors import UnreachableError
 from personavlm_cli.core.memory import Memory, from_iso, iso, new_id, now
@@ -184,7 +185,7 @@ class MemoryStore:
         finally:
             self._flushing = False
 
-    def fork(self) -> "MemoryStore":
+    def fork(self) -> MemoryStore:
         """The same store for another thread: its own record connection, shared encoders and vectors."""
         twin = MemoryStore(self.user_dir, text_encoder=lambda: self.text_encoder,
                            image_encoder=lambda: self.image_encoder, vectors=self._vectors_factory,

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
 
 from personavlm_cli.core import learning
 from personavlm_cli.core.errors import PersonaError
@@ -103,7 +103,7 @@ def learnt_statements(store) -> list[tuple[str, str]]:
         out.append((m.type, m.text))
     core = store.records.list(types=["core"])
     if core:
-        for k, v in (core[-1].meta.get("facts") or {}).items():
+        for _k, v in (core[-1].meta.get("facts") or {}).items():
             out.append(("core", str(v)))
     return out
 

@@ -20,10 +20,10 @@ after each answer, the queued jobs and the session's job between sessions). Then
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
 
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import parse_time

@@ -37,11 +37,12 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.evals.replay import Replayer, Turn
@@ -176,7 +177,7 @@ def machine() -> dict:
             from importlib.metadata import version
 
             versions[mod] = version({"llama_cpp": "llama_cpp_python", "open_clip": "open_clip_torch"}.get(mod, mod))
-        except Exception:  # noqa: BLE001 - not installed
+        except Exception:  # not installed
             pass
     return {"nproc": usable, "cpu_count": os.cpu_count(), "cpu": cpu or "unknown", "ram_gb": ram,
             "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,

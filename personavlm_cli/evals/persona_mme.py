@@ -14,10 +14,10 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterable
 
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.evals.replay import Replayer, RunSettings, Turn, parse_when

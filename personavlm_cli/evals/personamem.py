@@ -15,10 +15,10 @@ import json
 import re
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterable
 
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.evals.replay import Replayer, RunSettings, Turn
@@ -172,7 +172,7 @@ def personamem_timeline(messages: list[dict], end: int) -> tuple[str | None, lis
     seed: str | None = None
     sessions: list[list[Turn]] = [[]]
     pending: Turn | None = None
-    for n, msg in enumerate(messages[:end]):
+    for _n, msg in enumerate(messages[:end]):
         role = str(msg.get("role") or "").lower() if isinstance(msg, dict) else ""
         content = str(msg.get("content") or "").strip() if isinstance(msg, dict) else ""
         if role == "system":

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from personavlm_cli.core.assistant import Assistant
 from personavlm_cli.core.errors import PersonaError
