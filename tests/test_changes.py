@@ -351,7 +351,7 @@ def test_scripted_lives_keep_the_current_value_first_and_learn_no_question(name,
         root.mkdir(mode=0o700)
         opened = []
 
-        def make(root=root, life=life):
+        def make(root=root, life=life, opened=opened):
             s = _store(root)
             opened.append(s)
             a = Assistant(s, ScriptedModel(["I see."] * 50), life.user, model_lock=ModelGate(), prompt_style="compact")

@@ -60,9 +60,9 @@ def imports_of(path: Path, root: Path = ROOT) -> set[str]:
             for alias in node.names:
                 sub = f"{module}.{alias.name}"
                 found.add(sub if alias.name != "*" and _is_module(sub, root) else module)
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
-            if node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str):
-                found.add(node.args[0].value)
+        elif (isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module"
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            found.add(node.args[0].value)
     return {m for m in found if m == PACKAGE or m.startswith(PACKAGE + ".")}
 
 

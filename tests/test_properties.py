@@ -18,7 +18,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from personavlm_cli.adapters.llm import validate_json
+from personavlm_cli.adapters.json_output import validate_json
 from personavlm_cli.core import update
 from personavlm_cli.core.memory import TIME_FORMAT, TYPES, Memory, iso
 from personavlm_cli.core.prompts import GenericProfile, clean_window, parse_tagged, parse_window

@@ -271,7 +271,7 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
     store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
                         vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
     gate = ModelGate()
-    store.vectors, store.text_encoder  # noqa: B018 - built before the thread, as the chat does
+    _ = store.vectors, store.text_encoder  # built before the thread, as the chat does
     at = datetime(2026, 5, 4, 9).astimezone()
     stage = UpdateStage(store, Slow(), "ada", gate)
     turns = []

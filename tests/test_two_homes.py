@@ -16,10 +16,12 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 
+from personavlm_cli.core.memory import Memory
 from tests.conftest import assert_one_line_error, run_cli
 from tests.test_servers import CHROMA, _free_port, start_chroma
 
@@ -28,11 +30,9 @@ PG_BIN = next((Path(p) for p in ["/usr/local/bin", *sorted(map(str, Path("/usr/l
 
 
 def _psycopg_missing() -> bool:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return True
-    return False
+    import importlib.util
+
+    return importlib.util.find_spec("psycopg") is None
 
 
 pytestmark = [
@@ -112,11 +112,6 @@ def chroma(servers_dir):
 # --------------------------------------------------------------------------------------------------
 # The record store contract: the same behaviour on SQLite (embedded) and PostgreSQL (server)
 # --------------------------------------------------------------------------------------------------
-
-from datetime import UTC
-
-from personavlm_cli.core.memory import Memory  # noqa: E402
-
 
 def _mem(mid: str, text: str, day: int, *, type: str = "semantic", keywords: str = "", session: str | None = None,
          role: str | None = None, sources: list[str] | None = None, sha: str | None = None) -> Memory:

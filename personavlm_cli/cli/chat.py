@@ -166,7 +166,7 @@ class ChatSession:
         with env.model_lock:
             store.sync_vectors()
             # Build the shared parts here, before the update thread can race to build them twice.
-            store.vectors, store.text_encoder  # noqa: B018
+            _ = store.vectors, store.text_encoder
         s = env.settings
         from personavlm_cli.cli.clip import start_background
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -224,8 +225,6 @@ def human_size(n: int) -> str:
 
 def log_file(env) -> Path:
     """The user's log of background work (updates, dropped statements): ids and counts, never text."""
-    from pathlib import Path
-
     return Path(env.user_dir()) / "personavlm.log"
 
 

@@ -13,7 +13,7 @@ import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -274,7 +274,7 @@ def personality(
             methods.append(ev.PaperMethod(load_model(env)))
         for m in methods:
             with progress_bar(f"personality ({m.name})", steps) as hooks:
-                def step(name: str) -> None:
+                def step(name: str, m: Any = m) -> None:
                     hooks.describe(f"{m.name}: {name}")
                     hooks.advance(1)
 

@@ -308,7 +308,9 @@ def _why_no_text_search(env, store) -> str | None:
 def forget(
     memory_ids: Annotated[list[str] | None, typer.Argument(help="Ids of memories to erase.")] = None,
     user: UserOpt = None,
-    query: Annotated[str | None, typer.Option("--query", "-q", help="Erase every memory that holds this text (its words, literally, case aside) and what was derived from them alone; listed first.")] = None,
+    query: Annotated[str | None, typer.Option("--query", "-q", help=(
+        "Erase every memory that holds this text (its words, literally, case aside) and what was derived from them "
+        "alone; listed first."))] = None,
     before: Annotated[str | None, typer.Option(help="Erase everything that happened before this date.")] = None,
     all: Annotated[bool, typer.Option("--all", help="Erase all of this user's memories.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
@@ -528,7 +530,7 @@ def import_file(env, file: Path) -> dict:
     """Verify an archive, then write it into ``env``'s user store (shared by `memory` and `profile import`)."""
     from personavlm_cli.adapters.archive import import_archive, read_archive
 
-    env.user  # a bad user name or configuration is refused before the archive is read
+    _ = env.user  # a bad user name or configuration is refused before the archive is read
     # Refuse a corrupt, tampered or hostile archive before creating anything.
     verified = read_archive(file, limits=archive_limits(env.settings))
     if is_empty(verified):  # nothing to write: the user's store is not created for it

@@ -54,8 +54,9 @@ def verify(
 ):
     """Re-check every learnt memory against your own words in the turns it cites.
 
-    A question, request or hypothetical learnt as a fact, habit or goal is reported too. A learnt statement (semantic, procedural, episodic) or core profile value is supported when each of
-    its content words occurs in the user turns it came from; the assistant's turns are never evidence.
+    A question, request or hypothetical learnt as a fact, habit or goal is reported too. A learnt statement
+    (semantic, procedural, episodic) or core profile value is supported when each of its content words
+    occurs in the user turns it came from; the assistant's turns are never evidence.
     What you wrote yourself (/remember, `memory edit`) is your own word. Nothing is erased without --drop
     and your yes.
     """
@@ -78,11 +79,10 @@ def verify(
                           + ("" if drop else "; `memory verify --drop` erases them"))
         if not (drop and findings):
             return
-        if not yes:
-            if not typer.confirm(f"Erase {count(len(findings), 'unsupported statement')}?", default=False,
-                                 err=True):
-                err.print("Nothing was erased.")
-                return
+        if not yes and not typer.confirm(f"Erase {count(len(findings), 'unsupported statement')}?",
+                                         default=False, err=True):
+            err.print("Nothing was erased.")
+            return
         erased = drop_unsupported(store, findings)
         err.print(f"Erased {count(erased, 'unsupported statement')}.")
     finally:

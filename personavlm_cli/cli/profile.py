@@ -277,7 +277,7 @@ def import_with_progress(env, file: Path) -> dict:
     from personavlm_cli.cli.memory import archive_limits, is_empty
 
     with import_progress() as progress:
-        env.user  # a bad user name or configuration is refused before the archive is read
+        _ = env.user  # a bad user name or configuration is refused before the archive is read
         checked = read_archive(file, progress=progress, limits=archive_limits(env.settings))
         if is_empty(checked):  # nothing to write: the user's store is not created for it
             return {"added": 0, "skipped": 0, "manifest": checked[0], "empty": True}

@@ -47,7 +47,8 @@ SLOTS: list[tuple[str, re.Pattern]] = [
                            r"taking the \w+|ride|riding|bus|train|tram|metro|subway|car|scooter)\b[^.!?]*?\bto work\b",
                            re.I)),
     ("drink", re.compile(r"\b(?:drink|drinking|drinks|my drink is|my go-to drink is|it's)\s+(?:a\s+|my\s+)?"
-                         r"((?:(?:black|green|iced|hot|white|herbal|mint|oat|strong|sweet)\s+)?(?:coffee|tea|espresso|latte|lattes|cappuccino|green tea|black tea|matcha|water|juice|"
+                         r"((?:(?:black|green|iced|hot|white|herbal|mint|oat|strong|sweet)\s+)?"
+                         r"(?:coffee|tea|espresso|latte|lattes|cappuccino|green tea|black tea|matcha|water|juice|"
                          r"cola|coke|sprite|beer|wine|milk|chai|mocha|americano|flat white|decaf))\b", re.I)),
     ("diet", re.compile(r"\b(vegetarian|vegan|pescatarian|carnivore|omnivore|keto|gluten-free)\b", re.I)),
     ("shift", re.compile(r"\b(day|night|morning|evening|late|early|weekend)\s+shifts?\b", re.I)),
@@ -100,7 +101,10 @@ def subject(sentence: str, people: tuple[str, ...] = ()) -> str:
 
 # Words of a slot's frame, not of its value: sharing them does not make two statements one fact
 # ("I love my work colleagues" and "these days I walk to work").
-FRAME = frozenset(["work", "works", "working", "job", "live", "lives", "living", "shift", "shifts", "drink", "drinks", "home", "day", "days"])
+FRAME = frozenset([
+    "work", "works", "working", "job", "live", "lives", "living", "shift", "shifts", "drink", "drinks", "home", "day",
+    "days",
+])
 
 
 def _names_the_old(new: str, old: str) -> bool:

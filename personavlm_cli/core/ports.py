@@ -16,8 +16,9 @@ Standard library only, and nothing is imported at run time beyond ``typing``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ContextManager, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # numpy arrays and Memory records, named in annotations only
     from personavlm_cli.core.memory import Memory
@@ -158,17 +159,17 @@ class RecordStore(Protocol):
     remote: bool
     """True when the records live on a server that other machines share (PostgreSQL)."""
 
-    def exclusive(self, command: str) -> ContextManager[None]:
+    def exclusive(self, command: str) -> AbstractContextManager[None]:
         """One writer across every machine for ``command`` (erase, compaction, migrate): a server's
         lock, naming the holder when busy; nothing to do for a local file (the user's store lock)."""
         ...
 
-    def claim_job(self, job_id: int) -> ContextManager[bool]:
+    def claim_job(self, job_id: int) -> AbstractContextManager[bool]:
         """``with records.claim_job(id) as mine:`` False while another machine runs that queued job or
         once it is finished; always True for a local file, whose one writer the store lock guarantees."""
         ...
 
-    def transaction(self) -> ContextManager[Any]:
+    def transaction(self) -> AbstractContextManager[Any]:
         """All writes in the ``with`` block commit together, or none (any exception, KeyboardInterrupt
         included, rolls back). A transaction inside another joins it; writers elsewhere wait."""
         ...

@@ -412,8 +412,8 @@ class UpdateStage:
 
     def _yield_point(self) -> None:
         """Between two steps of a job's store work (learning a turn, writing an episode): an answer that
-        waits (or the next prompt's prefill) stops the job here, as a model call stops at its next token. The job stays queued and,
-        being idempotent, runs again from its start later."""
+        waits (or the next prompt's prefill) stops the job here, as a model call stops at its next token. The job
+        stays queued and, being idempotent, runs again from its start later."""
         if self.model_lock.yield_wanted():
             raise Interrupted("an answer (or the next prompt's prefill) is waiting")
 

@@ -232,7 +232,7 @@ def run(lives: list[Life], llm, settings, extractor: str, max_tokens: int,
         with scratch("personavlm-lived-") as tmp:
             stores = []
 
-            def make(life=life, tmp=tmp):
+            def make(life=life, tmp=tmp, stores=stores):
                 store = temporary_store(Path(tmp), encoder)
                 stores.append(store)
                 a = Assistant(store, llm, life.user, profile=s["model.prompt_profile"],

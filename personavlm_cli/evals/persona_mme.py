@@ -302,7 +302,7 @@ def run_persona_mme(questions: list[MMEQuestion], tasks: list[str], log: ResultL
                 r.seed_profile(history.profile, first - timedelta(minutes=1))
                 total, done = history.turn_count, 0
                 for s_index, turns in enumerate(history.sessions, 1):
-                    def step():
+                    def step(total=total, bucket=bucket, user=user):
                         nonlocal done
                         done += 1
                         if done % 10 == 0 or done == total:
