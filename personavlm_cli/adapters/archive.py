@@ -34,6 +34,7 @@ from personavlm_cli.core.memory import (
     TRAITS,
     TYPES,
     Memory,
+    MemoryType,
     from_iso,
     iso,
     now,
@@ -568,7 +569,7 @@ def _check_memory(m: Memory) -> None:
             raise ValueError(f"{key} must be a string")
     if m.role is not None and m.role not in _ROLES:
         raise ValueError(f"role {_shown(m.role)} is not user or assistant")
-    if m.type == "turn" and m.role is None:
+    if m.type == MemoryType.TURN and m.role is None:
         raise ValueError("a turn must have the role user or assistant")
     if m.session_id is not None and len(m.session_id) > 256:
         raise ValueError("session_id is too long")

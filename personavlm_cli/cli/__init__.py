@@ -123,7 +123,7 @@ def _command():
 def _run(argv: list[str] | None) -> int:
     from personavlm_cli.cli.common import err, line
     from personavlm_cli.cli.env import private_umask
-    from personavlm_cli.core.errors import PersonaError
+    from personavlm_cli.core.errors import ExitStatus, PersonaError
 
     private_umask()
     import sqlite3
@@ -139,13 +139,13 @@ def _run(argv: list[str] | None) -> int:
     command = _command()
     try:
         result = command.main(args=argv, prog_name="personavlm", standalone_mode=False)
-        code = result if isinstance(result, int) else 0
+        code = result if isinstance(result, int) else ExitStatus.OK
     except PersonaError as exc:
         error(str(exc))
         code = exc.exit_code
     except (KeyboardInterrupt, Abort):
         sys.stderr.write("\n")
-        code = 130
+        code = ExitStatus.INTERRUPTED
     except Exit as exc:
         code = exc.exit_code
     except ClickException as exc:
@@ -159,25 +159,25 @@ def _run(argv: list[str] | None) -> int:
             error(str(disk_full("the memory store")))
         else:
             error(f"the memory store is damaged ({exc}); restore it from an export")
-        code = 1
+        code = ExitStatus.ERROR
 
     except BrokenPipeError:
-        code = 0
+        code = ExitStatus.OK
     except Exception as exc:
         from personavlm_cli.core.errors import disk_full, is_disk_full
 
         if is_disk_full(exc):  # wherever it came from: one line, and nothing was lost
             error(str(disk_full(getattr(exc, "filename", None) or "the disk")))
-            code = 1
+            code = ExitStatus.ERROR
         elif os.environ.get("PERSONAVLM_DEBUG"):
             import traceback
 
             # The traceback, never with local variables, and with every credential masked.
             sys.stderr.write(masked("".join(traceback.format_exception(exc))))
-            code = 1
+            code = ExitStatus.ERROR
         else:
             first = (str(exc).splitlines() or [""])[0][:300]
             error(f"unexpected {type(exc).__name__}: {first} (run with PERSONAVLM_DEBUG=1 for details)")
-            code = 1
+            code = ExitStatus.ERROR
     sys.stdout.flush()
-    return code
+    return int(code)

@@ -15,7 +15,8 @@ import typer
 from personavlm_cli.cli.common import UserOpt, count, err, log_to_file, make_env, out, short
 from personavlm_cli.cli.common import line as styled
 from personavlm_cli.cli.env import Env, is_tty
-from personavlm_cli.core.errors import PersonaError, StoreError
+from personavlm_cli.core.errors import ExitStatus, PersonaError, StoreError
+from personavlm_cli.core.memory import MemoryType
 
 SLASH_HELP = {
     "/attach PATH": "stage an image for the next message",
@@ -81,7 +82,7 @@ def chat(
             finally:
                 session.finish(consolidate=False)
             if not finished:
-                raise typer.Exit(130)
+                raise typer.Exit(ExitStatus.INTERRUPTED)
         elif not is_tty(sys.stdin):
             session.start(quiet=True)
             stopped = False
@@ -103,9 +104,9 @@ def chat(
                     break
             session.finish(consolidate=True)
             if stopped:
-                raise typer.Exit(130)
+                raise typer.Exit(ExitStatus.INTERRUPTED)
             if failed:
-                raise typer.Exit(1)
+                raise typer.Exit(ExitStatus.ERROR)
         else:
             session.start(quiet=False)
             code = session.repl()
@@ -462,8 +463,8 @@ class ChatSession:
                 hits = recall(store, Query(text=query), k=8)
             items = [h.memory for h in hits]
         else:
-            items = store.records.list(types=["semantic", "episodic", "procedural", "core", "image"],
-                                       newest_first=True, limit=10)
+            shown = [MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL, MemoryType.CORE, MemoryType.IMAGE]
+            items = store.records.list(types=shown, newest_first=True, limit=10)
         for m in items:
             out.print(styled("  ", (m.id, "cyan"), " ", (f"{m.occurred_at[:16].replace('T', ' ')} {m.type}", "dim"), " ",
                            short(m.text)))
@@ -503,7 +504,7 @@ class ChatSession:
 
     # -- the REPL ---------------------------------------------------------------------------------
 
-    def repl(self) -> int:
+    def repl(self) -> ExitStatus:
         """Read and answer until Ctrl-D or /exit (0), or two Ctrl-C at an empty prompt (130)."""
 
         from personavlm_cli.cli.repl import LineReader, pick_up_images
@@ -520,11 +521,11 @@ class ChatSession:
                 except KeyboardInterrupt:
                     interrupts += 1
                     if interrupts >= 2:
-                        return 130
+                        return ExitStatus.INTERRUPTED
                     err.print("[dim](Ctrl-C again or Ctrl-D to quit)[/dim]")
                     continue
                 except EOFError:
-                    return 0
+                    return ExitStatus.OK
                 interrupts = 0
                 if not line.strip():
                     continue
@@ -547,7 +548,7 @@ class ChatSession:
                             continue
                 try:
                     if not self.handle(line):
-                        return 0
+                        return ExitStatus.OK
                 except PersonaError as exc:  # one message failed; the chat goes on
                     err.print(styled(("Error:", "red"), " ", str(exc)))
                     if isinstance(exc, StoreError) and not line.startswith("/"):

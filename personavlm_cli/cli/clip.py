@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 
 from personavlm_cli.cli.common import count, err, line
+from personavlm_cli.core.errors import ExitStatus
 
 # The default: the fastest architecture on a CPU among open_clip's (docs/benchmarks.md, "CLIP weights"),
 # with the weights most open_clip users of it have.
@@ -122,7 +123,7 @@ def reembed_now(env) -> None:
                                 "yellow")))
                 import typer
 
-                raise typer.Exit(130) from None
+                raise typer.Exit(ExitStatus.INTERRUPTED) from None
         err.print(line(("Re-embedded ", "green"), f"{count(st.images, 'image')}: text search now looks inside them."))
     finally:
         env.close()

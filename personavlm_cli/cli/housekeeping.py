@@ -23,7 +23,7 @@ from personavlm_cli.cli.common import (
 )
 from personavlm_cli.core import users as users_core
 from personavlm_cli.core.config import KEYS, env_var
-from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.errors import ExitStatus, PersonaError
 
 config_app = typer.Typer(help="Show the configuration and where everything lives.", no_args_is_help=True)
 users_app = typer.Typer(help="The users on this machine.", no_args_is_help=True)
@@ -100,7 +100,7 @@ def users_rm(name: Annotated[str, typer.Argument(help="The user to remove, with 
         if not sys.stdin.isatty():
             raise typer.BadParameter("refusing without confirmation: pass --yes")
         if not typer.confirm(f"Remove user '{name}' and all their data?", err=True):
-            raise typer.Exit(1)
+            raise typer.Exit(ExitStatus.ERROR)
     with StoreLock(path, name) if path is not None else contextlib.nullcontext():
         if server:
             # The vectors (and, with a record database, the records and images) live on the servers,

@@ -23,7 +23,7 @@ from personavlm_cli.cli.common import (
     print_rows,
     safe,
 )
-from personavlm_cli.core.errors import NotFoundError, PersonaError, StoreBusyError
+from personavlm_cli.core.errors import ExitStatus, NotFoundError, PersonaError, StoreBusyError
 from personavlm_cli.core.memory import TYPES, parse_time
 
 app = typer.Typer(help="See, search, explain, correct, forget, export and import memories.", no_args_is_help=True)
@@ -352,7 +352,7 @@ def forget(
                                    f"'{one_line(query)}' without confirmation: pass --yes")
             show_text_plan(err, p)
             if not yes and not typer.confirm(text_plan_question(p), err=True):
-                raise typer.Exit(1)
+                raise typer.Exit(ExitStatus.ERROR)
             queue = UpdateQueue(store.records)
             with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
                 erased = forgetting.execute_text(store, p, "forget-query", queue)
@@ -376,7 +376,7 @@ def forget(
             err.print(line(("  … and ", "dim"), (f"{len(p.targets) - 20} more", "dim")))
         extra = f" (and {len(p.derived)} derived)" if p.derived else ""
         if not yes and not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
-            raise typer.Exit(1)
+            raise typer.Exit(ExitStatus.ERROR)
         # Sessions that lose turns are consolidated again: queued here, run at the next chat.
         queue = UpdateQueue(store.records) if any(m.type == "turn" for m in p.targets + p.derived) else None
         # The vector index is rebuilt so that no copy of an erased vector is left: seconds on a big store.
@@ -460,7 +460,7 @@ def edit(
                     raise PersonaError(f"erasing the old version would also erase {count(len(p.derived), 'derived memory')}: "
                                        "pass --yes")
                 if not typer.confirm(f"Erase the old version and {count(len(p.derived), 'derived memory')}?", err=True):
-                    raise typer.Exit(1)
+                    raise typer.Exit(ExitStatus.ERROR)
         new = corrections.correct(store, memory_id, text)
         if new is None:
             err.print(line(f"'{memory_id}' already says that: nothing changed"))

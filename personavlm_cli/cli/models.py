@@ -11,7 +11,7 @@ import typer
 from personavlm_cli.cli.common import JsonOpt, err, human_size, line, listing_table, make_env, one_line, out, print_json
 from personavlm_cli.cli.env import is_tty
 from personavlm_cli.core import models as registry
-from personavlm_cli.core.errors import NotFoundError, PersonaError
+from personavlm_cli.core.errors import ExitStatus, NotFoundError, PersonaError
 
 app = typer.Typer(help="Download, register, list and choose GGUF chat models.", no_args_is_help=True)
 
@@ -228,7 +228,7 @@ def fetch_with_progress(repo: str, filename: str, revision: str, cache_dir: Path
         kept = downloads.partial_size(remote, cache_dir)
         err.print(line((f"Download interrupted: {human_size(kept)} of {filename} kept; run the same command again "
                         "to resume.", "yellow")))
-        raise typer.Exit(130) from None
+        raise typer.Exit(ExitStatus.INTERRUPTED) from None
 
 
 def _download(downloads, remote, cache_dir: Path | None) -> Path:

@@ -33,6 +33,7 @@ import typer
 
 from personavlm_cli.cli.common import JsonOpt, count, err, line, make_env, out, print_json
 from personavlm_cli.core.errors import ConfigError, NotFoundError, StoreError
+from personavlm_cli.core.memory import MemoryType
 
 app = typer.Typer(help="Where the memories live: this machine (embedded) or servers (PostgreSQL + Chroma).",
                   no_args_is_help=True)
@@ -321,7 +322,7 @@ def _verify(source, target, memories, images: dict) -> list[str]:
         vectors = target.vectors
         if vectors.ids(TEXT) != set(copied):
             problems.append("the text vectors do not match the memories")
-        with_images = {m.id for m in memories if m.type == "image" and m.meta.get("path")}
+        with_images = {m.id for m in memories if m.type == MemoryType.IMAGE and m.meta.get("path")}
         if with_images and not with_images <= vectors.ids(IMAGES):
             problems.append("an image memory has no image vector")
     return problems

@@ -31,7 +31,7 @@ from datetime import datetime
 
 from personavlm_cli.core import learning
 from personavlm_cli.core import sentences as _sentences
-from personavlm_cli.core.memory import Memory, from_iso
+from personavlm_cli.core.memory import Memory, MemoryType, from_iso
 
 PAST_WEIGHT = 0.45  # a past statement's score is multiplied by this unless the question is about the past
 ASSISTANT_WEIGHT = 0.7  # the assistant's own turns: recalled, labelled, below the user's word
@@ -147,10 +147,10 @@ def about_the_past(text: str) -> bool:
 
 def until(m: Memory) -> str | None:
     """When ``m`` stopped being true: its ``valid_to`` (a closed learnt memory) or a past turn's mark."""
-    past = (m.meta or {}).get("past") if m.type in ("turn", "episodic") else None
+    past = (m.meta or {}).get("past") if m.type in (MemoryType.TURN, MemoryType.EPISODIC) else None
     if past and past.get("until"):
         return past["until"]
-    return m.valid_to if m.type in ("semantic", "procedural", "episodic", "core") else None
+    return m.valid_to if m.type in (MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC, MemoryType.CORE) else None
 
 
 def until_text(m: Memory) -> str | None:
@@ -167,7 +167,7 @@ def until_text(m: Memory) -> str | None:
 
 def is_assistants(m: Memory) -> bool:
     """The assistant's own turn (not an imported transcript's, which names its speaker)."""
-    return m.type == "turn" and m.role == "assistant" and not (m.meta or {}).get("speaker")
+    return m.type == MemoryType.TURN and m.role == "assistant" and not (m.meta or {}).get("speaker")
 
 
 def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str,
@@ -180,7 +180,7 @@ def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str
     for memory_id, m in list(memories.items()):
         if memory_id not in fused:
             continue
-        if until(m) and not keep_past and m.type in ("turn", "episodic"):
+        if until(m) and not keep_past and m.type in (MemoryType.TURN, MemoryType.EPISODIC):
             before = fused[memory_id]
             fused[memory_id] *= PAST_WEIGHT
             past = (m.meta or {}).get("past") or {}
@@ -202,8 +202,8 @@ def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str
             fused[memory_id] *= ASSISTANT_WEIGHT
             signals.setdefault(memory_id, {})["assistant"] = {"rank": 0, "score": ASSISTANT_WEIGHT}
     users = [(i, learning.content_words(m.text)) for i, m in memories.items()
-             if i in fused and not is_assistants(m) and m.type in ("turn", "semantic", "procedural")
-             and (m.type != "turn" or m.role == "user")]
+             if i in fused and not is_assistants(m) and m.type in (MemoryType.TURN, MemoryType.SEMANTIC, MemoryType.PROCEDURAL)
+             and (m.type != MemoryType.TURN or m.role == "user")]
     for memory_id, m in memories.items():
         if memory_id not in fused or not is_assistants(m):
             continue

@@ -1,11 +1,24 @@
-"""Domain errors. The CLI turns each into one line on stderr and a non-zero exit status."""
+"""Domain errors and the program's exit statuses. The CLI turns each error into one line on stderr and a
+non-zero exit status."""
+
+from enum import IntEnum, unique
+
+
+@unique
+class ExitStatus(IntEnum):
+    """How a command ends: the process's exit status (only ``cli.main`` exits; commands return or raise)."""
+
+    OK = 0
+    ERROR = 1  # a domain error (one ``Error:`` line), a failed line of a script, a refused confirmation
+    USAGE = 2  # a bad option or argument (Click's usage error)
+    INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 class PersonaError(Exception):
     """An error the user can act on; its message is one line, shown as is, with every credential in it
     masked (``core.secrets``: a URL's password, an API key), wherever the message was made."""
 
-    exit_code = 1
+    exit_code = ExitStatus.ERROR
 
     def __init__(self, *args):
         from personavlm_cli.core.secrets import masked

@@ -25,6 +25,7 @@ import re
 from dataclasses import dataclass, field
 
 from personavlm_cli.core import sentences as _sentences
+from personavlm_cli.core.memory import MemoryType
 
 # Words that carry no fact: function words, pronouns, auxiliaries, and the framing words a
 # rephrasing may add ("the user"). A statement's *content words* are its other words.
@@ -226,7 +227,7 @@ def sentences(text: str) -> list[str]:
 @dataclass
 class Statement:
     text: str
-    kind: str  # "semantic" or "procedural"
+    kind: MemoryType  # SEMANTIC or PROCEDURAL
     keywords: str
     change: bool = False  # announces a change: supersedes what it names
     changed_from: str = ""  # the old thing, when the sentence says "from X to Y"
@@ -292,7 +293,8 @@ def statements_of(text: str, people: tuple[str, ...] = ()) -> list[Statement]:
         if not is_about_the_user(s, people):
             continue
         s = s[:400]
-        kind = "procedural" if (HABIT.search(s) or PLAN.search(s)) and not CHANGE.search(s) else "semantic"
+        habit = (HABIT.search(s) or PLAN.search(s)) and not CHANGE.search(s)
+        kind = MemoryType.PROCEDURAL if habit else MemoryType.SEMANTIC
         m = FROM_TO.search(s)
         out.append(Statement(text=s, kind=kind, keywords=keywords_of(s), change=bool(CHANGE.search(s)),
                              changed_from=m.group(1) if m and CHANGE.search(s) else ""))

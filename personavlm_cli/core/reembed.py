@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.memory import MemoryType
 
 SPACE = "image_space"
 JOB = "image_reembed"
@@ -68,14 +69,14 @@ class Status:
 
 
 def _images(records) -> list:
-    return sorted((m for m in records.list(types=["image"], include_superseded=True) if m.meta.get("path")),
+    return sorted((m for m in records.list(types=[MemoryType.IMAGE], include_superseded=True) if m.meta.get("path")),
                   key=lambda m: m.id)
 
 
 def status(records, target: str) -> Status:
     job = records.get_meta(JOB)
     moving = isinstance(job, dict) and job.get("to") == target
-    return Status(space=records.get_meta(SPACE), target=target, images=records.count(types=["image"]),
+    return Status(space=records.get_meta(SPACE), target=target, images=records.count(types=[MemoryType.IMAGE]),
                   done=int(job.get("done", 0)) if moving else 0, moving=moving)
 
 

@@ -26,7 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from personavlm_cli.core.errors import PersonaError
-from personavlm_cli.core.memory import parse_time
+from personavlm_cli.core.memory import MemoryType, parse_time
 from personavlm_cli.core.recall import Query, recall
 
 
@@ -111,12 +111,12 @@ def newest_first(texts: list[str], newest: str, old: str, also: str = "") -> boo
 
 
 def profile_facts(store) -> dict:
-    core = store.records.list(types=["core"])
+    core = store.records.list(types=[MemoryType.CORE])
     return dict(core[-1].meta.get("facts") or {}) if core else {}
 
 
 def learnt_texts(store) -> list[str]:
-    out = [m.text for m in store.records.list(types=["semantic", "procedural", "episodic"])]
+    out = [m.text for m in store.records.list(types=[MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC])]
     out += [f"{k}: {v}" for k, v in profile_facts(store).items()]
     return out
 
@@ -188,7 +188,7 @@ def run_life(life: Life, make_assistant: Callable, sampling: dict, root: Path | 
         ids = [m.id for m in forgetting.matching(store, query)]
         if ids:
             p = forgetting.plan(store, ids)
-            queue = UpdateQueue(store.records) if any(m.type == "turn" for m in p.targets + p.derived) else None
+            queue = UpdateQueue(store.records) if any(m.type == MemoryType.TURN for m in p.targets + p.derived) else None
             forgetting.execute(store, p, "forget-query", queue)
         store.close()
         left = bytes_left(root, query)

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.memory import MemoryType
 from personavlm_cli.evals.replay import Replayer, Turn
 from personavlm_cli.evals.session_bench import bench_session
 from personavlm_cli.evals.workspace import forget_exchange, percentile, scratch, temporary_store
@@ -307,24 +308,24 @@ def _memories(rng: random.Random, n: int, start: datetime, offset: int = 0) -> l
         roll = rng.random()
         if i == 5:  # the core profile
             facts = {"name": "Sam", "occupation": "nurse", "city": "Porto"}
-            m = Memory(id=new_id("core"), type="core", text="\n".join(f"{k}: {v}" for k, v in facts.items()),
+            m = Memory(id=new_id(MemoryType.CORE), type=MemoryType.CORE, text="\n".join(f"{k}: {v}" for k, v in facts.items()),
                        occurred_at=iso(at), created_at=created, meta={"facts": facts})
         elif i % 4000 == 17:  # habits and goals are few (the update stage rewrites one list of them)
-            m = Memory(id=new_id("procedural"), type="procedural",
+            m = Memory(id=new_id(MemoryType.PROCEDURAL), type=MemoryType.PROCEDURAL,
                        text=f"Habit: {rng.choice(ACTIVITIES)} {rng.choice(DAYS)}.", occurred_at=iso(at),
                        created_at=created)
         elif roll < 0.8:
             role = "user" if i % 2 == 0 else "assistant"
             text = chat_line(rng) if role == "user" else reply_line(rng)
-            m = Memory(id=new_id("turn"), type="turn", text=text, occurred_at=iso(at), created_at=created, role=role,
-                       session_id=f"s{session}")
+            m = Memory(id=new_id(MemoryType.TURN), type=MemoryType.TURN, text=text, occurred_at=iso(at), created_at=created,
+                       role=role, session_id=f"s{session}")
         elif roll < 0.92:
-            m = Memory(id=new_id("semantic"), type="semantic",
+            m = Memory(id=new_id(MemoryType.SEMANTIC), type=MemoryType.SEMANTIC,
                        text=f"The user likes {rng.choice(FOODS)} and often goes to {rng.choice(PLACES)}.",
                        keywords=f"{rng.choice(FOODS)}, {rng.choice(PLACES)}", occurred_at=iso(at), created_at=created,
                        session_id=f"s{session}")
         else:
-            m = Memory(id=new_id("episodic"), type="episodic",
+            m = Memory(id=new_id(MemoryType.EPISODIC), type=MemoryType.EPISODIC,
                        text=f"The user and {rng.choice(PEOPLE)} talked about how they {rng.choice(ACTIVITIES)} at "
                             f"{rng.choice(PLACES)}.", occurred_at=iso(at), created_at=created, session_id=f"s{session}",
                        occurred_end=iso(at + timedelta(minutes=20)))
@@ -364,7 +365,7 @@ class BigStore:
             vecs = self.pool[picks] + nprng.normal(0, 0.02, (n, self.pool.shape[1])).astype("float32")
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
             for j, m in enumerate(batch):
-                if m.type == "turn" and m.role == "user":
+                if m.type == MemoryType.TURN and m.role == "user":
                     m.text = self.pool_texts[picks[j]]  # a user's line and its (noisy) vector agree
             records = self.store.records
             with records.transaction():
@@ -376,7 +377,7 @@ class BigStore:
 
     @property
     def last_time(self) -> datetime:
-        return self.store.records.list(types=["turn"], limit=1, newest_first=True)[0].occurred
+        return self.store.records.list(types=[MemoryType.TURN], limit=1, newest_first=True)[0].occurred
 
 
 def bench_recall(host: Host, path: Path, plan: dict, rng: random.Random) -> dict:
