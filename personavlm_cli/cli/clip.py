@@ -54,7 +54,7 @@ def write_clip_config(loc, model: str, weights: str) -> None:
 def pull_clip(env, spec: str | None, revision: str = "main") -> None:
     from personavlm_cli.adapters import downloads
     from personavlm_cli.adapters.image_encoder import hub_files
-    from personavlm_cli.cli.models import fetch_with_progress
+    from personavlm_cli.cli.hub import fetch_with_progress
 
     arch, tag = parse(spec)
     repo, candidates = hub_files(arch, tag)

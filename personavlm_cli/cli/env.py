@@ -26,9 +26,9 @@ def _warn_once(terminal: Terminal, warnings) -> None:
     for warning in warnings:
         if warning not in said:
             said.add(warning)
-            from personavlm_cli.cli.common import err, line
+            from personavlm_cli.cli.text import line
 
-            err.print(line(("Warning:", "yellow"), " ", warning), soft_wrap=True)
+            terminal.err.print(line(("Warning:", "yellow"), " ", warning), soft_wrap=True)
 
 
 @dataclass
@@ -179,10 +179,10 @@ class Env:
         """Print what the store has to say (the vector server down, erasures pending), once each."""
         if self._store is None:
             return
-        from personavlm_cli.cli.common import err, line
+        from personavlm_cli.cli.text import line
 
         for notice in self._store.take_notices():
-            err.print(line((notice, "yellow")))
+            self.terminal.err.print(line((notice, "yellow")))
 
     # -- the model --------------------------------------------------------------------------------
 

@@ -108,7 +108,7 @@ class Terminal:
         return self._err
 
     def _console(self, file: IO[str] | None, *, stderr: bool, isatty: bool | None, **kwargs: Any):
-        from personavlm_cli.cli.common import _console  # the one recipe of a console (sanitising hook)
+        from personavlm_cli.cli.text import console  # the one recipe of a console (sanitising hook)
 
         if file is not None:
             kwargs["file"] = file  # else Rich follows sys.stdout / sys.stderr, as it always did
@@ -116,7 +116,7 @@ class Terminal:
             kwargs["force_terminal"] = True  # else Rich asks the stream (and FORCE_COLOR), as it always did
         if self._environ is not None:
             kwargs["_environ"] = self._environ  # COLUMNS, NO_COLOR, TERM... of this run
-        return _console(stderr=stderr, **kwargs)
+        return console(stderr=stderr, **kwargs)
 
     # -- a run ---------------------------------------------------------------------------------
 
