@@ -10,6 +10,7 @@ import typer
 
 from personavlm_cli.cli.common import err, human_size, line
 from personavlm_cli.cli.env import is_tty
+from personavlm_cli.cli.terminal import active
 from personavlm_cli.core.errors import ExitStatus
 
 
@@ -46,7 +47,7 @@ def _download(downloads, remote, cache_dir: Path | None) -> Path:
 
     columns = (TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
                TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as progress:
+    with Progress(*columns, console=active().err, transient=False) as progress:
         tasks = {}
 
         def report(phase: str, done: int, total):
