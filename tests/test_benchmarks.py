@@ -508,7 +508,7 @@ def test_bench_measures_startup_recall_and_replay_and_judges_the_bars(tmp_path, 
     assert "personavlm --help" in result.output and "recall p50 at 600" in result.output
     report = json.loads(out.read_text())
     assert report["machine"]["nproc"] >= 1 and report["machine"]["cpu"]
-    assert set(report["bars"]) == {"startup_help_s", "startup_memory_list_s"}
+    assert set(report["bars"]) == {"startup_help_s", "startup_memory_list_s", "startup_help_vs_typer"}
     entry = report["sections"]["recall"]["sizes"]["600"]
     assert entry["recall"]["n"] == 20 and entry["pre_token"]["total"]["p50_ms"] > 0
     assert report["sections"]["replay"]["messages_per_s"] > 0 and report["peak_memory_mb"] > 0

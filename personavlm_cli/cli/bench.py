@@ -97,6 +97,8 @@ def _host(env):
 LABELS = {
     "startup_python_s": ("python -c pass (floor)", "s"),
     "startup_help_s": ("personavlm --help", "s"),
+    "startup_typer_help_s": ("a minimal Typer app's --help", "s"),
+    "startup_help_vs_typer": ("personavlm --help / the minimal Typer app's (median of pairs)", ""),
     "startup_memory_list_s": ("personavlm memory list", "s"),
     "chat_tokens_per_s": ("chat path decode", "tok/s"),
     "raw_tokens_per_s": ("raw llama-cpp-python decode", "tok/s"),

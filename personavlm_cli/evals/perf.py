@@ -53,6 +53,7 @@ from personavlm_cli.evals.workspace import forget_exchange, percentile, scratch,
 BARS = {
     "startup_help_s": ("< 0.5 s", lambda v: v < 0.5),
     "startup_memory_list_s": ("< 0.5 s", lambda v: v < 0.5),
+    "startup_help_vs_typer": ("<= 1.2", lambda v: v <= 1.2),
     "pre_token_ms_10000": ("< 50 ms", lambda v: v < 50),
     "pre_token_ms_100000": ("< 150 ms", lambda v: v < 150),
     "chat_vs_raw_tokens_per_s": (">= 0.95", lambda v: v >= 0.95),
@@ -250,9 +251,24 @@ def query_line(rng: random.Random) -> str:
 # --- start-up -------------------------------------------------------------------------------------
 
 
+# The yardstick of `personavlm --help`: a minimal Typer app's --help (two commands), in the same Python.
+MINIMAL_TYPER_APP = """
+import typer
+app = typer.Typer(help="A minimal Typer app.")
+@app.command()
+def hello(name: str = "world") -> None:
+    \"\"\"Say hello.\"\"\"
+@app.command()
+def bye() -> None:
+    \"\"\"Say goodbye.\"\"\"
+app()
+"""
+
+
 def bench_startup(home: Path, runs: int) -> dict:
-    """Child-process wall time of --help and memory list (a store of 500 memories), median of ``runs``
-    after one warm-up run each."""
+    """Child-process wall time of --help and memory list (a store of 500 memories), and of a minimal Typer
+    app's --help (the yardstick of ours), median of ``runs`` after one warm-up run each; the runs of each
+    command alternate with the others', so that a busy moment of the machine falls on all of them."""
     from personavlm_cli.adapters.records import RecordStore
     from personavlm_cli.core import users
     from personavlm_cli.core.config import Settings
@@ -275,11 +291,12 @@ def bench_startup(home: Path, runs: int) -> dict:
     script = Path(sys.executable).parent / "personavlm"
     base = [str(script)] if script.exists() else [sys.executable, "-m", "personavlm_cli"]
     commands = {"python": [sys.executable, "-c", "pass"], "help": [*base, "--help"],
+                "typer_help": [sys.executable, "-c", MINIMAL_TYPER_APP, "--help"],
                 "memory_list": [*base, "memory", "list", "--limit", "20"]}
     out_: dict = {"command": " ".join(Path(base[0]).name if i == 0 else a for i, a in enumerate(base))}
-    for name, cmd in commands.items():
-        times = []
-        for i in range(runs + 1):
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for i in range(runs + 1):
+        for name, cmd in commands.items():
             t = time.perf_counter()
             proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=120)
             elapsed = time.perf_counter() - t
@@ -287,8 +304,11 @@ def bench_startup(home: Path, runs: int) -> dict:
                 raise PersonaError(f"`{' '.join(cmd[-3:])}` failed during the benchmark: "
                                    f"{(proc.stderr.strip().splitlines() or [''])[-1][:200]}")
             if i:  # the first run warms the file cache
-                times.append(elapsed)
-        out_[name] = {"median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3), "runs": runs}
+                times[name].append(elapsed)
+    for name, taken in times.items():
+        out_[name] = {"median_s": round(statistics.median(taken), 3), "max_s": round(max(taken), 3), "runs": runs}
+    # Our --help against the minimal app's, run by run (the pairs ran back to back), then the median.
+    out_["help_vs_typer"] = round(statistics.median(h / t for h, t in zip(times["help"], times["typer_help"])), 3)
     return out_
 
 
@@ -933,6 +953,9 @@ def figures(results: dict) -> dict:
     if "startup" in s:
         f["startup_python_s"] = s["startup"]["python"]["median_s"]
         f["startup_help_s"] = s["startup"]["help"]["median_s"]
+        if "typer_help" in s["startup"]:
+            f["startup_typer_help_s"] = s["startup"]["typer_help"]["median_s"]
+            f["startup_help_vs_typer"] = s["startup"]["help_vs_typer"]
         f["startup_memory_list_s"] = s["startup"]["memory_list"]["median_s"]
     for size, entry in (s.get("recall") or {}).get("sizes", {}).items():
         f[f"recall_p50_ms_{size}"] = entry["recall"]["p50_ms"]
