@@ -18,8 +18,6 @@ from personavlm_cli.core.recall import Query, recall
 from tests.conftest import run_in_process
 from tests.test_conversation import ScriptedModel
 
-pytestmark = pytest.mark.fast
-
 DATA = Path(__file__).parent / "data"
 T0 = datetime(2026, 1, 12, 9, 0).astimezone()
 

@@ -96,20 +96,17 @@ def violations(root: Path = ROOT) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.fast
 def test_no_layer_imports_one_above_it():
     found = {rel: sorted(mods) for rel, mods in violations().items() if rel not in PENDING}
     assert not found, "imports that break the layering rule (docs/architecture.md): " + "; ".join(
         f"{rel} imports {', '.join(mods)}" for rel, mods in sorted(found.items()))
 
 
-@pytest.mark.fast
 def test_pending_entries_still_break_the_rule():
     fixed = PENDING - set(violations())
     assert not fixed, f"these modules keep the rule now: remove them from PENDING in tests/test_layers.py: {sorted(fixed)}"
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("source, module_path, imported", [
     ("from personavlm_cli.adapters.records import RecordStore", "core/x.py", "personavlm_cli.adapters.records"),
     ("def f():\n    from personavlm_cli.cli import env", "core/x.py", "personavlm_cli.cli.env"),
@@ -201,7 +198,6 @@ def cycles(graph: dict[str, set[str]], layer: str) -> list[frozenset[str]]:
     return found
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("layer", ["cli", "core", "adapters", "evals"])
 def test_no_import_circle_within_a_layer(layer):
     graph = import_graph()
@@ -210,7 +206,6 @@ def test_no_import_circle_within_a_layer(layer):
         " <-> ".join(sorted(c)) for c in circles)
 
 
-@pytest.mark.fast
 def test_known_cycles_still_exist():
     graph = import_graph()
     now = {c for layer in ("cli", "core", "adapters", "evals") for c in cycles(graph, layer)}
@@ -218,7 +213,6 @@ def test_known_cycles_still_exist():
     assert not gone, f"no longer a circle: remove it from KNOWN_CYCLES in tests/test_layers.py: {sorted(map(sorted, gone))}"
 
 
-@pytest.mark.fast
 def test_the_cycle_finder_sees_a_circle_through_function_level_imports(tmp_path):
     """The checker itself: a circle of three modules where one edge is an import inside a function is found;
     the same modules with that edge removed are not a circle."""

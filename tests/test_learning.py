@@ -11,8 +11,6 @@ from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, Ge
 from personavlm_cli.core.reasoning import Reasoning, ResponseStage
 from personavlm_cli.core.recall import Hit
 
-pytestmark = pytest.mark.fast
-
 
 @pytest.mark.parametrize("message, kind, key", [
     ("My parrot is called Mango and he whistles all day.", "semantic", "Mango"),

@@ -97,7 +97,6 @@ def _heavy(modules: set[str], allowed: tuple[str, ...] = ()) -> list[str]:
                   if h not in allowed and (m == h or m.startswith(h + ".")))
 
 
-@pytest.mark.fast
 def test_help_imports_no_heavy_library_and_no_command_module():
     modules = startup_imports()
     assert "typer" in modules and "personavlm_cli.cli.terminal" in modules  # the reader follows imports
@@ -105,7 +104,6 @@ def test_help_imports_no_heavy_library_and_no_command_module():
     assert not sorted(modules & COMMAND_MODULES), sorted(modules & COMMAND_MODULES)
 
 
-@pytest.mark.fast
 def test_the_import_reader_finds_a_heavy_import_planted_at_module_level(monkeypatch, tmp_path):
     """The reader itself: an import of a heavy library at a module's top (or in ``try``) is found; one
     inside a function is not, since it runs only when called."""
@@ -115,7 +113,6 @@ def test_the_import_reader_finds_a_heavy_import_planted_at_module_level(monkeypa
     assert _heavy({"numpy", "rich.markdown", "typer"}, TYPER_HELP) == ["numpy"]
 
 
-@pytest.mark.fast
 def test_the_roots_help_lists_each_command_with_its_own_summary():
     """``ENTRIES`` (what `personavlm --help` lists without importing a command) says what each command's
     own help says first, and names every command there is."""

@@ -151,6 +151,7 @@ def test_a_model_that_invents_facts_is_refused_by_the_grounding_check(tmp_path):
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow  # the embedded model
 def test_the_answers_cache_survives_a_background_update_and_a_follow_up_pays_only_for_new_tokens(tmp_path):
     """Real model: a follow-up message in a session reuses llama.cpp's cache of the previous prompt,
     even though the update thread ran a model job in between (on its own context over the weights)."""
@@ -301,6 +302,7 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
         store.close()
 
 
+@pytest.mark.slow  # the embedded model
 def test_a_piped_chat_that_hits_a_full_disk_says_which_lines_were_not_stored(isolated_home, monkeypatch, capsys):
     import io
     import sys
