@@ -27,6 +27,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kit import real_store
 from tests.kit.layers import is_slow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,6 +122,14 @@ def _forget_vector_stores(keep: set) -> None:
             system.stop()
         except Exception:  # a system that will not stop is dropped all the same
             pass
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store with the real parts in the test's folder (tests.kit.real_store), closed after the test."""
+    s = real_store(tmp_path)
+    yield s
+    s.close()
 
 
 @pytest.fixture

@@ -13,10 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_conversation import (
-    ScriptedModel,
-    store,  # noqa: F401 - the store fixture
-)
+from tests.kit import ScriptedModel
 
 pytestmark = pytest.mark.fast
 

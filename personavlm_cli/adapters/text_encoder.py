@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
 
@@ -38,8 +39,8 @@ class TextEncoder:
         self.threads = int(threads) if threads else default_threads()
         self._model_path = Path(model_path) if model_path else None
         self._tokenizer_path = Path(tokenizer_path) if tokenizer_path else TOKENIZER_PATH
-        self._session = None
-        self._tokenizer = None
+        self._session: Any = None  # onnxruntime.InferenceSession, built on first use
+        self._tokenizer: Any = None  # tokenizers.Tokenizer, built on first use
         self._input_names: list[str] = []
         self._output_name = ""
         self._lock = threading.Lock()

@@ -83,6 +83,18 @@ class VectorIndex:
         # and a rebuild swaps a collection underneath both.
         self._lock = threading.RLock()
 
+    def close(self) -> None:
+        """Release the client (Chroma's database connections and index files, shared per path and counted by
+        Chroma) and the fan-out threads. Safe to call twice."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            client, self.client = self.client, None
+            self._collections.clear()
+        if pool is not None:
+            pool.shutdown(wait=False)
+        if client is not None:
+            client.close()
+
     @contextlib.contextmanager
     def _guard(self, action: str):
         """Chroma's and the network's exceptions become one StoreError line."""

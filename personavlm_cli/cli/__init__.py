@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from typer._click import Command, Context, HelpFormatter  # typer vendors Click since 0.26
@@ -150,8 +150,10 @@ def _show_flags_without_a_type() -> None:
             shown = _original(self, ctx)
             return re.sub(r"^<list\[(.+)\]>$", r"<\1>", shown) if isinstance(shown, str) else shown
 
-        display_type_rich._personavlm = True
-        cls.display_type_rich = display_type_rich
+        marked: Any = display_type_rich  # a mark on the function, and typer's method replaced on purpose
+        marked._personavlm = True
+        patched: Any = cls
+        patched.display_type_rich = marked
 
 
 _show_flags_without_a_type()

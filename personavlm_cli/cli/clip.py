@@ -9,6 +9,7 @@ finds it. Then ``clip.model`` and ``clip.weights`` are set in config.yaml.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from personavlm_cli.cli.common import count, err, line
 from personavlm_cli.core.errors import ExitStatus
@@ -41,7 +42,7 @@ def write_clip_config(loc, model: str, weights: str) -> None:
     """clip.model and clip.weights in config.yaml (the rest of the file as it was)."""
     import yaml
 
-    cfg = {}
+    cfg: dict[str, Any] = {}
     if loc.config_file.exists():
         cfg = yaml.safe_load(loc.config_file.read_text()) or {}
     cfg.setdefault("clip", {}).update({"model": model, "weights": weights})

@@ -24,12 +24,15 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.text import Text
 
 from personavlm_cli.cli.env import Env
+
+if TYPE_CHECKING:
+    from rich.console import Console
 from personavlm_cli.cli.terminal import ConsoleProxy, active
 
 # The safe-text helpers live in cli/text.py (cli/terminal.py builds its consoles with them); named here too.
@@ -66,8 +69,9 @@ def listing_table(*columns: str, styles: dict[str, str] | None = None, wrap: boo
 
 # The consoles of the active terminal (``cli.terminal``): the process's own, or the one an in-process run
 # (``main(argv, environment=...)``, the tests) activated. Import them by name as before.
-out = ConsoleProxy("out")
-err = ConsoleProxy("err")
+# Typed as the consoles they stand for: every attribute is the active console's.
+out = cast("Console", ConsoleProxy("out"))
+err = cast("Console", ConsoleProxy("err"))
 
 UserOpt = Annotated[str | None, typer.Option(
     "--user", "-u", help="Whose memories to use (default: config 'user', else your login name).",
@@ -144,7 +148,7 @@ def short(text: Any, width: int = 70) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-def human_size(n: int) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -217,7 +217,7 @@ def _table(title: str):
     for name, justify in (("task", "left"), ("", "left"), ("items", "right"), ("correct", "right"),
                           ("unparsed", "right"), ("errors", "right"), ("accuracy %", "right"),
                           ("ref. parser %", "right")):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify="right" if justify == "right" else "left")
     return table
 
 

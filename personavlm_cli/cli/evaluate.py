@@ -265,7 +265,7 @@ def personality(
     env = make_env(None, **{"model.path": model})
     results = []
     try:
-        methods = []
+        methods: list[Any] = []
         if method in ("evidence", "both"):
             from personavlm_cli.adapters.text_encoder import TextEncoder
 

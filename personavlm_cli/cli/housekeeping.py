@@ -223,7 +223,7 @@ def doctor(
     if env.database_url():  # where the records live (never with the password)
         from personavlm_cli.adapters.pg_records import shown_database_url
 
-        report["records"] = f"{shown_database_url(env.database_url())} (PostgreSQL, schema per user)"
+        report["records"] = f"{shown_database_url(env.database_url() or '')} (PostgreSQL, schema per user)"
         try:
             env.records(readonly=True).close()
             report["records check"] = "reachable"

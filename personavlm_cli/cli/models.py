@@ -47,6 +47,7 @@ def list_(json: JsonOpt = False):
     for r in rows:
         mark = ("* ", "bold green") if r["default"] else "  "
         name = (one_line(r["name"]).ljust(width), "bold")
+        facts: str | tuple[str, str]
         if "problem" in r:
             facts = (one_line(r["problem"]), "yellow")
         else:

@@ -27,7 +27,9 @@ a user's statement that shares a word with it (the prompt labels them "what you 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from personavlm_cli.core import learning
 from personavlm_cli.core import sentences as _sentences
@@ -37,7 +39,7 @@ PAST_WEIGHT = 0.45  # a past statement's score is multiplied by this unless the 
 ASSISTANT_WEIGHT = 0.7  # the assistant's own turns: recalled, labelled, below the user's word
 
 _V = r"(?!(?:a|an|my|our|his|her|their|this|that|the|it|there|here)\b)([A-Za-z][\w'’.-]*(?:\s+(?-i:[A-Z])[\w'’.-]*){0,2})"
-SLOTS: list[tuple[str, re.Pattern]] = [
+SLOTS: list[tuple[str, re.Pattern[str]]] = [
     ("home", re.compile(rf"\b(?:live|lives|living|moved|moving|relocated|relocating|settled|based|study|studies|"
                         rf"studying)\s+(?:in|to)\s+(?:the\s+)?{_V}", re.I)),
     ("workplace", re.compile(rf"\b(?:work|works|working|teach|teaches|teaching|employed)\s+(?:at|for)\s+(?:the\s+)?{_V}",
@@ -149,7 +151,7 @@ def until(m: Memory) -> str | None:
     """When ``m`` stopped being true: its ``valid_to`` (a closed learnt memory) or a past turn's mark."""
     past = (m.meta or {}).get("past") if m.type in (MemoryType.TURN, MemoryType.EPISODIC) else None
     if past and past.get("until"):
-        return past["until"]
+        return str(past["until"])
     return m.valid_to if m.type in (MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC, MemoryType.CORE) else None
 
 
@@ -171,7 +173,7 @@ def is_assistants(m: Memory) -> bool:
 
 
 def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str,
-           signals: dict[str, dict], fetch=None) -> None:
+           signals: dict[str, dict[str, Any]], fetch: Callable[[list[str]], list[Memory]] | None = None) -> None:
     """Demote past statements (unless the question asks about the past) and the assistant's own turns,
     in place; an assistant turn never stays above a user statement that shares a content word with it.
     Each demotion is written into the memory's ``signals`` (``past``, ``assistant``): `/why` and
@@ -185,7 +187,7 @@ def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str
             fused[memory_id] *= PAST_WEIGHT
             past = (m.meta or {}).get("past") or {}
             signals.setdefault(memory_id, {})["past"] = {
-                "rank": 0, "score": PAST_WEIGHT, "until": until(m)[:10], "by": past.get("by"),
+                "rank": 0, "score": PAST_WEIGHT, "until": (until(m) or "")[:10], "by": past.get("by"),
                 "reason": past.get("reason", "superseded")}
             # The statement that made it past comes in, above it: the newest word wins.
             newer = past.get("by")

@@ -20,7 +20,7 @@ class PersonaError(Exception):
 
     exit_code = ExitStatus.ERROR
 
-    def __init__(self, *args):
+    def __init__(self, *args: object) -> None:
         from personavlm_cli.core.secrets import masked
 
         super().__init__(*(masked(a) if isinstance(a, str) else a for a in args))
@@ -67,7 +67,7 @@ class DiskFullError(StoreError):
     """A write ran out of space (ENOSPC, SQLite's "database or disk is full"): nothing was lost."""
 
 
-def disk_full(where) -> DiskFullError:
+def disk_full(where: object) -> DiskFullError:
     """The one line for a full disk: what is full, what to do, and that nothing was lost."""
     return DiskFullError(f"no space left on {where}: free some space; nothing was lost")
 

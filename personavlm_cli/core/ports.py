@@ -377,6 +377,11 @@ class VectorIndex(Protocol):
         """Delete the collections ``names`` (missing ones are fine)."""
         ...
 
+    def close(self) -> None:
+        """Release the connections, open files and threads the index holds (the store's end); safe to call
+        twice. A long-lived process (the MCP server, the tests) opens and closes many stores."""
+        ...
+
 
 # --------------------------------------------------------------------------------------------------
 # Encoders

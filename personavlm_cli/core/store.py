@@ -63,6 +63,17 @@ class VectorGate:
                         raise
         return self._index
 
+    def close(self) -> None:
+        """Release the index (its database connections, index files and threads): the store's end. Never
+        raises: what matters at a store's end is that the records are closed."""
+        with self._lock:
+            index, self._index = self._index, None
+        if index is not None:
+            try:
+                index.close()
+            except Exception:  # a server half gone, an index already closed: nothing left to release
+                pass
+
     def _check(self) -> None:
         if self.down is not None and time.monotonic() - self._since < self.retry_s:
             raise UnreachableError(self.down)
@@ -238,6 +249,8 @@ class MemoryStore:
         return self.images.shas(self.records)
 
     def close(self) -> None:
+        if self._vectors is not None:  # Chroma's connections and files: never left open for the process's life
+            self._vectors.close()
         self.records.close()
 
     # -- writing ----------------------------------------------------------------------------------

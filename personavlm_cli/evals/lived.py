@@ -24,6 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import MemoryType, parse_time
@@ -230,7 +231,7 @@ def run(lives: list[Life], llm, settings, extractor: str, max_tokens: int,
     results = []
     for life in lives:
         with scratch("personavlm-lived-") as tmp:
-            stores = []
+            stores: list[Any] = []
 
             def make(life=life, tmp=tmp, stores=stores):
                 store = temporary_store(Path(tmp), encoder)

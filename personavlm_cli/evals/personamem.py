@@ -249,7 +249,7 @@ def run_personamem(data: Path, context: str, questions: list[PMQuestion], log: R
                         already = replayed[s_index] if s_index < len(replayed) else 0
                         if already and s_index == len(replayed) - 1 and turns[already - 1].assistant:
                             # the previous cut fell between this session's last message and its reply
-                            r.complete_last_reply(turns[already - 1].assistant, turns[already - 1].at)
+                            r.complete_last_reply(turns[already - 1].assistant or "", turns[already - 1].at)
                         if turns[already:]:
                             progress.describe(f"{cid[:8]}: replaying to message {q.end_index}")
                             r.replay_session(f"pm-{cid[:8]}-s{s_index + 1}", turns[already:])
