@@ -124,6 +124,16 @@ def _forget_vector_stores(keep: set) -> None:
             pass
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _vector_stores_end_with_their_module():
+    """What a module's tests opened of Chroma and left open (an index built by hand and never closed) is
+    stopped at the module's end, as a process's end would: the suite's process never piles up open
+    database and index files. The program closes its own (``MemoryStore.close``; tests/test_house.py)."""
+    before = set(_vector_stores())
+    yield
+    _forget_vector_stores(keep=before)
+
+
 @pytest.fixture
 def store(tmp_path):
     """A store with the real parts in the test's folder (tests.kit.real_store), closed after the test."""
