@@ -38,7 +38,7 @@ def test_no_command_exits_with_a_bare_number():
 
 
 def test_memory_types_are_the_stored_strings():
-    assert TYPES == tuple(MemoryType) and [str(t) for t in MemoryType] == [
+    assert tuple(MemoryType) == TYPES and [str(t) for t in MemoryType] == [
         "core", "semantic", "episodic", "procedural", "image", "turn"]
     m = Memory(id="core_1", type=MemoryType.CORE, text="x", occurred_at="2026-01-01T00:00:00+00:00",
                created_at="2026-01-01T00:00:00+00:00")

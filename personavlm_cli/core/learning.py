@@ -133,7 +133,7 @@ _WORKPLACE = re.compile(r"^\s+(at\s+(?:(?-i:[A-Z])[\w'’.-]*|the\s+\w[\w'’-]*
                         r"(?:\s+(?!(?:and|but|since|because|so|in|on|for|near|where|which|who|with|as|from|"
                         r"to|now|these|since)\b)[\w'’.-]+){0,3})", re.I)
 
-PATTERNS: list[tuple[str, re.Pattern]] = [
+PATTERNS: list[tuple[str, re.Pattern[str]]] = [
     ("name", re.compile(r"\b(?:my name is|my name's|my name’s|i am called|i'm called)\s+"
                         r"([A-Za-z][\w'’-]+(?:\s+(?!(?:and|but|i|i'm|im|from|here|by|so)\b)[A-Za-z][\w'’-]+)?)", re.I)),
     ("name", re.compile(rf"\b(?:call me|this is)\s+{_NAME}", re.I)),
@@ -301,7 +301,7 @@ def statements_of(text: str, people: tuple[str, ...] = ()) -> list[Statement]:
     return out
 
 
-def _occupation(m: re.Match, sentence: str) -> str | None:
+def _occupation(m: re.Match[str], sentence: str) -> str | None:
     """The job a pattern found, with its workplace when one follows ("paramedic at St. Luke's")."""
     value = m.group(1).strip().rstrip(",.")
     value = re.sub(r"^(an?)\s+", "", value, flags=re.I)
@@ -311,7 +311,7 @@ def _occupation(m: re.Match, sentence: str) -> str | None:
         tail = sentence[m.end():]
     else:
         job = re.split(r"\s+(?:at|in|for|and|but|since|because|on|with|from)\b", value, flags=re.I)[0].strip()
-        kept = []
+        kept: list[str] = []
         for w in job.split():  # "a porter there": the job ends at its first function word
             if kept and w.lower() in STOP:
                 break
@@ -321,9 +321,9 @@ def _occupation(m: re.Match, sentence: str) -> str | None:
         value = job
     if not value or value.split()[-1].lower() in NOT_JOBS:
         return None
-    m = _WORKPLACE.match(tail)
-    if m:
-        value = f"{value} {m.group(1).rstrip(',.;')}"
+    place = _WORKPLACE.match(tail)
+    if place:
+        value = f"{value} {place.group(1).rstrip(',.;')}"
     elif value in ("teaches", "lectures", "works", "volunteers", "studies"):
         return None
     return value
@@ -365,20 +365,20 @@ def profile_of(text: str) -> dict[str, str]:
             found.setdefault(name, value)
         for name, pattern in PATTERNS:
             for m in pattern.finditer(s):
-                value = _value(name, m, s)
-                if value is None:
+                said = _value(name, m, s)
+                if said is None:
                     continue
                 if name in LIST_FIELDS:
                     found[name] = ", ".join(dict.fromkeys([*filter(None, found.get(name, "").split(", ")),
-                                                           *value.split(", ")]))
+                                                           *said.split(", ")]))
                 else:
-                    found.setdefault(name, value)
+                    found.setdefault(name, said)
                 if name not in LIST_FIELDS:
                     break
     return found
 
 
-def _value(name: str, m: re.Match, sentence: str) -> str | None:
+def _value(name: str, m: re.Match[str], sentence: str) -> str | None:
     if name == "pets" and m.lastindex and m.lastindex >= 2 and re.search(r"\band\b|,", m.group(2)):
         animal = m.group(1).lower()
         names = [n for n in re.split(r"\s*(?:,|\band\b)\s*", m.group(2)) if n and n.lower() not in NOT_NAMES]
@@ -395,7 +395,7 @@ def _value(name: str, m: re.Match, sentence: str) -> str | None:
         return ", ".join(x.capitalize() for x in re.split(r",\s*|\s+and\s+", m.group(1)) if x)
     if name == "occupation":
         return _occupation(m, sentence)
-    value = m.group(1).strip().rstrip(",.")
+    value: str = m.group(1).strip().rstrip(",.")
     if name == "name":
         parts = value.split()
         if parts[0].lower() in NOT_NAMES or parts[0].lower() in STOP:
