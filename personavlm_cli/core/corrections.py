@@ -13,17 +13,19 @@ not rewritten.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
 from personavlm_cli.core import learning
 from personavlm_cli.core.errors import NotFoundError, PersonaError
 from personavlm_cli.core.memory import Memory, MemoryType, iso, new_id, now
+from personavlm_cli.core.ports import RecordStore
 from personavlm_cli.core.store import MemoryStore
 
 EDITABLE = (MemoryType.CORE, MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL)
 MAX_CHARS = 4000
 
 
-def editable(records, memory_id: str) -> Memory:
+def editable(records: RecordStore, memory_id: str) -> Memory:
     """The memory, if it can be edited; else NotFoundError / PersonaError with one line."""
     old = records.get(memory_id)
     if old is None:
@@ -52,7 +54,7 @@ def profile_fields(text: str) -> dict[str, str]:
     return {k: found[k] for k in learning.FIELDS if k in found}
 
 
-def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | None:
+def correct(store: MemoryStore, memory_id: str, text: str, at: datetime | None = None) -> Memory | None:
     """Make ``text`` the current version of memory ``memory_id``; the new memory, or None when the text
     is unchanged. Raises NotFoundError / PersonaError with one line for what cannot be edited."""
     old = editable(store.records, memory_id)
