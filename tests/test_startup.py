@@ -138,3 +138,21 @@ def test_help_and_listings_import_nothing_heavy_in_a_real_process(argv, isolated
     assert not _heavy(imported, allowed), _heavy(imported, allowed)
     if argv == ["--help"]:
         assert not sorted(imported & COMMAND_MODULES), sorted(imported & COMMAND_MODULES)
+
+
+def test_a_command_registered_the_usual_way_is_still_listed_and_found():
+    """A branch that adds ``app.command(...)`` beside ``ENTRIES`` (a merge) loses nothing: the command is
+    listed after the others and runs; test_help_imports_no_heavy_library_and_no_command_module then says to
+    move it into ``ENTRIES``."""
+    import typer
+    from typer._click import Context
+
+    from personavlm_cli.cli import ENTRIES, _LazyRoot
+
+    app = typer.Typer(cls=_LazyRoot)
+    app.callback()(lambda: None)
+    app.command("hello")(lambda: None)
+    root = typer.main.get_command(app)
+    ctx = Context(root)
+    assert root.list_commands(ctx) == [*ENTRIES, "hello"]
+    assert root.get_command(ctx, "hello").name == "hello" and root.get_command(ctx, "nosuch") is None
