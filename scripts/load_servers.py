@@ -141,7 +141,7 @@ def _run(a, root: Path, pg, chroma) -> dict:
     codes = {}
     for t in feeders:
         t.join()
-    for i, user, proc in chats:
+    for i, _user, proc in chats:
         proc.stdin = None  # closed by its feeder: only the output is left to read
         _out, err = proc.communicate(timeout=900)
         codes[i] = (proc.returncode, err.strip().splitlines()[-3:])
@@ -152,7 +152,8 @@ def _run(a, root: Path, pg, chroma) -> dict:
     # What is stored, read back from the servers.
     report = {"chats": a.chats, "users": len(users), "messages_sent": sum(len(v) for v in sent.values()),
               "chat_exit_codes": sorted({c for c, _ in codes.values()}), "forget_all_exit": forget.returncode,
-              "migrate_exit": migrate.returncode, "forget_all_said": forget.stderr.strip().splitlines()[-1:], "seconds": round(elapsed, 1)}
+              "migrate_exit": migrate.returncode, "forget_all_said": forget.stderr.strip().splitlines()[-1:],
+              "seconds": round(elapsed, 1)}
     stored_total = lost = duplicated = orphans = 0
     for user in users:
         r = _cli(["memory", "list", "--all", "--json"],
@@ -182,7 +183,7 @@ def _run(a, root: Path, pg, chroma) -> dict:
         got = vectors.get(f"u-{user}-memories", set())
         collections_ok += listing <= got
     migrated = {}
-    for name, n in moved.items():
+    for name, _n in moved.items():
         r = _cli(["memory", "list", "--all", "--json"], {**mover, "PERSONAVLM_STORE_KIND": "server",
                                                         "PERSONAVLM_USER": name})
         migrated[name] = len(json.loads(r.stdout)) if r.returncode == 0 else r.stderr.strip()

@@ -6,20 +6,19 @@ Two layers (``pytest -m "not slow"`` is the fast one):
   (``personavlm_cli.cli.terminal``): no child process, no model. Same ``Result`` as ``run_cli``.
 - ``cli`` (and ``run_cli``) runs the real ``python -m personavlm_cli`` in a child process, as a user would.
 
-A test is marked ``slow`` automatically when it (or a helper or fixture of its module it uses) starts a
-child process (``run_cli``, the ``cli`` fixture, ``subprocess``, ``pexpect``, a server) or loads the real
-model; ``fast`` is kept as the mark of the others. In the fast layer, starting the program or a server in a
-child process, or loading llama.cpp, fails the test with a line that says it should be marked slow.
+A test is ``slow`` when it is marked so, uses a slow fixture (``tests.kit.slow_fixture``, the ``cli`` fixture,
+the servers'), or its code (or a helper of its module that it calls) uses what starts a child process or loads
+the real model (``run_cli``, ``subprocess``, ``pexpect``, llama.cpp): ``tests/kit/layers.py``. The others are
+``fast``. In the fast layer, starting the program or a server in a child process, or loading llama.cpp, fails
+the test with a line that says it should be marked slow.
 """
 
 from __future__ import annotations
 
 import gc
-import inspect
 import json
 import logging
 import os
-import re
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -27,6 +26,9 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+
+from tests.kit import real_store
+from tests.kit.layers import is_slow
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,8 +70,7 @@ def run_in_process(*args: str, input: str | None = None, env: dict | None = None
     terminal, stdout and stderr are captured (nor are they terminals), ``env`` is applied (with COLUMNS=200)
     for the run and restored after. ``at`` pins the product's clock (``core.memory.now``) for the run.
     ``timeout`` is accepted for the same signature and not enforced (pytest-timeout is)."""
-    from personavlm_cli.cli import main
-    from personavlm_cli.cli import terminal
+    from personavlm_cli.cli import main, terminal
 
     applied = {"COLUMNS": "200", **(env or {})}
     saved = {k: os.environ.get(k) for k in applied}
@@ -119,8 +120,26 @@ def _forget_vector_stores(keep: set) -> None:
         shared._identifier_to_refcount.pop(identifier, None)
         try:
             system.stop()
-        except Exception:  # noqa: BLE001 - a system that will not stop is dropped all the same
+        except Exception:  # a system that will not stop is dropped all the same
             pass
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _vector_stores_end_with_their_module():
+    """What a module's tests opened of Chroma and left open (an index built by hand and never closed) is
+    stopped at the module's end, as a process's end would: the suite's process never piles up open
+    database and index files. The program closes its own (``MemoryStore.close``; tests/test_house.py)."""
+    before = set(_vector_stores())
+    yield
+    _forget_vector_stores(keep=before)
+
+
+@pytest.fixture
+def store(tmp_path):
+    """A store with the real parts in the test's folder (tests.kit.real_store), closed after the test."""
+    s = real_store(tmp_path)
+    yield s
+    s.close()
 
 
 @pytest.fixture
@@ -145,77 +164,9 @@ def assert_one_line_error(result: Result, *needles: str) -> None:
 
 # -- the two layers -------------------------------------------------------------------------------
 
-# What in a test's source (or a helper's, or a fixture's) means a child process or the real model.
-_SLOW_SOURCE = re.compile(
-    r"\brun_cli\b|\bsubprocess\b|\bPopen\b|\bpexpect\b|\bmultiprocessing\b|\bos\.(?:fork|system|spawn\w*)\b"
-    r"|\bChatModel\b|\.model\(\)|\b_llama_cpp\b|\bllama_cpp\b|\bLlama\("
-    r"|\bmain\(\s*\[\s*[\"'](?:chat|bench|eval)[\"']"  # a chat run in this process, with the model
-)  # any other in-process command that loads the model (a chat that gets that far) is caught by the guard below
-_SLOW_FIXTURES = {"cli"}  # this file's fixtures and helpers are judged by name, not by their source
-_SLOW_NAME = re.compile(r"embedded_model|real_model|_e2e\b|end_to_end|_pty\b")  # what a test's name says it loads
-
-
-def _source(obj) -> str:
-    for candidate in (obj, getattr(obj, "__wrapped__", None), getattr(obj, "_fixture_function", None)):
-        if candidate is None:
-            continue
-        try:
-            return inspect.getsource(candidate)
-        except (TypeError, OSError):
-            continue
-    return ""
-
-
-def _slow_names(module) -> set[str]:
-    """Names of the module's helpers and fixtures (its own and those it imported from tests/; not its
-    tests) that start a child process or load the model, directly or through another such name."""
-    cached = getattr(module, "__slow_names__", None)
-    if cached is not None:
-        return cached
-    sources = {}
-    for name, obj in vars(module).items():
-        target = getattr(obj, "_fixture_function", None) or getattr(obj, "__wrapped__", None) or obj
-        home = getattr(target, "__module__", "") or ""
-        if (home.startswith("tests") and home != __name__ and not name.startswith(("test_", "Test"))
-                and (inspect.isfunction(target) or inspect.isclass(target))):
-            sources[name] = _source(obj)
-    slow = {n for n, s in sources.items() if _SLOW_SOURCE.search(s)} | {"run_cli"}
-    while True:
-        mentions = _mentions(slow)
-        grown = {n for n, s in sources.items() if n not in slow and mentions.search(s)}
-        if not grown:
-            break
-        slow |= grown
-    module.__slow_names__ = slow
-    return slow
-
-
-def _mentions(names: set[str]) -> re.Pattern:
-    # a use of one of these names: not an attribute (``x.seed``), not a keyword argument (``seed=3``)
-    return re.compile(r"(?<![\w.])(?:%s)\b(?!\s*=[^=])" % "|".join(map(re.escape, sorted(names))))
-
-
-def _is_slow(item) -> bool:
-    if item.get_closest_marker("slow"):
-        return True
-    if item.get_closest_marker("fast"):  # said by the test (or its module): the guard below still holds it to it
-        return False
-    function = getattr(item, "function", None)
-    module = getattr(item, "module", None)
-    if function is None or module is None:
-        return False
-    slow = _slow_names(module)
-    if (slow | _SLOW_FIXTURES) & set(getattr(item, "fixturenames", ())):
-        return True
-    if _SLOW_NAME.search(item.name):
-        return True
-    source = _source(function)
-    return bool(_SLOW_SOURCE.search(source) or _mentions(slow - {function.__name__}).search(source))
-
-
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if _is_slow(item):
+        if is_slow(item):
             item.add_marker(pytest.mark.slow)
         else:
             item.add_marker(pytest.mark.fast)

@@ -423,6 +423,7 @@ def test_mme_run_scores_per_task_and_resumes_only_the_missing_items(tmp_path):
 # --- end to end with the embedded model ---------------------------------------------------------------
 
 
+@pytest.mark.slow  # the embedded model
 def test_update_stage_runs_per_turn_and_per_session_during_replay(tmp_path):
     from personavlm_cli.adapters.llm import ChatModel, embedded_model_path
     from personavlm_cli.core.memory import parse_time
@@ -444,6 +445,7 @@ def test_update_stage_runs_per_turn_and_per_session_during_replay(tmp_path):
         model.close()
 
 
+@pytest.mark.slow  # the embedded model
 def test_persona_mme_end_to_end_with_the_embedded_model_resumes_an_interrupted_run(tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     root = persona_mme(tmp_path / "mme")
@@ -468,6 +470,7 @@ def test_persona_mme_end_to_end_with_the_embedded_model_resumes_an_interrupted_r
     assert third.exit_code == 0 and json.loads(out.read_text())["timings"].get("asked") is None
 
 
+@pytest.mark.slow  # the embedded model
 def test_personamem_end_to_end_with_the_embedded_model(tmp_path, monkeypatch):
     monkeypatch.setenv("COLUMNS", "200")
     root = personamem(tmp_path / "pm")
@@ -508,7 +511,7 @@ def test_bench_measures_startup_recall_and_replay_and_judges_the_bars(tmp_path, 
     assert "personavlm --help" in result.output and "recall p50 at 600" in result.output
     report = json.loads(out.read_text())
     assert report["machine"]["nproc"] >= 1 and report["machine"]["cpu"]
-    assert set(report["bars"]) == {"startup_help_s", "startup_memory_list_s"}
+    assert set(report["bars"]) == {"startup_help_s", "startup_memory_list_s", "startup_help_vs_typer"}
     entry = report["sections"]["recall"]["sizes"]["600"]
     assert entry["recall"]["n"] == 20 and entry["pre_token"]["total"]["p50_ms"] > 0
     assert report["sections"]["replay"]["messages_per_s"] > 0 and report["peak_memory_mb"] > 0

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import assert_one_line_error
-from tests.test_conversation import ScriptedModel, _conversation, store  # noqa: F401 - the store fixture
+from tests.kit import ScriptedModel
+from tests.test_conversation import _conversation
 
 USER = "tester"
 
@@ -165,7 +166,7 @@ def test_model_default_keeps_the_users_comments_and_writes_owner_only_atomically
     assert r.code != 0 and config.read_text() == "model: [unclosed\n"
 
 
-def test_a_huge_chat_message_is_cut_by_bytes_before_it_is_tokenized(store):  # noqa: F811 - the fixture
+def test_a_huge_chat_message_is_cut_by_bytes_before_it_is_tokenized(store):
     class Counting(ScriptedModel):
         longest = 0
 

@@ -16,30 +16,10 @@ from personavlm_cli.core import changes, learning, sentences
 from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.recall import Query, recall
 from tests.conftest import run_in_process
-from tests.test_conversation import ScriptedModel
-
-pytestmark = pytest.mark.fast
+from tests.kit import ScriptedModel, real_store
 
 DATA = Path(__file__).parent / "data"
 T0 = datetime(2026, 1, 12, 9, 0).astimezone()
-
-
-def _store(path: Path):
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
-    from personavlm_cli.core.store import MemoryStore
-
-    encoder = TextEncoder()
-    return MemoryStore(path, **embedded_parts(path), text_encoder=lambda: encoder, image_encoder=lambda: None,
-                       vectors=lambda: VectorIndex(path=path / "chroma"))
-
-
-@pytest.fixture
-def store(tmp_path):
-    s = _store(tmp_path)
-    yield s
-    s.close()
 
 
 def say(store, lines: list[tuple[int, str]], replies: list[str] | None = None, style: str = "compact"):
@@ -285,7 +265,7 @@ def _seed_user_store():
     from personavlm_cli.core import users
     from personavlm_cli.core.config import Settings
 
-    return _store(users.open_user_dir(Settings.load({}), "tester", create=True))
+    return real_store(users.open_user_dir(Settings.load({}), "tester", create=True))
 
 
 def test_memory_search_shows_the_current_statement_first_and_marks_the_past_ones():
@@ -351,8 +331,8 @@ def test_scripted_lives_keep_the_current_value_first_and_learn_no_question(name,
         root.mkdir(mode=0o700)
         opened = []
 
-        def make(root=root, life=life):
-            s = _store(root)
+        def make(root=root, life=life, opened=opened):
+            s = real_store(root)
             opened.append(s)
             a = Assistant(s, ScriptedModel(["I see."] * 50), life.user, model_lock=ModelGate(), prompt_style="compact")
             return a, UpdateStage(s, a.model, life.user, a.model_lock, extractor="rules")

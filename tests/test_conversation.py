@@ -66,9 +66,9 @@ AT = datetime(2026, 5, 4, 9, 0).astimezone()
 
 @pytest.fixture
 def store(tmp_path):
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
-    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore
 
     encoder = TextEncoder()
@@ -130,10 +130,9 @@ def test_an_error_in_the_answer_ends_the_turn_as_interrupted_with_what_came(stor
     from personavlm_cli.core.errors import ModelError
 
     conv = _conversation(store, ScriptedModel(["alpha beta gamma delta"], fail_after=2))
-    with pytest.raises(ModelError):
-        with conv.send("Tell me something.") as turn:
-            for _ in turn:
-                pass
+    with pytest.raises(ModelError), conv.send("Tell me something.") as turn:
+        for _ in turn:
+            pass
     answer = [t for t in store.records.list(types=["turn"]) if t.role == "assistant"][0]
     assert answer.text == "alpha beta" and answer.meta["interrupted"] is True
     # The gate was given back: the next turn runs.

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 from personavlm_cli.cli import common
 from personavlm_cli.cli.common import clean, escape_markup, line, one_line, safe, short
 from tests.conftest import ROOT, run_cli, run_in_process
+from tests.kit import memory
 
 HOSTILE = [
     "In my notes I wrote [/b] by mistake",
@@ -35,11 +36,10 @@ HOSTILE = [
 RAW = ("\x1b", "\x07", "\x9b", "\x9d", "\u202e")
 
 def _memory(text: str, type: str = "semantic", **extra):
-    from personavlm_cli.core.memory import Memory, iso, new_id, now
+    from personavlm_cli.core.memory import iso, now
 
     stamp = iso(now())
-    return Memory(id=extra.pop("id", None) or new_id(type), type=type, text=text, occurred_at=extra.pop("occurred_at", stamp),
-                  created_at=stamp, **extra)
+    return memory(text, type, at=extra.pop("occurred_at", stamp), created_at=stamp, **extra)
 
 
 def seed(memories, jobs=()):

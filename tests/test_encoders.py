@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import imagegen as gen  # noqa: E402
+import imagegen as gen
 
-from personavlm_cli.core.errors import ImageError, PersonaError  # noqa: E402
-
+from personavlm_cli.core.errors import ImageError, PersonaError
 
 # -- text: all-MiniLM-L6-v2 ------------------------------------------------------------------------
 

@@ -11,9 +11,8 @@ import pytest
 
 from personavlm_cli.core.errors import ModelError, NoAnswer
 from tests.conftest import assert_one_line_error
-from tests.test_conversation import ScriptedModel, _conversation, store  # noqa: F401 - the store fixture
-
-pytestmark = pytest.mark.fast
+from tests.kit import ScriptedModel
+from tests.test_conversation import _conversation
 
 PLACEHOLDER = "(the model gave no answer)"
 REMOTE = {"PERSONAVLM_MODEL_KIND": "openai-compatible", "PERSONAVLM_MODEL_URL": "http://127.0.0.1:9"}  # never called

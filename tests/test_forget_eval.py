@@ -13,8 +13,6 @@ import pytest
 from personavlm_cli.evals import forgetting as ff
 from tests.test_forget_text import Scripted
 
-pytestmark = pytest.mark.fast
-
 LIVED = Path("/work/shared/data/lived/dev.json")
 if not LIVED.exists():
     LIVED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lived" / "dev.json"

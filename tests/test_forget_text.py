@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_conversation import ScriptedModel
-from tests.test_conversation import store  # noqa: F401 - the store fixture
+from tests.kit import ScriptedModel
 
 pytestmark = pytest.mark.fast
 

@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ROOT, assert_one_line_error, run_cli, run_in_process
+from tests.kit import fake_store
 
 USER = "tester"
 NOW = "2026-11-01T10:00:00+00:00"
@@ -85,36 +86,8 @@ def build(path: Path, memories: list | None = None, members: dict | None = None,
     return path
 
 
-class _Vectors:
-    def __init__(self):
-        self.data = {"memories": {}, "images": {}}
-
-    def upsert(self, name, ids, vectors, metadatas=None):
-        self.data[name].update(dict(zip(ids, vectors)))
-
-    def delete(self, name, ids):
-        for i in ids:
-            self.data[name].pop(i, None)
-
-    def purge(self, names):
-        pass
-
-
-class _Encoder:
-    def embed(self, texts):
-        return [[float(b) for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts]
-
-    def embed_images(self, paths):
-        return [[float(b) for b in hashlib.sha256(Path(p).read_bytes()).digest()[:8]] for p in paths]
-
-
 def make_store(path: Path):
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.core.store import MemoryStore
-
-    path.mkdir(parents=True, exist_ok=True)
-    vectors = _Vectors()
-    return MemoryStore(path, **embedded_parts(path), text_encoder=_Encoder, image_encoder=_Encoder, vectors=lambda: vectors)
+    return fake_store(path)[0]
 
 
 def user_dir(home: Path) -> Path:
@@ -210,8 +183,8 @@ def test_a_malformed_state_is_refused_with_one_line(tmp_path, blob):
 
 
 def test_a_valid_personality_comes_in_and_later_updates_still_work(tmp_path):
-    from personavlm_cli.core import personality as pem
     from personavlm_cli.adapters.archive import import_archive, read_archive
+    from personavlm_cli.core import personality as pem
 
     after = {**GOOD, "openness": 3.4}
     history = [{**ENTRY, "after": after}, {**ENTRY, "m": 1, "lambda": None, "inferred": None, "turn_id": "turn_1",
@@ -415,8 +388,8 @@ def _enospc(*_a, **_k):
 
 
 def test_a_full_disk_during_export_is_one_line_and_leaves_no_part_file(tmp_path, isolated_home, monkeypatch, capsys):
-    from personavlm_cli.cli import main
     from personavlm_cli.adapters.archive import export_archive
+    from personavlm_cli.cli import main
     from personavlm_cli.core.errors import DiskFullError
 
     store = make_store(user_dir(isolated_home))

@@ -15,11 +15,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import imagegen as gen  # noqa: E402
+import imagegen as gen
 
-from personavlm_cli.adapters import images  # noqa: E402
-from personavlm_cli.adapters.images import ImageInfo, image_to_data_uri, inspect_image, load_rgb, store_image  # noqa: E402
-from personavlm_cli.core.errors import ImageError, PersonaError  # noqa: E402
+from personavlm_cli.adapters import images
+from personavlm_cli.adapters.images import ImageInfo, image_to_data_uri, inspect_image, load_rgb, store_image
+from personavlm_cli.core.errors import ImageError, PersonaError
 
 
 def refused(path, *, store_in=None) -> str:

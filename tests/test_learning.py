@@ -10,8 +10,7 @@ from personavlm_cli.core import learning
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, GenericProfile
 from personavlm_cli.core.reasoning import Reasoning, ResponseStage
 from personavlm_cli.core.recall import Hit
-
-pytestmark = pytest.mark.fast
+from tests.kit import ScriptedModel, memory
 
 
 @pytest.mark.parametrize("message, kind, key", [
@@ -76,30 +75,19 @@ def test_support_is_by_the_users_words_never_the_assistants():
 # -- retrieve-first with a scripted model (control flow only; the real model is in tests/test_chat_e2e.py)
 
 
-class Scripted:
-    """Streams the next scripted reply for each call, one character at a time."""
+def _no_decision(messages, schema):
+    raise AssertionError("retrieve-first makes no decision call")
+
+
+class Scripted(ScriptedModel):
+    """The kit's model: the next scripted reply for each call, one character at a time; no decision call."""
 
     def __init__(self, replies):
-        self.replies = list(replies)
-        self.calls: list[list[dict]] = []
-        self.json_calls = 0
-
-    def stream(self, messages, **kw):
-        self.calls.append(messages)
-        reply = self.replies.pop(0) if self.replies else "fine"
-        yield from reply
-
-    def complete_json(self, *a, **kw):
-        self.json_calls += 1
-        raise AssertionError("retrieve-first makes no decision call")
+        super().__init__(replies, default="fine", by="char", json=_no_decision)
 
 
 def _memory(i, text):
-    from personavlm_cli.core.store import new_memory
-
-    m = new_memory("semantic", text, datetime(2026, 5, 1, 9, 0).astimezone())
-    m.id = f"sem_{i:010d}"
-    return m
+    return memory(text, id=f"sem_{i:010d}", at=datetime(2026, 5, 1, 9, 0).astimezone())
 
 
 def _ctx(**kw):
@@ -123,10 +111,10 @@ def test_retrieve_first_recalls_before_the_model_and_streams_the_answer_in_one_c
     r = Reasoning()
     text = "".join(stage.respond(_ctx(), r))
     assert text == "Your parrot is Mango."
-    assert len(model.calls) == 1 and model.json_calls == 0, "no decision call before the answer"
+    assert len(model.prompts) == 1 and model.json_calls == 0, "no decision call before the answer"
     assert queries[0].keywords == "What is my parrot called?"
     assert [s.action for s in r.steps] == ["retrieve", "answer"]
-    assert "My parrot is called Mango" in model.calls[0][-1]["content"], "the memory is in the answer prompt"
+    assert "My parrot is called Mango" in model.prompts[0][-1]["content"], "the memory is in the answer prompt"
 
 
 def test_the_model_may_ask_for_one_more_search_and_the_answer_follows():
@@ -136,7 +124,7 @@ def test_the_model_may_ask_for_one_more_search_and_the_answer_follows():
     assert "".join(stage.respond(_ctx(), r)) == "It is Mango."
     assert [q.keywords for q in queries] == ["What is my parrot called?", "parrot name"]
     assert [s.action for s in r.steps] == ["retrieve", "retrieve", "answer"]
-    assert SEARCH_MARK not in "".join(m["content"] for m in model.calls[1] if m["role"] == "assistant")
+    assert SEARCH_MARK not in "".join(m["content"] for m in model.prompts[1] if m["role"] == "assistant")
 
 
 def test_searches_stop_at_the_limit_and_an_answer_is_forced_never_empty():
@@ -214,7 +202,7 @@ def test_the_users_earlier_questions_are_not_recalled_as_memories():
     r = Reasoning()
     "".join(stage.respond(_ctx(), r))
     assert [m.id for m in r.used] == [told.id]
-    prompt = model.calls[0][-1]["content"]
+    prompt = model.prompts[0][-1]["content"]
     assert "whistles" in prompt and prompt.count("What is my parrot called?") == 1  # the message itself only
 
 

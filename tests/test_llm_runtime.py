@@ -13,17 +13,17 @@ import sys
 
 import pytest
 
+from personavlm_cli.adapters.json_output import ModelOutputError, validate_json
 from personavlm_cli.adapters.llm import (
     ChatModel,
     GGUFInfo,
-    ModelOutputError,
     embedded_model_path,
     inspect_gguf,
     parse_gpu_layers,
     prepare_messages,
-    validate_json,
 )
 from personavlm_cli.core.errors import ModelError, PersonaError
+from tests.kit.layers import slow_fixture
 
 N_CTX = 2048
 
@@ -39,7 +39,7 @@ RATING_SCHEMA = {
 }
 
 
-@pytest.fixture(scope="module")
+@slow_fixture(scope="module")
 def model():
     # One thread: on a shared two-core machine, ggml's spinning worker threads can turn a 0.2 s
     # answer into tens of seconds when another process holds the second core.
@@ -264,7 +264,6 @@ BAD_INPUTS = [_bad_missing, _bad_directory, _bad_text, _bad_empty, _bad_truncate
               _bad_header_only, _bad_version, _bad_projector]
 
 
-@pytest.mark.fast  # refused before llama.cpp is loaded
 @pytest.mark.parametrize("make", BAD_INPUTS, ids=lambda f: f.__name__[5:])
 def test_bad_model_inputs_raise_one_line_model_error(make, tmp_path):
     path, fragment = make(tmp_path)
@@ -278,6 +277,7 @@ def test_bad_model_inputs_raise_one_line_model_error(make, tmp_path):
             inspect_gguf(path)
 
 
+@pytest.mark.slow  # llama.cpp itself reads the file
 def test_gguf_that_llama_cpp_refuses_reports_its_reason(tmp_path):
     p = tmp_path / "alien.gguf"
     p.write_bytes(_gguf({"general.architecture": (8, _gstr("nosucharch")),
@@ -289,7 +289,6 @@ def test_gguf_that_llama_cpp_refuses_reports_its_reason(tmp_path):
     _assert_one_line(err, f"cannot load model {p}", "nosucharch")
 
 
-@pytest.mark.fast  # refused before llama.cpp is loaded
 def test_mmproj_must_be_a_projector(tmp_path):
     with pytest.raises(ModelError) as err:
         ChatModel(embedded_model_path(), mmproj=embedded_model_path())
@@ -299,7 +298,6 @@ def test_mmproj_must_be_a_projector(tmp_path):
     _assert_one_line(err, "projector file not found")
 
 
-@pytest.mark.fast  # refused before llama.cpp is loaded
 @pytest.mark.parametrize("value", [-4096, "abc", 1.5, "0x10"])
 def test_bad_context_or_layers_are_model_errors(value):
     with pytest.raises(ModelError):

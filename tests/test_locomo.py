@@ -4,13 +4,13 @@ signals are proven in test_recall.py)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from personavlm_cli.evals import locomo as lc
 from personavlm_cli.core.memory import Memory
+from personavlm_cli.evals import locomo as lc
 from tests.conftest import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,7 +73,7 @@ def test_load_turns_sessions_and_questions(tmp_path):
     assert conv.sample_id == "conv-test" and [n for n, _at, _t in conv.sessions] == [1, 2]
     turns = conv.turns
     assert [t.dia_id for t in turns][:2] == ["D1:1", "D1:2"]
-    assert turns[0].at == datetime(2023, 5, 8, 13, 56, tzinfo=timezone.utc)
+    assert turns[0].at == datetime(2023, 5, 8, 13, 56, tzinfo=UTC)
     assert (turns[1].at - turns[0].at).total_seconds() == 60  # one minute apart within a session
     assert turns[2].indexed_text() == ("Aurelia: That sounds amazing. Look at my garden! "
                                        "[shares a photo: a photo of sunflowers in a garden]")
@@ -86,7 +86,7 @@ def test_load_turns_sessions_and_questions(tmp_path):
 
 @pytest.mark.fast
 def test_session_time_and_evidence_parsing():
-    assert lc.parse_session_time("12:09 am on 13 September, 2023") == datetime(2023, 9, 13, 0, 9, tzinfo=timezone.utc)
+    assert lc.parse_session_time("12:09 am on 13 September, 2023") == datetime(2023, 9, 13, 0, 9, tzinfo=UTC)
     assert lc.parse_session_time("12:30 pm on 1 Feb, 2023").hour == 12
     assert lc.split_evidence(["D8:6; D9:17", "D1:3", "D1:3"]) == ["D8:6", "D9:17", "D1:3"]
 

@@ -15,23 +15,12 @@ from personavlm_cli.core.errors import ConfigError, PersonaError
 from personavlm_cli.core.memory import parse_time
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, Context, GenericProfile, Step, parse_tagged
 from personavlm_cli.core.reasoning import ResponseStage
+from tests.kit import ScriptedModel
 
 
-class ScriptedModel:
-    """Answers step decisions from a queue; streams a fixed answer."""
-
-    def __init__(self, decisions, answer="fine"):
-        self.decisions = list(decisions)
-        self.answer = answer
-        self.calls = 0
-
-    def complete_json(self, messages, schema, **kw):
-        self.calls += 1
-        return self.decisions.pop(0) if self.decisions else {"think": "", "action": "retrieve", "keywords": "x",
-                                                             "start_time": "null", "end_time": "null"}
-
-    def stream(self, messages, **kw):
-        yield from ([self.answer] if self.answer else [])
+def Scripted(decisions, answer="fine"):
+    """The kit's model: step decisions from a queue (then "retrieve x" for ever); streams a fixed answer."""
+    return ScriptedModel(default=answer, by="char", decisions=decisions, json=lambda messages, schema: retrieve("x"))
 
 
 def retrieve(keywords="cat", start="null", end="null"):
@@ -62,7 +51,7 @@ def test_momentum_follows_the_paper_formula_to_1e9():
 
 def test_reasoning_loop_caps_retrievals_and_never_returns_an_empty_answer():
     found = []
-    model = ScriptedModel([retrieve()] * 10, answer="")
+    model = Scripted([retrieve()] * 10, answer="")
     stage = ResponseStage(model, GenericProfile(), lambda q, k: found.append(q) or [], lambda ms: ms)
     r = stage.think(ctx())
     assert [s.action for s in r.steps] == ["retrieve"] * MAX_RETRIEVALS + ["answer"]
@@ -72,13 +61,13 @@ def test_reasoning_loop_caps_retrievals_and_never_returns_an_empty_answer():
 
     with pytest.raises(NoAnswer):  # an empty model answer is never passed on as the reply, nor a stand-in
         "".join(stage.answer(ctx(), r))
-    model.answer = "Your cat is Miso."
+    model.default = "Your cat is Miso."
     assert "".join(stage.answer(ctx(), r)) == "Your cat is Miso."
 
 
 def test_time_window_from_the_model_becomes_a_recall_filter():
     queries = []
-    model = ScriptedModel([retrieve("tuesday", "2026-11-17 00:00", "2026-11-17 23:59"),
+    model = Scripted([retrieve("tuesday", "2026-11-17 00:00", "2026-11-17 23:59"),
                            {"think": "ok", "action": "answer", "keywords": "", "start_time": "null", "end_time": "null"}])
     stage = ResponseStage(model, GenericProfile(), lambda q, k: queries.append(q) or [], lambda ms: ms)
     stage.think(ctx())
@@ -89,7 +78,7 @@ def test_time_window_from_the_model_becomes_a_recall_filter():
 
 def test_an_inverted_window_is_dropped():
     queries = []
-    model = ScriptedModel([retrieve("x", "2026-11-20 00:00", "2026-11-10 00:00")])
+    model = Scripted([retrieve("x", "2026-11-20 00:00", "2026-11-10 00:00")])
     stage = ResponseStage(model, GenericProfile(), lambda q, k: queries.append(q) or [], lambda ms: ms)
     stage.think(ctx())
     assert queries[0].since is None and queries[0].until is None
@@ -97,7 +86,7 @@ def test_an_inverted_window_is_dropped():
 
 def test_force_retrieve_makes_the_first_step_retrieve_with_the_message():
     queries = []
-    model = ScriptedModel([{"think": "", "action": "answer", "keywords": "", "start_time": "null", "end_time": "null"}])
+    model = Scripted([{"think": "", "action": "answer", "keywords": "", "start_time": "null", "end_time": "null"}])
     stage = ResponseStage(model, GenericProfile(), lambda q, k: queries.append(q) or [], lambda ms: ms)
     r = stage.think(ctx(), force_retrieve=True)
     assert r.steps[0].action == "retrieve" and r.steps[0].forced
@@ -106,10 +95,10 @@ def test_force_retrieve_makes_the_first_step_retrieve_with_the_message():
 
 
 def test_without_long_term_memory_no_decision_call_is_made():
-    model = ScriptedModel([])
+    model = Scripted([])
     stage = ResponseStage(model, GenericProfile(), lambda q, k: [], lambda ms: ms)
     r = stage.think(ctx(has_long_term_memory=False))
-    assert model.calls == 0 and [s.action for s in r.steps] == ["answer"]
+    assert model.json_calls == 0 and [s.action for s in r.steps] == ["answer"]
 
 
 def test_a_model_that_cannot_follow_the_protocol_falls_back_to_answering():

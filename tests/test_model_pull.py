@@ -196,7 +196,7 @@ def cache_folder(home: Path, repo: str) -> Path:
     return models_dir(home) / ("models--" + repo.replace("/", "--"))
 
 
-def pulled(home: Path, repo: str, name: str, hub: "FakeHub") -> Path:
+def pulled(home: Path, repo: str, name: str, hub: FakeHub) -> Path:
     return cache_folder(home, repo) / "snapshots" / hub.commit / name
 
 

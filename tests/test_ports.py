@@ -67,7 +67,6 @@ def signature_problems(port_fn, impl_fn) -> list[str]:
     return problems
 
 
-@pytest.mark.fast
 @pytest.mark.parametrize("port, module, name", IMPLEMENTATIONS, ids=[f"{m.rsplit('.', 1)[1]}.{n}"
                                                                      for _, m, n in IMPLEMENTATIONS])
 def test_each_adapter_provides_every_member_of_its_port(port, module, name):
@@ -87,7 +86,6 @@ def test_each_adapter_provides_every_member_of_its_port(port, module, name):
     assert not problems, f"{name} does not implement {port.__name__}: " + "; ".join(problems)
 
 
-@pytest.mark.fast
 def test_the_signature_check_refuses_what_a_caller_could_not_call():
     def port(self, messages, *, max_tokens: int = 256, stop=None): ...
 
@@ -159,7 +157,6 @@ def _url(srv) -> str:
     return f"http://127.0.0.1:{srv.server_address[1]}"
 
 
-@pytest.mark.fast
 def test_remote_fork_is_a_second_client_of_the_same_server_with_the_same_credentials(server):
     from personavlm_cli.adapters.remote_llm import RemoteChatModel
 
@@ -176,7 +173,6 @@ def test_remote_fork_is_a_second_client_of_the_same_server_with_the_same_credent
     assert server.seen[0][1]["seed"] == 7
 
 
-@pytest.mark.fast
 def test_remote_last_usage_is_what_the_server_reports(server):
     from personavlm_cli.adapters.remote_llm import RemoteChatModel
 
@@ -188,7 +184,6 @@ def test_remote_last_usage_is_what_the_server_reports(server):
     assert model.last_usage == {"completion_tokens": 2}  # no usage in the stream: the pieces, counted
 
 
-@pytest.mark.fast
 def test_remote_interrupt_stops_the_call_in_progress_and_a_call_that_starts_right_after(server):
     from personavlm_cli.adapters.remote_llm import RemoteChatModel
 

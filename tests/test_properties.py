@@ -11,17 +11,19 @@ import hashlib
 import io
 import json
 import string
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from personavlm_cli.adapters.llm import validate_json
+from personavlm_cli.adapters.json_output import validate_json
 from personavlm_cli.core import update
-from personavlm_cli.core.memory import TIME_FORMAT, TYPES, Memory, iso
+from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.memory import TIME_FORMAT, TYPES, Memory, iso, parse_time
 from personavlm_cli.core.prompts import GenericProfile, clean_window, parse_tagged, parse_window
+from tests.kit import fake_store
 
 PROFILE = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                           HealthCheck.function_scoped_fixture])
@@ -228,11 +230,29 @@ def test_no_window_is_none(value):
     assert parse_window(value) is None
 
 
+# Text a model may write as a bound: anything, and the forms parse_time reads (minutes, a date, ISO 8601).
+window_text = st.one_of(
+    st.text(max_size=40),
+    minutes.map(lambda d: d.strftime(TIME_FORMAT)),
+    minutes.map(lambda d: d.strftime("%Y-%m-%d")),
+    st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31),
+                 timezones=st.sampled_from([None, UTC, timezone(timedelta(hours=-8))])).map(datetime.isoformat),
+)
+
+
 @PROFILE
-@given(st.text(max_size=40))
-def test_any_text_is_a_bound_or_none_never_an_error(text):
+@given(window_text)
+def test_any_text_is_the_time_it_says_or_none_never_an_error(text):
+    """A bound is exactly what ``parse_time`` reads in the text (an aware datetime), and None only where
+    ``parse_time`` refuses the text with its one-line error: never a time made up, never one dropped.
+    (That the result is "None or a datetime" alone could not fail: the parser's answer to any error is None.)"""
+    try:
+        expected = parse_time(text) if text.strip().lower() not in ("null", "none", "") else None
+    except PersonaError:
+        expected = None
     result = parse_window(text)
-    assert result is None or isinstance(result, datetime)
+    assert result == expected, (text, result, expected)
+    assert result is None or result.tzinfo is not None
 
 
 @PROFILE
@@ -255,36 +275,8 @@ def test_clean_window_drops_inverted_windows_and_keeps_the_rest(start, end):
 # --------------------------------------------------------------------------------------------------
 
 
-class _Vectors:
-    """An in-memory stand-in for Chroma (the archive carries no vectors; they are rebuilt on import)."""
-
-    def __init__(self):
-        self.data: dict[str, dict] = {"memories": {}, "images": {}}
-
-    def upsert(self, name, ids, vectors, metadatas=None):
-        self.data[name].update(dict(zip(ids, vectors)))
-
-    def delete(self, name, ids):
-        for i in ids:
-            self.data[name].pop(i, None)
-
-
-class _Encoder:
-    def embed(self, texts):
-        return [[float(b) for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts]
-
-    def embed_images(self, paths):
-        return [[float(b) for b in hashlib.sha256(Path(p).read_bytes()).digest()[:8]] for p in paths]
-
-
 def make_store(path: Path):
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.core.store import MemoryStore
-
-    path.mkdir(parents=True, exist_ok=True)
-    vectors = _Vectors()
-    store = MemoryStore(path, **embedded_parts(path), text_encoder=_Encoder, image_encoder=_Encoder, vectors=lambda: vectors)
-    return store, vectors
+    return fake_store(path)
 
 
 def png_bytes(seed: int) -> bytes:
@@ -301,7 +293,7 @@ json_leaf = st.one_of(st.none(), st.booleans(), st.integers(-2**53, 2**53),
 json_value = st.recursive(json_leaf, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
     st.text(max_size=8), inner, max_size=3), max_leaves=8)
 stamps = st.datetimes(min_value=datetime(1990, 1, 1), max_value=datetime(2090, 1, 1),
-                      timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)),
+                      timezones=st.sampled_from([UTC, timezone(timedelta(hours=5, minutes=30)),
                                                  timezone(timedelta(hours=-8))]))
 texts = st.text(max_size=120)  # any Unicode: newlines, quotes, NUL, emoji, right-to-left
 
@@ -407,7 +399,7 @@ def test_any_damaged_byte_of_an_archive_is_refused_with_a_persona_error_or_chang
     (src.images_dir / sha[:2] / f"{sha}.png").write_bytes(data)
     memories = [Memory(id=f"sem_{i:04d}a", type="semantic", text=f"Fact {i}: the user's cousin likes {i * 7} "
                        "kinds of tea, and keeps them in a blue tin by the window.", occurred_at=iso(
-                           datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=i)),
+                           datetime(2026, 1, 1, tzinfo=UTC) + timedelta(hours=i)),
                        created_at="2026-01-02T00:00:00+00:00") for i in range(40)]
     memories.append(Memory(id="img_0000a", type="image", text="a picture", occurred_at=memories[0].occurred_at,
                            created_at=memories[0].created_at, image_sha256=sha, meta={"path": f"{sha[:2]}/{sha}.png"}))

@@ -34,7 +34,6 @@ def _remember(run) -> None:
     assert r.code == 0, r.err
 
 
-@pytest.mark.fast
 def test_search_for_nonsense_returns_nothing_and_a_real_question_still_finds_its_memory(run, scripted):
     _remember(run)
     for text in NONSENSE:
@@ -48,7 +47,6 @@ def test_search_for_nonsense_returns_nothing_and_a_real_question_still_finds_its
     assert found and found[0]["text"] == FACTS[2], "meaning alone finds a memory above the floor"
 
 
-@pytest.mark.fast
 def test_a_nonsense_message_carries_no_memories_into_the_prompt_and_why_says_so(run, scripted):
     _remember(run)
     r = run("chat", "--at", "2026-02-01 12:00", "--no-update", input=f"{NONSENSE[0]}\n/why\n")
@@ -63,7 +61,6 @@ def test_a_nonsense_message_carries_no_memories_into_the_prompt_and_why_says_so(
     assert "nothing relevant" not in r.out
 
 
-@pytest.mark.fast
 def test_the_floor_keeps_every_answer_of_the_synthetic_conversation(tmp_path):
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.core.recall import Query, recall

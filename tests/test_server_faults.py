@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, assert_one_line_error, run_cli
-from tests.test_servers import CHROMA, _free_port, start_chroma
+from tests.test_servers import CHROMA, start_chroma
 from tests.test_two_homes import PG_BIN, Postgres, _psycopg_missing
 
 pytestmark = [
@@ -287,9 +287,8 @@ def test_a_network_drop_is_ridden_out_and_a_dead_link_is_one_line_within_the_wai
             try:  # the lock was taken back on the new connection: another process still waits
                 from personavlm_cli.core.errors import StoreBusyError
 
-                with pytest.raises(StoreBusyError):
-                    with other.exclusive("migrate", wait=0.3):
-                        pass
+                with pytest.raises(StoreBusyError), other.exclusive("migrate", wait=0.3):
+                    pass
             finally:
                 other.close()
         assert store.reconnects >= 1 and store.count() == 2

@@ -18,7 +18,7 @@ import hashlib
 import string
 
 import pytest
-from hypothesis import HealthCheck, assume, example, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from personavlm_cli.adapters.pg_link import idempotent

@@ -49,7 +49,7 @@ class Server:
         self.env = {**os.environ, "ANONYMIZED_TELEMETRY": "False", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float) -> "Server":
+    def start(self, timeout: float) -> Server:
         fh = open(self.log, "ab")
         self.proc = subprocess.Popen(self.argv, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=self.env, cwd=self.log.parent, start_new_session=True)
@@ -362,7 +362,8 @@ def test_remote_model_api_against_llama_cpp_server(model_server):
 def test_chat_with_the_model_on_a_server(cli, model_server):
     env = {**FAST, **model_env(model_server), "PERSONAVLM_USER": "erin"}
     before = completions_served(model_server)
-    r = cli("chat", "--once", "Hello! I am Erin and I love meeting new people at big parties.", "--at", "2026-11-20 10:00", env=env)
+    r = cli("chat", "--once", "Hello! I am Erin and I love meeting new people at big parties.", "--at", "2026-11-20 10:00",
+            env=env)
     assert r.code == 0, r.err
     assert r.out.strip()
     assert "embedded SmolLM2" not in r.err, "no local model is loaded"

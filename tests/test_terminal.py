@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -73,7 +73,7 @@ def test_stdin_of_the_terminal_is_what_the_command_reads(isolated_home):
 def test_the_clock_of_the_terminal_is_the_products_clock_for_the_run_only():
     from personavlm_cli.core.memory import now
 
-    pinned = datetime(2031, 5, 6, 7, 8, 9, 123, tzinfo=timezone.utc)
+    pinned = datetime(2031, 5, 6, 7, 8, 9, 123, tzinfo=UTC)
     term = terminal.captured(clock=lambda: pinned)
     with term.activate():
         assert now() == pinned.replace(microsecond=0) == term.now()

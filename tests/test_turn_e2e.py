@@ -106,9 +106,9 @@ def test_memory_verify_finds_what_the_user_never_said_and_drops_it_only_when_ask
 
 def test_a_model_that_invents_facts_is_refused_by_the_grounding_check(tmp_path):
     """extractor 'model': whatever the model writes must be the user's words, or it is dropped."""
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
-    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore, new_memory
     from personavlm_cli.core.update import UpdateStage
 
@@ -151,15 +151,16 @@ def test_a_model_that_invents_facts_is_refused_by_the_grounding_check(tmp_path):
 
 
 @pytest.mark.timeout(900)
+@pytest.mark.slow  # the embedded model
 def test_the_answers_cache_survives_a_background_update_and_a_follow_up_pays_only_for_new_tokens(tmp_path):
     """Real model: a follow-up message in a session reuses llama.cpp's cache of the previous prompt,
     even though the update thread ran a model job in between (on its own context over the weights)."""
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.adapters.llm import ChatModel, embedded_model_path
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.gate import ModelGate
-    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore
     from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
 
@@ -251,11 +252,11 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
     the thread starts), the forget waits for the job's gate, and neither fails."""
     import time
 
+    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core import forgetting
     from personavlm_cli.core.gate import ModelGate
-    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore, new_memory
     from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
 
@@ -271,7 +272,7 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
     store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
                         vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
     gate = ModelGate()
-    store.vectors, store.text_encoder  # noqa: B018 - built before the thread, as the chat does
+    _ = store.vectors, store.text_encoder  # built before the thread, as the chat does
     at = datetime(2026, 5, 4, 9).astimezone()
     stage = UpdateStage(store, Slow(), "ada", gate)
     turns = []
@@ -301,6 +302,7 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
         store.close()
 
 
+@pytest.mark.slow  # the embedded model
 def test_a_piped_chat_that_hits_a_full_disk_says_which_lines_were_not_stored(isolated_home, monkeypatch, capsys):
     import io
     import sys

@@ -16,10 +16,12 @@ import signal
 import subprocess
 import sys
 import uuid
+from datetime import UTC
 from pathlib import Path
 
 import pytest
 
+from personavlm_cli.core.memory import Memory
 from tests.conftest import assert_one_line_error, run_cli
 from tests.test_servers import CHROMA, _free_port, start_chroma
 
@@ -28,11 +30,9 @@ PG_BIN = next((Path(p) for p in ["/usr/local/bin", *sorted(map(str, Path("/usr/l
 
 
 def _psycopg_missing() -> bool:
-    try:
-        import psycopg  # noqa: F401
-    except ImportError:
-        return True
-    return False
+    import importlib.util
+
+    return importlib.util.find_spec("psycopg") is None
 
 
 pytestmark = [
@@ -58,7 +58,7 @@ class Postgres:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]
         return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120, cwd="/")
 
-    def start(self) -> "Postgres":
+    def start(self) -> Postgres:
         self.root.mkdir(parents=True, exist_ok=True)
         if self.as_postgres:
             pw = pwd.getpwnam("postgres")
@@ -113,9 +113,6 @@ def chroma(servers_dir):
 # The record store contract: the same behaviour on SQLite (embedded) and PostgreSQL (server)
 # --------------------------------------------------------------------------------------------------
 
-from personavlm_cli.core.memory import Memory  # noqa: E402
-
-
 def _mem(mid: str, text: str, day: int, *, type: str = "semantic", keywords: str = "", session: str | None = None,
          role: str | None = None, sources: list[str] | None = None, sha: str | None = None) -> Memory:
     return Memory(id=mid, type=type, text=text, keywords=keywords, occurred_at=f"2026-01-{day:02d}T10:00:00+00:00",
@@ -124,9 +121,9 @@ def _mem(mid: str, text: str, day: int, *, type: str = "semantic", keywords: str
 
 
 def _day(day: int) -> float:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
-    return datetime(2026, 1, day, 10, tzinfo=timezone.utc).timestamp()
+    return datetime(2026, 1, day, 10, tzinfo=UTC).timestamp()
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -257,11 +254,10 @@ def test_contract_delete_compact_jobs_audit_personality_meta_alike(make_records)
 
 def test_contract_transaction_rolls_back_alike(make_records):
     r = make_records()
-    with pytest.raises(RuntimeError):
-        with r.transaction():
-            r.insert([_mem("sem_1", "half", 1)])
-            r.add_job("turn", {})
-            raise RuntimeError("killed")
+    with pytest.raises(RuntimeError), r.transaction():
+        r.insert([_mem("sem_1", "half", 1)])
+        r.add_job("turn", {})
+        raise RuntimeError("killed")
     assert r.count() == 0 and r.jobs() == []
     with r.transaction():
         r.insert([_mem("sem_1", "whole", 1)])
@@ -299,9 +295,8 @@ def test_the_writer_lock_works_across_connections_and_names_its_holder(postgres)
         with one.exclusive("forget"):
             with one.exclusive("compact"):  # re-entrant in one process
                 pass
-            with pytest.raises(StoreBusyError) as caught:
-                with two.exclusive("migrate", wait=0.3):
-                    pass
+            with pytest.raises(StoreBusyError) as caught, two.exclusive("migrate", wait=0.3):
+                pass
             message = str(caught.value)
             assert "'forget'" in message and f"PID {os.getpid()}" in message and socket.gethostname() in message
         with two.exclusive("migrate", wait=0.3):  # released: the other one gets it

@@ -23,9 +23,9 @@ import os
 import re
 import zipfile
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from personavlm_cli.core.errors import PersonaError, StoreError, disk_full, is_disk_full
 from personavlm_cli.core.memory import (
@@ -34,6 +34,7 @@ from personavlm_cli.core.memory import (
     TRAITS,
     TYPES,
     Memory,
+    MemoryType,
     from_iso,
     iso,
     now,
@@ -69,7 +70,7 @@ class Limits:
     ratio: int | None = None
     line_bytes: int | None = None
 
-    def resolved(self) -> "Limits":
+    def resolved(self) -> Limits:
         return Limits(self.member_bytes or MAX_MEMBER_BYTES, self.ratio or MAX_RATIO,
                       self.line_bytes or MAX_LINE_BYTES)
 
@@ -368,7 +369,8 @@ def _size(n: int) -> str:
 
 def _bomb(file: Path, info: zipfile.ZipInfo, ratio: int) -> PersonaError:
     times = info.file_size // max(info.compress_size, 1)
-    return PersonaError(f"archive {file} is too large to import: {info.filename} expands {times if times > ratio else 'over ' + str(ratio)} "
+    expands = times if times > ratio else f"over {ratio}"
+    return PersonaError(f"archive {file} is too large to import: {info.filename} expands {expands} "
                         f"times its compressed size (limit {ratio}, archive.max_ratio; a zip bomb?); nothing imported")
 
 
@@ -567,7 +569,7 @@ def _check_memory(m: Memory) -> None:
             raise ValueError(f"{key} must be a string")
     if m.role is not None and m.role not in _ROLES:
         raise ValueError(f"role {_shown(m.role)} is not user or assistant")
-    if m.type == "turn" and m.role is None:
+    if m.type == MemoryType.TURN and m.role is None:
         raise ValueError("a turn must have the role user or assistant")
     if m.session_id is not None and len(m.session_id) > 256:
         raise ValueError("session_id is too long")
@@ -791,7 +793,7 @@ def import_archive(store, archive, progress: Progress | None = None) -> dict:
         if job is not None:
             try:
                 finish_interrupted_imports(store)
-            except Exception:  # noqa: BLE001 - the next writer open finishes it
+            except Exception:  # the next writer open finishes it
                 pass
         if isinstance(exc, OSError):
             if is_disk_full(exc):

@@ -7,7 +7,8 @@ the rest of :class:`personavlm_cli.core.ports.ChatModel`.
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from personavlm_cli.adapters.json_output import complete_json_with
 

@@ -23,9 +23,9 @@ import contextlib
 import hashlib
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from personavlm_cli.core.errors import PersonaError
 
@@ -137,7 +137,7 @@ def remote_info(repo: str, filename: str, revision: str = "main") -> RemoteFile:
         try:
             meta = get_hf_file_metadata(hf_hub_url(repo, filename, revision=revision, endpoint=endpoint()),
                                         endpoint=endpoint(), retry_on_errors=False)
-        except Exception as e:  # noqa: BLE001 - the hub client's errors become one line
+        except Exception as e:  # the hub client's errors become one line
             raise _problem(e, what) from None
     etag = (meta.etag or "").lower()
     if not (_HEX64.match(etag) or _HEX40.match(etag)):
@@ -251,7 +251,7 @@ def download(remote: RemoteFile, cache_dir: Path | None = None, progress: Progre
                              headers=build_hf_headers() if _host(remote.url) == _host(endpoint()) else None)
             except KeyboardInterrupt:
                 raise
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # the hub client raises many kinds: sorted below
                 got = partial_size(remote, cache_dir)
                 if "Consistency check failed" in str(e) or (remote.size and got > remote.size):
                     part.unlink(missing_ok=True)
@@ -271,7 +271,7 @@ def download(remote: RemoteFile, cache_dir: Path | None = None, progress: Progre
         try:  # the blob is in place: the hub client writes the snapshot link and the ref
             path = hf_hub_download(remote.repo, remote.filename, revision=remote.revision,
                                    cache_dir=str(cache_dir) if cache_dir else None, endpoint=endpoint())
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # the hub client raises many kinds: one line
             raise _problem(e, what) from None
     return Path(path)
 

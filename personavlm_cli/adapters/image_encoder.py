@@ -110,7 +110,7 @@ def _import_open_clip():
         return sys.modules["open_clip"]
     with _IMPORT_LOCK:
         try:
-            import torch  # noqa: F401
+            import torch  # noqa: F401 - imported for its failure only: open_clip without torch
         except ImportError as e:
             raise PersonaError(f"image embeddings need torch and open-clip-torch: {e}") from None
         if "torchvision" not in sys.modules and not _torchvision_ops_load():
@@ -214,7 +214,7 @@ def _in_standard_cache(model_name: str, tag: str) -> bool:
 
         repo, files = hub_files(model_name, tag)
         return any(isinstance(try_to_load_from_cache(repo, f), str) for f in files)
-    except Exception:  # noqa: BLE001 - not there, as far as we can tell
+    except Exception:  # not there, as far as we can tell
         return False
 
 
@@ -306,7 +306,7 @@ class ImageEncoder:
                     if "cache_dir" in _params(open_clip.get_tokenizer) else open_clip.get_tokenizer(name)
         except PersonaError:
             raise
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # open_clip and torch raise anything: one line
             raise self._creation_error(e) from None
         model.eval()
         for p in model.parameters():

@@ -156,7 +156,7 @@ def _header_size(data: bytes, Image) -> tuple[int, int] | None:
                 continue
             im = factory(io.BytesIO(data), None)
             return tuple(im.size)
-        except Exception:  # noqa: BLE001 - best effort wording only
+        except Exception:  # best effort wording only
             continue
     return None
 
@@ -179,7 +179,7 @@ def _open(data: bytes, show: str):
         raise ImageError(f"image too large: {show} (over {MAX_PIXELS // 1_000_000} MP)") from None
     except Image.UnidentifiedImageError:
         raise ImageError(f"not an image: {show} (supported: PNG, JPEG, GIF, WebP, AVIF, BMP, TIFF)") from None
-    except Exception as e:  # noqa: BLE001 - a broken header raises anything (SyntaxError, ValueError...)
+    except Exception as e:  # a broken header raises anything (SyntaxError, ValueError...)
         raise ImageError(f"truncated or corrupt image: {show} ({_reason(e)})") from None
     w, h = im.size
     if w <= 0 or h <= 0:
@@ -210,7 +210,7 @@ def _decode_first_frame(im, show: str):
         raise _too_large(show, *im.size) from None
     except MemoryError:
         raise ImageError(f"image too large: {show} (out of memory while decoding)") from None
-    except Exception as e:  # noqa: BLE001 - decoders raise OSError, SyntaxError, ValueError, EOFError...
+    except Exception as e:  # decoders raise OSError, SyntaxError, ValueError, EOFError...
         raise ImageError(f"truncated or corrupt image: {show} ({_reason(e)})") from None
     return frames
 
@@ -291,9 +291,8 @@ def store_image(path, images_dir) -> ImageInfo:
     try:
         _private_dir(images_dir)
         _private_dir(sub)
-        if dest.is_file() and not dest.is_symlink():
-            if _sha256_file(dest) == info.sha256:
-                return replace(info, path=dest)
+        if dest.is_file() and not dest.is_symlink() and _sha256_file(dest) == info.sha256:
+            return replace(info, path=dest)
         write_private(dest, data)
         _fsync_dir(sub)
     except OSError as e:
@@ -349,7 +348,7 @@ def _to_rgb(im, Image):
     return im.convert("RGB")
 
 
-def load_rgb(path, max_side: int | None = None) -> "_PILImage.Image":
+def load_rgb(path, max_side: int | None = None) -> _PILImage.Image:
     """The first frame of ``path`` as an 8-bit RGB image, EXIF orientation applied.
 
     The file passes the same checks as :func:`inspect_image`. With ``max_side`` the image is
@@ -365,7 +364,7 @@ def load_rgb(path, max_side: int | None = None) -> "_PILImage.Image":
         _decode_first_frame(im, show)
         try:
             frame = ImageOps.exif_transpose(im) or im
-        except Exception:  # noqa: BLE001 - broken EXIF: keep the pixels as they are
+        except Exception:  # broken EXIF: keep the pixels as they are
             frame = im
         if "transparency" in im.info and "transparency" not in frame.info:
             frame.info["transparency"] = im.info["transparency"]
@@ -377,7 +376,7 @@ def load_rgb(path, max_side: int | None = None) -> "_PILImage.Image":
             out = im.copy()
     except ImageError:
         raise
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # decoders raise OSError, SyntaxError, ValueError...: one line
         raise ImageError(f"truncated or corrupt image: {show} ({_reason(e)})") from None
     finally:
         im.close()

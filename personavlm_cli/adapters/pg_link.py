@@ -126,7 +126,7 @@ class Link:
                 deadline = deadline or time.monotonic() + self.retry_s
 
     @contextlib.contextmanager
-    def begin(self) -> Iterator["Link"]:
+    def begin(self) -> Iterator[Link]:
         """A transaction on a live connection: a ``BEGIN`` that meets a lost connection is sent again
         on a new one (nothing ran yet); a loss after it fails the transaction (the caller says so)."""
         deadline = None

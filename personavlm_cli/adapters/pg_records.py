@@ -132,7 +132,7 @@ def check_database_url(url: str) -> str:
     text = (url or "").strip()
     try:
         u = urlsplit(text)
-        u.port  # noqa: B018 - raises on a bad port
+        _ = u.port  # raises on a bad port
     except ValueError:
         raise StoreError(f"store.database_url has an invalid port: {shown_database_url(text)}") from None
     if u.scheme not in ("postgresql", "postgres") or not (u.hostname or "host=" in u.query):
@@ -591,7 +591,7 @@ def probe(url: str, user: str, timeout: int = 5) -> dict:
     except StoreError as exc:
         out["problem"] = str(exc)
         return out
-    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+    except Exception as exc:  # doctor reports, never fails
         out["problem"] = _first_line(exc)
         return out
     try:
@@ -620,7 +620,7 @@ def probe(url: str, user: str, timeout: int = 5) -> dict:
         jobs = conn.execute(sql.SQL("SELECT payload FROM {} WHERE kind = 'vector_delete'").format(
             sql.Identifier(schema, "jobs"))).fetchall()
         out["erasures_pending"] = sum(len(json.loads(j["payload"]).get("ids", [])) for j in jobs)
-    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+    except Exception as exc:  # doctor reports, never fails
         out["problem"] = _first_line(exc)
     finally:
         conn.close()

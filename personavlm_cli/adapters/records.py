@@ -233,7 +233,7 @@ class RecordStore(SqlRecords):
     def add_job(self, kind: str, payload: dict) -> int:
         cur = self.db.execute("INSERT INTO jobs(kind, payload, created_at) VALUES (?,?,?)",
                               (kind, json.dumps(payload), iso(now())))
-        return cur.lastrowid
+        return int(cur.lastrowid or 0)
 
     def size_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.path.parent.glob(self.FILENAME + "*") if p.is_file())

@@ -25,8 +25,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from personavlm_cli.adapters.chat_base import ChatModelBase
@@ -129,7 +130,7 @@ class _Pool:
     and its forks and closed with the last of them. Timeouts and retries are declared here once."""
 
     _lock = threading.Lock()
-    _open: dict[tuple, "_Pool"] = {}
+    _open: dict[tuple, _Pool] = {}
 
     def __init__(self, key: tuple, timeout: float, connect_timeout: float):
         import httpx
@@ -149,7 +150,7 @@ class _Pool:
                                    timeout=httpx.Timeout(timeout, connect=connect_timeout))
 
     @classmethod
-    def take(cls, key: tuple, timeout: float, connect_timeout: float) -> "_Pool":
+    def take(cls, key: tuple, timeout: float, connect_timeout: float) -> _Pool:
         with cls._lock:
             pool = cls._open.get(key)
             if pool is None:
@@ -221,7 +222,7 @@ class RemoteChatModel(ChatModelBase):
         if key:
             self._headers["Authorization"] = f"Bearer {key}"
         elif parts.username:
-            raw = f"{parts.username}:{parts.password or ''}".encode("utf-8")
+            raw = f"{parts.username}:{parts.password or ''}".encode()
             self._headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
         self._tokenize_path: str | None = ""  # "": not probed yet; None: the server has no endpoint
         self._down_until = 0.0
@@ -492,7 +493,7 @@ class RemoteChatModel(ChatModelBase):
     def weights_bytes(self) -> int | None:
         return None  # the weights are the server's
 
-    def fork(self) -> "RemoteChatModel":
+    def fork(self) -> RemoteChatModel:
         """A second client of the same server, with the same settings (credentials included), for a
         background thread: the two never share a connection. The server decides whether they run at
         once (llama-server's slots) or one after the other."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
 
@@ -38,8 +39,8 @@ class TextEncoder:
         self.threads = int(threads) if threads else default_threads()
         self._model_path = Path(model_path) if model_path else None
         self._tokenizer_path = Path(tokenizer_path) if tokenizer_path else TOKENIZER_PATH
-        self._session = None
-        self._tokenizer = None
+        self._session: Any = None  # onnxruntime.InferenceSession, built on first use
+        self._tokenizer: Any = None  # tokenizers.Tokenizer, built on first use
         self._input_names: list[str] = []
         self._output_name = ""
         self._lock = threading.Lock()
@@ -73,7 +74,7 @@ class TextEncoder:
 
             try:
                 tok = Tokenizer.from_file(str(self._tokenizer_path))
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # tokenizers raises its own kinds: one line
                 raise PersonaError(f"cannot read MiniLM tokenizer {self._tokenizer_path}: {e}") from None
             # The shipped tokenizer.json pads every input to a fixed 128 and truncates at 128: we
             # want the model's 256-token window and padding only to the longest text of a batch.
@@ -92,7 +93,7 @@ class TextEncoder:
             try:
                 session = ort.InferenceSession(str(model_path), sess_options=opts,
                                                providers=["CPUExecutionProvider"])
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:  # onnxruntime raises its own kinds: one line
                 raise PersonaError(f"cannot load text embedding model {model_path}: "
                                    f"{' '.join(str(e).split())[:200]}") from None
             inputs = [i.name for i in session.get_inputs()]

@@ -83,6 +83,18 @@ class VectorIndex:
         # and a rebuild swaps a collection underneath both.
         self._lock = threading.RLock()
 
+    def close(self) -> None:
+        """Release the client (Chroma's database connections and index files, shared per path and counted by
+        Chroma) and the fan-out threads. Safe to call twice."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+            client, self.client = self.client, None
+            self._collections.clear()
+        if pool is not None:
+            pool.shutdown(wait=False)
+        if client is not None:
+            client.close()
+
     @contextlib.contextmanager
     def _guard(self, action: str):
         """Chroma's and the network's exceptions become one StoreError line."""
@@ -91,7 +103,7 @@ class VectorIndex:
                 yield
         except StoreError:
             raise
-        except Exception as exc:  # noqa: BLE001 - httpx, ChromaError, ValueError...: all one line
+        except Exception as exc:  # httpx, ChromaError, ValueError...: all one line
             if self.remote and _is_transport_error(exc):
                 raise UnreachableError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
             raise StoreError(f"the vector store at {self.where} could not {action}: {_first_line(exc)}") from None
@@ -239,7 +251,7 @@ class VectorIndex:
     def _existing(self, full_name: str):
         try:
             return self.client.get_collection(full_name, embedding_function=None)
-        except Exception as exc:  # noqa: BLE001 - NotFoundError locally, a ValueError over HTTP
+        except Exception as exc:
             if self.remote and _is_transport_error(exc):
                 raise
             if _is_missing(str(exc)):
@@ -580,7 +592,7 @@ def _parse_server_url(url: str):
     full = urlunsplit((u.scheme, f"{host}:{port}", u.path.rstrip("/"), "", ""))
     headers = {}
     if u.username:
-        raw = f"{u.username}:{u.password or ''}".encode("utf-8")
+        raw = f"{u.username}:{u.password or ''}".encode()
         headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
     return full, port, tenant, database, headers
 
@@ -594,7 +606,7 @@ def _check_reachable(url: str, port: int, where: str, timeout: float = 10.0) -> 
     host = urlsplit(url).hostname
     try:
         socket.create_connection((host, port), timeout=timeout).close()
-    except socket.timeout:
+    except TimeoutError:
         raise UnreachableError(f"the vector store at {where} is not reachable: no answer within {timeout:g} s") from None
     except ConnectionRefusedError:
         raise UnreachableError(f"the vector store at {where} is not reachable: connection refused "
@@ -614,7 +626,7 @@ def _bound_timeouts(client) -> None:
         session = getattr(getattr(client, "_server", None), "_session", None)
         if session is not None:
             session.timeout = httpx.Timeout(120.0, connect=10.0)
-    except Exception:  # noqa: BLE001 - only the timeout is at stake
+    except Exception:  # only the timeout is at stake
         pass
 
 
@@ -638,7 +650,7 @@ def probe(url: str) -> dict:
             client.heartbeat()
             times.append(time.perf_counter() - t0)
         out.update(reachable=True, version=client.get_version(), latency_ms=round(statistics.median(times) * 1000, 2))
-    except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+    except Exception as exc:  # doctor reports, never fails
         out["problem"] = str(exc).splitlines()[0] if str(exc) else _first_line(exc)
     return out
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -21,19 +21,19 @@ SECTIONS = ("startup", "recall", "pretoken", "forget", "generation", "clip", "re
 def bench(
     quick: Annotated[bool, typer.Option("--quick", help="CI-sized run: 1k and 10k memories, fewer repeats "
                                                         "(within 10 minutes on 2 cores).")] = False,
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the figures as JSON here.")] = None,
-    sizes: Annotated[Optional[str], typer.Option(
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the figures as JSON here.")] = None,
+    sizes: Annotated[str | None, typer.Option(
         "--sizes", help="Store sizes for recall, comma-separated (default 1000,10000,100000; --quick: "
         "1000,10000).")] = None,
-    repeat: Annotated[Optional[int], typer.Option("--repeat", min=1, help="Runs per start-up command.")] = None,
-    only: Annotated[Optional[str], typer.Option(
+    repeat: Annotated[int | None, typer.Option("--repeat", min=1, help="Runs per start-up command.")] = None,
+    only: Annotated[str | None, typer.Option(
         "--only", help=f"Only these sections, comma-separated: {', '.join(SECTIONS)}.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
-    gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
-    locomo: Annotated[Optional[Path], typer.Option(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
+    gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
+    locomo: Annotated[Path | None, typer.Option(
         "--locomo", help="LoCoMo JSON for the ttft section (a long real history; e.g. the development split).")] = None,
-    questions: Annotated[Optional[int], typer.Option("--questions", min=1, help="ttft: questions asked.")] = None,
-    messages: Annotated[Optional[str], typer.Option(
+    questions: Annotated[int | None, typer.Option("--questions", min=1, help="ttft: questions asked.")] = None,
+    messages: Annotated[str | None, typer.Option(
         "--messages", help="session: session lengths in messages, comma-separated (default 16,60; --quick: 16).")] = None,
 ):
     """Measure start-up, recall, memory work before the first token, forgetting, generation, CLIP, replay,
@@ -97,6 +97,8 @@ def _host(env):
 LABELS = {
     "startup_python_s": ("python -c pass (floor)", "s"),
     "startup_help_s": ("personavlm --help", "s"),
+    "startup_typer_help_s": ("a minimal Typer app's --help", "s"),
+    "startup_help_vs_typer": ("personavlm --help / the minimal Typer app's (median of pairs)", ""),
     "startup_memory_list_s": ("personavlm memory list", "s"),
     "chat_tokens_per_s": ("chat path decode", "tok/s"),
     "raw_tokens_per_s": ("raw llama-cpp-python decode", "tok/s"),

@@ -8,14 +8,15 @@ import sys
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from personavlm_cli.cli.common import UserOpt, count, err, log_to_file, make_env, out, short
 from personavlm_cli.cli.common import line as styled
 from personavlm_cli.cli.env import Env, is_tty
-from personavlm_cli.core.errors import PersonaError, StoreError
+from personavlm_cli.core.errors import ExitStatus, PersonaError, StoreError
+from personavlm_cli.core.memory import MemoryType
 
 SLASH_HELP = {
     "/attach PATH": "stage an image for the next message",
@@ -37,13 +38,13 @@ class AnswerFailed(PersonaError):
 
 def chat(
     user: UserOpt = None,
-    once: Annotated[Optional[str], typer.Option("--once", help="Send one message, print only the answer, exit.")] = None,
-    attach: Annotated[Optional[list[Path]], typer.Option("--attach", "-a", help="Attach an image (repeatable).")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
-    mmproj: Annotated[Optional[str], typer.Option("--mmproj", help="Vision projector GGUF for a vision model.")] = None,
-    gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
-    context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
-    at: Annotated[Optional[str], typer.Option("--at", help="Pretend the time is 'YYYY-MM-DD HH:MM' (replays, tests).")] = None,
+    once: Annotated[str | None, typer.Option("--once", help="Send one message, print only the answer, exit.")] = None,
+    attach: Annotated[list[Path] | None, typer.Option("--attach", "-a", help="Attach an image (repeatable).")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
+    mmproj: Annotated[str | None, typer.Option("--mmproj", help="Vision projector GGUF for a vision model.")] = None,
+    gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
+    context: Annotated[int | None, typer.Option("--context", help="Context window in tokens.")] = None,
+    at: Annotated[str | None, typer.Option("--at", help="Pretend the time is 'YYYY-MM-DD HH:MM' (replays, tests).")] = None,
     show_reasoning: Annotated[bool, typer.Option("--show-reasoning", help="Print the reasoning steps to stderr.")] = False,
     force_retrieve: Annotated[bool, typer.Option("--force-retrieve", help="Always search memory before answering.")] = False,
     no_update: Annotated[bool, typer.Option("--no-update", help="Do not learn from this chat (no memory extraction).")] = False,
@@ -81,7 +82,7 @@ def chat(
             finally:
                 session.finish(consolidate=False)
             if not finished:
-                raise typer.Exit(130)
+                raise typer.Exit(ExitStatus.INTERRUPTED)
         elif not is_tty(sys.stdin):
             session.start(quiet=True)
             stopped = False
@@ -103,9 +104,9 @@ def chat(
                     break
             session.finish(consolidate=True)
             if stopped:
-                raise typer.Exit(130)
+                raise typer.Exit(ExitStatus.INTERRUPTED)
             if failed:
-                raise typer.Exit(1)
+                raise typer.Exit(ExitStatus.ERROR)
         else:
             session.start(quiet=False)
             code = session.repl()
@@ -166,7 +167,7 @@ class ChatSession:
         with env.model_lock:
             store.sync_vectors()
             # Build the shared parts here, before the update thread can race to build them twice.
-            store.vectors, store.text_encoder  # noqa: B018
+            _ = store.vectors, store.text_encoder
         s = env.settings
         from personavlm_cli.cli.clip import start_background
 
@@ -435,9 +436,8 @@ class ChatSession:
             if not self._confirm(text_plan_question(p)):
                 err.print("Nothing was forgotten.")
                 return
-        with self.env.model_lock:
-            with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
-                erased = forgetting.execute(store, p, "forget", self.conversation.queue)
+        with self.env.model_lock, err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
+            erased = forgetting.execute(store, p, "forget", self.conversation.queue)
         self.assistant.forget_view()  # the profile in the system text is read again
         err.print(f"[green]Forgot {count(len(erased), 'memory')}.[/green]")
 
@@ -463,8 +463,8 @@ class ChatSession:
                 hits = recall(store, Query(text=query), k=8)
             items = [h.memory for h in hits]
         else:
-            items = store.records.list(types=["semantic", "episodic", "procedural", "core", "image"],
-                                       newest_first=True, limit=10)
+            shown = [MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL, MemoryType.CORE, MemoryType.IMAGE]
+            items = store.records.list(types=shown, newest_first=True, limit=10)
         for m in items:
             out.print(styled("  ", (m.id, "cyan"), " ", (f"{m.occurred_at[:16].replace('T', ' ')} {m.type}", "dim"), " ",
                            short(m.text)))
@@ -504,7 +504,7 @@ class ChatSession:
 
     # -- the REPL ---------------------------------------------------------------------------------
 
-    def repl(self) -> int:
+    def repl(self) -> ExitStatus:
         """Read and answer until Ctrl-D or /exit (0), or two Ctrl-C at an empty prompt (130)."""
 
         from personavlm_cli.cli.repl import LineReader, pick_up_images
@@ -521,11 +521,11 @@ class ChatSession:
                 except KeyboardInterrupt:
                     interrupts += 1
                     if interrupts >= 2:
-                        return 130
+                        return ExitStatus.INTERRUPTED
                     err.print("[dim](Ctrl-C again or Ctrl-D to quit)[/dim]")
                     continue
                 except EOFError:
-                    return 0
+                    return ExitStatus.OK
                 interrupts = 0
                 if not line.strip():
                     continue
@@ -548,7 +548,7 @@ class ChatSession:
                             continue
                 try:
                     if not self.handle(line):
-                        return 0
+                        return ExitStatus.OK
                 except PersonaError as exc:  # one message failed; the chat goes on
                     err.print(styled(("Error:", "red"), " ", str(exc)))
                     if isinstance(exc, StoreError) and not line.startswith("/"):

@@ -9,8 +9,10 @@ finds it. Then ``clip.model`` and ``clip.weights`` are set in config.yaml.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from personavlm_cli.cli.common import count, err, line
+from personavlm_cli.core.errors import ExitStatus
 
 # The default: the fastest architecture on a CPU among open_clip's (docs/benchmarks.md, "CLIP weights"),
 # with the weights most open_clip users of it have.
@@ -40,7 +42,7 @@ def write_clip_config(loc, model: str, weights: str) -> None:
     """clip.model and clip.weights in config.yaml (the rest of the file as it was)."""
     import yaml
 
-    cfg = {}
+    cfg: dict[str, Any] = {}
     if loc.config_file.exists():
         cfg = yaml.safe_load(loc.config_file.read_text()) or {}
     cfg.setdefault("clip", {}).update({"model": model, "weights": weights})
@@ -53,7 +55,7 @@ def write_clip_config(loc, model: str, weights: str) -> None:
 def pull_clip(env, spec: str | None, revision: str = "main") -> None:
     from personavlm_cli.adapters import downloads
     from personavlm_cli.adapters.image_encoder import hub_files
-    from personavlm_cli.cli.models import fetch_with_progress
+    from personavlm_cli.cli.hub import fetch_with_progress
 
     arch, tag = parse(spec)
     repo, candidates = hub_files(arch, tag)
@@ -122,7 +124,7 @@ def reembed_now(env) -> None:
                                 "yellow")))
                 import typer
 
-                raise typer.Exit(130) from None
+                raise typer.Exit(ExitStatus.INTERRUPTED) from None
         err.print(line(("Re-embedded ", "green"), f"{count(st.images, 'image')}: text search now looks inside them."))
     finally:
         env.close()
@@ -137,7 +139,7 @@ def start_background(store, settings, stop: threading.Event) -> threading.Thread
         target = target_space(settings)
         if not reembed.status(store.records, target).needed:
             return None
-    except Exception:  # noqa: BLE001 - never in the chat's way
+    except Exception:  # never in the chat's way
         return None
 
     def work() -> None:
@@ -149,7 +151,7 @@ def start_background(store, settings, stop: threading.Event) -> threading.Thread
             fork = store.fork()
             reembed.run(fork, target, stop=stop,
                         progress=lambda done, total: log.info("re-embedded %d of %d images", done, total))
-        except Exception as e:  # noqa: BLE001 - reported in the log, retried at the next chat
+        except Exception as e:  # reported in the log, retried at the next chat
             log.warning("re-embedding images stopped: %s", " ".join(str(e).split())[:200])
         finally:
             if fork is not None:

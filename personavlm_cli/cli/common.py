@@ -23,62 +23,23 @@ from __future__ import annotations
 import json
 import logging
 import re
-from typing import Annotated, Any, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
-from rich.console import Console, ConsoleOptions, RenderHook, RenderResult
-from rich.segment import Segment
 from rich.text import Text
 
 from personavlm_cli.cli.env import Env
+
+if TYPE_CHECKING:
+    from rich.console import Console
 from personavlm_cli.cli.terminal import ConsoleProxy, active
 
-# Characters that would act on a terminal, or reorder or hide text, instead of being shown: C0 controls
-# but tab and newline, DEL, C1 controls (0x9b is a one-byte CSI on some terminals), the bidi marks,
-# embeddings, overrides and isolates, the line and paragraph separators, and lone surrogates (which
-# cannot even be written as UTF-8). Zero-width joiners are kept: emoji need them.
-_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ud800-\udfff]")
-
-
-def _visible(match: re.Match) -> str:
-    c = ord(match.group())
-    return f"\\x{c:02x}" if c < 0x100 else f"\\u{c:04x}"
-
-
-def clean(text: Any) -> str:
-    """``text`` as a string with every terminal control character shown as an escape (``\\x1b``);
-    tab and newline are kept (a Windows ``\\r\\n`` is a newline)."""
-    s = text if isinstance(text, str) else str(text)
-    if "\r\n" in s:
-        s = s.replace("\r\n", "\n")
-    return _CONTROL.sub(_visible, s)
-
-
-def one_line(text: Any) -> str:
-    """``clean(text)`` on one line: runs of whitespace, newlines included, become one space."""
-    return " ".join(clean("" if text is None else text).split())
-
-
-def safe(text: Any, style: str | None = None, *, single_line: bool = False) -> Text:
-    """Stored or model-made text as a Rich ``Text``: shown literally (``[/b]`` stays ``[/b]``), never
-    parsed as markup, with control characters visible. The one way to show such text."""
-    s = "" if text is None else text
-    return Text(one_line(s) if single_line else clean(s), style=style or "")
-
-
-def line(*parts: Any) -> Text:
-    """One line from literal parts: a ``str`` (or anything else) is shown as it is, a ``(text, style)``
-    pair is shown in that style. Nothing is parsed as markup."""
-    result = Text()
-    for part in parts:
-        if isinstance(part, Text):
-            result.append_text(part)
-        elif isinstance(part, tuple):
-            text, style = part
-            result.append(clean("" if text is None else text), style=style)
-        else:
-            result.append(clean("" if part is None else part))
-    return result
+# The safe-text helpers live in cli/text.py (cli/terminal.py builds its consoles with them); named here too.
+from personavlm_cli.cli.text import clean as clean
+from personavlm_cli.cli.text import line as line
+from personavlm_cli.cli.text import one_line as one_line
+from personavlm_cli.cli.text import safe as safe
 
 
 def listing_table(*columns: str, styles: dict[str, str] | None = None, wrap: bool = False):
@@ -106,40 +67,13 @@ def listing_table(*columns: str, styles: dict[str, str] | None = None, wrap: boo
     return table
 
 
-class _Sanitized:
-    """A renderable whose rendered text goes through ``clean`` (styles and cursor controls untouched)."""
-
-    def __init__(self, renderable: Any):
-        self.renderable = renderable
-
-    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        for segment in console.render(self.renderable, options):
-            text = segment.text
-            if segment.control or not _CONTROL.search(text):
-                yield segment
-            else:
-                yield Segment(clean(text), segment.style)
-
-
-class _SanitizeHook(RenderHook):
-    def process_renderables(self, renderables: list) -> list:
-        from rich.control import Control
-
-        return [r if isinstance(r, Control) else _Sanitized(r) for r in renderables]
-
-
-def _console(**kwargs: Any) -> Console:
-    console = Console(highlight=False, emoji=False, **kwargs)  # ":smile:" in a memory stays as typed
-    console.push_render_hook(_SanitizeHook())
-    return console
-
-
 # The consoles of the active terminal (``cli.terminal``): the process's own, or the one an in-process run
 # (``main(argv, environment=...)``, the tests) activated. Import them by name as before.
-out = ConsoleProxy("out")
-err = ConsoleProxy("err")
+# Typed as the consoles they stand for: every attribute is the active console's.
+out = cast("Console", ConsoleProxy("out"))
+err = cast("Console", ConsoleProxy("err"))
 
-UserOpt = Annotated[Optional[str], typer.Option(
+UserOpt = Annotated[str | None, typer.Option(
     "--user", "-u", help="Whose memories to use (default: config 'user', else your login name).",
     show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -214,7 +148,7 @@ def short(text: Any, width: int = 70) -> str:
     return s if len(s) <= width else s[: width - 1] + "…"
 
 
-def human_size(n: int) -> str:
+def human_size(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -222,10 +156,8 @@ def human_size(n: int) -> str:
     return f"{n} B"
 
 
-def log_file(env) -> "Path":
+def log_file(env) -> Path:
     """The user's log of background work (updates, dropped statements): ids and counts, never text."""
-    from pathlib import Path
-
     return Path(env.user_dir()) / "personavlm.log"
 
 

@@ -26,9 +26,9 @@ def _warn_once(terminal: Terminal, warnings) -> None:
     for warning in warnings:
         if warning not in said:
             said.add(warning)
-            from personavlm_cli.cli.common import err, line
+            from personavlm_cli.cli.text import line
 
-            err.print(line(("Warning:", "yellow"), " ", warning), soft_wrap=True)
+            terminal.err.print(line(("Warning:", "yellow"), " ", warning), soft_wrap=True)
 
 
 @dataclass
@@ -158,7 +158,7 @@ class Env:
 
             try:
                 PgRecordStore(s["store.database_url"], user, readonly=True, connect_timeout=5).close()
-            except Exception:  # noqa: BLE001 - none there, or the server cannot say: nothing to tell
+            except Exception:  # none there, or the server cannot say: nothing to tell
                 return
             raise StoreError(f"user '{user}' has memories on the server store, but this home uses the embedded "
                              f"store: move them with `personavlm store migrate --to embedded --user {user}`")
@@ -179,10 +179,10 @@ class Env:
         """Print what the store has to say (the vector server down, erasures pending), once each."""
         if self._store is None:
             return
-        from personavlm_cli.cli.common import err, line
+        from personavlm_cli.cli.text import line
 
         for notice in self._store.take_notices():
-            err.print(line((notice, "yellow")))
+            self.terminal.err.print(line((notice, "yellow")))
 
     # -- the model --------------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -24,19 +24,19 @@ from personavlm_cli.core.errors import PersonaError
 _IMAGE_ENCODERS: dict[tuple, object] = {}  # CLIP is slow to build: one per process and settings
 
 DataArg = Annotated[Path, typer.Argument(help="The benchmark's folder.", show_default=False)]
-LimitOpt = Annotated[Optional[int], typer.Option("--limit", min=1, help="Only the first N questions.")]
-JsonOpt = Annotated[Optional[Path], typer.Option(
+LimitOpt = Annotated[int | None, typer.Option("--limit", min=1, help="Only the first N questions.")]
+JsonOpt = Annotated[Path | None, typer.Option(
     "--json", help="Write the results as JSON to OUT (items also go, one per line, to OUT with .jsonl).")]
-ResumeOpt = Annotated[Optional[Path], typer.Option(
+ResumeOpt = Annotated[Path | None, typer.Option(
     "--resume", help="Append each result to this JSONL file and skip the items already in it.")]
 NoUpdateOpt = Annotated[bool, typer.Option(
     "--no-update", help="Replay the history without the update stage (much faster with a CPU model).")]
 ForceOpt = Annotated[bool, typer.Option(
     "--force-retrieve/--model-decides", help="Always search memory before answering, or let the model decide "
     "as in chat (default).")]
-ModelOpt = Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")]
-GpuOpt = Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")]
-NCtxOpt = Annotated[Optional[int], typer.Option("--n-ctx", help="The model's context window in tokens.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="GGUF file or registered model name.")]
+GpuOpt = Annotated[str | None, typer.Option("--gpu-layers", help="auto, all or a number.")]
+NCtxOpt = Annotated[int | None, typer.Option("--n-ctx", help="The model's context window in tokens.")]
 MaxTokOpt = Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens in one answer.")]
 
 
@@ -45,7 +45,7 @@ def persona_mme(
     context: Annotated[str, typer.Option("--context", help="32k (samples/50 and 100), 128k (samples/200 and "
                                                           "500), or all.")] = "32k",
     limit: LimitOpt = None,
-    tasks: Annotated[Optional[str], typer.Option(
+    tasks: Annotated[str | None, typer.Option(
         "--tasks", help="Only these tasks, comma-separated: VDR, SIR, EII, IIR, LPR, IEA, IPR, BPR, LGT, RR, RDC, "
         "TED, GNS, PA (alignment).")] = None,
     json_out: JsonOpt = None,
@@ -82,7 +82,7 @@ def personamem(
         "--context", help="Which files: 32k, 128k or 1M (questions_<size>.csv, shared_contexts_<size>.jsonl)."
     )] = "32k",
     limit: LimitOpt = None,
-    types: Annotated[Optional[str], typer.Option(
+    types: Annotated[str | None, typer.Option(
         "--types", help="Only these question types, comma-separated (as in the CSV's question_type).")] = None,
     json_out: JsonOpt = None,
     resume: ResumeOpt = None,
@@ -217,7 +217,7 @@ def _table(title: str):
     for name, justify in (("task", "left"), ("", "left"), ("items", "right"), ("correct", "right"),
                           ("unparsed", "right"), ("errors", "right"), ("accuracy %", "right"),
                           ("ref. parser %", "right")):
-        table.add_column(name, justify=justify)
+        table.add_column(name, justify="right" if justify == "right" else "left")
     return table
 
 

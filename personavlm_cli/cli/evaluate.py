@@ -13,7 +13,7 @@ import json
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any
 
 import typer
 
@@ -49,26 +49,26 @@ def locomo(
     retrieval_only: Annotated[bool, typer.Option(
         "--retrieval-only", help="Measure recall only (no chat model).")] = False,
     k: Annotated[int, typer.Option("--k", min=1, help="Recall is measured over the first K distinct turns.")] = 10,
-    limit: Annotated[Optional[int], typer.Option("--limit", min=1, help="Ask at most N questions in all.")] = None,
-    conversations: Annotated[Optional[str], typer.Option(
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Ask at most N questions in all.")] = None,
+    conversations: Annotated[str | None, typer.Option(
         "--conversations", help="Only these conversations, comma-separated (e.g. conv-26,conv-30).")] = None,
-    json_out: Annotated[Optional[Path], typer.Option(
+    json_out: Annotated[Path | None, typer.Option(
         "--json", help="Also write the results as JSON to this file.")] = None,
-    signals: Annotated[Optional[str], typer.Option(
+    signals: Annotated[str | None, typer.Option(
         "--signals", help="Use only these recall signals, comma-separated (dense, keywords, lexical, context, "
         "speaker, date, image, taste, substance); default: all.")] = None,
-    weight: Annotated[Optional[list[str]], typer.Option(
+    weight: Annotated[list[str] | None, typer.Option(
         "--weight", help="Override one signal's weight, NAME=NUMBER (repeatable).")] = None,
     fusion: Annotated[str, typer.Option("--fusion", help="score (normalised scores, the default) or rrf (the "
                                                          "reciprocal-rank baseline).")] = "score",
-    candidates: Annotated[Optional[int], typer.Option("--candidates", min=1, help="Candidate pool per signal.")] = None,
-    ablate: Annotated[Optional[str], typer.Option(
+    candidates: Annotated[int | None, typer.Option("--candidates", min=1, help="Candidate pool per signal.")] = None,
+    ablate: Annotated[str | None, typer.Option(
         "--ablate", help="Also recall each question without each of these signals, comma-separated (new: the "
         "signals of core/links.py), and show recall@K per category without each.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
-    gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
-    context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
-    force_retrieve: Annotated[Optional[bool], typer.Option(
+    model: Annotated[str | None, typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
+    gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
+    context: Annotated[int | None, typer.Option("--context", help="Context window in tokens.")] = None,
+    force_retrieve: Annotated[bool | None, typer.Option(
         "--force-retrieve/--model-decides", help="Override the chat's own retrieval (config chat.retrieval, "
         "retrieve-first by default): always recall up front, or let the model decide with a separate call.",
         show_default=False)] = None,
@@ -158,15 +158,15 @@ def _print_table(result: dict, answered: bool) -> None:
 def facts(
     data: Annotated[Path, typer.Argument(help="Scripted people (the format of shared/data/personas).",
                                          show_default=False)],
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
-    gpu_layers: Annotated[Optional[str], typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
-    context: Annotated[Optional[int], typer.Option("--context", help="Context window in tokens.")] = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
+    gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
+    context: Annotated[int | None, typer.Option("--context", help="Context window in tokens.")] = None,
     max_tokens: Annotated[int, typer.Option("--max-tokens", min=1, help="Most tokens in one answer.")] = 96,
-    lived: Annotated[Optional[Path], typer.Option(
+    lived: Annotated[Path | None, typer.Option(
         "--lived", help="Also replay lives that change (the format of shared/data/lived): profile, current "
                         "value first, learnt questions, forgetting.")] = None,
-    forget_lives: Annotated[Optional[Path], typer.Option(
+    forget_lives: Annotated[Path | None, typer.Option(
         "--forget-lives", help="Also replay these lives (shared/data/lived format), forget each one's "
         "expect.forget.query and count the literal occurrences left (the forgetting category).")] = None,
 ):
@@ -262,8 +262,8 @@ def personality(
     method: Annotated[str, typer.Option("--method", help="evidence (what the chat uses), paper (the chat model "
                                                          "rates each message, the momentum update), or both.")]
     = "evidence",
-    json_out: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="GGUF file or registered model name "
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")] = None,
+    model: Annotated[str | None, typer.Option("--model", "-m", help="GGUF file or registered model name "
                                                                       "(for --method paper).")] = None,
 ):
     """Does the Big Five reading mean something? Scripted writers high and low on each trait, neutral
@@ -279,7 +279,7 @@ def personality(
     env = make_env(None, **{"model.path": model})
     results = []
     try:
-        methods = []
+        methods: list[Any] = []
         if method in ("evidence", "both"):
             from personavlm_cli.adapters.text_encoder import TextEncoder
 
@@ -288,7 +288,7 @@ def personality(
             methods.append(ev.PaperMethod(load_model(env)))
         for m in methods:
             with progress_bar(f"personality ({m.name})", steps) as hooks:
-                def step(name: str) -> None:
+                def step(name: str, m: Any = m) -> None:
                     hooks.describe(f"{m.name}: {name}")
                     hooks.advance(1)
 

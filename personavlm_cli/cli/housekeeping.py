@@ -8,11 +8,22 @@ from typing import Annotated
 
 import typer
 
-from personavlm_cli.cli.common import (JsonOpt, UserOpt, err, human_size, line, listing_table, make_env, one_line,
-                                      out, print_json, safe)
+from personavlm_cli.cli.common import (
+    JsonOpt,
+    UserOpt,
+    err,
+    human_size,
+    line,
+    listing_table,
+    make_env,
+    one_line,
+    out,
+    print_json,
+    safe,
+)
 from personavlm_cli.core import users as users_core
 from personavlm_cli.core.config import KEYS, env_var
-from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.errors import ExitStatus, PersonaError
 
 config_app = typer.Typer(help="Show the configuration and where everything lives.", no_args_is_help=True)
 users_app = typer.Typer(help="The users on this machine.", no_args_is_help=True)
@@ -89,7 +100,7 @@ def users_rm(name: Annotated[str, typer.Argument(help="The user to remove, with 
         if not sys.stdin.isatty():
             raise typer.BadParameter("refusing without confirmation: pass --yes")
         if not typer.confirm(f"Remove user '{name}' and all their data?", err=True):
-            raise typer.Exit(1)
+            raise typer.Exit(ExitStatus.ERROR)
     with StoreLock(path, name) if path is not None else contextlib.nullcontext():
         if server:
             # The vectors (and, with a record database, the records and images) live on the servers,
@@ -212,11 +223,11 @@ def doctor(
     if env.database_url():  # where the records live (never with the password)
         from personavlm_cli.adapters.pg_records import shown_database_url
 
-        report["records"] = f"{shown_database_url(env.database_url())} (PostgreSQL, schema per user)"
+        report["records"] = f"{shown_database_url(env.database_url() or '')} (PostgreSQL, schema per user)"
         try:
             env.records(readonly=True).close()
             report["records check"] = "reachable"
-        except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        except Exception as exc:  # doctor reports, never fails
             report["records check"] = str(exc).splitlines()[0]
     else:
         report["records"] = f"{udir / 'personavlm.db'} (SQLite, this machine)"
@@ -244,7 +255,7 @@ def doctor(
                                                + ("on" if st.text_search else "off (`personavlm model pull clip`)"))
             finally:
                 records.close()
-        except Exception as exc:  # noqa: BLE001 - doctor reports, never fails
+        except Exception as exc:  # doctor reports, never fails
             report["store problem"] = str(exc).splitlines()[0]
     report["log"] = str(udir / "personavlm.log")
     from personavlm_cli.core.secrets import masked

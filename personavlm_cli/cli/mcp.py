@@ -11,7 +11,8 @@ is never loaded: remembering learns by rules, like `/remember`. The use cases ar
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Callable, Optional
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
@@ -72,7 +73,7 @@ def build_server(user: str | None = None, env_factory: Callable[[], Any] | None 
         return call(lambda env: access.remember(writer(env), statement))
 
     @server.tool(annotations=read_only)
-    def list_memories(limit: int = 50, types: Optional[list[str]] = None,
+    def list_memories(limit: int = 50, types: list[str] | None = None,
                       include_superseded: bool = False) -> list[dict]:
         """The user's newest memories, oldest first (types: turn, semantic, episodic, procedural, core,
         image)."""
@@ -86,7 +87,7 @@ def build_server(user: str | None = None, env_factory: Callable[[], Any] | None 
 
     @server.tool(annotations=ToolAnnotations(readOnlyHint=False, destructiveHint=True, idempotentHint=True,
                                              openWorldHint=False))
-    def forget(ids: Optional[list[str]] = None, query: Optional[str] = None, confirm: bool = False) -> dict:
+    def forget(ids: list[str] | None = None, query: str | None = None, confirm: bool = False) -> dict:
         """Erase memories for real (text, vectors, image files, and what was derived from them), as
         `personavlm memory forget` does: by ids, or by a query. Without confirm=true nothing is erased and
         the answer lists what would be; ask the user before confirming."""

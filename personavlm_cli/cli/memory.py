@@ -5,18 +5,30 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
-from personavlm_cli.cli.common import (JsonOpt, UserOpt, count, err, line, listing_table, make_env, one_line, out,
-                                      print_json, print_rows, safe)
-from personavlm_cli.core.errors import NotFoundError, PersonaError, StoreBusyError
+from personavlm_cli.cli.common import (
+    JsonOpt,
+    UserOpt,
+    count,
+    err,
+    line,
+    listing_table,
+    make_env,
+    one_line,
+    out,
+    print_json,
+    print_rows,
+    safe,
+)
+from personavlm_cli.core.errors import ExitStatus, NotFoundError, PersonaError, StoreBusyError
 from personavlm_cli.core.memory import TYPES, parse_time
 
 app = typer.Typer(help="See, search, explain, correct, forget, export and import memories.", no_args_is_help=True)
 
-TypeOpt = Annotated[Optional[list[str]], typer.Option(
+TypeOpt = Annotated[list[str] | None, typer.Option(
     "--type", "-t", help=f"Only these types ({'|'.join(TYPES)}); repeatable.")]
 
 
@@ -49,9 +61,9 @@ def memory_json(m) -> dict:
 def list_(
     user: UserOpt = None,
     type: TypeOpt = None,
-    since: Annotated[Optional[str], typer.Option(help="Only memories from this time on (YYYY-MM-DD [HH:MM]).")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Only memories up to this time.")] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="At most this many (the newest).")] = None,
+    since: Annotated[str | None, typer.Option(help="Only memories from this time on (YYYY-MM-DD [HH:MM]).")] = None,
+    until: Annotated[str | None, typer.Option(help="Only memories up to this time.")] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many (the newest).")] = None,
     all: Annotated[bool, typer.Option("--all", help="Include superseded memories.")] = False,
     pending: Annotated[bool, typer.Option("--pending", help="Show queued update work instead.")] = False,
     json: JsonOpt = False,
@@ -212,10 +224,10 @@ def _versions(records, m) -> list:
 def search(
     query: Annotated[str, typer.Argument(help="What to look for.")] = "",
     user: UserOpt = None,
-    image: Annotated[Optional[Path], typer.Option("--image", help="Find images like this one.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Find images like this one.")] = None,
     type: TypeOpt = None,
-    since: Annotated[Optional[str], typer.Option(help="Only from this time on.")] = None,
-    until: Annotated[Optional[str], typer.Option(help="Only up to this time.")] = None,
+    since: Annotated[str | None, typer.Option(help="Only from this time on.")] = None,
+    until: Annotated[str | None, typer.Option(help="Only up to this time.")] = None,
     limit: Annotated[int, typer.Option("--limit", "-k", min=1, help="How many results.")] = 10,
     all: Annotated[bool, typer.Option("--all", help="Include superseded memories.")] = False,
     explain: Annotated[bool, typer.Option("--explain", help="Show each signal's rank and score.")] = False,
@@ -294,10 +306,12 @@ def _why_no_text_search(env, store) -> str | None:
 
 @app.command()
 def forget(
-    memory_ids: Annotated[Optional[list[str]], typer.Argument(help="Ids of memories to erase.")] = None,
+    memory_ids: Annotated[list[str] | None, typer.Argument(help="Ids of memories to erase.")] = None,
     user: UserOpt = None,
-    query: Annotated[Optional[str], typer.Option("--query", "-q", help="Erase every memory that holds this text (its words, literally, case aside) and what was derived from them alone; listed first.")] = None,
-    before: Annotated[Optional[str], typer.Option(help="Erase everything that happened before this date.")] = None,
+    query: Annotated[str | None, typer.Option("--query", "-q", help=(
+        "Erase every memory that holds this text (its words, literally, case aside) and what was derived from them "
+        "alone; listed first."))] = None,
+    before: Annotated[str | None, typer.Option(help="Erase everything that happened before this date.")] = None,
     all: Annotated[bool, typer.Option("--all", help="Erase all of this user's memories.")] = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ):
@@ -338,7 +352,7 @@ def forget(
                                    f"'{one_line(query)}' without confirmation: pass --yes")
             show_text_plan(err, p)
             if not yes and not typer.confirm(text_plan_question(p), err=True):
-                raise typer.Exit(1)
+                raise typer.Exit(ExitStatus.ERROR)
             queue = UpdateQueue(store.records)
             with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
                 erased = forgetting.execute_text(store, p, "forget-query", queue)
@@ -361,9 +375,8 @@ def forget(
         if len(p.targets) > 20:
             err.print(line(("  … and ", "dim"), (f"{len(p.targets) - 20} more", "dim")))
         extra = f" (and {len(p.derived)} derived)" if p.derived else ""
-        if not yes:
-            if not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
-                raise typer.Exit(1)
+        if not yes and not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
+            raise typer.Exit(ExitStatus.ERROR)
         # Sessions that lose turns are consolidated again: queued here, run at the next chat.
         queue = UpdateQueue(store.records) if any(m.type == "turn" for m in p.targets + p.derived) else None
         # The vector index is rebuilt so that no copy of an erased vector is left: seconds on a big store.
@@ -447,7 +460,7 @@ def edit(
                     raise PersonaError(f"erasing the old version would also erase {count(len(p.derived), 'derived memory')}: "
                                        "pass --yes")
                 if not typer.confirm(f"Erase the old version and {count(len(p.derived), 'derived memory')}?", err=True):
-                    raise typer.Exit(1)
+                    raise typer.Exit(ExitStatus.ERROR)
         new = corrections.correct(store, memory_id, text)
         if new is None:
             err.print(line(f"'{memory_id}' already says that: nothing changed"))
@@ -517,7 +530,7 @@ def import_file(env, file: Path) -> dict:
     """Verify an archive, then write it into ``env``'s user store (shared by `memory` and `profile import`)."""
     from personavlm_cli.adapters.archive import import_archive, read_archive
 
-    env.user  # a bad user name or configuration is refused before the archive is read
+    _ = env.user  # a bad user name or configuration is refused before the archive is read
     # Refuse a corrupt, tampered or hostile archive before creating anything.
     verified = read_archive(file, limits=archive_limits(env.settings))
     if is_empty(verified):  # nothing to write: the user's store is not created for it

@@ -7,6 +7,8 @@ from typing import Annotated
 import typer
 
 from personavlm_cli.cli.common import UserOpt, count, err, line, log_to_file, make_env, out, print_json, short
+from personavlm_cli.core.errors import ExitStatus
+from personavlm_cli.core.memory import MemoryType
 
 
 def update(user: UserOpt = None):
@@ -39,7 +41,7 @@ def update(user: UserOpt = None):
             left = len(stage.pending())
             err.print(f"[yellow]Stopped: {count(left, 'update')} left; they run at the next chat or the next "
                       "`personavlm memory update`.[/yellow]")
-            raise typer.Exit(130) from None
+            raise typer.Exit(ExitStatus.INTERRUPTED) from None
         err.print(f"Learnt from {count(done, 'update')}.")
     finally:
         env.close()
@@ -54,8 +56,9 @@ def verify(
 ):
     """Re-check every learnt memory against your own words in the turns it cites.
 
-    A question, request or hypothetical learnt as a fact, habit or goal is reported too. A learnt statement (semantic, procedural, episodic) or core profile value is supported when each of
-    its content words occurs in the user turns it came from; the assistant's turns are never evidence.
+    A question, request or hypothetical learnt as a fact, habit or goal is reported too. A learnt statement
+    (semantic, procedural, episodic) or core profile value is supported when each of its content words
+    occurs in the user turns it came from; the assistant's turns are never evidence.
     What you wrote yourself (/remember, `memory edit`) is your own word. Nothing is erased without --drop
     and your yes.
     """
@@ -67,7 +70,8 @@ def verify(
             print_json([{"id": f["memory"].id, "type": f["memory"].type, "text": f["text"], "field": f["field"],
                          "reason": f["reason"]} for f in findings])
         else:
-            checked = store.records.count(types=["semantic", "procedural", "episodic", "core"], include_superseded=False)
+            learnt = [MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC, MemoryType.CORE]
+            checked = store.records.count(types=learnt, include_superseded=False)
             if not findings:
                 out.print(f"All {count(checked, 'learnt memory')} are supported by your own words.")
             for f in findings:
@@ -78,11 +82,10 @@ def verify(
                           + ("" if drop else "; `memory verify --drop` erases them"))
         if not (drop and findings):
             return
-        if not yes:
-            if not typer.confirm(f"Erase {count(len(findings), 'unsupported statement')}?", default=False,
-                                 err=True):
-                err.print("Nothing was erased.")
-                return
+        if not yes and not typer.confirm(f"Erase {count(len(findings), 'unsupported statement')}?",
+                                         default=False, err=True):
+            err.print("Nothing was erased.")
+            return
         erased = drop_unsupported(store, findings)
         err.print(f"Erased {count(erased, 'unsupported statement')}.")
     finally:
@@ -95,18 +98,18 @@ def unsupported(store) -> list[dict]:
 
     records = store.records
     findings = []
-    for m in records.list(types=["semantic", "procedural", "episodic", "core"]):
+    for m in records.list(types=[MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC, MemoryType.CORE]):
         origin = (m.meta or {}).get("origin")
         if origin in ("/remember", "edited by the user", "imported"):
             continue
-        sources = [s for s in records.get_many(m.source_ids) if s.type == "turn" and s.role == "user"]
+        sources = [s for s in records.get_many(m.source_ids) if s.type == MemoryType.TURN and s.role == "user"]
         said = [s.text for s in sources]
-        if m.type in ("semantic", "procedural"):
+        if m.type in (MemoryType.SEMANTIC, MemoryType.PROCEDURAL):
             kind = learning.not_a_fact(m.text) or (learning.not_a_fact(" ".join(said)) if said else None)
             if kind:  # "What's my sister's name?" learnt as a fact, "What do you love?" as a habit
                 findings.append({"memory": m, "field": None, "text": m.text, "reason": f"a {kind}, not a fact"})
                 continue
-        if m.type == "core":
+        if m.type == MemoryType.CORE:
             facts = (m.meta or {}).get("facts") or {}
             cited = (m.meta or {}).get("sources") or {}
             for key, value in facts.items():
@@ -147,7 +150,7 @@ def drop_unsupported(store, findings: list[dict]) -> int:
         sources = {k: v for k, v in (old.meta.get("sources") or {}).items() if k in facts}
         text = learning.profile_text(facts)
         if facts:
-            new = new_memory("core", text, old.occurred_at, source_ids=list(old.source_ids),
+            new = new_memory(MemoryType.CORE, text, old.occurred_at, source_ids=list(old.source_ids),
                              session_id=old.session_id, meta={"facts": facts, "sources": sources,
                                                               "origin": "verified"})
             store.supersede(old, new, at=iso(now()), operation="verify-drop")

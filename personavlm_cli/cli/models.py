@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from personavlm_cli.cli.common import JsonOpt, err, human_size, line, listing_table, make_env, one_line, out, print_json
-from personavlm_cli.cli.env import is_tty
+from personavlm_cli.cli.hub import fetch_with_progress
 from personavlm_cli.core import models as registry
 from personavlm_cli.core.errors import NotFoundError, PersonaError
 
@@ -48,6 +47,7 @@ def list_(json: JsonOpt = False):
     for r in rows:
         mark = ("* ", "bold green") if r["default"] else "  "
         name = (one_line(r["name"]).ljust(width), "bold")
+        facts: str | tuple[str, str]
         if "problem" in r:
             facts = (one_line(r["problem"]), "yellow")
         else:
@@ -63,8 +63,8 @@ def list_(json: JsonOpt = False):
 
 @app.command()
 def add(path: Annotated[Path, typer.Argument(help="A GGUF chat model file.")],
-        name: Annotated[Optional[str], typer.Option("--name", help="Name to register it under.")] = None,
-        mmproj: Annotated[Optional[Path], typer.Option("--mmproj", help="Its vision projector GGUF.")] = None):
+        name: Annotated[str | None, typer.Option("--name", help="Name to register it under.")] = None,
+        mmproj: Annotated[Path | None, typer.Option("--mmproj", help="Its vision projector GGUF.")] = None):
     """Register a GGUF model (its metadata is read and checked)."""
     env = make_env(None)
     _register(env, path, mmproj, name, lambda g: (g.name or path.stem))
@@ -151,16 +151,16 @@ def rm(name: Annotated[str, typer.Argument(help="A registered name.")],
 
 @app.command()
 def pull(
-    model: Annotated[Optional[str], typer.Argument(
+    model: Annotated[str | None, typer.Argument(
         help="A recommended model's name (run `personavlm model pull` alone for the list), a hub repository "
              "such as ggml-org/gemma-3-4b-it-GGUF, or clip (CLIP weights for image memories).",
         metavar="NAME|REPO|clip", show_default=False)] = None,
-    file: Annotated[Optional[str], typer.Argument(
+    file: Annotated[str | None, typer.Argument(
         help="With a repository: the GGUF file to download. With clip: an open_clip ARCH or ARCH:TAG "
              "(default: the recommended one).", metavar="FILE|ARCH", show_default=False)] = None,
-    mmproj: Annotated[Optional[str], typer.Option(
+    mmproj: Annotated[str | None, typer.Option(
         "--mmproj", help="With a repository: its vision projector file, downloaded too.")] = None,
-    name: Annotated[Optional[str], typer.Option("--name", help="Name to register it under.")] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Name to register it under.")] = None,
     make_default: Annotated[bool, typer.Option("--default", help="Also make it the default model.")] = False,
     revision: Annotated[str, typer.Option("--revision", help="Branch, tag or commit on the hub.")] = "main",
 ):
@@ -206,56 +206,6 @@ def pull(
     else:
         err.print(line(f"Use it with `personavlm chat --model {label}`, or make it the default: "
                        f"`personavlm model default {label}`"))
-
-
-def fetch_with_progress(repo: str, filename: str, revision: str, cache_dir: Path | None) -> Path:
-    """One file from the hub: its size said first, a progress bar on a terminal (and nothing but the
-    result otherwise); Ctrl-C keeps what came for the next run."""
-    from personavlm_cli.adapters import downloads
-
-    if downloads.offline():
-        path = downloads.fetch(repo, filename, revision, cache_dir)  # the cache, or one line saying why not
-        err.print(line(f"{filename}: already downloaded ({path})"))
-        return path
-    remote = downloads.remote_info(repo, filename, revision)
-    have = downloads.partial_size(remote, cache_dir)
-    size = human_size(remote.size) if remote.size else "size unknown"
-    resuming = f", resuming at {human_size(have)}" if have else ""
-    err.print(line(f"{repo}/{filename}: {size}{resuming}"))
-    try:
-        return _download(downloads, remote, cache_dir)
-    except KeyboardInterrupt:
-        kept = downloads.partial_size(remote, cache_dir)
-        err.print(line((f"Download interrupted: {human_size(kept)} of {filename} kept; run the same command again "
-                        "to resume.", "yellow")))
-        raise typer.Exit(130) from None
-
-
-def _download(downloads, remote, cache_dir: Path | None) -> Path:
-    """One file, with a progress bar on a terminal (and nothing but the result otherwise)."""
-    if not is_tty(sys.stderr):
-        path = downloads.download(remote, cache_dir)
-        err.print(line(f"Downloaded {remote.filename}, checksum verified"))
-        return path
-    from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                               TransferSpeedColumn)
-
-    columns = (TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=False) as progress:
-        tasks = {}
-
-        def report(phase: str, done: int, total):
-            if phase not in tasks:
-                label = remote.filename if phase == "download" else "  checking sha256"
-                tasks[phase] = progress.add_task(label, total=total, completed=done)
-            progress.update(tasks[phase], completed=done, total=total)
-
-        path = downloads.download(remote, cache_dir, progress=report)
-        if "verify" in tasks:
-            progress.remove_task(tasks["verify"])  # the bar that stays is the download's
-    err.print(line(f"{remote.filename}: checksum verified" + ("" if "download" in tasks else " (already downloaded)")))
-    return path
 
 
 def _print_recommended() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -210,8 +210,8 @@ def reset(trait: Annotated[str, typer.Argument(help="A trait name, or 'all'.")],
 def export(
     user: UserOpt = None,
     format: Annotated[str, typer.Option("--format", "-f", help="json, yaml or md.")] = "json",
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
-    archive: Annotated[Optional[Path], typer.Option("--archive", help="Write a full portable archive of the user.")] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    archive: Annotated[Path | None, typer.Option("--archive", help="Write a full portable archive of the user.")] = None,
 ):
     """Export the profile (json, yaml, md), or everything the user has with --archive."""
     env = make_env(user)
@@ -274,11 +274,10 @@ def import_with_progress(env, file: Path) -> dict:
     """Check the whole archive (nothing is created before it passes), then write it into ``env``'s
     store; a long import shows its progress on a terminal (stderr), and nothing when piped."""
     from personavlm_cli.adapters.archive import import_archive, read_archive
-
     from personavlm_cli.cli.memory import archive_limits, is_empty
 
     with import_progress() as progress:
-        env.user  # a bad user name or configuration is refused before the archive is read
+        _ = env.user  # a bad user name or configuration is refused before the archive is read
         checked = read_archive(file, progress=progress, limits=archive_limits(env.settings))
         if is_empty(checked):  # nothing to write: the user's store is not created for it
             return {"added": 0, "skipped": 0, "manifest": checked[0], "empty": True}

@@ -213,7 +213,7 @@ class Spinner:
         self._thread: threading.Thread | None = None
         self._t0 = 0.0
 
-    def start(self) -> "Spinner":
+    def start(self) -> Spinner:
         if self.enabled and self._thread is None:
             self._quiet_echo()
             self._t0 = time.monotonic()
@@ -276,7 +276,7 @@ class Spinner:
         except (OSError, ValueError):
             pass
 
-    def __enter__(self) -> "Spinner":
+    def __enter__(self) -> Spinner:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -27,12 +27,13 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from personavlm_cli.cli.common import JsonOpt, count, err, line, make_env, out, print_json
 from personavlm_cli.core.errors import ConfigError, NotFoundError, StoreError
+from personavlm_cli.core.memory import MemoryType
 
 app = typer.Typer(help="Where the memories live: this machine (embedded) or servers (PostgreSQL + Chroma).",
                   no_args_is_help=True)
@@ -46,7 +47,7 @@ _LOCAL_JOBS = {"vector_delete"}
 @app.command()
 def migrate(
     to: Annotated[str, typer.Option("--to", help="server (PostgreSQL + Chroma server) or embedded (this machine).")],
-    user: Annotated[Optional[str], typer.Option(
+    user: Annotated[str | None, typer.Option(
         "--user", "-u", help="Move only this user (default: every user of this home).", show_default=False)] = None,
     batch: Annotated[int, typer.Option("--batch", min=1, hidden=True, help="Records per transaction.")] = 500,
     json: JsonOpt = False,
@@ -321,7 +322,7 @@ def _verify(source, target, memories, images: dict) -> list[str]:
         vectors = target.vectors
         if vectors.ids(TEXT) != set(copied):
             problems.append("the text vectors do not match the memories")
-        with_images = {m.id for m in memories if m.type == "image" and m.meta.get("path")}
+        with_images = {m.id for m in memories if m.type == MemoryType.IMAGE and m.meta.get("path")}
         if with_images and not with_images <= vectors.ids(IMAGES):
             problems.append("an image memory has no image vector")
     return problems

@@ -16,9 +16,10 @@ import contextlib
 import io
 import os
 import sys
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from datetime import datetime
-from typing import IO, Any, Callable, Iterator, Mapping
+from typing import IO, Any
 
 
 def _isatty(stream: Any) -> bool:
@@ -107,7 +108,7 @@ class Terminal:
         return self._err
 
     def _console(self, file: IO[str] | None, *, stderr: bool, isatty: bool | None, **kwargs: Any):
-        from personavlm_cli.cli.common import _console  # the one recipe of a console (sanitising hook)
+        from personavlm_cli.cli.text import console  # the one recipe of a console (sanitising hook)
 
         if file is not None:
             kwargs["file"] = file  # else Rich follows sys.stdout / sys.stderr, as it always did
@@ -115,12 +116,12 @@ class Terminal:
             kwargs["force_terminal"] = True  # else Rich asks the stream (and FORCE_COLOR), as it always did
         if self._environ is not None:
             kwargs["_environ"] = self._environ  # COLUMNS, NO_COLOR, TERM... of this run
-        return _console(stderr=stderr, **kwargs)
+        return console(stderr=stderr, **kwargs)
 
     # -- a run ---------------------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def activate(self) -> Iterator["Terminal"]:
+    def activate(self) -> Iterator[Terminal]:
         """Make this the active terminal for the block: the consoles, ``sys``'s streams (when this
         terminal has its own) and the product's clock (when it has one)."""
         token = _ACTIVE.set(self)

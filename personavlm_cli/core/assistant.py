@@ -7,15 +7,15 @@ the answer, never before it.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterator
 
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.gate import ModelGate
-from personavlm_cli.core.memory import Memory, new_id
+from personavlm_cli.core.memory import Memory, MemoryType, new_id
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import PROFILES, Context
 from personavlm_cli.core.reasoning import Reasoning
@@ -76,7 +76,7 @@ class Assistant:
     # -- sessions and context ---------------------------------------------------------------------
 
     def last_turn(self) -> Memory | None:
-        turns = self.store.records.list(types=["turn"], limit=1, newest_first=True)
+        turns = self.store.records.list(types=[MemoryType.TURN], limit=1, newest_first=True)
         return turns[0] if turns else None
 
     def session_for(self, at: datetime) -> tuple[str, str | None]:
@@ -84,7 +84,7 @@ class Assistant:
         last = self.last_turn()
         if last is not None and at - last.occurred <= self.gap and at >= last.occurred - self.gap:
             return last.session_id, None
-        return f"s_{at.strftime('%Y%m%d%H%M')}_{new_id('turn')[-4:]}", (last.session_id if last else None)
+        return f"s_{at.strftime('%Y%m%d%H%M')}_{new_id(MemoryType.TURN)[-4:]}", (last.session_id if last else None)
 
     def recent(self, at: datetime) -> list[Memory]:
         """The recent-turn window: turns of the last session gap, at most ``recent_turns`` of them."""
@@ -96,7 +96,7 @@ class Assistant:
         # than losing one turn per message to the clock.
         wider = anchor is not None and anchor.occurred.timestamp() < since
         turns = list(reversed(self.store.records.list(
-            types=["turn"], since=anchor.occurred.timestamp() if wider else since, until=at.timestamp(),
+            types=[MemoryType.TURN], since=anchor.occurred.timestamp() if wider else since, until=at.timestamp(),
             newest_first=True, limit=self.recent_turns * 2)))
         # A blank answer or the old stand-in for none (stored before failures stored nothing) is not fed back.
         turns = [t for t in turns if t.role != "assistant" or t.text.strip() not in NOT_ANSWERS]
@@ -134,9 +134,9 @@ class Assistant:
         records = self.store.records
         view = self._session_view
         if view is None or session_id is None or view[0] != session_id:
-            core = records.list(types=["core"])
+            core = records.list(types=[MemoryType.CORE])
             view = (session_id, core[-1].meta.get("facts", {}) if core else {},
-                    records.list(types=["procedural"]),
+                    records.list(types=[MemoryType.PROCEDURAL]),
                     # the tone follows only the traits read with confidence (core/personality.py)
                     pem.for_tone(records.get_meta("personality") or pem.initial(),
                                  (records.get_meta("personality_evidence") or {}).get("totals")))
@@ -243,13 +243,13 @@ class Assistant:
             session, previous = session_id, (last.session_id if last and last.session_id != session_id else None)
         else:
             session, previous = self.session_for(at)
-        turn = new_memory("turn", text, at, role="user", session_id=session,
+        turn = new_memory(MemoryType.TURN, text, at, role="user", session_id=session,
                           meta={"images": [i.sha256 for i in infos]} if infos else {})
         images = []
         for src, info in zip(image_paths, infos):
             rel = str(Path(info.path).relative_to(self.store.images_dir))
             images.append(new_memory(
-                "image", f"Image {Path(src).name} ({info.width}x{info.height} {info.format}) shared with the "
+                MemoryType.IMAGE, f"Image {Path(src).name} ({info.width}x{info.height} {info.format}) shared with the "
                 f"message: {text}", at, source_ids=[turn.id], session_id=session, image_sha256=info.sha256,
                 meta={"path": rel, "filename": Path(src).name, "width": info.width, "height": info.height,
                       "format": info.format}))
@@ -260,7 +260,7 @@ class Assistant:
         meta = {"reasoning": ex.reasoning.to_dict() if ex.reasoning else None}
         if ex.interrupted:
             meta["interrupted"] = True
-        turn = new_memory("turn", ex.answer, max(at, ex.user_turn.occurred), role="assistant",
+        turn = new_memory(MemoryType.TURN, ex.answer, max(at, ex.user_turn.occurred), role="assistant",
                           session_id=ex.user_turn.session_id, source_ids=[ex.user_turn.id], meta=meta)
         if not self.store.add([turn], embed=False, sources=[ex.user_turn.id]):
             return None  # its message was erased meanwhile (another machine's forget): no answer quoting it
@@ -322,9 +322,9 @@ class Assistant:
         """Episodes expand to their source turns; images bring the turn they came with."""
         out: list[Memory] = []
         for m in found:
-            if m.type == "episodic":
+            if m.type == MemoryType.EPISODIC:
                 out.extend(self.store.records.get_many(m.source_ids))
-            elif m.type == "image":
+            elif m.type == MemoryType.IMAGE:
                 out.append(m)
                 out.extend(self.store.records.get_many(m.source_ids))
             else:

@@ -9,10 +9,12 @@ a model on a server is taken to be capable. Either setting can be forced in the 
 
 from __future__ import annotations
 
+from typing import Any
+
 SMALL_MODEL_BYTES = 3_000_000_000  # about 4B parameters at 4 bits
 
 
-def is_small(model) -> bool:
+def is_small(model: Any) -> bool:
     """Under the size line; a model whose weights are elsewhere (a server) is taken to be capable."""
     if model is None:  # no model loaded (recall-only work): what a small one would get
         return True
@@ -34,9 +36,9 @@ def prompt_style_for(setting: str, small: bool) -> str:
     return "compact" if small else "full"
 
 
-def choose_extractor(setting: str, model) -> str:
+def choose_extractor(setting: str, model: Any) -> str:
     return extractor_for(setting, is_small(model))
 
 
-def choose_prompt_style(setting: str, model) -> str:
+def choose_prompt_style(setting: str, model: Any) -> str:
     return prompt_style_for(setting, is_small(model))

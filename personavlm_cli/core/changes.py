@@ -27,17 +27,19 @@ a user's statement that shares a word with it (the prompt labels them "what you 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import datetime
+from typing import Any
 
 from personavlm_cli.core import learning
 from personavlm_cli.core import sentences as _sentences
-from personavlm_cli.core.memory import Memory, from_iso
+from personavlm_cli.core.memory import Memory, MemoryType, from_iso
 
 PAST_WEIGHT = 0.45  # a past statement's score is multiplied by this unless the question is about the past
 ASSISTANT_WEIGHT = 0.7  # the assistant's own turns: recalled, labelled, below the user's word
 
 _V = r"(?!(?:a|an|my|our|his|her|their|this|that|the|it|there|here)\b)([A-Za-z][\w'’.-]*(?:\s+(?-i:[A-Z])[\w'’.-]*){0,2})"
-SLOTS: list[tuple[str, re.Pattern]] = [
+SLOTS: list[tuple[str, re.Pattern[str]]] = [
     ("home", re.compile(rf"\b(?:live|lives|living|moved|moving|relocated|relocating|settled|based|study|studies|"
                         rf"studying)\s+(?:in|to)\s+(?:the\s+)?{_V}", re.I)),
     ("workplace", re.compile(rf"\b(?:work|works|working|teach|teaches|teaching|employed)\s+(?:at|for)\s+(?:the\s+)?{_V}",
@@ -47,7 +49,8 @@ SLOTS: list[tuple[str, re.Pattern]] = [
                            r"taking the \w+|ride|riding|bus|train|tram|metro|subway|car|scooter)\b[^.!?]*?\bto work\b",
                            re.I)),
     ("drink", re.compile(r"\b(?:drink|drinking|drinks|my drink is|my go-to drink is|it's)\s+(?:a\s+|my\s+)?"
-                         r"((?:(?:black|green|iced|hot|white|herbal|mint|oat|strong|sweet)\s+)?(?:coffee|tea|espresso|latte|lattes|cappuccino|green tea|black tea|matcha|water|juice|"
+                         r"((?:(?:black|green|iced|hot|white|herbal|mint|oat|strong|sweet)\s+)?"
+                         r"(?:coffee|tea|espresso|latte|lattes|cappuccino|green tea|black tea|matcha|water|juice|"
                          r"cola|coke|sprite|beer|wine|milk|chai|mocha|americano|flat white|decaf))\b", re.I)),
     ("diet", re.compile(r"\b(vegetarian|vegan|pescatarian|carnivore|omnivore|keto|gluten-free)\b", re.I)),
     ("shift", re.compile(r"\b(day|night|morning|evening|late|early|weekend)\s+shifts?\b", re.I)),
@@ -100,7 +103,10 @@ def subject(sentence: str, people: tuple[str, ...] = ()) -> str:
 
 # Words of a slot's frame, not of its value: sharing them does not make two statements one fact
 # ("I love my work colleagues" and "these days I walk to work").
-FRAME = frozenset("work works working job live lives living shift shifts drink drinks home day days".split())
+FRAME = frozenset([
+    "work", "works", "working", "job", "live", "lives", "living", "shift", "shifts", "drink", "drinks", "home", "day",
+    "days",
+])
 
 
 def _names_the_old(new: str, old: str) -> bool:
@@ -143,10 +149,10 @@ def about_the_past(text: str) -> bool:
 
 def until(m: Memory) -> str | None:
     """When ``m`` stopped being true: its ``valid_to`` (a closed learnt memory) or a past turn's mark."""
-    past = (m.meta or {}).get("past") if m.type in ("turn", "episodic") else None
+    past = (m.meta or {}).get("past") if m.type in (MemoryType.TURN, MemoryType.EPISODIC) else None
     if past and past.get("until"):
-        return past["until"]
-    return m.valid_to if m.type in ("semantic", "procedural", "episodic", "core") else None
+        return str(past["until"])
+    return m.valid_to if m.type in (MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC, MemoryType.CORE) else None
 
 
 def until_text(m: Memory) -> str | None:
@@ -163,11 +169,11 @@ def until_text(m: Memory) -> str | None:
 
 def is_assistants(m: Memory) -> bool:
     """The assistant's own turn (not an imported transcript's, which names its speaker)."""
-    return m.type == "turn" and m.role == "assistant" and not (m.meta or {}).get("speaker")
+    return m.type == MemoryType.TURN and m.role == "assistant" and not (m.meta or {}).get("speaker")
 
 
 def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str,
-           signals: dict[str, dict], fetch=None) -> None:
+           signals: dict[str, dict[str, Any]], fetch: Callable[[list[str]], list[Memory]] | None = None) -> None:
     """Demote past statements (unless the question asks about the past) and the assistant's own turns,
     in place; an assistant turn never stays above a user statement that shares a content word with it.
     Each demotion is written into the memory's ``signals`` (``past``, ``assistant``): `/why` and
@@ -176,12 +182,12 @@ def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str
     for memory_id, m in list(memories.items()):
         if memory_id not in fused:
             continue
-        if until(m) and not keep_past and m.type in ("turn", "episodic"):
+        if until(m) and not keep_past and m.type in (MemoryType.TURN, MemoryType.EPISODIC):
             before = fused[memory_id]
             fused[memory_id] *= PAST_WEIGHT
             past = (m.meta or {}).get("past") or {}
             signals.setdefault(memory_id, {})["past"] = {
-                "rank": 0, "score": PAST_WEIGHT, "until": until(m)[:10], "by": past.get("by"),
+                "rank": 0, "score": PAST_WEIGHT, "until": (until(m) or "")[:10], "by": past.get("by"),
                 "reason": past.get("reason", "superseded")}
             # The statement that made it past comes in, above it: the newest word wins.
             newer = past.get("by")
@@ -198,8 +204,8 @@ def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str
             fused[memory_id] *= ASSISTANT_WEIGHT
             signals.setdefault(memory_id, {})["assistant"] = {"rank": 0, "score": ASSISTANT_WEIGHT}
     users = [(i, learning.content_words(m.text)) for i, m in memories.items()
-             if i in fused and not is_assistants(m) and m.type in ("turn", "semantic", "procedural")
-             and (m.type != "turn" or m.role == "user")]
+             if i in fused and not is_assistants(m) and m.type in (MemoryType.TURN, MemoryType.SEMANTIC, MemoryType.PROCEDURAL)
+             and (m.type != MemoryType.TURN or m.role == "user")]
     for memory_id, m in memories.items():
         if memory_id not in fused or not is_assistants(m):
             continue

@@ -228,7 +228,7 @@ class Locations:
         return self.config_dir / "models.yaml"
 
     @classmethod
-    def resolve(cls, environ: dict | None = None) -> "Locations":
+    def resolve(cls, environ: dict | None = None) -> Locations:
         env = os.environ if environ is None else environ
         home = env.get("PERSONAVLM_HOME")
         if home:
@@ -271,7 +271,7 @@ class Settings:
     def items(self):
         return self._values.items()
 
-    def with_overrides(self, overrides: dict[str, Any]) -> "Settings":
+    def with_overrides(self, overrides: dict[str, Any]) -> Settings:
         values, origins = dict(self._values), dict(self._origins)
         for name, value in overrides.items():
             if value is None:
@@ -282,7 +282,7 @@ class Settings:
         return Settings(values, origins, self.locations, self.warnings)
 
     @classmethod
-    def load(cls, overrides: dict[str, Any] | None = None, environ: dict | None = None) -> "Settings":
+    def load(cls, overrides: dict[str, Any] | None = None, environ: dict | None = None) -> Settings:
         env = os.environ if environ is None else environ
         locations = Locations.resolve(env)
         values = {name: key.default for name, key in KEYS.items()}

@@ -22,10 +22,10 @@ turn reports (``TurnStats``, the notices' figures).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable, Iterator
 
 from personavlm_cli.core.assistant import Assistant, Exchange
 from personavlm_cli.core.errors import ModelInterrupted, NoAnswer, PersonaError
@@ -132,7 +132,7 @@ class Turn:
         """Ctrl-C or an error cut the answer: the partial answer is stored, marked as interrupted."""
         return self._end(interrupted=True)
 
-    def __enter__(self) -> "Turn":
+    def __enter__(self) -> Turn:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

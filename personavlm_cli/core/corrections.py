@@ -13,23 +13,25 @@ not rewritten.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 
-from personavlm_cli.core.errors import NotFoundError, PersonaError
 from personavlm_cli.core import learning
-from personavlm_cli.core.memory import Memory, iso, new_id, now
+from personavlm_cli.core.errors import NotFoundError, PersonaError
+from personavlm_cli.core.memory import Memory, MemoryType, iso, new_id, now
+from personavlm_cli.core.ports import RecordStore
 from personavlm_cli.core.store import MemoryStore
 
-EDITABLE = ("core", "semantic", "episodic", "procedural")
+EDITABLE = (MemoryType.CORE, MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL)
 MAX_CHARS = 4000
 
 
-def editable(records, memory_id: str) -> Memory:
+def editable(records: RecordStore, memory_id: str) -> Memory:
     """The memory, if it can be edited; else NotFoundError / PersonaError with one line."""
     old = records.get(memory_id)
     if old is None:
         raise NotFoundError(f"no memory with id '{memory_id}'")
     if old.type not in EDITABLE:
-        what = "a turn is the record of what was said" if old.type == "turn" else "an image memory is what was shown"
+        what = "a turn is the record of what was said" if old.type == MemoryType.TURN else "an image memory is what was shown"
         raise PersonaError(f"'{memory_id}' cannot be edited: {what}; forget it instead "
                            f"(only {', '.join(EDITABLE)} memories are edited)")
     if not old.current:
@@ -52,7 +54,7 @@ def profile_fields(text: str) -> dict[str, str]:
     return {k: found[k] for k in learning.FIELDS if k in found}
 
 
-def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | None:
+def correct(store: MemoryStore, memory_id: str, text: str, at: datetime | None = None) -> Memory | None:
     """Make ``text`` the current version of memory ``memory_id``; the new memory, or None when the text
     is unchanged. Raises NotFoundError / PersonaError with one line for what cannot be edited."""
     old = editable(store.records, memory_id)
@@ -62,7 +64,7 @@ def correct(store: MemoryStore, memory_id: str, text: str, at=None) -> Memory | 
     if len(text) > MAX_CHARS:
         raise PersonaError(f"the new text has {len(text)} characters; a memory holds at most {MAX_CHARS}")
     facts = None
-    if old.type == "core":
+    if old.type == MemoryType.CORE:
         facts = profile_fields(text)
         text = learning.profile_text(facts)
     if text == old.text:

@@ -1,13 +1,26 @@
-"""Domain errors. The CLI turns each into one line on stderr and a non-zero exit status."""
+"""Domain errors and the program's exit statuses. The CLI turns each error into one line on stderr and a
+non-zero exit status."""
+
+from enum import IntEnum, unique
+
+
+@unique
+class ExitStatus(IntEnum):
+    """How a command ends: the process's exit status (only ``cli.main`` exits; commands return or raise)."""
+
+    OK = 0
+    ERROR = 1  # a domain error (one ``Error:`` line), a failed line of a script, a refused confirmation
+    USAGE = 2  # a bad option or argument (Click's usage error)
+    INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as a shell reports it
 
 
 class PersonaError(Exception):
     """An error the user can act on; its message is one line, shown as is, with every credential in it
     masked (``core.secrets``: a URL's password, an API key), wherever the message was made."""
 
-    exit_code = 1
+    exit_code = ExitStatus.ERROR
 
-    def __init__(self, *args):
+    def __init__(self, *args: object) -> None:
         from personavlm_cli.core.secrets import masked
 
         super().__init__(*(masked(a) if isinstance(a, str) else a for a in args))
@@ -54,7 +67,7 @@ class DiskFullError(StoreError):
     """A write ran out of space (ENOSPC, SQLite's "database or disk is full"): nothing was lost."""
 
 
-def disk_full(where) -> DiskFullError:
+def disk_full(where: object) -> DiskFullError:
     """The one line for a full disk: what is full, what to do, and that nothing was lost."""
     return DiskFullError(f"no space left on {where}: free some space; nothing was lost")
 

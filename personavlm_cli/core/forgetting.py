@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 
 from personavlm_cli.core import learning
 from personavlm_cli.core.errors import PersonaError
-from personavlm_cli.core.memory import Memory
+from personavlm_cli.core.memory import Memory, MemoryType
 from personavlm_cli.core.store import MemoryStore, new_memory
 from personavlm_cli.core.update import UpdateQueue, forget_personality_evidence
 
@@ -69,8 +69,9 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, queue: UpdateQueu
         return execute_text(store, p, operation, queue)
     records = store.records
     ids = set(p.ids)
-    sessions = {m.session_id for m in p.targets + p.derived if m.type == "turn" and m.session_id}
-    sessions |= {m.session_id for m in p.derived if m.type in ("episodic", "core", "procedural") and m.session_id}
+    sessions = {m.session_id for m in p.targets + p.derived if m.type == MemoryType.TURN and m.session_id}
+    summaries = (MemoryType.EPISODIC, MemoryType.CORE, MemoryType.PROCEDURAL)
+    sessions |= {m.session_id for m in p.derived if m.type in summaries and m.session_id}
     erased_now = {x.id: x for x in p.targets + p.derived}
     relink = [(m, _survivor(m, erased_now)) for m in records.superseded_by_any(ids) if m.id not in ids]
     scrub_input_history(store.user_dir / "input_history", [m.text for m in p.targets + p.derived])
@@ -96,7 +97,7 @@ def execute(store: MemoryStore, p: ForgetPlan, operation: str, queue: UpdateQueu
         store.embed([m for m, _ in relink])
     if queue is not None:
         for session in sorted(sessions):
-            if records.list(types=["turn"], session_id=session, limit=1):
+            if records.list(types=[MemoryType.TURN], session_id=session, limit=1):
                 queue.enqueue_session(session)
     return erased
 
@@ -205,7 +206,7 @@ def plan_text(store: MemoryStore, text: str) -> TextPlan:
     doomed: dict[str, Memory] = {}
     recomputed: dict[str, Memory] = {}
     for m in everything:
-        if m.type == "core" or not holds(m, wanted):
+        if m.type == MemoryType.CORE or not holds(m, wanted):
             continue
         if not holds(m, wanted, meta=False) and _drop_variants(m, wanted) is not None:
             recomputed[m.id] = m  # only a merged variant holds it: the memory stays, recomputed
@@ -217,13 +218,13 @@ def plan_text(store: MemoryStore, text: str) -> TextPlan:
     while True:
         grown = False
         for m in everything:
-            if m.id in doomed or m.type == "core" or not m.source_ids:
+            if m.id in doomed or m.type == MemoryType.CORE or not m.source_ids:
                 continue
             sources = [s for s in m.source_ids if s in by_id]
             gone = [s for s in sources if s in doomed]
             if not gone:
                 continue
-            alone = m.type in ("turn", "image", "episodic") or len(gone) == len(sources)
+            alone = m.type in (MemoryType.TURN, MemoryType.IMAGE, MemoryType.EPISODIC) or len(gone) == len(sources)
             if alone:
                 doomed[m.id] = derived[m.id] = m
                 recomputed.pop(m.id, None)
@@ -234,7 +235,7 @@ def plan_text(store: MemoryStore, text: str) -> TextPlan:
             break
     # The core profile: the versions that hold the text go; the current one is rewritten without it.
     profile = None
-    cores = [m for m in everything if m.type == "core"]
+    cores = [m for m in everything if m.type == MemoryType.CORE]
     current = next((m for m in reversed(cores) if m.current), None)
     for m in cores:
         if holds(m, wanted):
@@ -297,12 +298,12 @@ def execute_text(store: MemoryStore, p: TextPlan, operation: str, queue: UpdateQ
     wanted = needle(p.text)
     gone = {m.id for m in p.targets + p.derived}
     sessions = {m.session_id for m in p.targets + p.derived
-                if m.type in ("turn", "episodic") and m.session_id}
+                if m.type in (MemoryType.TURN, MemoryType.EPISODIC) and m.session_id}
     scrub_input_history(store.user_dir / "input_history", [p.text] + [m.text for m in p.targets + p.derived])
     new_core = None
     if p.profile is not None and p.profile.facts:
-        old = next(m for m in p.targets if m.type == "core" and m.current)
-        new_core = new_memory("core", learning.profile_text(p.profile.facts), old.occurred_at,
+        old = next(m for m in p.targets if m.type == MemoryType.CORE and m.current)
+        new_core = new_memory(MemoryType.CORE, learning.profile_text(p.profile.facts), old.occurred_at,
                               source_ids=list(dict.fromkeys(p.profile.sources.values())),
                               session_id=old.session_id, meta={"facts": p.profile.facts, "sources": p.profile.sources,
                                                                 "recomputed": "forget"})
@@ -319,7 +320,7 @@ def execute_text(store: MemoryStore, p: TextPlan, operation: str, queue: UpdateQ
             meta = _drop_variants(fresh, wanted)
             if meta is not None:
                 fresh.meta = meta
-            if fresh.type == "core" and isinstance(fresh.meta.get("sources"), dict):
+            if fresh.type == MemoryType.CORE and isinstance(fresh.meta.get("sources"), dict):
                 fresh.meta["sources"] = {k: v for k, v in fresh.meta["sources"].items() if v not in gone}
             records.update(fresh)
             changed.append(fresh)
@@ -328,7 +329,7 @@ def execute_text(store: MemoryStore, p: TextPlan, operation: str, queue: UpdateQ
             if fresh is None:
                 continue
             # The current profile's line goes on in the new version; any other line stays closed.
-            fresh.superseded_by = new_core.id if new_core is not None and fresh.type == "core" else None
+            fresh.superseded_by = new_core.id if new_core is not None and fresh.type == MemoryType.CORE else None
             records.update(fresh)
             changed.append(fresh)
         done = records.get_meta("consolidated", {}) or {}
@@ -340,6 +341,6 @@ def execute_text(store: MemoryStore, p: TextPlan, operation: str, queue: UpdateQ
     store.embed(list({m.id: m for m in [*changed, *([new_core] if new_core is not None else [])]}.values()))
     if queue is not None:
         for session in sorted(sessions):
-            if records.list(types=["turn"], session_id=session, limit=1):
+            if records.list(types=[MemoryType.TURN], session_id=session, limit=1):
                 queue.enqueue_session(session)
     return erased

@@ -12,8 +12,8 @@ work takes the gate only when no answer is waiting.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Callable
 
 
 class ModelGate:
@@ -28,7 +28,7 @@ class ModelGate:
         self.on_wait: list[Callable[[], None]] = []  # called when an answer waits for background work
 
     @contextmanager
-    def foreground(self):
+    def foreground(self) -> Iterator[None]:
         with self._cond:
             self._waiting += 1
             background_busy = self._holder is not None and self._holder != threading.get_ident()
@@ -46,7 +46,7 @@ class ModelGate:
             self._lock.release()
 
     @contextmanager
-    def background(self, urgent: bool = False):
+    def background(self, urgent: bool = False) -> Iterator[None]:
         """Background use; ``urgent`` work (the next prompt's prefill, ``core/warmup.py``) still yields
         to answers, but the other background work yields to it as it does to an answer."""
         if not urgent:
@@ -71,7 +71,7 @@ class ModelGate:
         return self._waiting > 0 or self._urgent > 0
 
     @contextmanager
-    def _background(self, free):
+    def _background(self, free: Callable[[], bool]) -> Iterator[None]:
         me = threading.get_ident()
         if self._holder == me:  # nested: the job already holds the gate
             self._depth += 1
@@ -115,17 +115,18 @@ class ModelGate:
         for hook in list(self.on_wait):
             try:
                 hook()
-            except Exception:  # noqa: BLE001 - a hook must never block an answer
+            except Exception:  # a hook must never block an answer
                 pass
 
     def answer_waiting(self) -> bool:
         return self._waiting > 0
 
     # ``with gate:`` is the foreground use.
-    def __enter__(self):
+    def __enter__(self) -> None:
         cm = self.foreground()
         self._local.__dict__.setdefault("stack", []).append(cm)
         return cm.__enter__()
 
-    def __exit__(self, *exc):
-        return self._local.stack.pop().__exit__(*exc)
+    def __exit__(self, *exc: object) -> bool | None:
+        suppressed: bool | None = self._local.stack.pop().__exit__(*exc)
+        return suppressed

@@ -25,22 +25,28 @@ import re
 from dataclasses import dataclass, field
 
 from personavlm_cli.core import sentences as _sentences
+from personavlm_cli.core.memory import MemoryType
 
 # Words that carry no fact: function words, pronouns, auxiliaries, and the framing words a
 # rephrasing may add ("the user"). A statement's *content words* are its other words.
-STOP = frozenset("""
-a about above after again against all also am an and any are aren't as at be because been before being
-below between both but by can can't cannot could couldn't did didn't do does doesn't doing don't down during
-each few for from further had hadn't has hasn't have haven't having he he'd he'll he's her here here's hers
-herself him himself his how how's i i'd i'll i'm i've if in into is isn't it it's its itself let's me more
-most mustn't my myself no nor not of off on once only or other ought our ours ourselves out over own same
-shan't she she'd she'll she's should shouldn't so some such than that that's the their theirs them
-themselves then there there's these they they'd they'll they're they've this those through to too under
-until up very was wasn't we we'd we'll we're we've were weren't what what's when when's where where's which
-while who who's whom why why's with won't would wouldn't you you'd you'll you're you've your yours yourself
-yourselves just really quite so very also still even now then yet user user's users im ive id dont
-s t d ll m re ve
-""".split())
+STOP = frozenset([
+    "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "aren't",
+    "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "can't",
+    "cannot", "could", "couldn't", "did", "didn't", "do", "does", "doesn't", "doing", "don't", "down", "during",
+    "each", "few", "for", "from", "further", "had", "hadn't", "has", "hasn't", "have", "haven't", "having", "he",
+    "he'd", "he'll", "he's", "her", "here", "here's", "hers", "herself", "him", "himself", "his", "how", "how's", "i",
+    "i'd", "i'll", "i'm", "i've", "if", "in", "into", "is", "isn't", "it", "it's", "its", "itself", "let's", "me",
+    "more", "most", "mustn't", "my", "myself", "no", "nor", "not", "of", "off", "on", "once", "only", "or", "other",
+    "ought", "our", "ours", "ourselves", "out", "over", "own", "same", "shan't", "she", "she'd", "she'll", "she's",
+    "should", "shouldn't", "so", "some", "such", "than", "that", "that's", "the", "their", "theirs", "them",
+    "themselves", "then", "there", "there's", "these", "they", "they'd", "they'll", "they're", "they've", "this",
+    "those", "through", "to", "too", "under", "until", "up", "very", "was", "wasn't", "we", "we'd", "we'll", "we're",
+    "we've", "were", "weren't", "what", "what's", "when", "when's", "where", "where's", "which", "while", "who",
+    "who's", "whom", "why", "why's", "with", "won't", "would", "wouldn't", "you", "you'd", "you'll", "you're",
+    "you've", "your", "yours", "yourself", "yourselves", "just", "really", "quite", "so", "very", "also", "still",
+    "even", "now", "then", "yet", "user", "user's", "users", "im", "ive", "id", "dont", "s", "t", "d", "ll", "m",
+    "re", "ve",
+])
 
 FIELDS = ("name", "age", "occupation", "location", "hometown", "family", "pets", "languages")
 """The core profile's fields, in display order. ``family`` and ``pets`` hold "relation Name" items,
@@ -69,7 +75,9 @@ PLAN = re.compile(
     r"trying to|next (week|month|year|summer|winter|spring|autumn)|this (summer|winter|spring|autumn|weekend)|"
     r"am going|are going|i'll|we'll)\b", re.I)
 CHANGE = re.compile(
-    r"\b(switch(ed|ing)?|chang(ed|ing)\s+(?:to|from|jobs?|careers?|teams?|schools?|(?:my|our)\s+(?:job|career|mind|diet|name|plans?|team|school|address|number))|no longer|not any ?more|anymore|stopped|instead|now (prefer|like|love|use|"
+    r"\b(switch(ed|ing)?|chang(ed|ing)\s+(?:to|from|jobs?|careers?|teams?|schools?|"
+    r"(?:my|our)\s+(?:job|career|mind|diet|name|plans?|team|school|address|number))"
+    r"|no longer|not any ?more|anymore|stopped|instead|now (prefer|like|love|use|"
     r"drink|eat|live|work|take|go|have)|moved|relocat(ed|ing)|quit|gave up|given up|replaced|used to|prefer now|"
     r"actually|these days|nowadays|from now on|no more|sold|passed away|broke up|divorced|retired)\b", re.I)
 FROM_TO = re.compile(r"\bfrom\s+(?:the\s+|my\s+|a\s+)?([A-Za-z][\w'-]*(?:\s+[A-Za-z][\w'-]*)?)\s+to\b", re.I)
@@ -87,31 +95,37 @@ LANGUAGES = ("english", "french", "german", "spanish", "italian", "portuguese", 
              "vietnamese", "thai", "indonesian", "swahili", "catalan", "welsh", "irish", "latin")
 
 # Words that look like a name after "I'm" but say something else (a nationality, a faith, a mood).
-NOT_NAMES = frozenset("""
-american british english scottish welsh irish canadian australian indian pakistani chinese japanese korean
-french german dutch belgian swiss austrian italian spanish portuguese brazilian mexican argentinian
-chilean colombian peruvian cuban russian ukrainian polish czech slovak hungarian romanian bulgarian greek
-turkish danish swedish norwegian finnish icelandic israeli egyptian moroccan nigerian kenyan african
-european asian latino latina jewish muslim christian catholic protestant hindu buddhist sikh atheist
-vegan vegetarian sorry fine good ok okay back here home done ready sure happy tired sad busy free new
-monday tuesday wednesday thursday friday saturday sunday january february march april may june july august
-september october november december so just not also still really very glad excited afraid
-""".split()) | frozenset(LANGUAGES)
+NOT_NAMES = frozenset([
+    "american", "british", "english", "scottish", "welsh", "irish", "canadian", "australian", "indian", "pakistani",
+    "chinese", "japanese", "korean", "french", "german", "dutch", "belgian", "swiss", "austrian", "italian", "spanish",
+    "portuguese", "brazilian", "mexican", "argentinian", "chilean", "colombian", "peruvian", "cuban", "russian",
+    "ukrainian", "polish", "czech", "slovak", "hungarian", "romanian", "bulgarian", "greek", "turkish", "danish",
+    "swedish", "norwegian", "finnish", "icelandic", "israeli", "egyptian", "moroccan", "nigerian", "kenyan", "african",
+    "european", "asian", "latino", "latina", "jewish", "muslim", "christian", "catholic", "protestant", "hindu",
+    "buddhist", "sikh", "atheist", "vegan", "vegetarian", "sorry", "fine", "good", "ok", "okay", "back", "here",
+    "home", "done", "ready", "sure", "happy", "tired", "sad", "busy", "free", "new", "monday", "tuesday", "wednesday",
+    "thursday", "friday", "saturday", "sunday", "january", "february", "march", "april", "may", "june", "july",
+    "august", "september", "october", "november", "december", "so", "just", "not", "also", "still", "really", "very",
+    "glad", "excited", "afraid",
+]) | frozenset(LANGUAGES)
 _CAP = r"(?-i:[A-Z][\w'’-]+)"
-_NAME = rf"((?-i:[A-Z][\w'’-]+(?:\s+[A-Z][\w'’-]+)?))"
+_NAME = r"((?-i:[A-Z][\w'’-]+(?:\s+[A-Z][\w'’-]+)?))"
 _PLACE = r"((?-i:[A-Z][\w'’.-]+(?:,?\s+[A-Z][\w'’.-]+){0,2}))"
 _JOB_ENDINGS = r"(?:er|ist|ian|or|ant|ent|nurse|chef|doctor|lawyer|pilot|cook|clerk|nanny|vet|surgeon|medic|midwife)"
 # A job word: an agent ending ("carpenter", "pharmacist", "librarian") or one of a few whole words.
 _JOB = (r"(?:[a-z-]+(?:er|ist|ian|or|ant|ent)|[a-z-]*(?:nurse|chef|doctor|lawyer|pilot|cook|clerk|nanny|vet|"
         r"surgeon|medic|midwife|paramedic|engineer|dentist|barista|plumber|electrician))")
-NOT_JOBS = frozenset("vegetarian vegan fan member beginner lover believer person mother father parent owner "
-                     "smoker drinker runner reader student patient customer passenger foreigner introvert "
-                     "extrovert perfectionist optimist pessimist morning winner loser".split())
+NOT_JOBS = frozenset([
+    "vegetarian", "vegan", "fan", "member", "beginner", "lover", "believer", "person", "mother", "father", "parent",
+    "owner", "smoker", "drinker", "runner", "reader", "student", "patient", "customer", "passenger", "foreigner",
+    "introvert", "extrovert", "perfectionist", "optimist", "pessimist", "morning", "winner", "loser",
+])
 _ROLE = r"((?:an?\s+)?[a-z][a-z-]+(?:\s+[a-z][a-z-]+){0,3})"
 _REL = "|".join(sorted(RELATIONS, key=len, reverse=True))
 _ANI = "|".join(sorted(ANIMALS, key=len, reverse=True))
 _COUNT = r"(?:a|an|one|two|three|four|five|\d)"
-_LIVE = r"(?:(?:finally|just|recently|now|actually|also)\s+)?(?:live|am living|'m living|’m living|are living|'re living|now live|moved|have moved|'ve moved|relocated|" \
+_LIVE = r"(?:(?:finally|just|recently|now|actually|also)\s+)?" \
+        r"(?:live|am living|'m living|’m living|are living|'re living|now live|moved|have moved|'ve moved|relocated|" \
         r"have relocated|'ve relocated|just moved)"
 # Where a workplace follows a job: "at" a named place ("at Dr. Lee's clinic", "at St. Anne's") or "at
 # a/the" place; cut at punctuation, a conjunction or another preposition.
@@ -119,12 +133,12 @@ _WORKPLACE = re.compile(r"^\s+(at\s+(?:(?-i:[A-Z])[\w'’.-]*|the\s+\w[\w'’-]*
                         r"(?:\s+(?!(?:and|but|since|because|so|in|on|for|near|where|which|who|with|as|from|"
                         r"to|now|these|since)\b)[\w'’.-]+){0,3})", re.I)
 
-PATTERNS: list[tuple[str, re.Pattern]] = [
-    ("name", re.compile(rf"\b(?:my name is|my name's|my name’s|i am called|i'm called)\s+"
+PATTERNS: list[tuple[str, re.Pattern[str]]] = [
+    ("name", re.compile(r"\b(?:my name is|my name's|my name’s|i am called|i'm called)\s+"
                         r"([A-Za-z][\w'’-]+(?:\s+(?!(?:and|but|i|i'm|im|from|here|by|so)\b)[A-Za-z][\w'’-]+)?)", re.I)),
     ("name", re.compile(rf"\b(?:call me|this is)\s+{_NAME}", re.I)),
-    ("name", re.compile(rf"^(?:(?:hi|hey|hello|hiya|ok|so|well)\b[\s,!.]*)*(?:i'm|i’m|i am|im)\s+{_NAME}(?=\s*(?:[,.!;]|$|\band\b|\bfrom\b|\bhere\b))",
-                        re.I)),
+    ("name", re.compile(rf"^(?:(?:hi|hey|hello|hiya|ok|so|well)\b[\s,!.]*)*(?:i'm|i’m|i am|im)\s+{_NAME}"
+                        r"(?=\s*(?:[,.!;]|$|\band\b|\bfrom\b|\bhere\b))", re.I)),
     ("age", re.compile(r"\b(?:i am|i'm|i’m|im)\s+(\d{1,3})(?:\s+years?\s+old|\s+y/?o\b)", re.I)),
     ("age", re.compile(r"\b(?:i am|i'm|i’m|im)\s+(\d{1,3})(?=\s*(?:[,;!]|\.(?!\d)|$|\band\b|\bnow\b|\btoday\b|"
                        r"\bthis year\b|\bnext\b|\bbut\b|\bso\b))", re.I)),
@@ -154,13 +168,18 @@ PATTERNS: list[tuple[str, re.Pattern]] = [
                              rf"(?:(?:,\s*|\s+and\s+)(?:{'|'.join(LANGUAGES)}))*)", re.I)),
 ]
 # Places that a lower-case "I live in ..." names without being a place name.
-NOT_PLACES = frozenset("town city village house flat apartment home the a an my our peace fear hope sin harmony "
-                       "denial luxury style comfort hiding".split())
+NOT_PLACES = frozenset([
+    "town", "city", "village", "house", "flat", "apartment", "home", "the", "a", "an", "my", "our", "peace", "fear",
+    "hope", "sin", "harmony", "denial", "luxury", "style", "comfort", "hiding",
+])
 # A self-introduction's fragments ("ines here, 27 years old, nurse in the night shift"): only in a
 # sentence that opens with "<name> here" or "I'm <Name>".
 _HERE = re.compile(r"^(?:(?:hi|hey|hello|hiya)\b[\s,!.]*)*([A-Za-z][a-z'’-]+)\s+here\b", re.I)
-NOT_HERE = frozenset("me i we it everyone everybody someone somebody nobody nothing something all you they he she "
-                     "still back just right over up down out in not new who what this that there".split())
+NOT_HERE = frozenset([
+    "me", "i", "we", "it", "everyone", "everybody", "someone", "somebody", "nobody", "nothing", "something", "all",
+    "you", "they", "he", "she", "still", "back", "just", "right", "over", "up", "down", "out", "in", "not", "new",
+    "who", "what", "this", "that", "there",
+])
 _AGE_FRAGMENT = re.compile(r"^(?:aged\s+)?(\d{1,3})(?:\s*(?:years?\s+old|y/?o|yrs?\s+old))?$", re.I)
 _JOB_FRAGMENT = re.compile(rf"^(?:an?\s+)?((?:[a-z-]+\s+)?{_JOB})\b", re.I)
 
@@ -208,7 +227,7 @@ def sentences(text: str) -> list[str]:
 @dataclass
 class Statement:
     text: str
-    kind: str  # "semantic" or "procedural"
+    kind: MemoryType  # SEMANTIC or PROCEDURAL
     keywords: str
     change: bool = False  # announces a change: supersedes what it names
     changed_from: str = ""  # the old thing, when the sentence says "from X to Y"
@@ -274,14 +293,15 @@ def statements_of(text: str, people: tuple[str, ...] = ()) -> list[Statement]:
         if not is_about_the_user(s, people):
             continue
         s = s[:400]
-        kind = "procedural" if (HABIT.search(s) or PLAN.search(s)) and not CHANGE.search(s) else "semantic"
+        habit = (HABIT.search(s) or PLAN.search(s)) and not CHANGE.search(s)
+        kind = MemoryType.PROCEDURAL if habit else MemoryType.SEMANTIC
         m = FROM_TO.search(s)
         out.append(Statement(text=s, kind=kind, keywords=keywords_of(s), change=bool(CHANGE.search(s)),
                              changed_from=m.group(1) if m and CHANGE.search(s) else ""))
     return out
 
 
-def _occupation(m: re.Match, sentence: str) -> str | None:
+def _occupation(m: re.Match[str], sentence: str) -> str | None:
     """The job a pattern found, with its workplace when one follows ("paramedic at St. Luke's")."""
     value = m.group(1).strip().rstrip(",.")
     value = re.sub(r"^(an?)\s+", "", value, flags=re.I)
@@ -291,7 +311,7 @@ def _occupation(m: re.Match, sentence: str) -> str | None:
         tail = sentence[m.end():]
     else:
         job = re.split(r"\s+(?:at|in|for|and|but|since|because|on|with|from)\b", value, flags=re.I)[0].strip()
-        kept = []
+        kept: list[str] = []
         for w in job.split():  # "a porter there": the job ends at its first function word
             if kept and w.lower() in STOP:
                 break
@@ -301,9 +321,9 @@ def _occupation(m: re.Match, sentence: str) -> str | None:
         value = job
     if not value or value.split()[-1].lower() in NOT_JOBS:
         return None
-    m = _WORKPLACE.match(tail)
-    if m:
-        value = f"{value} {m.group(1).rstrip(',.;')}"
+    place = _WORKPLACE.match(tail)
+    if place:
+        value = f"{value} {place.group(1).rstrip(',.;')}"
     elif value in ("teaches", "lectures", "works", "volunteers", "studies"):
         return None
     return value
@@ -345,20 +365,20 @@ def profile_of(text: str) -> dict[str, str]:
             found.setdefault(name, value)
         for name, pattern in PATTERNS:
             for m in pattern.finditer(s):
-                value = _value(name, m, s)
-                if value is None:
+                said = _value(name, m, s)
+                if said is None:
                     continue
                 if name in LIST_FIELDS:
                     found[name] = ", ".join(dict.fromkeys([*filter(None, found.get(name, "").split(", ")),
-                                                           *value.split(", ")]))
+                                                           *said.split(", ")]))
                 else:
-                    found.setdefault(name, value)
+                    found.setdefault(name, said)
                 if name not in LIST_FIELDS:
                     break
     return found
 
 
-def _value(name: str, m: re.Match, sentence: str) -> str | None:
+def _value(name: str, m: re.Match[str], sentence: str) -> str | None:
     if name == "pets" and m.lastindex and m.lastindex >= 2 and re.search(r"\band\b|,", m.group(2)):
         animal = m.group(1).lower()
         names = [n for n in re.split(r"\s*(?:,|\band\b)\s*", m.group(2)) if n and n.lower() not in NOT_NAMES]
@@ -375,7 +395,7 @@ def _value(name: str, m: re.Match, sentence: str) -> str | None:
         return ", ".join(x.capitalize() for x in re.split(r",\s*|\s+and\s+", m.group(1)) if x)
     if name == "occupation":
         return _occupation(m, sentence)
-    value = m.group(1).strip().rstrip(",.")
+    value: str = m.group(1).strip().rstrip(",.")
     if name == "name":
         parts = value.split()
         if parts[0].lower() in NOT_NAMES or parts[0].lower() in STOP:
@@ -439,7 +459,7 @@ def changes_what(new: Statement | str, old_text: str) -> bool:
     if m:
         named = {_stem(w) for w in content_words(m.group(1))}
         return bool(named) and named <= old_words
-    generic = {"switch", "switched", "chang", "chang", "stopp", "stop", "moved", "quit", "replac", "prefer",
+    generic = {"switch", "switched", "chang", "stopp", "stop", "moved", "quit", "replac", "prefer",
                "actual", "instead", "longer", "anymore", "gave", "now", "used"}
     shared = {_stem(w) for w in content_words(text)} & old_words
     return bool(shared - {_stem(g) for g in generic})

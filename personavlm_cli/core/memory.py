@@ -11,24 +11,40 @@ and says when it stopped being true (``valid_to``) and what replaced it (``super
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
-from typing import Any, Callable
+from enum import StrEnum, unique
+from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
 
-TYPES = ("core", "semantic", "episodic", "procedural", "image", "turn")
+
+@unique
+class MemoryType(StrEnum):
+    """A memory's type (the paper's §2 names, plus the raw timeline). A ``StrEnum``: each member is the very
+    string stored in the records, so a stored ``"core"`` and ``MemoryType.CORE`` are equal."""
+
+    CORE = "core"  # the profile: one current version, its facts in ``meta["facts"]``
+    SEMANTIC = "semantic"  # lasting facts and preferences
+    EPISODIC = "episodic"  # topic summaries over a session's turns
+    PROCEDURAL = "procedural"  # habits and goals
+    IMAGE = "image"  # every attached image
+    TURN = "turn"  # every user and assistant message
+
+
+TYPES = tuple(MemoryType)
 TRAITS = ("openness", "conscientiousness", "extraversion", "agreeableness", "neuroticism")  # the Big Five
-_PREFIX = {"core": "core", "semantic": "sem", "episodic": "epi", "procedural": "proc", "image": "img",
-           "turn": "turn"}
+_PREFIX = {MemoryType.CORE: "core", MemoryType.SEMANTIC: "sem", MemoryType.EPISODIC: "epi",
+           MemoryType.PROCEDURAL: "proc", MemoryType.IMAGE: "img", MemoryType.TURN: "turn"}
 
 
 def new_id(kind: str) -> str:
-    return f"{_PREFIX[kind]}_{secrets.token_hex(5)}"
+    return f"{_PREFIX[MemoryType(kind)]}_{secrets.token_hex(5)}"
 
 
-def type_of_id(memory_id: str) -> str | None:
+def type_of_id(memory_id: str) -> MemoryType | None:
     prefix = memory_id.split("_", 1)[0]
     for kind, p in _PREFIX.items():
         if p == prefix:
@@ -117,6 +133,11 @@ class Memory:
     superseded_by: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # Stored, exported and compared as the plain string: a MemoryType given here is kept as its value.
+        if type(self.type) is not str:
+            self.type = str(self.type)
+
     @property
     def current(self) -> bool:
         return self.superseded_by is None and self.valid_to is None
@@ -129,7 +150,7 @@ class Memory:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Memory":
+    def from_dict(cls, data: dict[str, Any]) -> Memory:
         names = cls.__dataclass_fields__.keys()
         return cls(**{k: v for k, v in data.items() if k in names})
 

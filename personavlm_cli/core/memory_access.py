@@ -15,9 +15,10 @@ from typing import Any
 from personavlm_cli.core import forgetting, timewords
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import NotFoundError, PersonaError
-from personavlm_cli.core.memory import TYPES, Memory, now
+from personavlm_cli.core.memory import TYPES, Memory, MemoryType, now
 
-SEARCHED_TYPES = ("semantic", "episodic", "procedural", "image", "turn")  # the chat's (core.reasoning)
+# the chat's (core.reasoning)
+SEARCHED_TYPES = (MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL, MemoryType.IMAGE, MemoryType.TURN)
 MAX_RESULTS = 100
 MAX_TEXT = 10_000  # a statement to remember, in characters
 
@@ -133,15 +134,15 @@ def forget(store, ids: list[str] | None = None, query: str | None = None, confir
         return {"erased": [], "would_erase": [memory_data(m) for m in p.targets], "derived": len(p.derived),
                 "note": "nothing was erased: call forget again with confirm set to true to erase these "
                         "and what was derived from them"}
-    queue = UpdateQueue(store.records) if any(m.type == "turn" for m in p.targets + p.derived) else None
+    queue = UpdateQueue(store.records) if any(m.type == MemoryType.TURN for m in p.targets + p.derived) else None
     erased = forgetting.execute(store, p, operation, queue)
     return {"erased": list(erased), "would_erase": [], "derived": len(p.derived)}
 
 
 def profile(records, user: str) -> dict[str, Any]:
     """The core profile, the habits and the Big Five, as `profile show --json` gives them."""
-    core = records.list(types=["core"])
-    procedural = records.list(types=["procedural"])
+    core = records.list(types=[MemoryType.CORE])
+    procedural = records.list(types=[MemoryType.PROCEDURAL])
     vector = records.get_meta("personality") or pem.initial()
     return {"user": user, "core": core[-1].meta.get("facts", {}) if core else {},
             "procedural": {m.meta.get("key", m.id): m.text for m in procedural},

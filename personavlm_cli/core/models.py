@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from personavlm_cli.core.config import Locations
 from personavlm_cli.core.errors import ConfigError, NotFoundError
 
 
-def load(locations: Locations) -> dict:
+def load(locations: Locations) -> dict[str, Any]:
     import yaml
 
     path = locations.models_file
@@ -28,7 +29,7 @@ def load(locations: Locations) -> dict:
     return data
 
 
-def save(locations: Locations, data: dict) -> None:
+def save(locations: Locations, data: dict[str, Any]) -> None:
     import yaml
 
     path = locations.models_file

@@ -25,8 +25,12 @@ personality.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 from personavlm_cli.core.memory import TRAITS
+
+# Per trait, the evidence summed so far: {"sum": weighted ratings, "weight": their weights}.
+Totals = dict[str, dict[str, float]]
 
 NEUTRAL = 3.0
 
@@ -64,7 +68,7 @@ def initial() -> dict[str, float]:
     return {t: NEUTRAL for t in TRAITS}
 
 
-def rating_messages(text: str) -> list[dict]:
+def rating_messages(text: str) -> list[dict[str, str]]:
     """The chat model's rating of one message (the paper's per-turn inference, reduced to the message)."""
     return [
         {"role": "system", "content": "You rate the user's momentary Big Five personality state from their "
@@ -91,7 +95,7 @@ def evolve(current: dict[str, float], inferred: dict[str, int], m: int) -> tuple
     return out, lam, skipped
 
 
-def message_evidence(items: list[dict]) -> dict[str, tuple[float, float]]:
+def message_evidence(items: list[dict[str, Any]]) -> dict[str, tuple[float, float]]:
     """One message's evidence per trait: (sum of weight*direction, sum of weight), capped at
     ``MESSAGE_CAP`` weight per trait."""
     out: dict[str, tuple[float, float]] = {}
@@ -108,7 +112,7 @@ def empty_totals() -> dict[str, dict[str, float]]:
     return {t: {"sum": 0.0, "weight": 0.0} for t in TRAITS}
 
 
-def add_evidence(totals: dict, items: list[dict]) -> dict:
+def add_evidence(totals: Totals, items: list[dict[str, Any]]) -> Totals:
     """Totals with one message's evidence added (a new dict)."""
     out = {t: dict(totals.get(t) or {"sum": 0.0, "weight": 0.0}) for t in TRAITS}
     for t, (s, w) in message_evidence(items).items():
@@ -117,9 +121,9 @@ def add_evidence(totals: dict, items: list[dict]) -> dict:
     return out
 
 
-def totals_of(items: list[dict]) -> dict:
+def totals_of(items: list[dict[str, Any]]) -> Totals:
     """The totals of kept evidence, message by message (what ``add_evidence`` built, rebuilt)."""
-    by_message: dict = {}
+    by_message: dict[Any, list[dict[str, Any]]] = {}
     for e in items:
         by_message.setdefault(e.get("turn_id"), []).append(e)
     totals = empty_totals()
@@ -128,24 +132,24 @@ def totals_of(items: list[dict]) -> dict:
     return totals
 
 
-def value_of(total: dict) -> float:
+def value_of(total: dict[str, float]) -> float:
     return clamp(NEUTRAL + 2.0 * total["sum"] / (total["weight"] + PRIOR))
 
 
-def confidence_of(total: dict) -> float:
+def confidence_of(total: dict[str, float]) -> float:
     return total["weight"] / (total["weight"] + PRIOR)
 
 
-def vector_of(totals: dict) -> dict[str, float]:
+def vector_of(totals: Totals) -> dict[str, float]:
     return {t: round(value_of(totals.get(t) or {"sum": 0.0, "weight": 0.0}), 6) for t in TRAITS}
 
 
-def confidences(totals: dict | None) -> dict[str, float]:
+def confidences(totals: Totals | None) -> dict[str, float]:
     totals = totals or {}
     return {t: round(confidence_of(totals.get(t) or {"sum": 0.0, "weight": 0.0}), 6) for t in TRAITS}
 
 
-def for_tone(vector: dict[str, float], totals: dict | None) -> dict[str, float]:
+def for_tone(vector: dict[str, float], totals: Totals | None) -> dict[str, float]:
     """What the assistant's tone follows: each trait read with confidence, the others neutral."""
     conf = confidences(totals)
     return {t: float(vector[t]) if conf[t] >= CONFIDENCE_FLOOR else NEUTRAL for t in TRAITS}

@@ -15,8 +15,10 @@ Standard library only, and nothing is imported at run time beyond ``typing``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, ContextManager, Iterable, Iterator, Mapping, Protocol, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # numpy arrays and Memory records, named in annotations only
     from personavlm_cli.core.memory import Memory
@@ -103,7 +105,7 @@ class ChatModel(Protocol):
         server). ``core/capability.py`` decides from it what the model can carry."""
         ...
 
-    def fork(self) -> "ChatModel":
+    def fork(self) -> ChatModel:
         """Another model of the same kind for a second thread (background learning), so that its
         calls never evict the answers' cache: a second context over the same weights, or a second
         client of the same server. The caller closes it."""
@@ -157,17 +159,17 @@ class RecordStore(Protocol):
     remote: bool
     """True when the records live on a server that other machines share (PostgreSQL)."""
 
-    def exclusive(self, command: str) -> ContextManager[None]:
+    def exclusive(self, command: str) -> AbstractContextManager[None]:
         """One writer across every machine for ``command`` (erase, compaction, migrate): a server's
         lock, naming the holder when busy; nothing to do for a local file (the user's store lock)."""
         ...
 
-    def claim_job(self, job_id: int) -> ContextManager[bool]:
+    def claim_job(self, job_id: int) -> AbstractContextManager[bool]:
         """``with records.claim_job(id) as mine:`` False while another machine runs that queued job or
         once it is finished; always True for a local file, whose one writer the store lock guarantees."""
         ...
 
-    def transaction(self) -> ContextManager[Any]:
+    def transaction(self) -> AbstractContextManager[Any]:
         """All writes in the ``with`` block commit together, or none (any exception, KeyboardInterrupt
         included, rolls back). A transaction inside another joins it; writers elsewhere wait."""
         ...
@@ -192,12 +194,12 @@ class RecordStore(Protocol):
 
     # -- memories --
 
-    def insert(self, memories: Iterable["Memory"]) -> None:
+    def insert(self, memories: Iterable[Memory]) -> None:
         """Add new memories (their ids must not be in the store yet); they are indexed for
         :meth:`lexical` and marked as not yet embedded (:meth:`unembedded`)."""
         ...
 
-    def update(self, memory: "Memory") -> None:
+    def update(self, memory: Memory) -> None:
         """Replace every field of the memory with its id (re-indexed, and marked not embedded)."""
         ...
 
@@ -206,17 +208,17 @@ class RecordStore(Protocol):
         nothing); a memory already superseded is left as it is."""
         ...
 
-    def get(self, memory_id: str) -> "Memory | None":
+    def get(self, memory_id: str) -> Memory | None:
         """The memory with this id, current or not; None when there is none."""
         ...
 
-    def get_many(self, ids: Iterable[str]) -> list["Memory"]:
+    def get_many(self, ids: Iterable[str]) -> list[Memory]:
         """The memories with these ids, in the order of ``ids``; unknown ids are skipped. Any number of ids."""
         ...
 
     def list(self, types: Iterable[str] | None = None, since: float | None = None, until: float | None = None,
              include_superseded: bool = False, limit: int | None = None, session_id: str | None = None,
-             newest_first: bool = False) -> list["Memory"]:
+             newest_first: bool = False) -> list[Memory]:
         """Memories of ``types`` (None: all) in the window, of one session if given, in time order;
         at most ``limit`` (the first ones of that order)."""
         ...
@@ -247,7 +249,7 @@ class RecordStore(Protocol):
         ``current`` is truthy for a memory not superseded."""
         ...
 
-    def unembedded(self, limit: int = 1000) -> list["Memory"]:
+    def unembedded(self, limit: int = 1000) -> list[Memory]:
         """Up to ``limit`` memories whose vectors are not written yet (inserted or updated since)."""
         ...
 
@@ -260,11 +262,11 @@ class RecordStore(Protocol):
         unrecoverable at the next :meth:`compact`, which an open finishes if a kill interrupted it."""
         ...
 
-    def derived_from(self, ids: Iterable[str]) -> list["Memory"]:
+    def derived_from(self, ids: Iterable[str]) -> list[Memory]:
         """Memories whose ``source_ids`` name any of ``ids``."""
         ...
 
-    def superseded_by_any(self, ids: Iterable[str]) -> list["Memory"]:
+    def superseded_by_any(self, ids: Iterable[str]) -> list[Memory]:
         """Memories whose ``superseded_by`` is one of ``ids``."""
         ...
 
@@ -373,6 +375,11 @@ class VectorIndex(Protocol):
 
     def drop(self, names: Iterable[str]) -> None:
         """Delete the collections ``names`` (missing ones are fine)."""
+        ...
+
+    def close(self) -> None:
+        """Release the connections, open files and threads the index holds (the store's end); safe to call
+        twice. A long-lived process (the MCP server, the tests) opens and closes many stores."""
         ...
 
 

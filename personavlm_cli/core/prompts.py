@@ -19,7 +19,7 @@ from pathlib import Path
 
 from personavlm_cli.core import changes
 from personavlm_cli.core import personality as pem
-from personavlm_cli.core.memory import Memory, parse_time, prompt_time
+from personavlm_cli.core.memory import Memory, MemoryType, parse_time, prompt_time
 
 MAX_RETRIEVALS = 3
 SEARCH_MARK = "SEARCH:"  # a generic-profile reply that opens with this asks for another recall
@@ -74,13 +74,13 @@ def quote(text: str) -> str:
 
 def _compact(m: Memory) -> str:
     text = " ".join((m.text or "").split())
-    if m.type == "turn" and m.role == "assistant" and not (m.meta or {}).get("speaker"):
+    if m.type == MemoryType.TURN and m.role == "assistant" and not (m.meta or {}).get("speaker"):
         return f"(You said: {text})"
     text = text if text.endswith((".", "!", "?")) else text + "."
     past = changes.until_text(m)
     if past:  # no longer true: "until 15 March 2026" (core/changes.py)
         return f"[{m.occurred.day} {m.occurred.strftime('%B %Y')}, past: true only until {past}] {text}"
-    if m.type == "turn":  # when it was said: "yesterday" in a turn needs its date
+    if m.type == MemoryType.TURN:  # when it was said: "yesterday" in a turn needs its date
         return f"[{m.occurred.day} {m.occurred.strftime('%B %Y')}] {text}"
     return text
 
@@ -90,14 +90,14 @@ def render_memory(m: Memory) -> str:
     past = changes.until_text(m)
     if past:  # no longer true: shown as the past, never as current (core/changes.py)
         when = f"{when}; past, true only until {past}"
-    if m.type == "turn":
+    if m.type == MemoryType.TURN:
         if changes.is_assistants(m):
             return f"[{when}] What you told the user (your words, not theirs):\n{quote(m.text)}"
         who = "User" if m.role == "user" else "Assistant"
         return f"[{when}] {who} said:\n{quote(m.text)}"
-    if m.type == "episodic":
+    if m.type == MemoryType.EPISODIC:
         return f"[{when}] Conversation topic:\n{quote(m.text)}"
-    if m.type == "image":
+    if m.type == MemoryType.IMAGE:
         return f"[{when}] The user shared an image:\n{quote(m.text)}"
     return f"[{when}] {m.type.capitalize()} memory:\n{quote(m.text)}"
 
@@ -313,9 +313,9 @@ class PersonaVLMProfile(GenericProfile):
         )
 
     def mid_prompt(self, retrieved: list[Memory]) -> str:
-        proc = [m for m in retrieved if m.type == "procedural"]
-        sem = [m for m in retrieved if m.type in ("semantic", "core", "image")]
-        dia = [m for m in retrieved if m.type in ("turn", "episodic")]
+        proc = [m for m in retrieved if m.type == MemoryType.PROCEDURAL]
+        sem = [m for m in retrieved if m.type in (MemoryType.SEMANTIC, MemoryType.CORE, MemoryType.IMAGE)]
+        dia = [m for m in retrieved if m.type in (MemoryType.TURN, MemoryType.EPISODIC)]
         def fmt(ms):
             return "\n".join(f"Time: {prompt_time(m.occurred)}"
                              + (f" (past, true only until {changes.until_text(m)})" if changes.until_text(m) else "")

@@ -21,19 +21,20 @@ hit expands to its source turns.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 from personavlm_cli.core import timewords
 from personavlm_cli.core.errors import NoAnswer
 from personavlm_cli.core.learning import only_asks
-from personavlm_cli.core.memory import Memory
+from personavlm_cli.core.memory import Memory, MemoryType
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, Step
 from personavlm_cli.core.recall import Hit, Query
 
 MODES = ("retrieve-first", "model-decides", "force")
-RECALLED_TYPES = ("semantic", "episodic", "procedural", "image", "turn")
+RECALLED_TYPES = (MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL, MemoryType.IMAGE,
+                  MemoryType.TURN)
 UPFRONT_K = 10  # memories recalled before the model starts (LoCoMo recall@10: 0.785)
 NO_ANSWER = "the model gave an empty answer (twice)"
 MAX_SHOWN = 14  # at most this many memories in one prompt, after episodes expand to their turns
@@ -193,12 +194,12 @@ class ResponseStage:
             r.nothing_relevant.append(len(r.steps))
         # The user's own earlier questions (and summaries made only of questions) tell nothing about
         # them: asked again, they would be recalled first and crowd out the answer's evidence.
-        hits = [h for h in hits if not (h.memory.type in ("turn", "episodic") and h.memory.role != "assistant"
+        hits = [h for h in hits if not (h.memory.type in (MemoryType.TURN, MemoryType.EPISODIC) and h.memory.role != "assistant"
                                         and only_asks(h.memory.text))]
         if compact:
             # The assistant's own earlier replies are not memories of the user, and a small model takes
             # them as facts; turns of an imported transcript name their speaker and stay.
-            hits = [h for h in hits if not (h.memory.type == "turn" and h.memory.role == "assistant"
+            hits = [h for h in hits if not (h.memory.type == MemoryType.TURN and h.memory.role == "assistant"
                                             and not (h.memory.meta or {}).get("speaker"))][:k]
         else:
             hits = hits[:k]
@@ -212,11 +213,11 @@ class ResponseStage:
         # A statement learnt from a turn says what the turn said: show it once (the learnt one is
         # current; a turn whose statement was superseded would bring the old truth back).
         # The learnt one takes the turn's place in the ranking: a newer statement stays above an older one.
-        learnt = {m.text.strip(): m for m in [*found, *r.used] if m.type in ("semantic", "procedural")}
+        learnt = {m.text.strip(): m for m in [*found, *r.used] if m.type in (MemoryType.SEMANTIC, MemoryType.PROCEDURAL)}
         used = {m.id for m in r.used}
         placed: list[Memory] = []
         for m in found:
-            twin = learnt.get(m.text.strip()) if m.type == "turn" else None
+            twin = learnt.get(m.text.strip()) if m.type == MemoryType.TURN else None
             m = twin or m
             if m.id not in used and all(x.id != m.id for x in placed):
                 placed.append(m)

@@ -58,16 +58,20 @@ WORD_FLOOR = 0.15
 RRF_K = 60  # only for fusion="rrf", kept as the baseline the benchmark compares against
 CANDIDATES = 100
 
-STOP_WORDS = frozenset("""
-a about above after again against all also am an and any are as at be because been before being below
-between both but by can could did do does doing done down during each either ever few for from further
-get gets got had has have having he her here hers herself him himself his how i if in into is it its
-itself just kind like likely may me might more most much must my myself no nor not now of off on once
-only or other ought our ours ourselves out over own per please same shall she should so some such than
-that the their theirs them themselves then there these they this those through to too type under until
-up upon us very was we were what whats when where whether which while who whom whose why will with
-would you your yours yourself yourselves s t d ll m re ve
-""".split())
+STOP_WORDS = frozenset([
+    "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "as", "at",
+    "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "could", "did", "do",
+    "does", "doing", "done", "down", "during", "each", "either", "ever", "few", "for", "from", "further", "get",
+    "gets", "got", "had", "has", "have", "having", "he", "her", "here", "hers", "herself", "him", "himself", "his",
+    "how", "i", "if", "in", "into", "is", "it", "its", "itself", "just", "kind", "like", "likely", "may", "me",
+    "might", "more", "most", "much", "must", "my", "myself", "no", "nor", "not", "now", "of", "off", "on", "once",
+    "only", "or", "other", "ought", "our", "ours", "ourselves", "out", "over", "own", "per", "please", "same",
+    "shall", "she", "should", "so", "some", "such", "than", "that", "the", "their", "theirs", "them", "themselves",
+    "then", "there", "these", "they", "this", "those", "through", "to", "too", "type", "under", "until", "up", "upon",
+    "us", "very", "was", "we", "were", "what", "whats", "when", "where", "whether", "which", "while", "who", "whom",
+    "whose", "why", "will", "with", "would", "you", "your", "yours", "yourself", "yourselves", "s", "t", "d", "ll",
+    "m", "re", "ve",
+])
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 

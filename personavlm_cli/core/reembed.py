@@ -17,10 +17,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Any
 
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.memory import Memory, MemoryType
+
+if TYPE_CHECKING:
+    from personavlm_cli.core.ports import RecordStore
+    from personavlm_cli.core.store import MemoryStore
 
 SPACE = "image_space"
 JOB = "image_reembed"
@@ -67,19 +73,19 @@ class Status:
                 "`personavlm model pull clip`)")
 
 
-def _images(records) -> list:
-    return sorted((m for m in records.list(types=["image"], include_superseded=True) if m.meta.get("path")),
+def _images(records: RecordStore) -> list[Memory]:
+    return sorted((m for m in records.list(types=[MemoryType.IMAGE], include_superseded=True) if m.meta.get("path")),
                   key=lambda m: m.id)
 
 
-def status(records, target: str) -> Status:
+def status(records: RecordStore, target: str) -> Status:
     job = records.get_meta(JOB)
     moving = isinstance(job, dict) and job.get("to") == target
-    return Status(space=records.get_meta(SPACE), target=target, images=records.count(types=["image"]),
+    return Status(space=records.get_meta(SPACE), target=target, images=records.count(types=[MemoryType.IMAGE]),
                   done=int(job.get("done", 0)) if moving else 0, moving=moving)
 
 
-def settle(records, target: str) -> Status:
+def settle(records: RecordStore, target: str) -> Status:
     """Record the space when nothing has to move (no images yet, or an older store on the default)."""
     st = status(records, target)
     if not st.needed and st.space != target:
@@ -90,7 +96,7 @@ def settle(records, target: str) -> Status:
     return st
 
 
-def run(store, target: str, progress: Callable[[int, int], None] | None = None,
+def run(store: MemoryStore, target: str, progress: Callable[[int, int], None] | None = None,
         stop: threading.Event | None = None, batch: int = BATCH) -> Status:
     """Re-embed every image into ``target`` (``store.image_encoder``'s space), resuming a move a previous
     run left. Returns the status at the end (``needed`` still true if ``stop`` was set)."""
@@ -145,14 +151,14 @@ def run(store, target: str, progress: Callable[[int, int], None] | None = None,
     return status(records, target)
 
 
-def _put(store, memories: list) -> None:
+def _put(store: MemoryStore, memories: list[Memory]) -> None:
     from personavlm_cli.core.store import IMAGES, vector_metadata
 
     vectors = store.image_encoder.embed_images([store.image_path(m.meta["path"]) for m in memories])
     store.vectors.upsert(IMAGES, [m.id for m in memories], vectors, metadatas=[vector_metadata(m) for m in memories])
 
 
-def text_vector(store, text: str):
+def text_vector(store: MemoryStore, text: str) -> Any:
     """The CLIP text vector of ``text`` when the image vectors are in the configured real space, else None.
     Reads the record store's meta first: the encoder (torch) is loaded only when the answer can be yes."""
     records = store.records

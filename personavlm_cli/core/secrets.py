@@ -88,7 +88,7 @@ def _mask(s: str, found: list[str] | None, known: bool = True) -> str:
     return s
 
 
-def _credential(m: re.Match) -> bool:
+def _credential(m: re.Match[str]) -> bool:
     """A ``Bearer`` value is a token; a ``Basic`` one only when it decodes to ``user:password``
     ("Basic information" stays as it is)."""
     if m.group("key").lower().startswith("bearer"):
@@ -133,7 +133,7 @@ def _mask_url_rest(rest: str, found: list[str] | None) -> str:
                     found.append(unquote(password))
             rest = f"{user}:{MASK}{host}"
 
-    def param(m: re.Match) -> str:
+    def param(m: re.Match[str]) -> str:
         name = m.group("name").lower().replace("-", "_")
         if name in _SECRET_PARAMS and m.group("value"):
             return m.group("key") + _hide(m.group("value"), found)

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import re
 
-ABBREVIATIONS = frozenset("""
-dr drs st mr mrs ms mx prof sr jr mt ave rd blvd vs etc eg ie e.g i.e a.m p.m am pm approx dept univ inc ltd
-co corp gen col lt sgt capt cpt rev hon fr sen rep gov jan feb aug sept oct nov dec no nr tel ext fig cf al
-min max ca est apt bros
-""".split())
+ABBREVIATIONS = frozenset([
+    "dr", "drs", "st", "mr", "mrs", "ms", "mx", "prof", "sr", "jr", "mt", "ave", "rd", "blvd", "vs", "etc", "eg",
+    "ie", "e.g", "i.e", "a.m", "p.m", "am", "pm", "approx", "dept", "univ", "inc", "ltd", "co", "corp", "gen", "col",
+    "lt", "sgt", "capt", "cpt", "rev", "hon", "fr", "sen", "rep", "gov", "jan", "feb", "aug", "sept", "oct", "nov",
+    "dec", "no", "nr", "tel", "ext", "fig", "cf", "al", "min", "max", "ca", "est", "apt", "bros",
+])
 
 _END = re.compile(r"[.!?]+[\"'’”)\]]*(?=\s+\S)")
 

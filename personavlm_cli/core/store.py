@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from personavlm_cli.core.errors import UnreachableError
 from personavlm_cli.core.memory import Memory, from_iso, iso, new_id, now
@@ -61,6 +62,17 @@ class VectorGate:
                         self._mark(exc)
                         raise
         return self._index
+
+    def close(self) -> None:
+        """Release the index (its database connections, index files and threads): the store's end. Never
+        raises: what matters at a store's end is that the records are closed."""
+        with self._lock:
+            index, self._index = self._index, None
+        if index is not None:
+            try:
+                index.close()
+            except Exception:  # a server half gone, an index already closed: nothing left to release
+                pass
 
     def _check(self) -> None:
         if self.down is not None and time.monotonic() - self._since < self.retry_s:
@@ -184,7 +196,7 @@ class MemoryStore:
         finally:
             self._flushing = False
 
-    def fork(self) -> "MemoryStore":
+    def fork(self) -> MemoryStore:
         """The same store for another thread: its own record connection, shared encoders and vectors."""
         twin = MemoryStore(self.user_dir, text_encoder=lambda: self.text_encoder,
                            image_encoder=lambda: self.image_encoder, vectors=self._vectors_factory,
@@ -237,6 +249,8 @@ class MemoryStore:
         return self.images.shas(self.records)
 
     def close(self) -> None:
+        if self._vectors is not None:  # Chroma's connections and files: never left open for the process's life
+            self._vectors.close()
         self.records.close()
 
     # -- writing ----------------------------------------------------------------------------------

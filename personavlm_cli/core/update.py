@@ -13,7 +13,7 @@ import hashlib
 import logging
 import re
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from personavlm_cli.core import changes, learning, links
 from personavlm_cli.core import personality as pem
@@ -412,8 +412,8 @@ class UpdateStage:
 
     def _yield_point(self) -> None:
         """Between two steps of a job's store work (learning a turn, writing an episode): an answer that
-        waits (or the next prompt's prefill) stops the job here, as a model call stops at its next token. The job stays queued and,
-        being idempotent, runs again from its start later."""
+        waits (or the next prompt's prefill) stops the job here, as a model call stops at its next token. The job
+        stays queued and, being idempotent, runs again from its start later."""
         if self.model_lock.yield_wanted():
             raise Interrupted("an answer (or the next prompt's prefill) is waiting")
 
@@ -699,7 +699,7 @@ class BackgroundUpdates:
         self.error: BaseException | None = None
         self.stage: UpdateStage | None = None
 
-    def start(self) -> "BackgroundUpdates":
+    def start(self) -> BackgroundUpdates:
         self._thread.start()
         return self
 
@@ -720,7 +720,7 @@ class BackgroundUpdates:
                     self._idle.clear()
                     stage.run_pending(stop=self._stop)
                 self._idle.set()
-        except BaseException as exc:  # noqa: BLE001 - reported by the CLI; the queue keeps the work
+        except BaseException as exc:  # reported by the CLI; the queue keeps the work
             self.error = exc
             log.error("background update stopped: %s: %s", type(exc).__name__, exc)
         finally:

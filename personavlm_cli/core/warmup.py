@@ -32,7 +32,7 @@ class PrefixWarmup:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="personavlm-prefill", daemon=True)
 
-    def start(self) -> "PrefixWarmup":
+    def start(self) -> PrefixWarmup:
         self._thread.start()
         return self
 
@@ -46,7 +46,7 @@ class PrefixWarmup:
                     self.done = False
                     return
                 self.done = self.model.prefill(self.messages, stop=self._stopped)
-        except Exception as exc:  # noqa: BLE001 - a warm-up is an optimisation: it never breaks a chat
+        except Exception as exc:  # a warm-up is an optimisation: it never breaks a chat
             self.done = False
             log.warning("the next prompt could not be prepared: %s: %s", type(exc).__name__, exc)
 

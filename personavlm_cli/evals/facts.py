@@ -20,17 +20,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
 
 from personavlm_cli.core import learning
 from personavlm_cli.core.errors import PersonaError
-from personavlm_cli.core.memory import parse_time
+from personavlm_cli.core.memory import MemoryType, parse_time
 from personavlm_cli.evals.workspace import scratch, temporary_store
 
-LEARNT_TYPES = ("semantic", "procedural", "core")
+LEARNT_TYPES = (MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.CORE)
 
 
 def mentions(text: str, key: str) -> bool:
@@ -99,12 +99,12 @@ def load(path: Path) -> list[Person]:
 def learnt_statements(store) -> list[tuple[str, str]]:
     """(type, text) of every current learnt statement: semantic, procedural, episodic, core values."""
     out = []
-    for m in store.records.list(types=["semantic", "procedural", "episodic"]):
+    for m in store.records.list(types=[MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC]):
         out.append((m.type, m.text))
-    core = store.records.list(types=["core"])
+    core = store.records.list(types=[MemoryType.CORE])
     if core:
-        for k, v in (core[-1].meta.get("facts") or {}).items():
-            out.append(("core", str(v)))
+        for _k, v in (core[-1].meta.get("facts") or {}).items():
+            out.append((MemoryType.CORE, str(v)))
     return out
 
 
@@ -131,7 +131,7 @@ def run_person(person: Person, make_assistant: Callable, sampling: dict,
         updates.run_pending()
     result = PersonResult(user=person.user, facts=len(person.facts))
     learnt = learnt_statements(store)
-    learnt_text = " \n ".join(t for kind, t in learnt if kind in ("semantic", "procedural", "core"))
+    learnt_text = " \n ".join(t for kind, t in learnt if kind in LEARNT_TYPES)
     for kind, text in learnt:
         result.statements += 1
         if learning.supported(text, said):

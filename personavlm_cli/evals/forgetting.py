@@ -16,13 +16,13 @@ literal match, derived memories, the profile recomputed), and measured:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
 
 from personavlm_cli.core.errors import PersonaError
-from personavlm_cli.core.memory import parse_time
+from personavlm_cli.core.memory import MemoryType, parse_time
 
 
 @dataclass
@@ -71,7 +71,7 @@ def occurrences(root: Path, text: str) -> list[str]:
 
 
 def _profile(store) -> dict[str, str]:
-    core = store.records.list(types=["core"])
+    core = store.records.list(types=[MemoryType.CORE])
     return {k: str(v) for k, v in (core[-1].meta.get("facts") or {}).items()} if core else {}
 
 

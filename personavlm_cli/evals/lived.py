@@ -20,13 +20,14 @@ after each answer, the queued jobs and the session's job between sessions). Then
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
-from personavlm_cli.core.memory import parse_time
+from personavlm_cli.core.memory import MemoryType, parse_time
 from personavlm_cli.core.recall import Query, recall
 
 
@@ -111,12 +112,12 @@ def newest_first(texts: list[str], newest: str, old: str, also: str = "") -> boo
 
 
 def profile_facts(store) -> dict:
-    core = store.records.list(types=["core"])
+    core = store.records.list(types=[MemoryType.CORE])
     return dict(core[-1].meta.get("facts") or {}) if core else {}
 
 
 def learnt_texts(store) -> list[str]:
-    out = [m.text for m in store.records.list(types=["semantic", "procedural", "episodic"])]
+    out = [m.text for m in store.records.list(types=[MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC])]
     out += [f"{k}: {v}" for k, v in profile_facts(store).items()]
     return out
 
@@ -188,7 +189,7 @@ def run_life(life: Life, make_assistant: Callable, sampling: dict, root: Path | 
         ids = [m.id for m in forgetting.matching(store, query)]
         if ids:
             p = forgetting.plan(store, ids)
-            queue = UpdateQueue(store.records) if any(m.type == "turn" for m in p.targets + p.derived) else None
+            queue = UpdateQueue(store.records) if any(m.type == MemoryType.TURN for m in p.targets + p.derived) else None
             forgetting.execute(store, p, "forget-query", queue)
         store.close()
         left = bytes_left(root, query)
@@ -230,9 +231,9 @@ def run(lives: list[Life], llm, settings, extractor: str, max_tokens: int,
     results = []
     for life in lives:
         with scratch("personavlm-lived-") as tmp:
-            stores = []
+            stores: list[Any] = []
 
-            def make(life=life, tmp=tmp):
+            def make(life=life, tmp=tmp, stores=stores):
                 store = temporary_store(Path(tmp), encoder)
                 stores.append(store)
                 a = Assistant(store, llm, life.user, profile=s["model.prompt_profile"],

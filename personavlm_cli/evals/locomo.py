@@ -21,10 +21,10 @@ import statistics
 import string
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Iterable
 
 from personavlm_cli.core.errors import NoAnswer, PersonaError
 from personavlm_cli.core.memory import Memory, iso, new_id
@@ -87,7 +87,7 @@ class Conversation:
     @property
     def last_time(self) -> datetime:
         turns = self.turns
-        return turns[-1].at if turns else datetime(2000, 1, 1, tzinfo=timezone.utc)
+        return turns[-1].at if turns else datetime(2000, 1, 1, tzinfo=UTC)
 
 
 def parse_session_time(text: str) -> datetime:
@@ -103,7 +103,7 @@ def parse_session_time(text: str) -> datetime:
     if not matches:
         raise PersonaError(f"unreadable month in LoCoMo session time '{text}'")
     h = int(hour) % 12 + (12 if half.lower() == "pm" else 0)
-    return datetime(int(year), matches[0] + 1, int(day), h, int(minute), tzinfo=timezone.utc)
+    return datetime(int(year), matches[0] + 1, int(day), h, int(minute), tzinfo=UTC)
 
 
 def split_evidence(values: Iterable) -> list[str]:
@@ -177,7 +177,7 @@ def load(path: Path | str, only: Iterable[str] | None = None) -> list[Conversati
 def turn_memories(conv: Conversation) -> list[Memory]:
     """The conversation's timeline as turn memories (speaker A: user, speaker B: assistant)."""
     memories: list[Memory] = []
-    created = iso(datetime.now(timezone.utc).replace(microsecond=0))
+    created = iso(datetime.now(UTC).replace(microsecond=0))
     for n, _start, turns in conv.sessions:
         session_id = f"{conv.sample_id or 'locomo'}-s{n}"
         for t in turns:

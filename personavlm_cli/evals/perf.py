@@ -37,13 +37,15 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.memory import MemoryType
 from personavlm_cli.evals.replay import Replayer, Turn
 from personavlm_cli.evals.session_bench import bench_session
 from personavlm_cli.evals.workspace import forget_exchange, percentile, scratch, temporary_store
@@ -51,6 +53,7 @@ from personavlm_cli.evals.workspace import forget_exchange, percentile, scratch,
 BARS = {
     "startup_help_s": ("< 0.5 s", lambda v: v < 0.5),
     "startup_memory_list_s": ("< 0.5 s", lambda v: v < 0.5),
+    "startup_help_vs_typer": ("<= 1.2", lambda v: v <= 1.2),
     "pre_token_ms_10000": ("< 50 ms", lambda v: v < 50),
     "pre_token_ms_100000": ("< 150 ms", lambda v: v < 150),
     "chat_vs_raw_tokens_per_s": (">= 0.95", lambda v: v >= 0.95),
@@ -176,7 +179,7 @@ def machine() -> dict:
             from importlib.metadata import version
 
             versions[mod] = version({"llama_cpp": "llama_cpp_python", "open_clip": "open_clip_torch"}.get(mod, mod))
-        except Exception:  # noqa: BLE001 - not installed
+        except Exception:  # not installed
             pass
     return {"nproc": usable, "cpu_count": os.cpu_count(), "cpu": cpu or "unknown", "ram_gb": ram,
             "load_average": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
@@ -248,9 +251,24 @@ def query_line(rng: random.Random) -> str:
 # --- start-up -------------------------------------------------------------------------------------
 
 
+# The yardstick of `personavlm --help`: a minimal Typer app's --help (two commands), in the same Python.
+MINIMAL_TYPER_APP = """
+import typer
+app = typer.Typer(help="A minimal Typer app.")
+@app.command()
+def hello(name: str = "world") -> None:
+    \"\"\"Say hello.\"\"\"
+@app.command()
+def bye() -> None:
+    \"\"\"Say goodbye.\"\"\"
+app()
+"""
+
+
 def bench_startup(home: Path, runs: int) -> dict:
-    """Child-process wall time of --help and memory list (a store of 500 memories), median of ``runs``
-    after one warm-up run each."""
+    """Child-process wall time of --help and memory list (a store of 500 memories), and of a minimal Typer
+    app's --help (the yardstick of ours), median of ``runs`` after one warm-up run each; the runs of each
+    command alternate with the others', so that a busy moment of the machine falls on all of them."""
     from personavlm_cli.adapters.records import RecordStore
     from personavlm_cli.core import users
     from personavlm_cli.core.config import Settings
@@ -273,11 +291,12 @@ def bench_startup(home: Path, runs: int) -> dict:
     script = Path(sys.executable).parent / "personavlm"
     base = [str(script)] if script.exists() else [sys.executable, "-m", "personavlm_cli"]
     commands = {"python": [sys.executable, "-c", "pass"], "help": [*base, "--help"],
+                "typer_help": [sys.executable, "-c", MINIMAL_TYPER_APP, "--help"],
                 "memory_list": [*base, "memory", "list", "--limit", "20"]}
     out_: dict = {"command": " ".join(Path(base[0]).name if i == 0 else a for i, a in enumerate(base))}
-    for name, cmd in commands.items():
-        times = []
-        for i in range(runs + 1):
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for i in range(runs + 1):
+        for name, cmd in commands.items():
             t = time.perf_counter()
             proc = subprocess.run(cmd, env=environ, capture_output=True, text=True, timeout=120)
             elapsed = time.perf_counter() - t
@@ -285,8 +304,11 @@ def bench_startup(home: Path, runs: int) -> dict:
                 raise PersonaError(f"`{' '.join(cmd[-3:])}` failed during the benchmark: "
                                    f"{(proc.stderr.strip().splitlines() or [''])[-1][:200]}")
             if i:  # the first run warms the file cache
-                times.append(elapsed)
-        out_[name] = {"median_s": round(statistics.median(times), 3), "max_s": round(max(times), 3), "runs": runs}
+                times[name].append(elapsed)
+    for name, taken in times.items():
+        out_[name] = {"median_s": round(statistics.median(taken), 3), "max_s": round(max(taken), 3), "runs": runs}
+    # Our --help against the minimal app's, run by run (the pairs ran back to back), then the median.
+    out_["help_vs_typer"] = round(statistics.median(h / t for h, t in zip(times["help"], times["typer_help"])), 3)
     return out_
 
 
@@ -306,24 +328,24 @@ def _memories(rng: random.Random, n: int, start: datetime, offset: int = 0) -> l
         roll = rng.random()
         if i == 5:  # the core profile
             facts = {"name": "Sam", "occupation": "nurse", "city": "Porto"}
-            m = Memory(id=new_id("core"), type="core", text="\n".join(f"{k}: {v}" for k, v in facts.items()),
+            m = Memory(id=new_id(MemoryType.CORE), type=MemoryType.CORE, text="\n".join(f"{k}: {v}" for k, v in facts.items()),
                        occurred_at=iso(at), created_at=created, meta={"facts": facts})
         elif i % 4000 == 17:  # habits and goals are few (the update stage rewrites one list of them)
-            m = Memory(id=new_id("procedural"), type="procedural",
+            m = Memory(id=new_id(MemoryType.PROCEDURAL), type=MemoryType.PROCEDURAL,
                        text=f"Habit: {rng.choice(ACTIVITIES)} {rng.choice(DAYS)}.", occurred_at=iso(at),
                        created_at=created)
         elif roll < 0.8:
             role = "user" if i % 2 == 0 else "assistant"
             text = chat_line(rng) if role == "user" else reply_line(rng)
-            m = Memory(id=new_id("turn"), type="turn", text=text, occurred_at=iso(at), created_at=created, role=role,
-                       session_id=f"s{session}")
+            m = Memory(id=new_id(MemoryType.TURN), type=MemoryType.TURN, text=text, occurred_at=iso(at), created_at=created,
+                       role=role, session_id=f"s{session}")
         elif roll < 0.92:
-            m = Memory(id=new_id("semantic"), type="semantic",
+            m = Memory(id=new_id(MemoryType.SEMANTIC), type=MemoryType.SEMANTIC,
                        text=f"The user likes {rng.choice(FOODS)} and often goes to {rng.choice(PLACES)}.",
                        keywords=f"{rng.choice(FOODS)}, {rng.choice(PLACES)}", occurred_at=iso(at), created_at=created,
                        session_id=f"s{session}")
         else:
-            m = Memory(id=new_id("episodic"), type="episodic",
+            m = Memory(id=new_id(MemoryType.EPISODIC), type=MemoryType.EPISODIC,
                        text=f"The user and {rng.choice(PEOPLE)} talked about how they {rng.choice(ACTIVITIES)} at "
                             f"{rng.choice(PLACES)}.", occurred_at=iso(at), created_at=created, session_id=f"s{session}",
                        occurred_end=iso(at + timedelta(minutes=20)))
@@ -363,7 +385,7 @@ class BigStore:
             vecs = self.pool[picks] + nprng.normal(0, 0.02, (n, self.pool.shape[1])).astype("float32")
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
             for j, m in enumerate(batch):
-                if m.type == "turn" and m.role == "user":
+                if m.type == MemoryType.TURN and m.role == "user":
                     m.text = self.pool_texts[picks[j]]  # a user's line and its (noisy) vector agree
             records = self.store.records
             with records.transaction():
@@ -375,7 +397,7 @@ class BigStore:
 
     @property
     def last_time(self) -> datetime:
-        return self.store.records.list(types=["turn"], limit=1, newest_first=True)[0].occurred
+        return self.store.records.list(types=[MemoryType.TURN], limit=1, newest_first=True)[0].occurred
 
 
 def bench_recall(host: Host, path: Path, plan: dict, rng: random.Random) -> dict:
@@ -931,6 +953,9 @@ def figures(results: dict) -> dict:
     if "startup" in s:
         f["startup_python_s"] = s["startup"]["python"]["median_s"]
         f["startup_help_s"] = s["startup"]["help"]["median_s"]
+        if "typer_help" in s["startup"]:
+            f["startup_typer_help_s"] = s["startup"]["typer_help"]["median_s"]
+            f["startup_help_vs_typer"] = s["startup"]["help_vs_typer"]
         f["startup_memory_list_s"] = s["startup"]["memory_list"]["median_s"]
     for size, entry in (s.get("recall") or {}).get("sizes", {}).items():
         f[f"recall_p50_ms_{size}"] = entry["recall"]["p50_ms"]

@@ -14,10 +14,10 @@ import hashlib
 import json
 import re
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterable
 
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.evals.replay import Replayer, RunSettings, Turn, parse_when
@@ -302,7 +302,7 @@ def run_persona_mme(questions: list[MMEQuestion], tasks: list[str], log: ResultL
                 r.seed_profile(history.profile, first - timedelta(minutes=1))
                 total, done = history.turn_count, 0
                 for s_index, turns in enumerate(history.sessions, 1):
-                    def step():
+                    def step(total=total, bucket=bucket, user=user):
                         nonlocal done
                         done += 1
                         if done % 10 == 0 or done == total:

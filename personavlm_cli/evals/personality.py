@@ -26,10 +26,10 @@ Figures, each per trait and overall:
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
-from typing import Callable
 
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import PersonaError

@@ -15,10 +15,10 @@ import json
 import re
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Iterable
 
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.evals.replay import Replayer, RunSettings, Turn
@@ -172,7 +172,7 @@ def personamem_timeline(messages: list[dict], end: int) -> tuple[str | None, lis
     seed: str | None = None
     sessions: list[list[Turn]] = [[]]
     pending: Turn | None = None
-    for n, msg in enumerate(messages[:end]):
+    for _n, msg in enumerate(messages[:end]):
         role = str(msg.get("role") or "").lower() if isinstance(msg, dict) else ""
         content = str(msg.get("content") or "").strip() if isinstance(msg, dict) else ""
         if role == "system":
@@ -249,7 +249,7 @@ def run_personamem(data: Path, context: str, questions: list[PMQuestion], log: R
                         already = replayed[s_index] if s_index < len(replayed) else 0
                         if already and s_index == len(replayed) - 1 and turns[already - 1].assistant:
                             # the previous cut fell between this session's last message and its reply
-                            r.complete_last_reply(turns[already - 1].assistant, turns[already - 1].at)
+                            r.complete_last_reply(turns[already - 1].assistant or "", turns[already - 1].at)
                         if turns[already:]:
                             progress.describe(f"{cid[:8]}: replaying to message {q.end_index}")
                             r.replay_session(f"pm-{cid[:8]}-s{s_index + 1}", turns[already:])

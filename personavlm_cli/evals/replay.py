@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Callable
 
 from personavlm_cli.core.assistant import Assistant
 from personavlm_cli.core.errors import PersonaError
-from personavlm_cli.core.memory import Memory, parse_time
+from personavlm_cli.core.memory import Memory, MemoryType, parse_time
 from personavlm_cli.evals.scoring import Answer
 from personavlm_cli.evals.workspace import forget_exchange
 
@@ -110,7 +110,7 @@ class Replayer:
         if not facts:
             return None
         text = "\n".join(f"{k}: {v}" for k, v in facts.items())
-        memory = new_memory("core", text, at, meta={"facts": facts, "origin": "benchmark profile"})
+        memory = new_memory(MemoryType.CORE, text, at, meta={"facts": facts, "origin": "benchmark profile"})
         self.store.add([memory])
         return memory
 
@@ -152,7 +152,7 @@ class Replayer:
         from personavlm_cli.core.store import new_memory
 
         if not turn.user.strip() and not turn.images:  # a reply with no message before it
-            reply = new_memory("turn", (turn.assistant or "").strip(), turn.at, role="assistant",
+            reply = new_memory(MemoryType.TURN, (turn.assistant or "").strip(), turn.at, role="assistant",
                                session_id=session_id, meta={"reasoning": None, "gold": True})
             self.store.add([reply], embed=False)
             self.last_exchange = None

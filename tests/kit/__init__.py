@@ -1,0 +1,167 @@
+"""The test kit: one scripted chat model, one store builder (real or with stand-in vectors), one memory
+builder, and the layer rules (``tests/kit/layers.py``). Tests import what they need from here:
+
+    from tests.kit import ScriptedModel, fake_store, memory, real_store
+
+``tests/conftest.py`` offers the ``store`` fixture (a real store in the test's folder, closed after it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from personavlm_cli.core.memory import Memory, MemoryType, iso, new_id
+
+# -- the chat model ----------------------------------------------------------------------------------------------
+
+
+class ScriptedModel:
+    """The chat-model port (core/ports.py) with scripted answers, as llm's MockModel: ``replies`` (or
+    ``enqueue``) are the next answers, streamed word by word (``by="char"``: a character at a time); every
+    prompt is kept in ``prompts``. ``decisions`` are the next ``complete_json`` answers; with none left it
+    answers a reasoning step with "answer" and any other schema with 3 for each property. ``fail_after``
+    raises a ModelError after that many pieces of every answer."""
+
+    n_ctx = 2048
+    vision = False
+    load_info = None
+    weights_bytes = None
+
+    def __init__(self, replies: list[str] | None = None, *, decisions: list[dict] | None = None,
+                 default: str = "Fine, thanks.", by: str = "word", fail_after: int | None = None,
+                 json: Callable[[list[dict], dict], Any] | None = None):
+        self.replies = list(replies or [])
+        self.decisions = list(decisions or [])
+        self.default, self.by, self.fail_after, self.json = default, by, fail_after, json
+        self.prompts: list[list[dict]] = []
+        self.json_calls = 0
+        self.last_usage: dict = {}
+        self.interrupts = 0
+        self.closed = False
+
+    def enqueue(self, *replies: str) -> ScriptedModel:
+        self.replies.extend(replies)
+        return self
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
+
+    def stream(self, messages: list[dict], **sampling: Any) -> Iterator[str]:
+        from personavlm_cli.core.errors import ModelError
+
+        self.prompts.append(messages)
+        reply = self.replies.pop(0) if self.replies else self.default
+        pieces = list(reply) if self.by == "char" else [w if i == 0 else " " + w for i, w in enumerate(reply.split(" "))]
+        self.last_usage = {"prompt_tokens": sum(len(str(m.get("content", "")).split()) for m in messages),
+                           "cached_tokens": 0, "completion_tokens": len(pieces)}
+        for i, piece in enumerate(pieces):
+            if self.fail_after is not None and i == self.fail_after:
+                raise ModelError("the model stopped: out of memory")
+            yield piece
+
+    def complete(self, messages: list[dict], **sampling: Any) -> str:
+        return "".join(self.stream(messages, **sampling))
+
+    def complete_json(self, messages: list[dict], schema: dict, **kw: Any) -> Any:
+        self.json_calls += 1
+        if self.decisions:
+            return self.decisions.pop(0)
+        if self.json is not None:
+            return self.json(messages, schema)
+        properties = schema.get("properties", {})
+        if "action" in properties:
+            return {"think": "answer", "action": "answer", "keywords": "", "start_time": "null", "end_time": "null"}
+        return {t: 3 for t in properties}
+
+    def fork(self) -> ScriptedModel:
+        return ScriptedModel(default=self.default, by=self.by)
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+
+# -- stores ------------------------------------------------------------------------------------------------------
+
+
+class FakeVectors:
+    """An in-memory stand-in for the vector index: what was upserted, by collection."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, dict[str, list[float]]] = {"memories": {}, "images": {}}
+
+    def upsert(self, name: str, ids: list[str], vectors: list[list[float]], metadatas: Any = None) -> None:
+        self.data.setdefault(name, {}).update(zip(ids, vectors))
+
+    def delete(self, name: str, ids: list[str]) -> None:
+        for i in ids:
+            self.data.setdefault(name, {}).pop(i, None)
+
+    def purge(self, names: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class HashEncoder:
+    """Text and image "embeddings" from a hash: deterministic, instant, and different for different input."""
+
+    def embed(self, texts: list[str]) -> list[list[float]]:
+        return [[float(b) for b in hashlib.sha256(t.encode()).digest()[:8]] for t in texts]
+
+    def embed_images(self, paths: list[Any]) -> list[list[float]]:
+        return [[float(b) for b in hashlib.sha256(Path(p).read_bytes()).digest()[:8]] for p in paths]
+
+
+def fake_store(path: Path) -> tuple[Any, FakeVectors]:
+    """A store whose records are real (SQLite, image files) and whose vectors and encoders are stand-ins: for
+    tests of what is written and read, not of search. Returns the store and its vectors."""
+    from personavlm_cli.adapters.image_store import embedded_parts
+    from personavlm_cli.core.store import MemoryStore
+
+    path.mkdir(parents=True, exist_ok=True)
+    vectors = FakeVectors()
+    store = MemoryStore(path, **embedded_parts(path), text_encoder=HashEncoder, image_encoder=HashEncoder,
+                        vectors=lambda: vectors)
+    return store, vectors
+
+
+_ENCODER: Any = None
+
+
+def real_store(path: Path) -> Any:
+    """A store with the real parts (SQLite, Chroma on disk, the ONNX text encoder, shared by every store of the
+    run: it is read-only), no image encoder. The caller closes it."""
+    from personavlm_cli.adapters.image_store import embedded_parts
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.adapters.vectors import VectorIndex
+    from personavlm_cli.core.store import MemoryStore
+
+    global _ENCODER
+    if _ENCODER is None:
+        _ENCODER = TextEncoder()
+    encoder = _ENCODER
+    path.mkdir(parents=True, exist_ok=True)
+    return MemoryStore(path, **embedded_parts(path), text_encoder=lambda: encoder, image_encoder=lambda: None,
+                       vectors=lambda: VectorIndex(path=path / "chroma"))
+
+
+# -- memories ----------------------------------------------------------------------------------------------------
+
+
+def memory(text: str = "I like tea.", type: str = MemoryType.SEMANTIC, at: datetime | str | None = None,
+           **fields: Any) -> Memory:
+    """One memory, every field but ``text`` and ``type`` defaulted: an id of its type, a fixed time (or
+    ``at``), created a day later; any other field of ``Memory`` as a keyword."""
+    occurred = at if isinstance(at, str) else iso(at) if at is not None else "2026-01-01T10:00:00+00:00"
+    if not fields.get("id"):
+        fields["id"] = new_id(type)
+    fields.setdefault("created_at", "2026-01-02T00:00:00+00:00")
+    return Memory(type=type, text=text, occurred_at=occurred, **fields)
