@@ -5,7 +5,7 @@ both in the chat's own recall, in ``memory search --explain`` and in ``/why``, a
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -17,7 +17,7 @@ from tests.conftest import assert_one_line_error
 from tests.test_locomo import synthetic, write
 from tests.test_relevance import scripted  # noqa: F401  (the fixture)
 
-START = datetime(2026, 3, 2, 18, 0, tzinfo=timezone.utc)
+START = datetime(2026, 3, 2, 18, 0, tzinfo=UTC)
 
 
 def turn(text: str, minute: int, role: str = "user", session: str = "s1", speaker: str | None = None) -> Memory:

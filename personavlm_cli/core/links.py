@@ -27,6 +27,8 @@ moments"): ``taste`` takes open-domain recall@10 from 0.455 to 0.591 and changes
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Collection
+from typing import Any
 
 from personavlm_cli.core.memory import Memory
 
@@ -73,7 +75,7 @@ def first_person(memory: Memory) -> float:
     return first / (first + second) if first + second else 0.0
 
 
-def content_words(memory: Memory, stop_words, limit: int = SUBSTANCE_WORDS) -> int:
+def content_words(memory: Memory, stop_words: Collection[str], limit: int = SUBSTANCE_WORDS) -> int:
     """How many distinct content words (not in ``stop_words``, recall's own list) a memory's own words
     hold, counted up to ``limit`` (recall looks at a few hundred candidates: a long turn stops early)."""
     seen: set[str] = set()
@@ -97,15 +99,16 @@ def taste_score(memory: Memory, named: bool, about_user: bool) -> float:
     return 0.0
 
 
-def substance_penalty(memory: Memory, stop_words) -> float:
+def substance_penalty(memory: Memory, stop_words: Collection[str]) -> float:
     """Between 0 and 1: how far a turn is from ``SUBSTANCE_WORDS`` content words (0 for other memories)."""
     if memory.type != "turn":
         return 0.0
     return max(0.0, 1.0 - content_words(memory, stop_words) / SUBSTANCE_WORDS)
 
 
-def apply(fused: dict[str, float], signals: dict, memories: dict[str, Memory], query_text: str,
-          weights: dict[str, float], named, stop_words) -> None:
+def apply(fused: dict[str, float], signals: dict[str, dict[str, Any]], memories: dict[str, Memory], query_text: str,
+          weights: dict[str, float], named: Callable[[Memory], bool],
+          stop_words: Collection[str]) -> None:
     """Add ``taste`` and take ``substance`` from the fused scores of ``memories`` (recall's candidates
     that could reach the first k), in place; each change is recorded in ``signals``. ``named(memory)``
     says whether the memory's speaker is named in the query; ``stop_words`` are recall's."""
