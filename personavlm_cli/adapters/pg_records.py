@@ -33,10 +33,10 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from personavlm_cli.adapters.pg_link import RETRY_S, Link, idempotent
+from personavlm_cli.adapters.pg_link import RETRY_S, Link, idempotent, server_disk_full
 from personavlm_cli.adapters.sql_records import FORMAT_VERSION, SqlRecords, query_words, tables
 from personavlm_cli.adapters.urls import shown_url
-from personavlm_cli.core.errors import NotFoundError, StoreBusyError, StoreError, disk_full
+from personavlm_cli.core.errors import NotFoundError, StoreBusyError, StoreError
 from personavlm_cli.core.memory import iso, now
 
 INSTALL = "pip install 'personavlm-cli[postgres]' (psycopg 3)"
@@ -352,7 +352,7 @@ class PgRecordStore(SqlRecords):
             with self.db.begin():
                 yield self.db
         except self._psycopg.errors.DiskFull:
-            raise disk_full(self.where) from None
+            raise server_disk_full(self.where) from None
         except self._psycopg.OperationalError as exc:
             raise StoreError(f"the record database {shown_database_url(self.url)} failed: {_first_line(exc)}; "
                              "nothing of this change was written") from None
