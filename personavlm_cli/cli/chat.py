@@ -84,6 +84,7 @@ def chat(
                 raise typer.Exit(130)
         elif not is_tty(sys.stdin):
             session.start(quiet=True)
+            env.flush_in_background()  # the vector outbox, while the chat is open (core/outbox.py)
             stopped = False
             failed = 0
             for number, text in enumerate(sys.stdin, 1):
@@ -108,6 +109,7 @@ def chat(
                 raise typer.Exit(1)
         else:
             session.start(quiet=False)
+            env.flush_in_background()
             code = session.repl()
             session.finish(consolidate=True)
             if code:
