@@ -128,3 +128,43 @@ def test_forget_by_text_with_chroma_down_says_words_only_and_erases_the_records_
     assert _outbox(pg, user) == (0, 0)
     listed = {m["id"] for m in _listing(env)}
     assert collections(chroma_server)[f"u-{user}-memories"] == listed
+
+
+def test_personavlm_mcp_flushes_the_outbox_in_the_background_once_chroma_is_back(tmp_path, pg, chroma_server):
+    """`personavlm mcp` over stdio (the SDK's client starts it as an MCP client would): a memory remembered while
+    Chroma is down waits in the outbox; once Chroma is back, the open server writes its vector with no call."""
+    import os
+    import sys
+
+    import anyio
+    from mcp import Client, StdioServerParameters
+
+    from tests.conftest import ROOT
+    from tests.test_mcp import data
+
+    user = "mcp-" + uuid.uuid4().hex[:6]
+    env = _env(tmp_path, pg, chroma_server, user)
+    full = {**{k: v for k, v in os.environ.items() if k.startswith(("HF_", "PATH", "HOME"))}, **env,
+            "PYTHONPATH": str(ROOT), "ANONYMIZED_TELEMETRY": "False"}
+    params = StdioServerParameters(command=sys.executable, args=["-m", "personavlm_cli", "mcp"], env=full,
+                                   cwd=str(ROOT))
+    seen: dict = {}
+
+    async def main():
+        async with Client(params) as client:
+            data(await client.call_tool("remember", {"statement": "My dog is called Pistache."}))
+            chroma_server.kill()
+            kept = data(await client.call_tool("remember", {"statement": "My cat is called Miso."}))
+            seen["waiting"] = _outbox(pg, user)
+            await anyio.to_thread.run_sync(lambda: chroma_server.start(timeout=90))
+            started = time.monotonic()
+            while _outbox(pg, user) != (0, 0) and time.monotonic() - started < 60:
+                await anyio.sleep(0.5)  # no call: the server's flusher does it
+            seen["flushed_after"] = time.monotonic() - started
+            seen["after"] = _outbox(pg, user)
+            return kept
+
+    kept = anyio.run(main)
+    assert seen["waiting"][0] >= 1 and seen["waiting"][1] == 0, seen  # the memory (and what it made) wait
+    assert seen["after"] == (0, 0), seen
+    assert kept["id"] in collections(chroma_server)[f"u-{user}-memories"]

@@ -355,3 +355,22 @@ def test_a_vector_written_for_a_memory_erased_meanwhile_is_deleted_again(degrada
     store._embed = embed_then_erased_elsewhere
     assert store.flush_outbox()
     assert doomed.id not in index.data.get(TEXT, {})
+
+
+def test_a_kick_makes_the_flusher_try_even_when_nothing_is_watched():
+    """`personavlm mcp` kicks its flusher when a call found the server down (it has no gate to watch)."""
+    from personavlm_cli.core.outbox import OutboxFlusher
+
+    answers = iter([False, False, True])
+    flusher = OutboxFlusher(lambda: next(answers), lambda: False, first=0.01, most=0.02, look=0.01).start()
+    try:
+        assert _until(lambda: flusher.alive)
+        import time
+
+        time.sleep(0.05)  # idle: nothing watched, nothing kicked
+        assert flusher.tries == 0
+        flusher.kick()
+        assert _until(lambda: flusher.tries >= 1)
+    finally:
+        flusher.stop()
+    assert _until(lambda: not flusher.alive, 2.0)

@@ -39,7 +39,8 @@ class OutboxFlusher:
         self._done = done
         self.first, self.most, self.look = first, most, look
         self._stop = threading.Event()
-        self._kick = threading.Event()
+        self._kick = threading.Event()  # wakes the thread (a kick, a stop)
+        self._due = False  # kicked: try even if ``watching()`` says nothing
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self.flushes = 0  # steps that emptied the outbox (tests, logs)
         self.tries = 0
@@ -50,6 +51,7 @@ class OutboxFlusher:
 
     def kick(self) -> None:
         """The server was found down (or something waits): start trying now, from the first delay."""
+        self._due = True
         self._kick.set()
 
     def stop(self) -> None:
@@ -81,7 +83,7 @@ class OutboxFlusher:
         delay = self.first
         while not self._stop.is_set():
             try:
-                due = self._kick.is_set() or self._watching()
+                due = self._due or self._watching()
             except Exception:  # noqa: BLE001 - a background thread never dies on its own
                 due = False
             if not due:
@@ -91,6 +93,7 @@ class OutboxFlusher:
                 continue
             if not self._wait(delay):
                 return
+            self._due = False
             self.tries += 1
             try:
                 flushed = self._step()
