@@ -176,7 +176,9 @@ class MemoryStore:
         """The notices not shown yet (a search that found the vector server down says so here too)."""
         if self.vectors_down and not self._down_told:
             self._degraded(UnreachableError(self.vectors_down))
-        out, self.notices[:] = list(self.notices), []
+        out = []
+        while self.notices:  # one at a time: the flusher's thread may append meanwhile (none is lost)
+            out.append(self.notices.pop(0))
         return out
 
     def pending_vectors(self) -> tuple[int, int]:
