@@ -88,6 +88,15 @@ def full_pg():
         shutil.rmtree(root, ignore_errors=True)
 
 
+def bulky(text: str) -> str:
+    """``text`` and 4 KiB of incompressible words: its row must go out of line (TOAST) into a table that
+    holds no such row yet, so it needs a new page whatever room the pages written so far have left (a
+    short row could land in a partition's existing page, and the full disk would go unnoticed)."""
+    import secrets
+
+    return text + " " + " ".join(secrets.token_hex(8) for _ in range(240))
+
+
 def fill(url: str) -> None:
     """Fill the tablespace: uncompressed rows until the server says the disk is full (1 MiB, then 8 KiB,
     then 100-byte rows, so that no page of the filler is left with room)."""
@@ -175,25 +184,30 @@ def test_a_full_disk_on_the_postgresql_server_is_one_line_and_nothing_is_lost(tm
         assert chat.say("One: before the disk fills.").strip()
         fill(url)
         # The open chat: the message's line says the server cannot write, in one line; the chat goes on.
-        chat.send("Two: typed while the disk is full.")
+        chat.send(bulky("Two: typed while the disk is full."))
         line = chat.wait_err("line 2")
         assert line.startswith("Error: line 2 not stored: no space left on the record database server"), line
         assert "nothing was lost" in line
         # A command started now on another machine (another home): one line, exit 1, nothing written.
         other = {**env, "PERSONAVLM_HOME": str(tmp_path / "home2")}
-        r = run_cli("chat", "--once", "Three: a one-shot while the disk is full.", env=other)
+        r = run_cli("chat", "--once", bulky("Three: a one-shot while the disk is full."), env=other)
         assert_one_line_error(r, "no space left on the record database server", "nothing was lost")
-        r = run_cli("chat", "--no-update", env=other, input="/remember I keep my spare key under the blue pot\n")
+        r = run_cli("chat", "--no-update", env=other, input="/remember " + bulky("I keep my spare key under the blue pot") + "\n")
         # (a slash command's error is its line; the scripted chat goes on: see cli/chat.py)
         assert_one_line_error(type(r)(1, r.out, r.err), "Error: no space left on the record database server")
         zero = next(m for m in _listing(env) if m["text"].startswith("Zero"))
-        r = run_cli("memory", "forget", zero["id"], "--yes", env=other)  # the erasure fails whole: nothing half-erased
+        r = run_cli("memory", "forget", zero["id"], "--yes", env=other)
         assert r.code == 1 and "Traceback" not in r.err, r.err  # (what it would erase is listed first)
-        assert r.err.splitlines()[-1].startswith("Error: no space left on the record database server"), r.err
-        assert zero["id"] in {m["id"] for m in _listing(env)}
+        last = " ".join(r.err.split()).rpartition("Error: ")[2]
+        kept = ["Zero: my boat is called Saltire."]
+        if zero["id"] in {m["id"] for m in _listing(env)}:  # the erasure failed whole (it needs new rows): said so
+            assert last.startswith("no space left on the record database server"), r.err
+        else:  # its rows fitted pages with room left: the erasure stands, its rewrite waits, and it says so
+            assert last.startswith("the memories are erased, but the record database server"), r.err
+            kept = []
         # Reading still works while the disk is full.
         said = [m["text"] for m in _listing(env) if m["type"] == "turn" and m["role"] == "user"]
-        assert said == ["Zero: my boat is called Saltire.", "One: before the disk fills."], said
+        assert said == [*kept, "One: before the disk fills."], said
         # Space comes back: the same chat goes on, the next line is stored with its answer.
         free(url, disk)
         assert chat.say("Four: after space came back.").strip()
@@ -207,10 +221,10 @@ def test_a_full_disk_on_the_postgresql_server_is_one_line_and_nothing_is_lost(tm
         chroma.stop()
     listing = _listing(env)
     said = [m["text"] for m in listing if m["type"] == "turn" and m["role"] == "user"]
-    assert said == ["Zero: my boat is called Saltire.", "One: before the disk fills.", "Four: after space came back."]
+    assert said == [*kept, "One: before the disk fills.", "Four: after space came back."]
     answers = [m for m in listing if m["type"] == "turn" and m["role"] == "assistant"]
     ids = {m["id"] for m in listing}
-    assert len(answers) == 3 and all(set(a["source_ids"]) <= ids for a in answers)  # nothing half-written
+    assert len(answers) == len(said) and all(set(a["source_ids"]) <= ids for a in answers)  # nothing half-written
     assert not any("spare key" in m["text"] for m in listing)
 
 
