@@ -79,6 +79,10 @@ def full_pg():
     try:
         disk.mount(SMALL)
         with psycopg.connect(pg.url, autocommit=True) as c:
+            # No autovacuum: a truncation of empty trailing pages would give space back behind the test's
+            # back (a write meant to meet the full disk could then succeed).
+            c.execute("ALTER SYSTEM SET autovacuum = off")
+            c.execute("SELECT pg_reload_conf()")
             c.execute(f"CREATE TABLESPACE small LOCATION '{disk.path}'")
             c.execute("CREATE DATABASE personavlm_small TABLESPACE small")
         yield pg, f"postgresql://personavlm@127.0.0.1:{pg.port}/personavlm_small", disk
