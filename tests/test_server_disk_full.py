@@ -9,7 +9,8 @@ with ``ulimit -f``: a file-size limit makes write(2) fail with EFBIG, which Post
 internal error (XX000), not as a full disk. The WAL stays on the (not full) data directory, as a
 separate WAL volume would; ``mount -o remount,size=…`` gives the space back, as an admin freeing space.
 
-Mounting needs CAP_SYS_ADMIN (root in this container has it); where the mount is refused the module is
+Autovacuum is off in this cluster: a truncation of empty trailing pages would give space back behind the
+test's back. Mounting needs CAP_SYS_ADMIN (root in this container has it); where the mount is refused the module is
 skipped with that reason.
 """
 
