@@ -544,3 +544,41 @@ def test_a_load_run_of_concurrent_chats_a_migrate_and_a_forget_all_loses_nothing
     assert report["users_with_every_vector"] == "2/2"
     assert report["migrated_memories"] == {"movera": 20, "moverb": 20}
     assert report["messages_written"] >= report["messages_sent"] - 2 * 3  # only the erased user's may be gone
+
+
+# --------------------------------------------------------------------------------------------------
+# What docs/deploy.md says of a server down when a command starts
+# --------------------------------------------------------------------------------------------------
+
+
+def test_a_command_started_while_postgresql_is_down_stops_at_once_with_one_line(tmp_path, pg, chroma_server):
+    env = _env(tmp_path, pg, chroma_server, "pg-startdown", PERSONAVLM_STORE_RETRY_SECONDS="30")
+    r = run_cli("chat", "--once", "I keep bees.", env=env)
+    assert r.code == 0, r.err
+    pg.down()
+    try:
+        for argv in (["memory", "list"], ["chat", "--once", "hello"]):
+            started = time.monotonic()
+            r = run_cli(*argv, env=env)
+            took = time.monotonic() - started
+            assert_one_line_error(r, "cannot reach the record database", "connection refused")
+            assert took < 25, took  # not the 30 s an open store waits for a lost connection
+    finally:
+        pg.up()
+    assert _said(env) == ["I keep bees."]
+
+
+def test_store_migrate_with_chroma_down_stops_with_one_line_and_switches_nothing(tmp_path, pg, chroma_server):
+    home = {**FAST, "PERSONAVLM_HOME": str(tmp_path / "home"), "PERSONAVLM_USER": "mig-down",
+            "PERSONAVLM_STORE_URL": chroma_server.url, "PERSONAVLM_STORE_DATABASE_URL": pg.url}
+    r = run_cli("chat", "--no-update", env=home, input="/remember I keep a red notebook\n")
+    assert r.code == 0, r.err
+    chroma_server.kill()
+    r = run_cli("store", "migrate", "--to", "server", env=home)
+    assert r.code != 0 and "Traceback" not in r.err, r.err
+    last = " ".join(r.err.split()).rpartition("Error: ")[2]
+    assert last.startswith("the vector store at") and "is not reachable" in last, r.err
+    assert "every memory needs its vector before the switch: nothing switched" in last, r.err
+    assert [m["text"] for m in _listing(home)] == ["I keep a red notebook"]  # still the embedded store
+    r = run_cli("config", "show", "--json", env=home)
+    assert next(s["value"] for s in r.json() if s["key"] == "store.kind") == "embedded"

@@ -177,6 +177,10 @@ class _Index:
         self._up()
         return set(self.data.get(name, {}))
 
+    def count(self, name):
+        self._up()
+        return len(self.data.get(name, {}))
+
 
 class _Encoder:
     def embed(self, texts):
@@ -253,3 +257,120 @@ def test_the_gate_does_not_ask_a_down_server_again_before_its_retry_time(degrada
     store.vectors.retry_s = 0
     assert store.vectors.query(TEXT, [1.0, 0.0], 5) == [] and calls == [1]  # asked again: up, (nothing embedded yet)
     assert store.vectors.back
+
+
+# -- the outbox flushed in the background (core/outbox.py) ------------------------------------------
+
+
+def _until(condition, seconds: float = 5.0) -> bool:
+    import time
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def test_the_background_flusher_empties_the_outbox_as_soon_as_the_server_is_back(degradable):
+    import time
+
+    from personavlm_cli.core import outbox
+    from personavlm_cli.core.store import TEXT
+
+    store, server, index = degradable
+    kept = _mem("Ann plays the cello", 0)
+    store.add([kept])
+    server["up"] = False
+    said = _mem("Ann moved to Porto", 1)
+    store.add([said])
+    store.erase([kept.id], "forget-id")
+    assert store.pending_vectors() == (1, 1)
+    store.take_notices()
+    flusher = outbox.for_store(store, first=0.02, most=0.1, look=0.02).start()
+    try:
+        assert _until(lambda: flusher.tries >= 3)  # down: it keeps trying, with backoff, and says nothing more
+        assert store.pending_vectors() == (1, 1) and store.take_notices() == []
+        server["up"] = True  # nobody writes anything: the flusher alone finds it back
+        assert _until(lambda: store.pending_vectors() == (0, 0))
+        assert index.data[TEXT].keys() == {said.id}  # the waiting vector written, the erased one gone
+        assert store.vectors_down is None
+        assert _until(lambda: any("vector store is back: 1 waiting vector written, 1 vector erasure finished" in n
+                                  for n in store.notices))
+        server["up"] = False  # a second outage is told again, once
+        store.add([_mem("Ann has a cat", 2)])
+        assert len([n for n in store.take_notices() if "not reachable" in n]) == 1
+        server["up"] = True
+        assert _until(lambda: store.pending_vectors() == (0, 0))
+    finally:
+        started = time.monotonic()
+        flusher.stop()
+        assert time.monotonic() - started < 0.05  # quitting never waits for it
+    assert _until(lambda: not flusher.alive, 2.0)
+
+
+def test_the_flusher_backs_off_while_the_server_stays_down_and_sleeps_while_it_answers():
+    import time
+
+    from personavlm_cli.core.outbox import OutboxFlusher
+
+    stamps: list[float] = []
+    down = {"now": True}
+
+    def step() -> bool:
+        stamps.append(time.monotonic())
+        return not down["now"]
+
+    flusher = OutboxFlusher(step, lambda: down["now"], first=0.02, most=0.16, look=0.01).start()
+    try:
+        assert _until(lambda: len(stamps) >= 6)
+        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        assert gaps[0] < gaps[2] and max(gaps[:5]) < 0.16 + 0.1  # doubling, capped
+        down["now"] = False
+        assert _until(lambda: flusher.flushes == 1)
+        n = len(stamps)
+        time.sleep(0.2)
+        assert len(stamps) == n  # the server answers: not asked again
+    finally:
+        flusher.stop()
+
+
+def test_a_vector_written_for_a_memory_erased_meanwhile_is_deleted_again(degradable):
+    from personavlm_cli.core.store import TEXT
+
+    store, server, index = degradable
+    server["up"] = False
+    doomed = _mem("Ann's old address", 0)
+    store.add([doomed])
+    server["up"] = True
+    store.vectors.ask_now()
+    real = store._embed
+
+    def embed_then_erased_elsewhere(memories):
+        real(memories)  # the vector is written, then another process's forget deletes the record
+        with store.records.transaction():
+            store.records.delete([doomed.id])
+
+    store._embed = embed_then_erased_elsewhere
+    assert store.flush_outbox()
+    assert doomed.id not in index.data.get(TEXT, {})
+
+
+def test_a_kick_makes_the_flusher_try_even_when_nothing_is_watched():
+    """`personavlm mcp` kicks its flusher when a call found the server down (it has no gate to watch)."""
+    from personavlm_cli.core.outbox import OutboxFlusher
+
+    answers = iter([False, False, True])
+    flusher = OutboxFlusher(lambda: next(answers), lambda: False, first=0.01, most=0.02, look=0.01).start()
+    try:
+        assert _until(lambda: flusher.alive)
+        import time
+
+        time.sleep(0.05)  # idle: nothing watched, nothing kicked
+        assert flusher.tries == 0
+        flusher.kick()
+        assert _until(lambda: flusher.tries >= 1)
+    finally:
+        flusher.stop()
+    assert _until(lambda: not flusher.alive, 2.0)

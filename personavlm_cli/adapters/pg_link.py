@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from personavlm_cli.core.errors import StoreError, UnreachableError
+from personavlm_cli.core.errors import DiskFullError, StoreError, UnreachableError
 
 RETRY_S = 30.0  # how long a lost connection is waited for by default (store.retry_seconds)
 _NOT_RUN = {"57P01", "57P02", "57P03"}  # the server ended the session before running the statement
@@ -51,6 +51,13 @@ def idempotent(query: Any) -> bool:
     if re.match(r"^INSERT\b", text, re.I):
         return bool(re.search(r"\bON\s+CONFLICT\b", text, re.I))
     return bool(_SAFE.match(text))
+
+
+def server_disk_full(where: str) -> DiskFullError:
+    """The one line for a full disk on the database server (SQLSTATE 53100, ``could not extend file``):
+    the statement or transaction was not written, and what was stored before is intact."""
+    return DiskFullError(f"no space left on the record database server {where}: it cannot write until space is "
+                         "freed there; nothing was lost")
 
 
 def sqlstate(exc: BaseException) -> str:
@@ -110,12 +117,17 @@ class Link:
     def call(self, fn: Callable[[Any], Any], safe: bool) -> Any:
         """``fn(connection)``; re-run on a new connection after a loss when ``safe`` (or not run)."""
         if self.in_transaction():
-            return fn(self.conn)  # the transaction fails as a whole; the next one reconnects
+            try:
+                return fn(self.conn)  # the transaction fails as a whole; the next one reconnects
+            except self._psycopg.errors.DiskFull:
+                raise server_disk_full(self.where) from None
         deadline = None
         while True:
             self.ensure_alive(deadline)
             try:
                 return fn(self.conn)
+            except self._psycopg.errors.DiskFull:  # one statement refused, the connection is fine
+                raise server_disk_full(self.where) from None
             except self._psycopg.OperationalError as exc:
                 if not self.lost(exc):
                     raise

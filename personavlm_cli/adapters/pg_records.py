@@ -33,10 +33,10 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from personavlm_cli.adapters.pg_link import RETRY_S, Link, idempotent
+from personavlm_cli.adapters.pg_link import RETRY_S, Link, idempotent, server_disk_full
 from personavlm_cli.adapters.sql_records import FORMAT_VERSION, SqlRecords, query_words, tables
 from personavlm_cli.adapters.urls import shown_url
-from personavlm_cli.core.errors import NotFoundError, StoreBusyError, StoreError, disk_full
+from personavlm_cli.core.errors import DiskFullError, NotFoundError, StoreBusyError, StoreError
 from personavlm_cli.core.memory import iso, now
 
 INSTALL = "pip install 'personavlm-cli[postgres]' (psycopg 3)"
@@ -337,7 +337,7 @@ class PgRecordStore(SqlRecords):
         if self.get_meta("compact_pending"):
             try:
                 self.compact()
-            except self._psycopg.errors.LockNotAvailable:  # the next open tries again
+            except (self._psycopg.errors.LockNotAvailable, DiskFullError):  # the next open tries again
                 pass
 
     @contextlib.contextmanager
@@ -352,7 +352,7 @@ class PgRecordStore(SqlRecords):
             with self.db.begin():
                 yield self.db
         except self._psycopg.errors.DiskFull:
-            raise disk_full(self.where) from None
+            raise server_disk_full(self.where) from None
         except self._psycopg.OperationalError as exc:
             raise StoreError(f"the record database {shown_database_url(self.url)} failed: {_first_line(exc)}; "
                              "nothing of this change was written") from None
@@ -518,8 +518,13 @@ class PgRecordStore(SqlRecords):
         if marked is None:
             marked = ([f"{table}_p{i}" for table in ("memories", "images") for i in range(PARTITIONS)]
                       if self.get_meta("compact_pending") else [])
-        for table in [*sorted(set(marked)), *_SMALL]:
-            self.db.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(self.schema, table)))
+        try:
+            for table in [*sorted(set(marked)), *_SMALL]:
+                self.db.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(self.schema, table)))
+        except DiskFullError:  # the deletion (and its compact_pending mark) is committed; the rewrite waits
+            raise DiskFullError(f"the memories are erased, but the record database server {self.where} has no space "
+                                "left to rewrite the tables that held them (VACUUM FULL), so their old copies stay in "
+                                "its files until it can: the next command does it once space is freed") from None
         self.db.execute("DELETE FROM meta WHERE key IN ('compact_pending', 'compact_parts')")
 
     def delete(self, ids: Iterable[str]) -> int:

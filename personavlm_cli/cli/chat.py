@@ -85,6 +85,7 @@ def chat(
                 raise typer.Exit(ExitStatus.INTERRUPTED)
         elif not is_tty(sys.stdin):
             session.start(quiet=True)
+            env.flush_in_background()  # the vector outbox, while the chat is open (core/outbox.py)
             stopped = False
             failed = 0
             for number, text in enumerate(sys.stdin, 1):
@@ -109,6 +110,7 @@ def chat(
                 raise typer.Exit(ExitStatus.ERROR)
         else:
             session.start(quiet=False)
+            env.flush_in_background()
             code = session.repl()
             session.finish(consolidate=True)
             if code:

@@ -39,6 +39,7 @@ class Env:
     _store: Any = None
     _lock: Any = None
     _model: Any = None
+    _flusher: Any = None
     model_lock: ModelGate = field(default_factory=ModelGate)
     terminal: Terminal = field(default_factory=active)  # streams, tty-ness, clock of this run (cli/terminal.py)
 
@@ -163,7 +164,19 @@ class Env:
             raise StoreError(f"user '{user}' has memories on the server store, but this home uses the embedded "
                              f"store: move them with `personavlm store migrate --to embedded --user {user}`")
 
+    def flush_in_background(self) -> None:
+        """While a chat is open: the vector outbox flushed by a daemon thread as soon as the vector server
+        is back (``core/outbox.py``); only a server's vectors can be down. Stopped by ``close``, unwaited."""
+        if self._store is None or self._flusher is not None or self.settings["store.kind"] != "server":
+            return
+        from personavlm_cli.core import outbox
+
+        self._flusher = outbox.for_store(self._store).start()
+
     def close(self) -> None:
+        if self._flusher is not None:
+            self._flusher.stop()  # never waited for: quitting never waits
+            self._flusher = None
         if self._store is not None:
             self.tell_notices()
             self._store.close()

@@ -11,6 +11,7 @@ is never loaded: remembering learns by rules, like `/remember`. The use cases ar
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Annotated, Any
 
@@ -31,20 +32,63 @@ def build_server(user: str | None = None, env_factory: Callable[[], Any] | None 
     from mcp.types import ToolAnnotations
 
     from personavlm_cli.core import memory_access as access
-    from personavlm_cli.core.errors import PersonaError, StoreBusyError
+    from personavlm_cli.core.errors import NotFoundError, PersonaError, StoreBusyError
 
     make = env_factory or (lambda: make_env(user))
     name = make().user  # a bad user name is refused before the server starts
     server = MCPServer("personavlm", instructions=INSTRUCTIONS)
 
+    # One call at a time in this process, the background flusher's included: each takes the home's lock.
+    calls = threading.Lock()
+    flusher: list = []
+
     def call(fn: Callable[[Any], Any]) -> Any:
-        env = make()
-        try:
-            return fn(env)
-        except PersonaError as e:  # one line, as on the command line
-            raise ToolError(" ".join(str(e).split())) from None
-        finally:
-            env.close()
+        with calls:
+            env = make()
+            try:
+                return fn(env)
+            except PersonaError as e:  # one line, as on the command line
+                raise ToolError(" ".join(str(e).split())) from None
+            finally:
+                down = env._store is not None and env._store.vectors_down is not None
+                env.close()
+                if down:
+                    outbox_flusher().kick()
+
+    def flush_step() -> bool:
+        """Open the store as a writer call does and flush the vector outbox; False while the vector server
+        is down, or while a chat holds the store (its own flusher does it then)."""
+        with calls:
+            env = make()
+            try:
+                store = env.store(write=True, create=False)
+                try:
+                    return store.flush_outbox()
+                finally:
+                    store.take_notices()  # nobody reads them here: not one line on stderr per try
+            except NotFoundError:
+                return True
+            except StoreBusyError:
+                return False
+            finally:
+                env.close()
+
+    def outbox_flusher():
+        """Started at the first call that finds the vector server down: retries with backoff until the
+        outbox is flushed, then sleeps until kicked again (core/outbox.py)."""
+        if not flusher:
+            from personavlm_cli.core.outbox import OutboxFlusher
+
+            flag = {"due": False}
+
+            def step() -> bool:
+                flag["due"] = not flush_step()
+                return not flag["due"]
+
+            flusher.append(OutboxFlusher(step, lambda: flag["due"], name="personavlm-mcp-outbox").start())
+        return flusher[0]
+
+    server._personavlm_stop = lambda: [f.stop() for f in flusher]  # mcp(): at the end of the session
 
     def writer(env):
         store = env.store(write=True, create=True)
@@ -136,4 +180,7 @@ def mcp(user: UserOpt = None,
             held = "no memories yet"
         err.print(line(f"personavlm mcp for '{env.user}' ({held}): tools ", ", ".join(anyio.run(tools))))
         return
-    anyio.run(server.run_stdio_async)
+    try:
+        anyio.run(server.run_stdio_async)
+    finally:
+        server._personavlm_stop()  # the outbox flusher, if one runs: never waited for

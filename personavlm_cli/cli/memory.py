@@ -350,6 +350,10 @@ def forget(
             if not yes and not sys.stdin.isatty():
                 raise PersonaError(f"refusing to forget {count(len(p.ids), 'memory')} that hold "
                                    f"'{one_line(query)}' without confirmation: pass --yes")
+            down = _vector_server_down(env, store)
+            if down:  # the match never needed it; say so, and that the vectors follow
+                err.print(line((f"{down}: matched by the words only, as --query always does (a meaning alone never "
+                                "erases), so nothing that holds them is missed", "yellow")))
             show_text_plan(err, p)
             if not yes and not typer.confirm(text_plan_question(p), err=True):
                 raise typer.Exit(ExitStatus.ERROR)
@@ -385,6 +389,22 @@ def forget(
         err.print(f"[green]Erased {count(len(erased), 'memory')}.[/green]")
     finally:
         env.close()
+
+
+def _vector_server_down(env, store) -> str | None:
+    """Why the vector server does not answer (asked now, through the store's gate), or None; its notice
+    for a chat ("answering from words and dates only") is not shown: the caller says what is true here."""
+    if env.settings["store.kind"] != "server":
+        return None
+    from personavlm_cli.core.errors import UnreachableError
+    from personavlm_cli.core.store import TEXT
+
+    try:
+        store.vectors.count(TEXT)
+    except UnreachableError as exc:
+        store.take_notices()
+        return str(exc)
+    return None
 
 
 def show_text_plan(console, p) -> None:

@@ -282,6 +282,10 @@ def _migrate(source, target, to: str, batch: int) -> dict:
     # Vectors: every record without one is embedded (a kill here leaves the rest for the next run).
     err.print(line(("embedding the vectors in the target store…", "dim")))
     target.sync_vectors()
+    if target.vectors_down:  # they cannot be verified: say why, not only that they are missing
+        target.take_notices()
+        raise StoreError(f"{target.vectors_down}; every memory needs its vector before the switch: nothing "
+                         "switched: run the command again once it is back")
     problems = _verify(source, target, memories, wanted)
     if problems:
         raise StoreError(f"verification failed ({problems[0]}); nothing switched: run the command again")

@@ -18,6 +18,7 @@ the outbox (``sync_vectors``) without the user doing anything.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -49,6 +50,7 @@ class VectorGate:
         self.down: str | None = None  # the reason, while the server does not answer
         self._since = 0.0
         self.back = False
+        self.told = False  # the down spell was told (one notice per spell, for every fork of the store)
         self._lock = threading.Lock()
 
     def index(self):
@@ -81,6 +83,16 @@ class VectorGate:
     def _mark(self, exc: BaseException) -> None:
         self.down = str(exc)
         self._since = time.monotonic()
+
+    def ask_now(self) -> None:
+        """Let the next call ask a down server at once (the background flusher's backoff decides when)."""
+        self._since = 0.0
+
+    def take_back(self) -> bool:
+        """True once after the server came back (whoever takes it flushes the outbox and says so)."""
+        with self._lock:
+            back, self.back = self.back, False
+        return back
 
     def call(self, name: str, *args, **kwargs):
         index = self.index()
@@ -130,7 +142,6 @@ class MemoryStore:
         self._vectors = None
         self.notices: list[str] = []  # what the user should be told (cli prints them): the degraded mode
         self._flushing = False
-        self._down_told = False
 
     # -- lazily built parts -----------------------------------------------------------------------
 
@@ -153,6 +164,14 @@ class MemoryStore:
         return self._vectors
 
     @property
+    def _down_told(self) -> bool:  # on the gate: a fork (the flusher's, the update stage's) shares it
+        return self.vectors.told
+
+    @_down_told.setter
+    def _down_told(self, value: bool) -> None:
+        self.vectors.told = value
+
+    @property
     def vectors_down(self) -> str | None:
         """Why the vector server does not answer, while it does not (None when it does, or untried)."""
         return self._vectors.down if self._vectors is not None else None
@@ -169,7 +188,9 @@ class MemoryStore:
         """The notices not shown yet (a search that found the vector server down says so here too)."""
         if self.vectors_down and not self._down_told:
             self._degraded(UnreachableError(self.vectors_down))
-        out, self.notices[:] = list(self.notices), []
+        out = []
+        while self.notices:  # one at a time: the flusher's thread may append meanwhile (none is lost)
+            out.append(self.notices.pop(0))
         return out
 
     def pending_vectors(self) -> tuple[int, int]:
@@ -180,9 +201,8 @@ class MemoryStore:
 
     def _flush_if_back(self) -> None:
         gate = self._vectors
-        if gate is None or not gate.back or self._flushing:
+        if gate is None or self._flushing or not gate.take_back():
             return
-        gate.back = False
         self._down_told = False
         self._flushing = True
         try:
@@ -195,6 +215,29 @@ class MemoryStore:
             self._degraded(exc)
         finally:
             self._flushing = False
+
+    def flush_outbox(self) -> bool:
+        """One step of the background flusher (``core/outbox.py``): ask the vector server now; if it
+        answers, write every waiting vector and finish every queued erasure (claimed: another process
+        flushing the same outbox skips what this one holds), and say once that it is back. True when
+        the server answered and the outbox is empty, False while it is still down (said once already)."""
+        gate = self.vectors
+        was_down = gate.down is not None
+        gate.ask_now()
+        try:
+            waiting, erasures = self.pending_vectors()
+            if waiting or erasures:
+                self._sync_vectors(256)
+            else:
+                gate.call("count", TEXT)  # nothing waits: only whether the server answers again
+        except UnreachableError:
+            return False
+        if gate.take_back() or was_down:
+            self._down_told = False
+            done = (f": {count_of(waiting, 'waiting vector')} written, {count_of(erasures, 'vector erasure')} "
+                    "finished" if waiting or erasures else ": answering by meaning again")
+            self.notices.append(f"The vector store is back{done}.")
+        return self.pending_vectors() == (0, 0)
 
     def fork(self) -> MemoryStore:
         """The same store for another thread: its own record connection, shared encoders and vectors."""
@@ -314,20 +357,30 @@ class MemoryStore:
 
     def _sync_vectors(self, batch: int) -> int:
         done = 0
-        jobs = self.records.jobs(["vector_delete"])
-        for job in jobs:
-            self.vectors.delete(TEXT, job["payload"]["ids"])
-            self.vectors.delete(IMAGES, job["payload"]["ids"])
-        if any(job["payload"].get("purge", True) for job in jobs):
-            self.vectors.purge([TEXT, IMAGES])  # one rebuild for every deletion a kill left
-        with self.records.transaction():
+        with contextlib.ExitStack() as claims:
+            # Each queued erasure claimed: two processes flushing one outbox never run the same one.
+            jobs = [job for job in self.records.jobs(["vector_delete"])
+                    if claims.enter_context(self.claim_job(job["id"]))]
             for job in jobs:
-                self.records.finish_job(job["id"])
+                self.vectors.delete(TEXT, job["payload"]["ids"])
+                self.vectors.delete(IMAGES, job["payload"]["ids"])
+            if any(job["payload"].get("purge", True) for job in jobs):
+                self.vectors.purge([TEXT, IMAGES])  # one rebuild for every deletion a kill left
+            with self.records.transaction():
+                for job in jobs:
+                    self.records.finish_job(job["id"])
         while True:
             pending = self.records.unembedded(batch)
             if not pending:
                 return done
             self._embed(pending)
+            # Erased meanwhile (another process's forget, whose vector deletion may have run before this
+            # write): the vector just written goes too, so an erased memory never gets its vector back.
+            kept = {m.id for m in self.records.get_many([m.id for m in pending])}
+            gone = [m.id for m in pending if m.id not in kept]
+            if gone:
+                self.vectors.delete(TEXT, gone)
+                self.vectors.delete(IMAGES, gone)
             done += len(pending)
 
     def replace(self, memory: Memory) -> None:
