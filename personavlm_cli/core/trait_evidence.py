@@ -35,11 +35,17 @@ from pathlib import Path
 from personavlm_cli.core.memory import TRAITS
 
 MARKERS_PATH = Path(__file__).resolve().parent.parent / "data" / "ipip" / "big_five_markers.json"
+# the project's own everyday descriptions of each end of each trait (behaviour, feelings, tastes)
+EVERYDAY_PATH = Path(__file__).resolve().parent.parent / "data" / "personality" / "markers.json"
 
 MIN_SIMILARITY = 0.45  # cosine to the nearest marker (MiniLM): tuned on the tuning writers only
 MIN_MARGIN = 0.06  # ... above the nearest neutral anchor
 FULL_SIMILARITY = 0.65  # at or above this a sentence counts with weight 1; at MIN_SIMILARITY, 0.5
-VOTERS = 1  # the nearest marker of the trait gives the direction (3 and 5 voters did worse on the tuning writers)
+POLE_VOTERS = 3
+ANTONYMS = True
+ONE_VALENCE = True
+KERNEL = 0.0
+VOTERS = 0  # the nearest marker of the trait gives the direction (3 and 5 voters did worse on the tuning writers)
 MAX_SENTENCES = 12  # a long paste is not a self-description: only its first sentences are read
 MAX_SENTENCE_CHARS = 400
 
@@ -53,6 +59,10 @@ NEUTRAL_ANCHORS = (
     "I need to buy groceries.", "My sister's birthday is next week.", "I just got home.",
     "I am reading a book about history.", "I want to learn how this works.", "I need a translation.",
     "I am fine, thanks.", "I watched the news.", "My train leaves at eight.", "I am planning a trip to Spain.",
+    # second round: schedules, clothes, health and errands, which the everyday markers come near
+    "I have an exam on Friday.", "I have a doctor's appointment.", "I am wearing a new shirt today.",
+    "I have a cold.", "My back hurts.", "I am going to the shops later.", "I am taking driving lessons.",
+    "I have a presentation at work tomorrow.", "I got a haircut.", "I cleaned the kitchen this morning.",
 )
 
 _FIRST_PERSON = re.compile(r"\b(i|i'm|i've|i'd|i'll|im|ive|me|my|myself|mine)\b", re.I)
@@ -69,6 +79,7 @@ _NEGATIONS = {
     "cannot": "can", "can't": "can", "won't": "will", "don't": "", "doesn't": "", "didn't": "",
     "isn't": "is", "aren't": "are", "wasn't": "was", "weren't": "were", "couldn't": "could",
     "wouldn't": "would", "shouldn't": "should", "haven't": "have", "hasn't": "has", "hadn't": "had",
+    "without": "", "never's": "",
     "ain't": "am", "dont": "", "doesnt": "", "didnt": "", "cant": "can", "wont": "will", "isnt": "is",
 }
 # Words of dislike: the word (or phrase), and its positive counterpart.
@@ -80,6 +91,23 @@ _DISLIKE = [
     (r"\b(wear|wears|wore) me out\b", "energise me"), (r"\bbore(s)? me to tears\b", "excite me"),
     (r"\bis not my thing\b", "is my thing"), (r"\baren't my thing\b", "are my thing"),
     (r"\bwaste of time\b", "good use of time"), (r"\bnonsense\b", "wonderful"), (r"\bpointless\b", "worthwhile"),
+]
+# Words of the negative end of a judgement and their positive counterparts (a small antonym lexicon: the
+# valence of a sentence, which sentence embeddings barely carry): "Parties are tiring" reads as "Parties
+# are energising", reversed; "I forgot her birthday" as "I remembered her birthday", reversed. Counted
+# as the words of dislike are; the markers are rewritten by the same rule, so both sides agree.
+_ANTONYMS = [
+    (r"\b(boring|dull)\b", "exciting"), (r"\bbored\b", "excited"),
+    (r"\b(tiring|exhausting|draining)\b", "energising"), (r"\b(hard|difficult)( for me)? to\b", "easy to"),
+    (r"\b(ugly|hideous)\b", "beautiful"), (r"\b(awful|terrible|horrible|garbage|rubbish)\b", "great"),
+    (r"\b(stupid|idiots?)\b", "clever"), (r"\b(rude)\b", "polite"), (r"\b(harsh)\b", "gentle"),
+    (r"\bselfish\b", "generous"), (r"\blazy\b", "hard-working"), (r"\b(messy|untidy|cluttered)\b", "tidy"),
+    (r"\b(disorganised|disorganized)\b", "organised"), (r"\bcareless\b", "careful"),
+    (r"\bforg(et|ot|otten|ets)\b", "remember"), (r"\bmiss(ed|es)? (the |my |a |an |deadlines?)", r"make \2"),
+    (r"\blate\b(?! (at )?night| evening)", "early"), (r"\b(lose|lost|loses)\b", "find"),
+    (r"\b(anxious|nervous|worried|tense|stressed|panicky|scared|afraid|frightened|terrified)\b", "calm"),
+    (r"\b(sad|depressed|miserable|unhappy)\b", "happy"), (r"\b(angry|irritated|furious|grumpy)\b", "calm"),
+    (r"\binsecure\b", "secure"), (r"\bshy\b", "outgoing"), (r"\bunfriendly\b", "friendly"),
 ]
 
 
@@ -112,16 +140,49 @@ class Evidence:
                 "negated": self.negated}
 
 
-def positive_form(sentence: str) -> tuple[str, int]:
+# Phrases with a negative word that negate nothing about the user ("for no reason", "no matter what") or
+# that say the positive ("can't stop worrying" = keep worrying, "don't mind" = like): rewritten, not counted.
+_NOT_NEGATIONS = [
+    (r"\bno matter\b", "whatever"), (r"\bfor no (good )?reason\b", "for some reason"), (r"\bno doubt\b", "surely"),
+    (r"\bnot only\b", ""), (r"\bnot just\b", ""), (r"\bnothing but\b", "only"), (r"\bno wonder\b", "so"),
+    (r"\b(can(no|')?t|cannot|couldn't|could not) (stop|help)\b", "keep"),
+    (r"\b(do|does|did)(n't| not) mind\b", "like"),
+]
+# Where the main statement's scope ends: a negation after one of these words is in a subordinate clause
+# ("I trust people until they give me a reason not to"; "I'm so nervous I can't think"), once the main
+# clause has its subject.
+_SCOPE_END = {"who", "that", "which", "when", "whenever", "until", "till", "because", "if", "unless", "than",
+              "where", "while", "before", "after", "since", "though", "although", "even", "whether", "once",
+              "so", "but", "as", "like", ",", ";", ":", "-", "—"}
+_SUBJECT = {"i", "i'm", "im", "i've", "ive", "i'd", "i'll"}
+
+
+def positive_form(sentence: str, antonyms: bool = True) -> tuple[str, int]:
     """The sentence with its negations and words of dislike rewritten to the plain positive form, and how
-    many were rewritten (an odd count reverses what the sentence says)."""
+    many were rewritten (an odd count reverses what the sentence says). Only the main statement's
+    negations count: one in a clause that follows it ("people who don't help me", "... I can't think
+    straight") is left as written."""
     text = sentence.replace("\u2019", "'").replace("\u2018", "'")
-    count = 0
-    for pattern, repl in _DISLIKE:
-        text, n = re.subn(pattern, repl, text, flags=re.I)
-        count += n
-    words = []
+    for pattern, repl in _NOT_NEGATIONS:
+        text = re.sub(pattern, repl, text, flags=re.I)
     tokens = re.findall(r"[\w']+|[^\w\s']+", text)
+    # the main statement: up to the first subordinate word (or a second "I") after its subject
+    main_end, subject_seen = len(tokens), False
+    for i, tok in enumerate(tokens):
+        low = tok.lower()
+        if subject_seen and (low in _SCOPE_END or (low in _SUBJECT and i > 0)):
+            main_end = i
+            break
+        if low in _SUBJECT or low in ("me", "my", "myself"):
+            subject_seen = True
+    main, rest = " ".join(tokens[:main_end]), " ".join(tokens[main_end:])
+    valence = 0  # words of dislike and of the negative end: several in one statement reinforce, they count once
+    for pattern, repl in _DISLIKE + (_ANTONYMS if ANTONYMS and antonyms else []):
+        main, n = re.subn(pattern, repl, main, flags=re.I)
+        valence += n
+    count = min(valence, 1) if ONE_VALENCE else valence
+    words = []
+    tokens = re.findall(r"[\w']+|[^\w\s']+", main)
     for i, tok in enumerate(tokens):
         low = tok.lower()
         if low == "no" and (i + 1 >= len(tokens) or not re.match(r"\w", tokens[i + 1])):
@@ -134,8 +195,9 @@ def positive_form(sentence: str) -> tuple[str, int]:
             continue  # "no longer": the "no" was the negation
         else:
             words.append(tok)
-    out = " ".join(words)
+    out = " ".join(words + ([rest] if rest else []))
     out = re.sub(r"\s+([,.!?;:])", r"\1", out)
+    out = re.sub(r"\s*'\s*", "'", out) if "' " in out or " '" in out else out
     return re.sub(r"\s+", " ", out).strip(), count
 
 
@@ -168,12 +230,16 @@ def load_markers() -> list[Marker]:
 
     data = json.loads(MARKERS_PATH.read_text(encoding="utf-8"))
     raw = [(t, int(k), text, src) for t, k, text, src in data["items"]]
+    if EVERYDAY_PATH:
+        raw += [(t, int(k), text, src) for t, k, text, src in
+                json.loads(EVERYDAY_PATH.read_text(encoding="utf-8"))["items"]]
     for trait, (low, high) in DESCRIPTORS.items():  # the paper's own words for each end of each trait
         raw += [(trait, -1, f"Am {w.strip()}.", "paper") for w in low.split(",")]
         raw += [(trait, 1, f"Am {w.strip()}.", "paper") for w in high.split(",")]
     out = []
     for trait, key, text, source in raw:
-        base, n = positive_form("I " + text[0].lower() + text[1:])
+        first = text if source.startswith("personavlm-") else "I " + text[0].lower() + text[1:]
+        base, n = positive_form(first)
         out.append(Marker(trait, key, text, source, base, bool(n % 2)))
     return out
 
@@ -210,8 +276,7 @@ class EvidenceReader:
             if similarity < MIN_SIMILARITY or similarity - float(neutral) < MIN_MARGIN:
                 continue
             trait = self.markers[best].trait
-            ranked = sorted((i for i, m in enumerate(self.markers) if m.trait == trait), key=lambda i: -sims[i])
-            vote = sum(float(sims[i]) * self._key(self.markers[i]) for i in ranked[:VOTERS])
+            vote = self._vote(sims, trait)
             if vote == 0:
                 continue
             negated = bool(negations % 2)
@@ -220,6 +285,23 @@ class EvidenceReader:
             # the marker in the form it was matched in ("Don't talk a lot." as "I talk a lot."): what `why` shows
             out.append(Evidence(trait, start, end, direction, weight, similarity, self.markers[best].base, negated))
         return out
+
+    def _vote(self, sims, trait: str) -> float:
+        """Which end of the trait the sentence is on: its mean similarity to the ``POLE_VOTERS`` nearest
+        markers of the high end against the same of the low end."""
+        ends = {1: [], -1: []}
+        for i, m in enumerate(self.markers):
+            if m.trait == trait:
+                ends[self._key(m)].append(float(sims[i]))
+        if KERNEL:
+            import math
+            top = max(max(v) for v in ends.values() if v)
+            return sum(k * math.exp((s - top) / KERNEL) for k in ends for s in ends[k])
+        if VOTERS:
+            ranked = sorted(((s, k) for k in ends for s in ends[k]), reverse=True)[:VOTERS]
+            return sum(s * k for s, k in ranked)
+        high, low = (sorted(ends[k], reverse=True)[:POLE_VOTERS] for k in (1, -1))
+        return sum(high) / max(1, len(high)) - sum(low) / max(1, len(low))
 
     @staticmethod
     def _key(m: Marker) -> int:

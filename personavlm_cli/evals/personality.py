@@ -85,7 +85,7 @@ def load(data: str | Path) -> tuple[list[Writer], list[NegationPair]]:
             for sentence in raw.get("negation", []):
                 from personavlm_cli.core.trait_evidence import positive_form
 
-                pairs.append(NegationPair("", positive_form(sentence)[0], sentence))
+                pairs.append(NegationPair("", positive_form(sentence, antonyms=False)[0], sentence))
     except (KeyError, TypeError, AttributeError) as exc:
         raise PersonaError(f"{path} is not a file of writers (missing {exc})") from None
     bad = [w.name for w in writers if w.side not in ("high", "low", "neutral")
