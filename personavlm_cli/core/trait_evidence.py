@@ -165,7 +165,7 @@ def positive_form(sentence: str, antonyms: bool = True) -> tuple[str, int]:
     text = sentence.replace("\u2019", "'").replace("\u2018", "'")
     for pattern, repl in _NOT_NEGATIONS:
         text = re.sub(pattern, repl, text, flags=re.I)
-    tokens = re.findall(r"[\w']+|[^\w\s']+", text)
+    tokens = re.findall(r"[\w'](?:[\w'-]*[\w'])?|[^\w\s']+", text)
     # the main statement: up to the first subordinate word (or a second "I") after its subject
     main_end, subject_seen = len(tokens), False
     for i, tok in enumerate(tokens):
@@ -182,7 +182,7 @@ def positive_form(sentence: str, antonyms: bool = True) -> tuple[str, int]:
         valence += n
     count = min(valence, 1) if ONE_VALENCE else valence
     words = []
-    tokens = re.findall(r"[\w']+|[^\w\s']+", main)
+    tokens = re.findall(r"[\w'](?:[\w'-]*[\w'])?|[^\w\s']+", main)
     for i, tok in enumerate(tokens):
         low = tok.lower()
         if low == "no" and (i + 1 >= len(tokens) or not re.match(r"\w", tokens[i + 1])):
