@@ -16,13 +16,28 @@ words. So the first decision is when *not* to move. A sentence is evidence only 
 
 Direction comes from the markers' keys. Sentence embeddings barely tell "I enjoy parties" from "I don't
 enjoy parties", so polarity is taken out before embedding, on both sides: negations ("not", "n't",
-"never", "rarely", "nothing", ...) and words of dislike ("hate", "bores me", "wears me out", "avoid")
-are rewritten to the plain positive form and counted; an odd count flips the marker's key. "I don't
-enjoy parties" becomes "I enjoy parties", flipped: extraversion down. The item "Don't talk a lot"
-(extraversion, keyed minus) becomes "I talk a lot", keyed plus, by the same rule.
+"never", "rarely", "nothing", ...) are rewritten to the plain positive form and counted, and so are
+words of dislike ("hate", "bores me", "wears me out") and words of the negative end of a judgement, a
+small antonym lexicon ("boring" -> "exciting", "exhausting" -> "energising", "rude" -> "polite",
+"anxious" -> "calm"; several in one statement count once: they reinforce, they do not cancel). An odd
+count flips the direction. "I don't enjoy parties" becomes "I enjoy parties", flipped: extraversion
+down; "Parties are exhausting" becomes "Parties are energising", flipped. The item "Don't talk a lot"
+(extraversion, keyed minus) becomes "I talk a lot", keyed plus, by the same rule. Only the main
+statement's negations count: "I never help people who don't help me" has one, and "no matter what",
+"for no reason", "can't stop worrying" have none. A sentence of two statements, each with its own "I"
+("I never miss a deadline, I start early"), is read as two.
 
-The direction of a sentence for its trait is the similarity-weighted vote of that trait's ``VOTERS``
-nearest markers (one nearest marker alone is too often the opposite pole on the same topic).
+Which end of its trait a statement is on: the mean similarity to the ``POLE_VOTERS`` nearest markers of
+the high end against the same of the low end (one nearest marker alone is too often the opposite end on
+the same topic), unless the nearest marker of one end leads the other end's by ``NEAREST_LEAD`` (a near
+paraphrase of one marker decides). The markers are the IPIP items, the paper's descriptors, and the
+project's own everyday descriptions of each end (``data/personality/markers.json``: "I always arrive on
+time", "Parties make me tired"), which reach the behaviour people report ("I finished my tax return a
+month early") that the questionnaire's abstract items do not.
+
+Everything here (markers, lexicon, thresholds) was chosen on development writers only
+(``shared/data/personality/dev.json``, ``data/personality/tuning.json``, ``development.json``); the
+held-out writers (``heldout.json``, ``heldout2.json``) measure it (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -38,16 +53,12 @@ MARKERS_PATH = Path(__file__).resolve().parent.parent / "data" / "ipip" / "big_f
 # the project's own everyday descriptions of each end of each trait (behaviour, feelings, tastes)
 EVERYDAY_PATH = Path(__file__).resolve().parent.parent / "data" / "personality" / "markers.json"
 
-MIN_SIMILARITY = 0.50  # cosine to the nearest marker (MiniLM): tuned on the development writers only (0.45 let plain facts through)
+MIN_SIMILARITY = 0.50  # cosine to the nearest marker (MiniLM); 0.45 let plain facts through ("I went to
+# the gym this morning" -> "Get bored by routine") on the development neutral writers
 MIN_MARGIN = 0.06  # ... above the nearest neutral anchor
-FULL_SIMILARITY = 0.65  # at or above this a sentence counts with weight 1; at MIN_SIMILARITY, 0.5
-POLE_VOTERS = 3
-ANTONYMS = True
-SPLIT_CLAUSES = True
-NEAREST_LEAD = 0.10
-ONE_VALENCE = True
-KERNEL = 0.0
-VOTERS = 0  # the nearest marker of the trait gives the direction (3 and 5 voters did worse on the tuning writers)
+FULL_SIMILARITY = 0.65  # at or above this a statement counts with weight 1; at MIN_SIMILARITY, 0.5
+POLE_VOTERS = 3  # nearest markers of each end compared (1 and 2 did worse on the development writers)
+NEAREST_LEAD = 0.10  # the nearest marker decides alone when it leads the other end's nearest by this
 MAX_SENTENCES = 12  # a long paste is not a self-description: only its first sentences are read
 MAX_SENTENCE_CHARS = 400
 
@@ -158,8 +169,9 @@ _SUBJECT = {"i", "i'm", "im", "i've", "ive", "i'd", "i'll"}
 
 
 def positive_form(sentence: str, antonyms: bool = True) -> tuple[str, int]:
-    """The sentence with its negations and words of dislike rewritten to the plain positive form, and how
-    many were rewritten (an odd count reverses what the sentence says). Only the main statement's
+    """The sentence with its negations, words of dislike and (with ``antonyms``) words of the negative end
+    of a judgement rewritten to the plain positive form, and how many reversals that made (an odd count
+    reverses what the sentence says; the words of dislike and judgement count once together). Only the main statement's
     negations count: one in a clause that follows it ("people who don't help me", "... I can't think
     straight") is left as written."""
     text = sentence.replace("\u2019", "'").replace("\u2018", "'")
@@ -177,10 +189,10 @@ def positive_form(sentence: str, antonyms: bool = True) -> tuple[str, int]:
             subject_seen = True
     main, rest = " ".join(tokens[:main_end]), " ".join(tokens[main_end:])
     valence = 0  # words of dislike and of the negative end: several in one statement reinforce, they count once
-    for pattern, repl in _DISLIKE + (_ANTONYMS if ANTONYMS and antonyms else []):
+    for pattern, repl in _DISLIKE + (_ANTONYMS if antonyms else []):
         main, n = re.subn(pattern, repl, main, flags=re.I)
         valence += n
-    count = min(valence, 1) if ONE_VALENCE else valence
+    count = min(valence, 1)
     words = []
     tokens = re.findall(r"[\w'](?:[\w'-]*[\w'])?|[^\w\s']+", main)
     for i, tok in enumerate(tokens):
@@ -197,7 +209,6 @@ def positive_form(sentence: str, antonyms: bool = True) -> tuple[str, int]:
             words.append(tok)
     out = " ".join(words + ([rest] if rest else []))
     out = re.sub(r"\s+([,.!?;:])", r"\1", out)
-    out = re.sub(r"\s*'\s*", "'", out) if "' " in out or " '" in out else out
     return re.sub(r"\s+", " ", out).strip(), count
 
 
@@ -224,8 +235,6 @@ _CLAUSE_BREAK = re.compile(r"\s*(?:[,;:\u2013\u2014-]\s*(?:and |but |so )?|\s(?:
 def clauses(text: str, start: int, end: int) -> list[tuple[int, int]]:
     """A sentence's spans of statements joined with their own "I" ("I never miss a deadline, I start
     early": two statements, the negation belongs to the first). Each is read on its own."""
-    if not SPLIT_CLAUSES:
-        return [(start, end)]
     out, s = [], start
     for m in _CLAUSE_BREAK.finditer(text, start, end):
         if m.start() > s:
@@ -305,23 +314,17 @@ class EvidenceReader:
         return out
 
     def _vote(self, sims, trait: str) -> float:
-        """Which end of the trait the sentence is on: its mean similarity to the ``POLE_VOTERS`` nearest
-        markers of the high end against the same of the low end."""
+        """Which end of the trait the statement is on (> 0: high): the mean similarity to the
+        ``POLE_VOTERS`` nearest markers of the high end against the same of the low end, or the nearest
+        marker's end where it leads the other end's nearest by ``NEAREST_LEAD``."""
         ends = {1: [], -1: []}
         for i, m in enumerate(self.markers):
             if m.trait == trait:
                 ends[self._key(m)].append(float(sims[i]))
-        if NEAREST_LEAD and ends[1] and ends[-1]:
+        if ends[1] and ends[-1]:
             top_high, top_low = max(ends[1]), max(ends[-1])
             if abs(top_high - top_low) >= NEAREST_LEAD:  # a near paraphrase of one end decides
                 return top_high - top_low
-        if KERNEL:
-            import math
-            top = max(max(v) for v in ends.values() if v)
-            return sum(k * math.exp((s - top) / KERNEL) for k in ends for s in ends[k])
-        if VOTERS:
-            ranked = sorted(((s, k) for k in ends for s in ends[k]), reverse=True)[:VOTERS]
-            return sum(s * k for s, k in ranked)
         high, low = (sorted(ends[k], reverse=True)[:POLE_VOTERS] for k in (1, -1))
         return sum(high) / max(1, len(high)) - sum(low) / max(1, len(low))
 
@@ -330,5 +333,5 @@ class EvidenceReader:
         return -m.key if m.flipped else m.key
 
 
-__all__ = ["Evidence", "EvidenceReader", "Marker", "TRAITS", "about_the_user", "load_markers", "positive_form",
-           "sentences"]
+__all__ = ["Evidence", "EvidenceReader", "Marker", "TRAITS", "about_the_user", "clauses", "load_markers",
+           "positive_form", "sentences"]
