@@ -130,6 +130,7 @@ class Marker:
     source: str
     base: str = ""  # the positive first-person form that is embedded
     flipped: bool = False  # the base form reverses the published text: its key counts negated
+    shown: str = ""  # the published text in the first person: what `profile why` shows
 
 
 @dataclass(frozen=True)
@@ -142,8 +143,8 @@ class Evidence:
     direction: float  # +1 raises the trait, -1 lowers it
     weight: float  # 0.5 .. 1: how clearly it bears on the trait
     similarity: float
-    marker: str  # the marker it matched, in its positive first-person form
-    negated: bool
+    marker: str  # the nearest marker, as published, in the first person
+    negated: bool  # the statement says the opposite of that marker
 
     def as_dict(self) -> dict:
         return {"trait": self.trait, "start": self.start, "end": self.end, "direction": self.direction,
@@ -267,7 +268,7 @@ def load_markers() -> list[Marker]:
     for trait, key, text, source in raw:
         first = text if source.startswith("personavlm-") else "I " + text[0].lower() + text[1:]
         base, n = positive_form(first)
-        out.append(Marker(trait, key, text, source, base, bool(n % 2)))
+        out.append(Marker(trait, key, text, source, base, bool(n % 2), first))
     return out
 
 
@@ -306,11 +307,13 @@ class EvidenceReader:
             vote = self._vote(sims, trait)
             if vote == 0:
                 continue
-            negated = bool(negations % 2)
-            direction = (1.0 if vote > 0 else -1.0) * (-1.0 if negated else 1.0)
+            direction = (1.0 if vote > 0 else -1.0) * (-1.0 if negations % 2 else 1.0)
             weight = min(1.0, 0.5 + 0.5 * (similarity - MIN_SIMILARITY) / (FULL_SIMILARITY - MIN_SIMILARITY))
-            # the marker in the form it was matched in ("Don't talk a lot." as "I talk a lot."): what `why` shows
-            out.append(Evidence(trait, start, end, direction, weight, similarity, self.markers[best].base, negated))
+            # what `why` shows: the nearest marker as published, and whether the statement says its opposite
+            # ("I don't enjoy big parties": "I love large parties", negated)
+            nearest = self.markers[best]
+            out.append(Evidence(trait, start, end, direction, weight, similarity, nearest.shown,
+                                direction * nearest.key < 0))
         return out
 
     def _vote(self, sims, trait: str) -> float:
