@@ -113,6 +113,26 @@ def test_no_development_neutral_writer_moves_a_trait(reader):
     assert [(m, reader.read(m)) for m in neutral if reader.read(m)] == []
 
 
+def test_the_everyday_markers_cover_both_ends_of_every_trait_and_copy_no_held_out_writer():
+    import json
+    import re
+
+    from personavlm_cli.core.trait_evidence import EVERYDAY_PATH, load_markers
+    from personavlm_cli.evals.personality import NAMED
+
+    items = json.loads(EVERYDAY_PATH.read_text())["items"]
+    for trait in pem.TRAITS:
+        for key in (1, -1):
+            assert sum(t == trait and k == key for t, k, _text, _src in items) >= 15, (trait, key)
+
+    def norm(text):
+        return " ".join(re.findall(r"[a-z']+", text.lower()))
+
+    held = {norm(m) for name in ("heldout", "heldout2") for w in json.loads(NAMED[name].read_text())["writers"]
+            for m in w["messages"]}
+    assert not [m.text for m in load_markers() if norm(m.shown) in held or norm(m.text) in held]
+
+
 def test_evidence_shrinks_toward_the_middle_and_confidence_grows_with_it():
     one = pem.add_evidence(pem.empty_totals(), [{"trait": "openness", "direction": 1.0, "weight": 1.0}])
     assert pem.vector_of(one)["openness"] == pytest.approx(3 + 2 / 3)
