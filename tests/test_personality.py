@@ -51,6 +51,88 @@ def test_the_positive_form_takes_out_negations_and_words_of_dislike():
     assert positive_form("No, I never skip breakfast.")[1] == 1  # an answer's "No," negates nothing
 
 
+def test_only_the_main_statement_s_negations_count():
+    from personavlm_cli.core.trait_evidence import positive_form
+
+    # a negation in a clause that follows the statement negates nothing the writer says of themselves
+    assert positive_form("I never help people who don't help me.") == ("I help people who don't help me.", 1)
+    assert positive_form("I trust people until they give me a reason not to.")[1] == 0
+    assert positive_form("I'm so nervous I can't think straight.")[1] == 0
+    # phrases with a negative word that negate nothing, or say the positive
+    assert positive_form("I keep my promises, no matter what.")[1] == 0
+    assert positive_form("I often feel sad for no reason.")[1] == 1  # "sad", not "no reason"
+    assert positive_form("I can't stop worrying.") == ("I keep worrying.", 0)
+    assert positive_form("I don't mind being the centre of attention.") == ("I like being the centre of attention.", 0)
+
+
+def test_words_of_the_negative_end_reverse_once_and_a_negation_undoes_them():
+    from personavlm_cli.core.trait_evidence import positive_form
+
+    assert positive_form("Parties are exhausting.") == ("Parties are energising.", 1)
+    assert positive_form("I find modern architecture ugly and pointless.")[1] == 1  # two such words: still once
+    assert positive_form("I'm not lazy.") == ("I'm hard-working.", 2)  # reversed twice: what it says
+    assert positive_form("I find it hard to start conversations.") == ("I find it easy to start conversations.", 1)
+    assert positive_form("I never feel anxious.", antonyms=False) == ("I feel anxious.", 1)
+
+
+def test_statements_joined_with_their_own_i_are_read_apart():
+    from personavlm_cli.core.trait_evidence import clauses
+
+    def parts(text):
+        return [text[a:b] for a, b in clauses(text, 0, len(text))]
+
+    assert parts("I never miss a deadline, I start early.") == ["I never miss a deadline", "I start early."]
+    assert parts("Abstract ideas go over my head and I don't care.") == ["Abstract ideas go over my head",
+                                                                         "I don't care."]
+    assert parts("I think I am kind.") == ["I think I am kind."]
+
+
+@pytest.mark.parametrize("text, trait, direction", [
+    ("I never miss a deadline, I start early.", "conscientiousness", 1.0),
+    ("I find it hard to start conversations with strangers.", "extraversion", -1.0),
+    ("I keep my promises, no matter what.", "conscientiousness", 1.0),
+    ("I find poetry boring and hard to follow.", "openness", -1.0),
+    ("I get bored when I'm home alone.", "extraversion", 1.0),
+    ("I think most people are lazy and stupid.", "agreeableness", -1.0),
+])
+def test_which_end_of_the_trait_a_development_sentence_is_on(reader, text, trait, direction):
+    """Sentences of the development writers that the first round read the wrong way round."""
+    moved = {e.trait: e.direction for e in reader.read(text)}
+    assert moved.get(trait) == direction, moved
+
+
+def test_no_development_neutral_writer_moves_a_trait(reader):
+    """Plain facts, plans and errands of a life ("I went to the gym this morning"): no evidence."""
+    import json
+
+    from personavlm_cli.evals.personality import NAMED
+
+    writers = json.loads(NAMED["development"].read_text())["writers"]
+    neutral = [m for w in writers if w["side"] == "neutral" for m in w["messages"]]
+    assert len(neutral) == 80
+    assert [(m, reader.read(m)) for m in neutral if reader.read(m)] == []
+
+
+def test_the_everyday_markers_cover_both_ends_of_every_trait_and_copy_no_held_out_writer():
+    import json
+    import re
+
+    from personavlm_cli.core.trait_evidence import EVERYDAY_PATH, load_markers
+    from personavlm_cli.evals.personality import NAMED
+
+    items = json.loads(EVERYDAY_PATH.read_text())["items"]
+    for trait in pem.TRAITS:
+        for key in (1, -1):
+            assert sum(t == trait and k == key for t, k, _text, _src in items) >= 15, (trait, key)
+
+    def norm(text):
+        return " ".join(re.findall(r"[a-z']+", text.lower()))
+
+    held = {norm(m) for name in ("heldout", "heldout2") for w in json.loads(NAMED[name].read_text())["writers"]
+            for m in w["messages"]}
+    assert not [m.text for m in load_markers() if norm(m.shown) in held or norm(m.text) in held]
+
+
 def test_evidence_shrinks_toward_the_middle_and_confidence_grows_with_it():
     one = pem.add_evidence(pem.empty_totals(), [{"trait": "openness", "direction": 1.0, "weight": 1.0}])
     assert pem.vector_of(one)["openness"] == pytest.approx(3 + 2 / 3)
@@ -211,7 +293,14 @@ def test_eval_personality_on_the_held_out_writers(run, tmp_path):
     o = result["overall"]
     assert o["neutral_max_drift"] == 0 and o["neutral_max_confidence"] == 0 and o["greetings_moved"] == 0
     assert o["negation_right"] == o["negation_plain_moved"] == o["negation_pairs"] == 15
-    assert o["pairs"] == 80 and o["in_order"] >= 0.8 and o["by_half"] >= 0.7
+    assert o["pairs"] == 80 and o["in_order"] >= 0.95 and o["by_half"] >= 0.85
     assert "neutral writers: largest drift 0.00" in r.out
+    # the fresh held-out writers (second round): the issue's bar, every check of it
+    r = run("eval", "personality", "heldout2", "--json", str(out))
+    assert r.code == 0, r.err
+    result = json.loads(out.read_text())["results"][0]
+    o = result["overall"]
+    assert o["pairs"] == 80 and o["by_half"] >= 0.95 and all(result["done_when"].values()), result["done_when"]
+    assert o["neutral_max_drift"] == 0 and o["greetings_moved"] == 0 and o["negation_right"] == 15
     assert_one_line_error(run("eval", "personality", str(tmp_path / "missing.json")), "cannot read writers")
     assert_one_line_error(run("eval", "personality", "--method", "vibes"), "unknown method")

@@ -257,8 +257,9 @@ def facts(
 
 @app.command("personality")
 def personality(
-    data: Annotated[str, typer.Argument(help="Writers: heldout (the default), tuning, or a JSON file of the same "
-                                             "form (or of shared/data/personality/dev.json's).")] = "heldout",
+    data: Annotated[str, typer.Argument(help="Writers: heldout (the default), heldout2 (the second, fresh "
+                                             "held-out set), development, tuning, or a JSON file of the same form (or "
+                                             "of shared/data/personality/dev.json's).")] = "heldout",
     method: Annotated[str, typer.Option("--method", help="evidence (what the chat uses), paper (the chat model "
                                                          "rates each message, the momentum update), or both.")]
     = "evidence",

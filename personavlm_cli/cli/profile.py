@@ -71,13 +71,17 @@ def show(user: UserOpt = None, json: JsonOpt = False):
 
     The Big Five reading is what your own statements about yourself suggest, nothing more.
     A sentence such as "I love big parties" or "I don't worry much" counts as evidence when
-    it is close in meaning to a published questionnaire item (IPIP) for a trait; questions,
-    requests, greetings and plain facts ("I have a cat") count for nothing. Each trait starts
-    at the neutral 3 and moves only as evidence adds up; its confidence grows with the
-    evidence, and below 0.5 it reads "not enough evidence yet" and the assistant's tone
-    ignores it. It is not a personality test: it knows only what you chose to say here, short
-    messages carry little signal, and a sentence can be misread (`profile why TRAIT` shows
-    each one; `profile reset TRAIT` starts a trait over)."""
+    it is close in meaning to a description of one end of a trait (published questionnaire
+    items, IPIP, and everyday descriptions such as "I always arrive on time"); questions,
+    requests, greetings and plain facts ("I have a cat", "I went to the gym") count for
+    nothing. Which end a sentence is on comes from the nearest descriptions of each end, and
+    "not", "never" and words such as "boring" or "exhausting" turn it round. Each trait starts
+    at the neutral 3 and moves only as evidence adds up (five clear messages move it about
+    one point); its confidence grows with the evidence, and below 0.5 it reads "not enough
+    evidence yet" and the assistant's tone ignores it. It is not a personality test: it knows
+    only what you chose to say here, it reads the words and not the person (irony, a quote or
+    a bad day read as said), and a sentence can be misread (`profile why TRAIT` shows each
+    one; `profile reset TRAIT` starts a trait over)."""
     env = make_env(user)
     records = _open_records(env)
     if json:

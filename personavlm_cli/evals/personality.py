@@ -36,7 +36,8 @@ from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import TRAITS
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data" / "personality"
-NAMED = {"heldout": DATA_DIR / "heldout.json", "tuning": DATA_DIR / "tuning.json"}
+NAMED = {"heldout": DATA_DIR / "heldout.json", "heldout2": DATA_DIR / "heldout2.json",
+         "development": DATA_DIR / "development.json", "tuning": DATA_DIR / "tuning.json"}
 WINDOW = 5
 GREETINGS = ("hi", "Hello!", "hey there", "Good morning!", "Hi, how are you?", "thanks", "ok", "bye!",
              "Good night", "Hello again, nice to see you.")
@@ -84,7 +85,7 @@ def load(data: str | Path) -> tuple[list[Writer], list[NegationPair]]:
             for sentence in raw.get("negation", []):
                 from personavlm_cli.core.trait_evidence import positive_form
 
-                pairs.append(NegationPair("", positive_form(sentence)[0], sentence))
+                pairs.append(NegationPair("", positive_form(sentence, antonyms=False)[0], sentence))
     except (KeyError, TypeError, AttributeError) as exc:
         raise PersonaError(f"{path} is not a file of writers (missing {exc})") from None
     bad = [w.name for w in writers if w.side not in ("high", "low", "neutral")
