@@ -43,6 +43,12 @@ class _KeepAlive(http.server.BaseHTTPRequestHandler):
         except OSError:
             pass  # the client shut the connection (interrupt)
 
+    def do_GET(self):
+        self.server.paths.append(self.path)
+        if self.path == "/v1/models":  # llama-cpp-python's server names its model by the file it loaded
+            return self._send(200, json.dumps({"data": [{"id": self.server.model_id}]}).encode())
+        return self._send(404, b'{"error": "not found"}')
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.paths.append(self.path)
@@ -64,6 +70,7 @@ def server():
     srv.lock = threading.Lock()
     srv.connections = 0
     srv.paths, srv.tokenized = [], []
+    srv.model_id = "/models/elsewhere/tiny.gguf"  # a file of the server's machine, not of this one
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -113,6 +120,26 @@ def test_token_counts_are_asked_once_per_text(server):
         assert server.tokenized == ["one two three", "four five"]
     finally:
         model.close()
+
+
+@pytest.mark.slow  # llama.cpp loads the GGUF's vocabulary
+def test_token_counts_are_made_here_when_the_served_models_file_is_on_this_machine(server):
+    from personavlm_cli.adapters.llm import embedded_model_path
+    from personavlm_cli.adapters.remote_llm import LocalTokenizer, RemoteChatModel
+
+    server.model_id = str(embedded_model_path())  # the path the server reports is a file here
+    model = RemoteChatModel(_url(server))
+    given = RemoteChatModel(_url(server), tokenizer=embedded_model_path())
+    try:
+        n = model.count_tokens("Hello there, how are you today?")
+        assert n == given.count_tokens("Hello there, how are you today?") == LocalTokenizer.for_file(
+            embedded_model_path()).count("Hello there, how are you today?")
+        assert 5 <= n <= 12 and model.count_tokens("antidisestablishmentarianism") > 1, "the model's own tokens, not words"
+        assert server.tokenized == [], "the server was not asked to tokenize"
+        assert server.paths.count("/v1/models") == 1, "it asked which model is served, once"
+    finally:
+        model.close()
+        given.close()
 
 
 def test_an_interrupted_call_costs_its_connection_only_and_the_pool_goes_on(server):

@@ -4,8 +4,11 @@ llama-cpp-python's ``python -m llama_cpp.server``), implementing the same port a
 
 HTTP goes through ``httpx``, with one pooled client per server in the process (a model and its forks
 share it, and its connections are kept alive between requests: a message costs one connection, not
-one per request), its timeouts and retries declared once (``_Pool``). Token counts are cached by
-text, so a turn's history is counted once, not again with every message. Nothing is sent when the
+one per request), its timeouts and retries declared once (``_Pool``). Token counts are made here
+when the served model's file is on this machine (the given ``tokenizer`` path, or the path
+llama-cpp-python's server reports as the model's id): llama.cpp loads its vocabulary alone, no
+weights (``LocalTokenizer``). Otherwise they are the server's, cached by text, so a turn's history
+is counted once, not again with every message. Nothing is sent when the
 object is made, so a server that is down costs nothing until the first message; from then on every
 failure to reach it (refused, timed out, or gone in the middle of an answer) is one
 :class:`ModelError` line that names the server.
@@ -41,6 +44,44 @@ TOKEN_CACHE = 2048  # texts whose token count is kept (a session's turns, counte
 # purpose (English averages about 4), so the estimate errs towards "too long" and a message is
 # trimmed a little early rather than overflowing the context.
 CHARS_PER_TOKEN = 3.0
+
+
+class LocalTokenizer:
+    """The served model's tokenizer from its GGUF file on this machine: llama.cpp loads the vocabulary
+    only (``vocab_only``, no weights: a fraction of a second, a few MB). One per file in the process."""
+
+    _loaded: dict[str, "LocalTokenizer | None"] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, llm) -> None:
+        self._llm = llm
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_file(cls, path: str | os.PathLike | None) -> "LocalTokenizer | None":
+        """The tokenizer of the GGUF at ``path``; None when there is no such file or llama.cpp cannot read it."""
+        if not path:
+            return None
+        key = os.path.realpath(os.fspath(path))
+        with cls._guard:
+            if key not in cls._loaded:
+                cls._loaded[key] = cls._load(key)
+            return cls._loaded[key]
+
+    @classmethod
+    def _load(cls, key: str) -> "LocalTokenizer | None":
+        if not key.lower().endswith(".gguf") or not os.path.isfile(key):
+            return None
+        try:
+            from personavlm_cli.adapters.llm import _llama_cpp
+
+            return cls(_llama_cpp().Llama(key, vocab_only=True, verbose=False))
+        except Exception:  # noqa: BLE001 - not a model llama.cpp can read: the server counts instead
+            return None
+
+    def count(self, text: str) -> int:
+        with self._lock:
+            return len(self._llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=False))
 
 
 @dataclass
@@ -181,7 +222,7 @@ class RemoteChatModel(ChatModelBase):
 
     def __init__(self, url: str, name: str | None = None, *, n_ctx: int = 4096, timeout: float = 600.0,
                  vision: bool = False, api_key: str | None = None, seed: int = 0,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT, tokenizer: str | os.PathLike | None = None) -> None:
         parts = urlsplit(str(url or "").strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ModelError(f"model.url must be an http:// or https:// URL, got {str(url)!r}")
@@ -208,7 +249,9 @@ class RemoteChatModel(ChatModelBase):
         self.connect_timeout = float(connect_timeout)
         self._seed = int(seed)
         self._params = dict(url=url, name=name, n_ctx=n_ctx, timeout=timeout, vision=vision, api_key=api_key,
-                            seed=seed, connect_timeout=connect_timeout)
+                            seed=seed, connect_timeout=connect_timeout, tokenizer=tokenizer)
+        # The served model's GGUF on this machine, for counting tokens here ("": not looked for yet).
+        self._tokenizer: LocalTokenizer | None | str = LocalTokenizer.for_file(tokenizer) if tokenizer else ""
         self._abort = threading.Event()
         self._active = None  # the network stream of the complete() call in progress, for interrupt()
         self._pool: _Pool | None = None  # taken at the first request: making the object sends nothing
@@ -226,6 +269,7 @@ class RemoteChatModel(ChatModelBase):
         self._tokenize_path: str | None = ""  # "": not probed yet; None: the server has no endpoint
         self._down_until = 0.0
         self._served: str | None = None
+        self._served_ids: list[str] | None = None
         self._closed = False
         self.load_info = RemoteLoadInfo(url=self.url, name=self.name, n_ctx=n_ctx, vision=bool(vision),
                                         served=self._served_model)
@@ -419,6 +463,9 @@ class RemoteChatModel(ChatModelBase):
         """
         if not text:
             return 0
+        local = self._local_tokenizer()
+        if local is not None:
+            return local.count(text)
         cached = self._counts.get(text)
         if cached is not None:
             self._counts.move_to_end(text)
@@ -448,6 +495,21 @@ class RemoteChatModel(ChatModelBase):
         self._tokenize_path = "" if known else None
         return estimate_tokens(text)
 
+    def _local_tokenizer(self) -> LocalTokenizer | None:
+        """The served model's tokenizer, when its file is on this machine: llama-cpp-python's server
+        names its model by the path it loaded (asked once, ``GET /v1/models``)."""
+        if self._tokenizer == "":
+            served = self._served_model_path()
+            self._tokenizer = LocalTokenizer.for_file(served) if served else None
+        return self._tokenizer if isinstance(self._tokenizer, LocalTokenizer) else None
+
+    def _served_model_path(self) -> str | None:
+        if self._served is None:
+            self._served_model()
+        ids = self._served_ids or []
+        wanted = [m for m in ids if not self.name or m == self.name or m.rsplit("/", 1)[-1] == self.name]
+        return next((m for m in wanted if m.lower().endswith(".gguf") and os.path.isabs(m)), None)
+
     # -- information -------------------------------------------------------------------------------
 
     def check(self) -> str:
@@ -472,6 +534,7 @@ class RemoteChatModel(ChatModelBase):
         except (ValueError, KeyError, TypeError, AttributeError):
             raise self._refused("GET /v1/models did not return a model list") from None
         ids = [m for m in models if isinstance(m, str) and m]
+        self._served_ids = ids
         if self.name and self.name not in ids and len(ids) > 1:
             raise self._refused(f"it does not serve a model named {self.name!r} (it has {', '.join(ids[:5])})")
         # llama-cpp-python reports the file path; its file name is what users recognise.
