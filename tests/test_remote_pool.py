@@ -57,6 +57,10 @@ class _KeepAlive(http.server.BaseHTTPRequestHandler):
             return self._send(200, json.dumps({"tokens": list(range(len(body["input"].split())))}).encode())
         if body["messages"][-1]["content"] == "slow":
             time.sleep(5)
+        self.server.streamed.append(bool(body.get("stream")))
+        if body.get("stream") and body["messages"][-1]["content"] == "cut":  # the server gave way to another request
+            events = f"data: {json.dumps({'choices': [{'delta': {'content': '{'}}]})}\n\ndata: [DONE]\n\n"
+            return self._send(200, events.encode(), "text/event-stream")
         if body.get("stream"):
             events = "".join(f"data: {json.dumps({'choices': [{'delta': {'content': p}}]})}\n\n" for p in ("Hel", "lo"))
             events += 'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
@@ -69,7 +73,7 @@ def server():
     srv = _Server(("127.0.0.1", 0), _KeepAlive)
     srv.lock = threading.Lock()
     srv.connections = 0
-    srv.paths, srv.tokenized = [], []
+    srv.paths, srv.tokenized, srv.streamed = [], [], []
     srv.model_id = "/models/elsewhere/tiny.gguf"  # a file of the server's machine, not of this one
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
@@ -134,7 +138,8 @@ def test_token_counts_are_made_here_when_the_served_models_file_is_on_this_machi
         n = model.count_tokens("Hello there, how are you today?")
         assert n == given.count_tokens("Hello there, how are you today?") == LocalTokenizer.for_file(
             embedded_model_path()).count("Hello there, how are you today?")
-        assert 5 <= n <= 12 and model.count_tokens("antidisestablishmentarianism") > 1, "the model's own tokens, not words"
+        assert 5 <= n <= 12, n
+        assert model.count_tokens("antidisestablishmentarianism") > 1, "the model's own tokens, not words"
         assert server.tokenized == [], "the server was not asked to tokenize"
         assert server.paths.count("/v1/models") == 1, "it asked which model is served, once"
     finally:
@@ -156,7 +161,7 @@ def test_an_interrupted_call_costs_its_connection_only_and_the_pool_goes_on(serv
             worker.complete([{"role": "user", "content": "slow"}])
         assert time.monotonic() - t0 < 3, "the interrupted call waited for the server's answer"
         timer.join()
-        assert worker.complete([{"role": "user", "content": "hi"}]) == "{}"
+        assert worker.complete([{"role": "user", "content": "hi"}]) == "Hello"  # a fork's call is streamed
         assert "".join(model.stream([{"role": "user", "content": "hi"}])) == "Hello"
         assert server.connections <= 3
     finally:
@@ -178,3 +183,22 @@ def test_closing_the_last_client_of_a_server_closes_its_pool(server):
     assert not [k for k in _Pool._open if k[2] == server.server_address[1]]
     with pytest.raises(ModelError, match="closed"):
         model.count_tokens("g h")
+
+
+def test_a_background_call_is_streamed_so_the_server_can_stop_it_and_a_cut_stream_is_an_interruption(server):
+    """llama-cpp-python's server runs one request at a time: a whole response would make the answer wait
+    for all of it, a stream gives way at its next token when another request waits."""
+    from personavlm_cli.adapters.remote_llm import RemoteChatModel
+
+    model = RemoteChatModel(_url(server))
+    worker = model.fork()
+    try:
+        assert model.complete([{"role": "user", "content": "hi"}]) == "{}"
+        assert worker.complete([{"role": "user", "content": "rate this"}]) == "Hello"
+        assert server.streamed == [False, True], "the answers' client asks for whole responses, the fork streams"
+        with pytest.raises(ModelInterrupted):
+            worker.complete([{"role": "user", "content": "cut"}])
+        assert worker.complete([{"role": "user", "content": "again"}]) == "Hello", "usable after"
+    finally:
+        worker.close()
+        model.close()

@@ -50,7 +50,7 @@ class LocalTokenizer:
     """The served model's tokenizer from its GGUF file on this machine: llama.cpp loads the vocabulary
     only (``vocab_only``, no weights: a fraction of a second, a few MB). One per file in the process."""
 
-    _loaded: dict[str, "LocalTokenizer | None"] = {}
+    _loaded: dict[str, LocalTokenizer | None] = {}
     _guard = threading.Lock()
 
     def __init__(self, llm) -> None:
@@ -58,7 +58,7 @@ class LocalTokenizer:
         self._lock = threading.Lock()
 
     @classmethod
-    def for_file(cls, path: str | os.PathLike | None) -> "LocalTokenizer | None":
+    def for_file(cls, path: str | os.PathLike | None) -> LocalTokenizer | None:
         """The tokenizer of the GGUF at ``path``; None when there is no such file or llama.cpp cannot read it."""
         if not path:
             return None
@@ -69,7 +69,7 @@ class LocalTokenizer:
             return cls._loaded[key]
 
     @classmethod
-    def _load(cls, key: str) -> "LocalTokenizer | None":
+    def _load(cls, key: str) -> LocalTokenizer | None:
         if not key.lower().endswith(".gguf") or not os.path.isfile(key):
             return None
         try:
@@ -270,6 +270,7 @@ class RemoteChatModel(ChatModelBase):
         self._down_until = 0.0
         self._served: str | None = None
         self._served_ids: list[str] | None = None
+        self._background = False  # a fork, for background work: see _complete_streamed
         self._closed = False
         self.load_info = RemoteLoadInfo(url=self.url, name=self.name, n_ctx=n_ctx, vision=bool(vision),
                                         served=self._served_model)
@@ -437,6 +438,8 @@ class RemoteChatModel(ChatModelBase):
         if abort.is_set():
             abort.clear()
             raise ModelInterrupted("the model call was interrupted")
+        if self._background:
+            return self._complete_streamed(self._body(messages, stream=True, **fields))
         try:
             out = self._post_json("/v1/chat/completions", self._body(messages, **fields), interruptible=True)
         except (_Unreachable, _ServerSaid) as e:
@@ -451,6 +454,60 @@ class RemoteChatModel(ChatModelBase):
             if isinstance(out, dict) and out.get("error"):
                 raise self._refused(_error_text(out["error"])) from None
             raise self._refused("the answer has no choices[0].message") from None
+
+    def _complete_streamed(self, body: dict) -> str:
+        """A background call, streamed: the server stops generating at its next token when
+        :meth:`interrupt` shuts the connection or (llama-cpp-python's server, which runs one request at
+        a time) as soon as another request, the answer's, waits; a whole response would run to its end
+        first and the answer would wait for it."""
+        import httpx
+
+        abort = self._abort
+        pieces: list[str] = []
+        resp = None
+        self.last_usage = {}
+        try:
+            resp = self._request("POST", "/v1/chat/completions", body, interruptible=True)
+            _current.owner = self
+            finished = False
+            events = _sse_events(resp)
+            for event in events:
+                if event == "[DONE]":
+                    for _rest in events:  # the end of the body: the connection stays in the pool
+                        pass
+                    break
+                try:
+                    chunk = json.loads(event)
+                except ValueError:
+                    raise self._refused("it sent an event that is not JSON") from None
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    raise self._refused(_error_text(chunk["error"]))
+                if chunk.get("usage"):
+                    self.last_usage = _usage(chunk["usage"])
+                for choice in chunk.get("choices") or []:
+                    pieces.append((choice.get("delta") or {}).get("content") or "")
+                    finished = finished or bool(choice.get("finish_reason"))
+            if abort.is_set() or not finished:  # cut: by interrupt(), or the server gave way to a waiting request
+                raise ModelInterrupted("the model call was interrupted")
+        except (_Unreachable, _ServerSaid, httpx.HTTPError) as e:
+            if abort.is_set():
+                abort.clear()
+                raise ModelInterrupted("the model call was interrupted") from None
+            if isinstance(e, _ServerSaid):
+                raise self._refused(str(e)) from None
+            raise self._unreachable(str(e) if isinstance(e, _Unreachable) else _reason(e, self.timeout)) from None
+        except ModelInterrupted:
+            abort.clear()
+            raise
+        finally:
+            _current.owner = None
+            self._active = None
+            if resp is not None:
+                resp.close()
+        self.last_usage.setdefault("completion_tokens", sum(1 for p in pieces if p))
+        return "".join(pieces)
 
     # -- tokens ------------------------------------------------------------------------------------
 
@@ -559,7 +616,9 @@ class RemoteChatModel(ChatModelBase):
         """A second client of the same server, with the same settings (credentials included), for a
         background thread: the two never share a connection. The server decides whether they run at
         once (llama-server's slots) or one after the other."""
-        return RemoteChatModel(**self._params)
+        twin = RemoteChatModel(**self._params)
+        twin._background = True  # its constrained calls are streamed, so the server can stop them (complete)
+        return twin
 
     def interrupt(self) -> None:
         """Stop the :meth:`complete` call in progress (from another thread): its connection is shut,
