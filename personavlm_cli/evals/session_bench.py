@@ -146,6 +146,8 @@ def session_rows(host, tenv, model, raw, n: int, pause_s: float) -> list[dict]:
         for i, text in enumerate(script(n)):
             rows.append(_measure(session, tenv, model, raw, text, start + timedelta(minutes=i), pause_s))
             rows[-1]["message"] = i + 1
+            if i == 0:  # what the size rule chose for this model (core/capability.py)
+                rows[-1].update(prompt_style=session.assistant.profile.style, extractor=session.conversation.extractor)
             host.say(f"  {n} messages, {i + 1}/{n}: chat {rows[-1]['chat_s']} s, raw {rows[-1]['raw_s']} s, "
                      f"{rows[-1]['cached_tokens']}/{rows[-1]['prompt_tokens']} tokens reused", highlight=False)
     finally:
@@ -203,6 +205,8 @@ def summarise(rows: list[dict]) -> dict:
               if r["prompt_tokens"] and r["cached_tokens"] is not None]  # a server may not say what it reused
     return {
         "messages": len(chat),
+        "prompt_style": chat[0].get("prompt_style") if chat else None,
+        "extractor": chat[0].get("extractor") if chat else None,
         "first_ratio": chat[0]["ratio"] if chat else None,
         "ratio_median": round(statistics.median(later), 3) if later else None,
         "ratio_p90": round(percentile(later, 90), 3) if later else None,
