@@ -4,9 +4,11 @@ llama-cpp-python's own OpenAI-compatible server (``python -m llama_cpp.server``)
 with the chat model's GGUF file and context; the chat reaches it as ``model.kind: openai-compatible``
 (``adapters/remote_llm.py``: one pooled connection, token counts made here from the file's vocabulary),
 and the same scripted session as ``evals/session_bench.py`` is replayed through the REPL's chat session,
-learning on. Raw is the same server asked directly for one token of the exact same prompt, cold: a short
-unrelated request first puts something else in the server's one context, so the prompt shares nothing
-with what it held but the chat template's first token (llama-cpp-python reuses a common prefix only).
+learning on. The server keeps the states of its recent prompts (``--cache true``: llama-cpp-python's
+server has one context, and without it the update thread's requests would evict the chat's prompt from
+it at every message; docs/deploy.md). Raw is the same server asked directly for one token of a fresh
+prompt of the same length, cold: the exact prompt with a number of its own at the start of the system
+text, so nothing the server holds matches it past the chat template's first tokens.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def model_server(model_path: Path, n_ctx: int, threads: int | None, log: Path, t
     launch = ("import runpy, sys; from personavlm_cli.adapters.llm import _llama_cpp; _llama_cpp(); "
               "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')")
     argv = [sys.executable, "-c", launch, "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port),
-            "--n_ctx", str(n_ctx)]
+            "--n_ctx", str(n_ctx), "--cache", "true"]
     if threads:
         argv += ["--n_threads", str(threads), "--n_threads_batch", str(threads)]
     url = f"http://127.0.0.1:{port}"
@@ -82,16 +84,19 @@ class RawServer:
         self.url = url
         self.client = httpx.Client(base_url=url, timeout=600)
         self.prompt_tokens: int | None = None
+        self.fresh = 0
 
     def _flush(self) -> None:
         """Something else into the server's context: the next prompt finds nothing of itself cached."""
         self.client.post("/v1/chat/completions", json={"messages": FLUSH, "max_tokens": 1, "temperature": 0.0})
 
     def first_token_s(self, prompt: list[dict]) -> float:
-        """One token of ``prompt``, whole (the prompt's evaluation and one token, as a stream's first
-        piece); the server's count of the prompt's tokens is kept in ``prompt_tokens``."""
-        self._flush()
-        body = {"messages": prompt, "max_tokens": 1, "temperature": 0.0, "seed": 0}
+        """One token of ``prompt`` made fresh, whole (the prompt's evaluation and one token, as a stream's
+        first piece); the server's count of the prompt's tokens is kept in ``prompt_tokens``."""
+        self.fresh += 1
+        first = dict(prompt[0])
+        first["content"] = f"{self.fresh:04d} {first['content']}"  # nothing cached matches past this
+        body = {"messages": [first, *prompt[1:]], "max_tokens": 1, "temperature": 0.0, "seed": 0}
         t = time.perf_counter()
         out = self.client.post("/v1/chat/completions", json=body).json()
         elapsed = time.perf_counter() - t
@@ -99,7 +104,8 @@ class RawServer:
         return elapsed
 
     def drop_cache(self) -> None:
-        """A new chat finds a cold server, as after a restart of the server or another user's prompt."""
+        """The server's context holds another prompt, as after another user's request (its state cache
+        still holds the last chat's prompts, as a server that runs on would)."""
         self._flush()
 
     def close(self) -> None:
