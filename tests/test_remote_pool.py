@@ -202,3 +202,16 @@ def test_a_background_call_is_streamed_so_the_server_can_stop_it_and_a_cut_strea
     finally:
         worker.close()
         model.close()
+
+
+def test_a_prefill_asks_the_server_to_evaluate_the_next_prompts_beginning_for_one_token(server):
+    from personavlm_cli.adapters.remote_llm import RemoteChatModel
+
+    model = RemoteChatModel(_url(server))
+    try:
+        prefix = [{"role": "system", "content": "You know Ada."}, {"role": "user", "content": ""}]
+        assert model.prefill(prefix, stop=lambda: True) is False and server.streamed == [], "stopped: nothing sent"
+        assert model.prefill(prefix) is True
+        assert server.streamed == [True] and server.paths[-1] == "/v1/chat/completions"
+    finally:
+        model.close()

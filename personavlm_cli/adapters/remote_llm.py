@@ -633,9 +633,18 @@ class RemoteChatModel(ChatModelBase):
                 pass  # already closed: the call is over
 
     def prefill(self, messages: Sequence[Mapping[str, Any]], stop: Callable[[], bool] | None = None) -> bool:
-        """Nothing is sent: the server keeps its own cache slots (llama-server reuses a slot's prompt
-        prefix by itself), and a request could not be stopped between two batches."""
-        return False
+        """The server evaluates ``messages`` (a request for one token, discarded), so that its cache
+        holds the next prompt's beginning (llama-server's slot, llama-cpp-python's context or state
+        cache). A server cannot be stopped inside a prompt: a message that arrives meanwhile waits for
+        the rest of this beginning, which is its own prompt's, the part it would evaluate anyway."""
+        if stop is not None and stop():
+            return False
+        body = self._body(messages, max_tokens=1, temperature=0.0, seed=self._seed, stream=True)
+        try:
+            self._complete_streamed(body)
+        except ModelInterrupted:
+            return False
+        return True
 
     def close(self) -> None:
         self._closed = True
