@@ -43,6 +43,12 @@ class _KeepAlive(http.server.BaseHTTPRequestHandler):
         except OSError:
             pass  # the client shut the connection (interrupt)
 
+    def do_GET(self):
+        self.server.paths.append(self.path)
+        if self.path == "/v1/models":  # llama-cpp-python's server names its model by the file it loaded
+            return self._send(200, json.dumps({"data": [{"id": self.server.model_id}]}).encode())
+        return self._send(404, b'{"error": "not found"}')
+
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         self.server.paths.append(self.path)
@@ -51,6 +57,10 @@ class _KeepAlive(http.server.BaseHTTPRequestHandler):
             return self._send(200, json.dumps({"tokens": list(range(len(body["input"].split())))}).encode())
         if body["messages"][-1]["content"] == "slow":
             time.sleep(5)
+        self.server.streamed.append(bool(body.get("stream")))
+        if body.get("stream") and body["messages"][-1]["content"] == "cut":  # the server gave way to another request
+            events = f"data: {json.dumps({'choices': [{'delta': {'content': '{'}}]})}\n\ndata: [DONE]\n\n"
+            return self._send(200, events.encode(), "text/event-stream")
         if body.get("stream"):
             events = "".join(f"data: {json.dumps({'choices': [{'delta': {'content': p}}]})}\n\n" for p in ("Hel", "lo"))
             events += 'data: {"choices": [{"delta": {}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
@@ -63,7 +73,8 @@ def server():
     srv = _Server(("127.0.0.1", 0), _KeepAlive)
     srv.lock = threading.Lock()
     srv.connections = 0
-    srv.paths, srv.tokenized = [], []
+    srv.paths, srv.tokenized, srv.streamed = [], [], []
+    srv.model_id = "/models/elsewhere/tiny.gguf"  # a file of the server's machine, not of this one
     thread = threading.Thread(target=srv.serve_forever, daemon=True)
     thread.start()
     yield srv
@@ -115,6 +126,27 @@ def test_token_counts_are_asked_once_per_text(server):
         model.close()
 
 
+@pytest.mark.slow  # llama.cpp loads the GGUF's vocabulary
+def test_token_counts_are_made_here_when_the_served_models_file_is_on_this_machine(server):
+    from personavlm_cli.adapters.llm import embedded_model_path
+    from personavlm_cli.adapters.remote_llm import LocalTokenizer, RemoteChatModel
+
+    server.model_id = str(embedded_model_path())  # the path the server reports is a file here
+    model = RemoteChatModel(_url(server))
+    given = RemoteChatModel(_url(server), tokenizer=embedded_model_path())
+    try:
+        n = model.count_tokens("Hello there, how are you today?")
+        assert n == given.count_tokens("Hello there, how are you today?") == LocalTokenizer.for_file(
+            embedded_model_path()).count("Hello there, how are you today?")
+        assert 5 <= n <= 12, n
+        assert model.count_tokens("antidisestablishmentarianism") > 1, "the model's own tokens, not words"
+        assert server.tokenized == [], "the server was not asked to tokenize"
+        assert server.paths.count("/v1/models") == 1, "it asked which model is served, once"
+    finally:
+        model.close()
+        given.close()
+
+
 def test_an_interrupted_call_costs_its_connection_only_and_the_pool_goes_on(server):
     from personavlm_cli.adapters.remote_llm import RemoteChatModel
 
@@ -129,7 +161,7 @@ def test_an_interrupted_call_costs_its_connection_only_and_the_pool_goes_on(serv
             worker.complete([{"role": "user", "content": "slow"}])
         assert time.monotonic() - t0 < 3, "the interrupted call waited for the server's answer"
         timer.join()
-        assert worker.complete([{"role": "user", "content": "hi"}]) == "{}"
+        assert worker.complete([{"role": "user", "content": "hi"}]) == "Hello"  # a fork's call is streamed
         assert "".join(model.stream([{"role": "user", "content": "hi"}])) == "Hello"
         assert server.connections <= 3
     finally:
@@ -151,3 +183,35 @@ def test_closing_the_last_client_of_a_server_closes_its_pool(server):
     assert not [k for k in _Pool._open if k[2] == server.server_address[1]]
     with pytest.raises(ModelError, match="closed"):
         model.count_tokens("g h")
+
+
+def test_a_background_call_is_streamed_so_the_server_can_stop_it_and_a_cut_stream_is_an_interruption(server):
+    """llama-cpp-python's server runs one request at a time: a whole response would make the answer wait
+    for all of it, a stream gives way at its next token when another request waits."""
+    from personavlm_cli.adapters.remote_llm import RemoteChatModel
+
+    model = RemoteChatModel(_url(server))
+    worker = model.fork()
+    try:
+        assert model.complete([{"role": "user", "content": "hi"}]) == "{}"
+        assert worker.complete([{"role": "user", "content": "rate this"}]) == "Hello"
+        assert server.streamed == [False, True], "the answers' client asks for whole responses, the fork streams"
+        with pytest.raises(ModelInterrupted):
+            worker.complete([{"role": "user", "content": "cut"}])
+        assert worker.complete([{"role": "user", "content": "again"}]) == "Hello", "usable after"
+    finally:
+        worker.close()
+        model.close()
+
+
+def test_a_prefill_asks_the_server_to_evaluate_the_next_prompts_beginning_for_one_token(server):
+    from personavlm_cli.adapters.remote_llm import RemoteChatModel
+
+    model = RemoteChatModel(_url(server))
+    try:
+        prefix = [{"role": "system", "content": "You know Ada."}, {"role": "user", "content": ""}]
+        assert model.prefill(prefix, stop=lambda: True) is False and server.streamed == [], "stopped: nothing sent"
+        assert model.prefill(prefix) is True
+        assert server.streamed == [True] and server.paths[-1] == "/v1/chat/completions"
+    finally:
+        model.close()

@@ -331,7 +331,13 @@ def test_remote_model_api_against_llama_cpp_server(model_server):
     assert "remote model" in m.load_info.summary_line() and model_server.url in m.load_info.summary_line()
     assert m.vision is False and m.n_ctx == 4096
     assert m.count_tokens("hello world, how are you?") > 3
-    assert m._tokenize_path == "/extras/tokenize", "the server's own tokenizer, not the estimate"
+    # The server names its model by the GGUF's path, a file of this machine: counted here by its vocabulary.
+    assert m._local_tokenizer() is not None and m._tokenize_path == "", "not the estimate, nor the server"
+    apart = RemoteChatModel(model_server.url, n_ctx=4096)
+    apart._tokenizer = None  # as from another machine: the server's own tokenizer
+    assert apart.count_tokens("hello world, how are you?") == m.count_tokens("hello world, how are you?")
+    assert apart._tokenize_path == "/extras/tokenize", "the server's own tokenizer, not the estimate"
+    apart.close()
     assert m.check() == "SmolLM2-135M-Instruct.Q4_1.gguf"
 
     pieces = list(m.stream([{"role": "system", "content": "Answer in one short sentence."},

@@ -122,3 +122,67 @@ def test_a_long_session_with_learning_reuses_the_cache_after_the_window_moves_an
         assert prompt - cached <= own + 12, rows
     firsts_moved = sum(1 for (p0, c0, _), (p1, c1, _) in zip(rows, rows[1:]) if p1 < p0)
     assert firsts_moved >= 1, f"the window moved at least once in 12 messages of 8 turns: {rows}"
+
+
+def test_the_next_chats_first_message_is_answered_before_the_work_the_last_chat_left(real_model, tmp_path):
+    """Ordering with the real model and its real fork: while the new chat's first message is answered,
+    the update thread's context has evaluated nothing; after it, the earlier chat's jobs run on it, and
+    the next message still reuses the answer's prefix."""
+    from personavlm_cli.adapters.image_store import embedded_parts
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.adapters.vectors import VectorIndex
+    from personavlm_cli.core.assistant import Assistant
+    from personavlm_cli.core.conversation import Conversation
+    from personavlm_cli.core.gate import ModelGate
+    from personavlm_cli.core.store import MemoryStore
+    from personavlm_cli.evals.session_bench import script
+
+    encoder = TextEncoder()
+    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder,
+                        image_encoder=lambda: None, vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
+    clock = {"now": AT}
+
+    def chat():
+        assistant = Assistant(store, real_model, "ada", model_lock=ModelGate(), prompt_style="compact",
+                              recent_turns=8)
+        return assistant, Conversation(assistant, learn=True, clock=lambda: clock["now"],
+                                       sampling={"max_tokens": 8, "temperature": 0.0})
+
+    _, first_chat = chat()
+    for i, text in enumerate(script(4)):  # a chat whose learning is all left queued (no worker)
+        clock["now"] = AT + timedelta(minutes=i)
+        turn = first_chat.send(text)
+        "".join(turn)
+        turn.finish()
+    pending = first_chat.close(consolidate=True).pending
+    assert pending >= 4
+
+    clock["now"] = AT + timedelta(hours=3)
+    assistant, conv = chat()
+    real_model.drop_cache()
+    fork = real_model.fork()
+    worker = fork._model()
+    conv.open(fork)
+    try:
+        time.sleep(1.5)  # the user types
+        assert worker.n_tokens == 0 and len(conv.queue.pending()) >= pending, "no job ran before the message"
+        turn = conv.send("What do you remember about me?")
+        pieces = iter(turn)
+        assert next(pieces)
+        assert worker.n_tokens == 0, "at the first token, the update thread's context had evaluated nothing"
+        "".join(pieces)
+        first = turn.finish()
+        conv.ended(turn)
+        deadline = time.monotonic() + 300
+        while len(conv.queue.pending()) >= pending + 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(conv.queue.pending()) < pending + 1, "after the first answer, the earlier chat's jobs ran"
+        clock["now"] += timedelta(minutes=1)
+        turn = conv.send("And what is my dog called?")
+        "".join(turn)
+        second = turn.finish()
+        conv.ended(turn)
+        assert first.cached_tokens == 0 and second.cached_tokens > 0, (first, second)
+    finally:
+        conv.close(consolidate=False)
+        store.close()

@@ -4,8 +4,11 @@ llama-cpp-python's ``python -m llama_cpp.server``), implementing the same port a
 
 HTTP goes through ``httpx``, with one pooled client per server in the process (a model and its forks
 share it, and its connections are kept alive between requests: a message costs one connection, not
-one per request), its timeouts and retries declared once (``_Pool``). Token counts are cached by
-text, so a turn's history is counted once, not again with every message. Nothing is sent when the
+one per request), its timeouts and retries declared once (``_Pool``). Token counts are made here
+when the served model's file is on this machine (the given ``tokenizer`` path, or the path
+llama-cpp-python's server reports as the model's id): llama.cpp loads its vocabulary alone, no
+weights (``LocalTokenizer``). Otherwise they are the server's, cached by text, so a turn's history
+is counted once, not again with every message. Nothing is sent when the
 object is made, so a server that is down costs nothing until the first message; from then on every
 failure to reach it (refused, timed out, or gone in the middle of an answer) is one
 :class:`ModelError` line that names the server.
@@ -42,6 +45,44 @@ TOKEN_CACHE = 2048  # texts whose token count is kept (a session's turns, counte
 # purpose (English averages about 4), so the estimate errs towards "too long" and a message is
 # trimmed a little early rather than overflowing the context.
 CHARS_PER_TOKEN = 3.0
+
+
+class LocalTokenizer:
+    """The served model's tokenizer from its GGUF file on this machine: llama.cpp loads the vocabulary
+    only (``vocab_only``, no weights: a fraction of a second, a few MB). One per file in the process."""
+
+    _loaded: dict[str, LocalTokenizer | None] = {}
+    _guard = threading.Lock()
+
+    def __init__(self, llm) -> None:
+        self._llm = llm
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_file(cls, path: str | os.PathLike | None) -> LocalTokenizer | None:
+        """The tokenizer of the GGUF at ``path``; None when there is no such file or llama.cpp cannot read it."""
+        if not path:
+            return None
+        key = os.path.realpath(os.fspath(path))
+        with cls._guard:
+            if key not in cls._loaded:
+                cls._loaded[key] = cls._load(key)
+            return cls._loaded[key]
+
+    @classmethod
+    def _load(cls, key: str) -> LocalTokenizer | None:
+        if not key.lower().endswith(".gguf") or not os.path.isfile(key):
+            return None
+        try:
+            from personavlm_cli.adapters.llm import _llama_cpp
+
+            return cls(_llama_cpp().Llama(key, vocab_only=True, verbose=False))
+        except Exception:  # noqa: BLE001 - not a model llama.cpp can read: the server counts instead
+            return None
+
+    def count(self, text: str) -> int:
+        with self._lock:
+            return len(self._llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=False))
 
 
 @dataclass
@@ -182,7 +223,7 @@ class RemoteChatModel(ChatModelBase):
 
     def __init__(self, url: str, name: str | None = None, *, n_ctx: int = 4096, timeout: float = 600.0,
                  vision: bool = False, api_key: str | None = None, seed: int = 0,
-                 connect_timeout: float = CONNECT_TIMEOUT) -> None:
+                 connect_timeout: float = CONNECT_TIMEOUT, tokenizer: str | os.PathLike | None = None) -> None:
         parts = urlsplit(str(url or "").strip())
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ModelError(f"model.url must be an http:// or https:// URL, got {str(url)!r}")
@@ -209,7 +250,9 @@ class RemoteChatModel(ChatModelBase):
         self.connect_timeout = float(connect_timeout)
         self._seed = int(seed)
         self._params = dict(url=url, name=name, n_ctx=n_ctx, timeout=timeout, vision=vision, api_key=api_key,
-                            seed=seed, connect_timeout=connect_timeout)
+                            seed=seed, connect_timeout=connect_timeout, tokenizer=tokenizer)
+        # The served model's GGUF on this machine, for counting tokens here ("": not looked for yet).
+        self._tokenizer: LocalTokenizer | None | str = LocalTokenizer.for_file(tokenizer) if tokenizer else ""
         self._abort = threading.Event()
         self._active = None  # the network stream of the complete() call in progress, for interrupt()
         self._pool: _Pool | None = None  # taken at the first request: making the object sends nothing
@@ -227,6 +270,8 @@ class RemoteChatModel(ChatModelBase):
         self._tokenize_path: str | None = ""  # "": not probed yet; None: the server has no endpoint
         self._down_until = 0.0
         self._served: str | None = None
+        self._served_ids: list[str] | None = None
+        self._background = False  # a fork, for background work: see _complete_streamed
         self._closed = False
         self.load_info = RemoteLoadInfo(url=self.url, name=self.name, n_ctx=n_ctx, vision=bool(vision),
                                         served=self._served_model)
@@ -394,6 +439,8 @@ class RemoteChatModel(ChatModelBase):
         if abort.is_set():
             abort.clear()
             raise ModelInterrupted("the model call was interrupted")
+        if self._background:
+            return self._complete_streamed(self._body(messages, stream=True, **fields))
         try:
             out = self._post_json("/v1/chat/completions", self._body(messages, **fields), interruptible=True)
         except (_Unreachable, _ServerSaid) as e:
@@ -409,6 +456,60 @@ class RemoteChatModel(ChatModelBase):
                 raise self._refused(_error_text(out["error"])) from None
             raise self._refused("the answer has no choices[0].message") from None
 
+    def _complete_streamed(self, body: dict) -> str:
+        """A background call, streamed: the server stops generating at its next token when
+        :meth:`interrupt` shuts the connection or (llama-cpp-python's server, which runs one request at
+        a time) as soon as another request, the answer's, waits; a whole response would run to its end
+        first and the answer would wait for it."""
+        import httpx
+
+        abort = self._abort
+        pieces: list[str] = []
+        resp = None
+        self.last_usage = {}
+        try:
+            resp = self._request("POST", "/v1/chat/completions", body, interruptible=True)
+            _current.owner = self
+            finished = False
+            events = _sse_events(resp)
+            for event in events:
+                if event == "[DONE]":
+                    for _rest in events:  # the end of the body: the connection stays in the pool
+                        pass
+                    break
+                try:
+                    chunk = json.loads(event)
+                except ValueError:
+                    raise self._refused("it sent an event that is not JSON") from None
+                if not isinstance(chunk, dict):
+                    continue
+                if chunk.get("error"):
+                    raise self._refused(_error_text(chunk["error"]))
+                if chunk.get("usage"):
+                    self.last_usage = _usage(chunk["usage"])
+                for choice in chunk.get("choices") or []:
+                    pieces.append((choice.get("delta") or {}).get("content") or "")
+                    finished = finished or bool(choice.get("finish_reason"))
+            if abort.is_set() or not finished:  # cut: by interrupt(), or the server gave way to a waiting request
+                raise ModelInterrupted("the model call was interrupted")
+        except (_Unreachable, _ServerSaid, httpx.HTTPError) as e:
+            if abort.is_set():
+                abort.clear()
+                raise ModelInterrupted("the model call was interrupted") from None
+            if isinstance(e, _ServerSaid):
+                raise self._refused(str(e)) from None
+            raise self._unreachable(str(e) if isinstance(e, _Unreachable) else _reason(e, self.timeout)) from None
+        except ModelInterrupted:
+            abort.clear()
+            raise
+        finally:
+            _current.owner = None
+            self._active = None
+            if resp is not None:
+                resp.close()
+        self.last_usage.setdefault("completion_tokens", sum(1 for p in pieces if p))
+        return "".join(pieces)
+
     # -- tokens ------------------------------------------------------------------------------------
 
     def count_tokens(self, text: str) -> int:
@@ -420,6 +521,9 @@ class RemoteChatModel(ChatModelBase):
         """
         if not text:
             return 0
+        local = self._local_tokenizer()
+        if local is not None:
+            return local.count(text)
         cached = self._counts.get(text)
         if cached is not None:
             self._counts.move_to_end(text)
@@ -449,6 +553,21 @@ class RemoteChatModel(ChatModelBase):
         self._tokenize_path = "" if known else None
         return estimate_tokens(text)
 
+    def _local_tokenizer(self) -> LocalTokenizer | None:
+        """The served model's tokenizer, when its file is on this machine: llama-cpp-python's server
+        names its model by the path it loaded (asked once, ``GET /v1/models``)."""
+        if self._tokenizer == "":
+            served = self._served_model_path()
+            self._tokenizer = LocalTokenizer.for_file(served) if served else None
+        return self._tokenizer if isinstance(self._tokenizer, LocalTokenizer) else None
+
+    def _served_model_path(self) -> str | None:
+        if self._served is None:
+            self._served_model()
+        ids = self._served_ids or []
+        wanted = [m for m in ids if not self.name or m == self.name or m.rsplit("/", 1)[-1] == self.name]
+        return next((m for m in wanted if m.lower().endswith(".gguf") and os.path.isabs(m)), None)
+
     # -- information -------------------------------------------------------------------------------
 
     def check(self) -> str:
@@ -473,6 +592,7 @@ class RemoteChatModel(ChatModelBase):
         except (ValueError, KeyError, TypeError, AttributeError):
             raise self._refused("GET /v1/models did not return a model list") from None
         ids = [m for m in models if isinstance(m, str) and m]
+        self._served_ids = ids
         if self.name and self.name not in ids and len(ids) > 1:
             raise self._refused(f"it does not serve a model named {self.name!r} (it has {', '.join(ids[:5])})")
         # llama-cpp-python reports the file path; its file name is what users recognise.
@@ -497,7 +617,9 @@ class RemoteChatModel(ChatModelBase):
         """A second client of the same server, with the same settings (credentials included), for a
         background thread: the two never share a connection. The server decides whether they run at
         once (llama-server's slots) or one after the other."""
-        return RemoteChatModel(**self._params)
+        twin = RemoteChatModel(**self._params)
+        twin._background = True  # its constrained calls are streamed, so the server can stop them (complete)
+        return twin
 
     def interrupt(self) -> None:
         """Stop the :meth:`complete` call in progress (from another thread): its connection is shut,
@@ -512,9 +634,18 @@ class RemoteChatModel(ChatModelBase):
                 pass  # already closed: the call is over
 
     def prefill(self, messages: Sequence[Mapping[str, Any]], stop: Callable[[], bool] | None = None) -> bool:
-        """Nothing is sent: the server keeps its own cache slots (llama-server reuses a slot's prompt
-        prefix by itself), and a request could not be stopped between two batches."""
-        return False
+        """The server evaluates ``messages`` (a request for one token, discarded), so that its cache
+        holds the next prompt's beginning (llama-server's slot, llama-cpp-python's context or state
+        cache). A server cannot be stopped inside a prompt: a message that arrives meanwhile waits for
+        the rest of this beginning, which is its own prompt's, the part it would evaluate anyway."""
+        if stop is not None and stop():
+            return False
+        body = self._body(messages, max_tokens=1, temperature=0.0, seed=self._seed, stream=True)
+        try:
+            self._complete_streamed(body)
+        except ModelInterrupted:
+            return False
+        return True
 
     def close(self) -> None:
         self._closed = True

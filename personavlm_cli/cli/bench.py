@@ -35,6 +35,9 @@ def bench(
     questions: Annotated[int | None, typer.Option("--questions", min=1, help="ttft: questions asked.")] = None,
     messages: Annotated[str | None, typer.Option(
         "--messages", help="session: session lengths in messages, comma-separated (default 16,60; --quick: 16).")] = None,
+    remote: Annotated[bool, typer.Option(
+        "--remote", help="session: the chat model on llama-cpp-python's server, started on loopback with the "
+        "same GGUF, against that server cold.")] = False,
 ):
     """Measure start-up, recall, memory work before the first token, forgetting, generation, CLIP, replay,
     updates, and the first token of every message of a session with learning on."""
@@ -51,6 +54,7 @@ def bench(
     except ValueError:
         raise PersonaError(f"--messages must be numbers of messages, comma-separated (not '{messages}')") from None
     plan = perf.plan_for(quick, wanted, repeat, questions, lengths)
+    plan["session_remote"] = remote
     env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers})
     try:
         results = perf.run(_host(env), plan, chosen, quick, locomo)

@@ -220,7 +220,8 @@ class Env:
                 if not s["model.url"]:
                     raise ModelError("model.kind is openai-compatible but model.url is not set")
                 self._model = RemoteChatModel(s["model.url"], s["model.name"], n_ctx=s["model.context"] or 4096,
-                                              vision=s["model.vision"], api_key=s["model.api_key"])
+                                              vision=s["model.vision"], api_key=s["model.api_key"],
+                                              tokenizer=s["model.path"])  # the served GGUF, if given here
             else:
                 from personavlm_cli.adapters.llm import ChatModel
 

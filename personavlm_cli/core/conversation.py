@@ -21,6 +21,7 @@ turn reports (``TurnStats``, the notices' figures).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -218,6 +219,7 @@ class Conversation:
         self.learner = Learner(store)
         self.background: BackgroundUpdates | None = None
         self._worker_model = None
+        self._answered = threading.Event()  # this chat's first answer has ended: pending work may start
         self.last: Turn | None = None
         self.warmup: PrefixWarmup | None = None  # the next prompt's beginning, evaluated while the user reads
 
@@ -225,7 +227,9 @@ class Conversation:
 
     def open(self, worker_model: ChatModel | None = None) -> None:
         """Queue what earlier chats left unconsolidated and start the background worker on
-        ``worker_model`` (the update thread's own model context, loaded by the caller)."""
+        ``worker_model`` (the update thread's own model context, loaded by the caller). The worker
+        starts no job before the chat's first answer has ended (``ended``): work left by an earlier
+        chat never runs beside the first message, which finds the model, the store and the CPU free."""
         if not self.learn:
             return
         current, _ = self.assistant.session_for(self.clock())
@@ -235,8 +239,10 @@ class Conversation:
         a = self.assistant
         self._worker_model = worker_model
         a.model_lock.on_wait.append(worker_model.interrupt)
+        self._answered = threading.Event()
         self.background = BackgroundUpdates(
-            lambda: UpdateStage(a.store.fork(), worker_model, a.user, a.model_lock, extractor=self.extractor)).start()
+            lambda: UpdateStage(a.store.fork(), worker_model, a.user, a.model_lock, extractor=self.extractor),
+            after=self._answered).start()
         self.background.poke()
 
     def close(self, consolidate: bool) -> Closing:
@@ -301,6 +307,7 @@ class Conversation:
             self.totals["tokens"] += st.answer_tokens or 0
             self.totals["seconds"] += st.seconds
             self._prepare_next(turn)
+        self._answered.set()
         if self.background is not None:
             self.background.poke()
 

@@ -686,11 +686,13 @@ class BackgroundUpdates:
 
     ``stop()`` returns within about a second whatever is pending: the job in progress is interrupted
     at its model's next token and stays queued (jobs are durable and idempotent). A failure in the
-    thread is kept in ``error`` and logged; the queue keeps the work for next time.
+    thread is kept in ``error`` and logged; the queue keeps the work for next time. With ``after``,
+    no job starts before that event is set (a chat's first answer has ended: ``Conversation.open``).
     """
 
-    def __init__(self, make_stage: Callable[[], UpdateStage]):
+    def __init__(self, make_stage: Callable[[], UpdateStage], after: threading.Event | None = None):
         self._make_stage = make_stage
+        self._after = after
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -716,7 +718,7 @@ class BackgroundUpdates:
                 self._wake.clear()
                 if self._stop.is_set():
                     break
-                if stage.pending():
+                if (self._after is None or self._after.is_set()) and stage.pending():
                     self._idle.clear()
                     stage.run_pending(stop=self._stop)
                 self._idle.set()

@@ -69,30 +69,65 @@ def script(n: int) -> list[str]:
     return [SCRIPT[i % len(SCRIPT)] for i in range(n)]
 
 
-def bench_session(host, path: Path, plan: dict) -> dict:
-    """Sessions of ``plan["session_lengths"]`` messages, learning on, each against raw llama-cpp-python."""
-    from personavlm_cli.adapters.llm import raw_llama
+class RawLocal:
+    """Raw llama-cpp-python on the chat model's file and settings, cold (``reset()``) for each prompt."""
 
+    def __init__(self, model, threads: int | None):
+        from personavlm_cli.adapters.llm import raw_llama
+
+        self.model = model
+        self.llm = raw_llama(model.load_info, threads)
+
+    def first_token_s(self, prompt: list[dict]) -> float:
+        self.llm.reset()
+        t = time.perf_counter()
+        for _chunk in self.llm.create_chat_completion(prompt, stream=True, max_tokens=1, temperature=0.0, seed=0):
+            break
+        return time.perf_counter() - t
+
+    def drop_cache(self) -> None:
+        self.model.drop_cache()
+
+    def close(self) -> None:
+        self.llm.close()
+
+
+def bench_session(host, path: Path, plan: dict) -> dict:
+    """Sessions of ``plan["session_lengths"]`` messages, learning on, each against raw llama-cpp-python
+    (``plan["session_remote"]``: the chat model on llama-cpp-python's server, ``evals/session_remote.py``)."""
     s = host.env.settings
+    if plan.get("session_remote"):
+        from personavlm_cli.evals.session_remote import bench_session_remote
+
+        return bench_session_remote(host, path, plan)
     if s["model.kind"] != "llama-cpp":
-        return {"skipped": "the chat model is a remote server: no raw llama-cpp-python to compare with"}
+        return {"skipped": "the chat model is a remote server: no raw llama-cpp-python to compare with "
+                           "(--remote starts a server of its own)"}
     model = host.model()
-    info = model.load_info
-    raw = raw_llama(info, s["model.threads"])
-    results: dict = {"model": info.summary_line(), "pause_s": plan["session_pause_s"],
+    raw = RawLocal(model, s["model.threads"])
+    try:
+        return run_lengths(host, path, plan, model, raw, {}, model.load_info.summary_line())
+    finally:
+        raw.close()
+
+
+def run_lengths(host, path: Path, plan: dict, model, raw, overrides: dict, label: str) -> dict:
+    """Each session length in a home of its own, the chat on ``model``, each message against ``raw``."""
+    s = host.env.settings
+    results: dict = {"model": label, "pause_s": plan["session_pause_s"],
                      "answer_tokens": plan["session_answer_tokens"], "lengths": {}}
     saved_home = os.environ.get("PERSONAVLM_HOME")
     try:
         for n in plan["session_lengths"]:
             os.environ["PERSONAVLM_HOME"] = str(path / f"messages-{n}")
-            overrides = {k: s[k] for k in ("model.path", "model.gpu_layers", "model.context", "model.threads",
-                                           "model.prompt_profile") if s[k] is not None}
-            overrides.update({"model.temperature": 0.0, "model.max_tokens": plan["session_answer_tokens"]})
-            with host.user_env(overrides, model) as tenv:  # the same loaded model
+            settings = {k: s[k] for k in ("model.path", "model.gpu_layers", "model.context", "model.threads",
+                                          "model.prompt_profile") if s[k] is not None}
+            settings.update({"model.temperature": 0.0, "model.max_tokens": plan["session_answer_tokens"]})
+            settings.update(overrides)
+            with host.user_env(settings, model) as tenv:  # the same loaded model
                 rows = session_rows(host, tenv, model, raw, n, plan["session_pause_s"])
             results["lengths"][str(n)] = summarise(rows)
     finally:
-        raw.close()
         if saved_home is None:
             os.environ.pop("PERSONAVLM_HOME", None)
         else:
@@ -111,6 +146,8 @@ def session_rows(host, tenv, model, raw, n: int, pause_s: float) -> list[dict]:
         for i, text in enumerate(script(n)):
             rows.append(_measure(session, tenv, model, raw, text, start + timedelta(minutes=i), pause_s))
             rows[-1]["message"] = i + 1
+            if i == 0:  # what the size rule chose for this model (core/capability.py)
+                rows[-1].update(prompt_style=session.assistant.profile.style, extractor=session.conversation.extractor)
             host.say(f"  {n} messages, {i + 1}/{n}: chat {rows[-1]['chat_s']} s, raw {rows[-1]['raw_s']} s, "
                      f"{rows[-1]['cached_tokens']}/{rows[-1]['prompt_tokens']} tokens reused", highlight=False)
     finally:
@@ -119,7 +156,7 @@ def session_rows(host, tenv, model, raw, n: int, pause_s: float) -> list[dict]:
     pending = closing.pending if closing is not None else 0
     # The next chat, ten minutes later: its first message while the previous chat's learning runs, on
     # a cold cache, as in a new process (the benchmark shares one loaded model between its chats).
-    model.drop_cache()
+    raw.drop_cache()
     second = host.chat_session(tenv, pinned_time=start + timedelta(minutes=n + 10), learn=True)
     second.start(quiet=True)
     try:
@@ -151,14 +188,12 @@ def _measure(session, tenv, model, raw, text: str, at: datetime, pause_s: float 
     if warmup is not None:  # a slow reader: the next prompt's beginning may finish (10 s at most)
         warmup.wait(PREFILL_WAIT_S)
     with tenv.model_lock:  # the update thread pauses: raw runs alone
-        raw.reset()
-        t = time.perf_counter()
-        for _chunk in raw.create_chat_completion(prompt, stream=True, max_tokens=1, temperature=0.0, seed=0):
-            break
-        raw_s = time.perf_counter() - t
+        raw_s = raw.first_token_s(prompt)
     chat_s = session.stats.first_token_s
+    # A server's stream may not say its prompt's size (llama-cpp-python's does not): raw's count then.
+    prompt_tokens = usage.get("prompt_tokens") or getattr(raw, "prompt_tokens", None)
     return {"chat_s": chat_s, "raw_s": round(raw_s, 3), "ratio": round(chat_s / raw_s, 3) if raw_s else None,
-            "prompt_tokens": usage.get("prompt_tokens"), "cached_tokens": usage.get("cached_tokens"),
+            "prompt_tokens": prompt_tokens, "cached_tokens": usage.get("cached_tokens"),
             "turns_left_out": session.stats.turns_left_out}
 
 
@@ -166,9 +201,12 @@ def summarise(rows: list[dict]) -> dict:
     chat = [r for r in rows if isinstance(r["message"], int)]
     later = [r["ratio"] for r in chat[1:] if r["ratio"] is not None]
     nxt = next((r for r in rows if r["message"] == "next chat"), None)
-    reused = [r["cached_tokens"] / r["prompt_tokens"] for r in chat[1:] if r["prompt_tokens"]]
+    reused = [r["cached_tokens"] / r["prompt_tokens"] for r in chat[1:]
+              if r["prompt_tokens"] and r["cached_tokens"] is not None]  # a server may not say what it reused
     return {
         "messages": len(chat),
+        "prompt_style": chat[0].get("prompt_style") if chat else None,
+        "extractor": chat[0].get("extractor") if chat else None,
         "first_ratio": chat[0]["ratio"] if chat else None,
         "ratio_median": round(statistics.median(later), 3) if later else None,
         "ratio_p90": round(percentile(later, 90), 3) if later else None,
