@@ -77,7 +77,7 @@ class LocalTokenizer:
             from personavlm_cli.adapters.llm import _llama_cpp
 
             return cls(_llama_cpp().Llama(key, vocab_only=True, verbose=False))
-        except Exception:  # noqa: BLE001 - not a model llama.cpp can read: the server counts instead
+        except Exception:
             return None
 
     def count(self, text: str) -> int:
