@@ -48,6 +48,7 @@ from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import MemoryType
 from personavlm_cli.evals.replay import Replayer, Turn
 from personavlm_cli.evals.session_bench import bench_session
+from personavlm_cli.evals.session_remote import bench_session_remote
 from personavlm_cli.evals.workspace import forget_exchange, percentile, scratch, temporary_store
 
 BARS = {
@@ -131,7 +132,8 @@ def run(host: Host, plan: dict, chosen: set[str], quick: bool, locomo: Path | No
             ("generation", lambda: bench_generation(host, work / "chat", plan, rng)),
             ("update", lambda: bench_update(host, work / "update", plan, rng)),
             ("ttft", lambda: bench_ttft(host, work / "ttft", plan, locomo)),
-            ("session", lambda: bench_session(host, work / "session", plan)),
+            ("session", lambda: (bench_session_remote if plan.get("session_remote") else bench_session)(
+                host, work / "session", plan)),
         ]
         for name, fn in runs:
             wanted = name in chosen or (name == "recall" and "pretoken" in chosen)

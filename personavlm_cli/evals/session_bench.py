@@ -94,12 +94,8 @@ class RawLocal:
 
 def bench_session(host, path: Path, plan: dict) -> dict:
     """Sessions of ``plan["session_lengths"]`` messages, learning on, each against raw llama-cpp-python
-    (``plan["session_remote"]``: the chat model on llama-cpp-python's server, ``evals/session_remote.py``)."""
+    (the chat model on llama-cpp-python's server instead: ``evals/session_remote.py``)."""
     s = host.env.settings
-    if plan.get("session_remote"):
-        from personavlm_cli.evals.session_remote import bench_session_remote
-
-        return bench_session_remote(host, path, plan)
     if s["model.kind"] != "llama-cpp":
         return {"skipped": "the chat model is a remote server: no raw llama-cpp-python to compare with "
                            "(--remote starts a server of its own)"}
