@@ -24,7 +24,7 @@ from personavlm_cli.cli.common import (
     safe,
 )
 from personavlm_cli.core.errors import ExitStatus, NotFoundError, PersonaError, StoreBusyError
-from personavlm_cli.core.memory import TYPES, parse_time
+from personavlm_cli.core.memory import TYPES, MemoryType, parse_time
 
 app = typer.Typer(help="See, search, explain, correct, forget, export and import memories.", no_args_is_help=True)
 
@@ -382,7 +382,7 @@ def forget(
         if not yes and not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
             raise typer.Exit(ExitStatus.ERROR)
         # Sessions that lose turns are consolidated again: queued here, run at the next chat.
-        queue = UpdateQueue(store.records) if any(m.type == "turn" for m in p.targets + p.derived) else None
+        queue = UpdateQueue(store.records) if any(m.type == MemoryType.TURN for m in p.targets + p.derived) else None
         # The vector index is rebuilt so that no copy of an erased vector is left: seconds on a big store.
         with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
             erased = forgetting.execute(store, p, operation, queue)
@@ -425,13 +425,13 @@ def show_text_plan(console, p) -> None:
         if items and label:
             console.print(line(("  " + label, "dim")))
 
-    shown = [m for m in p.targets if m.type != "core"]
+    shown = [m for m in p.targets if m.type != MemoryType.CORE]
     console.print(line((f"{count(len(shown), 'memory')} hold '{one_line(p.text)}':", "bold")))
     each(shown, "")
     if p.derived:
         console.print(line((f"{count(len(p.derived), 'memory')} derived from them go too:", "bold")))
         each(p.derived, "")
-    cores = [m for m in p.targets if m.type == "core"]
+    cores = [m for m in p.targets if m.type == MemoryType.CORE]
     if cores:
         removed = "; ".join(f"{k}: {v}" for k, v in (p.profile.removed.items() if p.profile else ()))
         left = ", ".join(p.profile.facts) if p.profile and p.profile.facts else "nothing"

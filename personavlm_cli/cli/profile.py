@@ -12,14 +12,15 @@ from personavlm_cli.cli.common import JsonOpt, UserOpt, clean, err, line, make_e
 from personavlm_cli.cli.memory import _open_records
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.memory import MemoryType
 
 app = typer.Typer(help="Your profile: core facts, habits and goals, personality; export and import.",
                   no_args_is_help=True)
 
 
 def profile_data(records, user: str) -> dict:
-    core = records.list(types=["core"])
-    procedural = records.list(types=["procedural"])
+    core = records.list(types=[MemoryType.CORE])
+    procedural = records.list(types=[MemoryType.PROCEDURAL])
     vector = records.get_meta("personality") or pem.initial()
     totals = (records.get_meta("personality_evidence") or {}).get("totals")
     return {
@@ -257,7 +258,7 @@ def profile_markdown(data: dict, records) -> str:
     lines += ["", "## Personality (Big Five, 1 to 5)", "", "| trait | score | reading |", "|---|---|---|"]
     lines += [f"| {t} | {v:.2f} | " + (pem.reading(t, v) if data["confidence"][t] >= pem.CONFIDENCE_FLOOR
                                          else "not enough evidence yet") + " |" for t, v in data["big_five"].items()]
-    semantic = records.list(types=["semantic"])
+    semantic = records.list(types=[MemoryType.SEMANTIC])
     lines += ["", "## Things you asked me to remember, or told me", ""]
     lines += [f"- {one_line(m.text)} _({m.occurred_at[:10]})_" for m in semantic] or ["_None yet._"]
     n = len(records.personality_history())

@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Collection
 from typing import Any
 
-from personavlm_cli.core.memory import Memory
+from personavlm_cli.core.memory import Memory, MemoryType
 
 # Question words of an inference: what the subject would do, like or be, asked of what they said.
 INFERENCE = re.compile(
@@ -46,7 +46,7 @@ SUBSTANCE_WORDS = 10  # content words from which a turn counts as holding someth
 # Both off: for a caller that gathers candidates to check each by rule (the learner looking for the older
 # statements a new one makes past, core/update.py), where a prior on what answers a question only reorders.
 OFF = {"taste": 0.0, "substance": 0.0}
-LEARNT = ("core", "semantic", "procedural", "episodic")
+LEARNT = (MemoryType.CORE, MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC)
 
 
 def is_inference(text: str) -> bool:
@@ -90,7 +90,7 @@ def content_words(memory: Memory, stop_words: Collection[str], limit: int = SUBS
 
 def taste_score(memory: Memory, named: bool, about_user: bool) -> float:
     """The ``taste`` signal of one memory for an inference question (see the module)."""
-    if memory.type == "turn":
+    if memory.type == MemoryType.TURN:
         if named or (about_user and memory.role == "user" and not (memory.meta or {}).get("speaker")):
             return first_person(memory)
         return 0.0
@@ -101,7 +101,7 @@ def taste_score(memory: Memory, named: bool, about_user: bool) -> float:
 
 def substance_penalty(memory: Memory, stop_words: Collection[str]) -> float:
     """Between 0 and 1: how far a turn is from ``SUBSTANCE_WORDS`` content words (0 for other memories)."""
-    if memory.type != "turn":
+    if memory.type != MemoryType.TURN:
         return 0.0
     return max(0.0, 1.0 - content_words(memory, stop_words) / SUBSTANCE_WORDS)
 

@@ -34,7 +34,7 @@ import re
 from dataclasses import dataclass, field
 
 from personavlm_cli.core import changes, links, reembed
-from personavlm_cli.core.memory import TYPES, Memory
+from personavlm_cli.core.memory import TYPES, Memory, MemoryType
 from personavlm_cli.core.store import IMAGES, TEXT, MemoryStore
 from personavlm_cli.core.timewords import MONTHS
 
@@ -171,7 +171,7 @@ def _neighbours(records, ids: list[str], q: Query, width: int) -> tuple[dict[str
     """For the turns among ``ids``: the turns up to ``width`` away in the same session, with distance.
 
     Also returns which of those neighbours the query's filters admit as candidates themselves."""
-    if not ids or width <= 0 or "turn" not in q.types:
+    if not ids or width <= 0 or MemoryType.TURN not in q.types:
         return {}, set()
     rows = records.session_turns(ids)
     sequences: dict[str, list[str]] = {}
@@ -241,7 +241,7 @@ def _date_match(occurred_at: str, dates: list[tuple[int | None, int, int | None]
 
 
 def _speakers_named(memory: Memory, words: set[str]) -> bool:
-    name = (memory.meta or {}).get("speaker") if memory.type == "turn" else None
+    name = (memory.meta or {}).get("speaker") if memory.type == MemoryType.TURN else None
     if not name:
         return False
     parts = [w.lower() for w in _WORD.findall(str(name))]

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from personavlm_cli.core.errors import UnreachableError
-from personavlm_cli.core.memory import Memory, from_iso, iso, new_id, now
+from personavlm_cli.core.memory import Memory, MemoryType, from_iso, iso, new_id, now
 from personavlm_cli.core.ports import RecordStore
 
 TEXT = "memories"
@@ -330,7 +330,7 @@ class MemoryStore:
         # its own compaction, which would defeat erasure. Text lives in the record file.
         self.vectors.upsert(TEXT, [m.id for m in memories], vectors,
                             metadatas=[vector_metadata(m) for m in memories])
-        images = [m for m in memories if m.type == "image" and m.meta.get("path")]
+        images = [m for m in memories if m.type == MemoryType.IMAGE and m.meta.get("path")]
         if images:
             paths = [self.image_path(m.meta["path"]) for m in images]
             clip = self.image_encoder.embed_images(paths)
@@ -343,7 +343,7 @@ class MemoryStore:
         """The image files new memories name, stored where the records are (server: in the same
         transaction as the records, when called inside one)."""
         for m in memories:
-            if m.type == "image" and m.meta.get("path"):
+            if m.type == MemoryType.IMAGE and m.meta.get("path"):
                 self.images.keep(self.records, m.meta["path"])
 
     def sync_vectors(self, batch: int = 256) -> int:
@@ -437,7 +437,7 @@ class MemoryStore:
             self.records.audit(operation, ids)
             if before_commit is not None:  # what must change with the erasure, in the same transaction
                 before_commit()
-        images = [IMAGES] if any(m.type == "image" for m in doomed) else []
+        images = [IMAGES] if any(m.type == MemoryType.IMAGE for m in doomed) else []
         try:
             self.vectors.delete(TEXT, ids)
             for name in images:

@@ -19,7 +19,7 @@ from personavlm_cli.core import changes, learning, links
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
-from personavlm_cli.core.memory import Memory, iso, now
+from personavlm_cli.core.memory import Memory, MemoryType, iso, now
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
@@ -190,7 +190,7 @@ class Learner:
             return []
         people = learning.people_of(self._facts())
         learnt = learning.learn(user_turn.text, people)
-        images = [m.id for m in self.store.records.derived_from([user_turn.id]) if m.type == "image"]
+        images = [m.id for m in self.store.records.derived_from([user_turn.id]) if m.type == MemoryType.IMAGE]
         kept: list[Memory] = []
         for i, st in enumerate(learnt.statements):
             if not learning.supported(st.text, [user_turn.text]):
@@ -198,7 +198,7 @@ class Learner:
                 continue
             memory = new_memory(st.kind, st.text, user_turn.occurred_at, keywords=st.keywords,
                                 source_ids=[user_turn.id, *images], session_id=user_turn.session_id,
-                                meta={"origin": "said", **({"key": _key(st.text)} if st.kind == "procedural" else {})})
+                                meta={"origin": "said", **({"key": _key(st.text)} if st.kind == MemoryType.PROCEDURAL else {})})
             memory.id = stable_id(st.kind, user_turn.id, str(i))
             kept.append(self.integrate_semantic(memory, people))
         if learnt.profile:
@@ -208,7 +208,7 @@ class Learner:
         return kept
 
     def _facts(self) -> dict[str, str]:
-        current = self.store.records.list(types=["core"])
+        current = self.store.records.list(types=[MemoryType.CORE])
         return dict(current[-1].meta.get("facts", {})) if current else {}
 
     def close_past(self, user_turn: Memory, said: list[str], people: tuple[str, ...]) -> int:
@@ -221,7 +221,7 @@ class Learner:
         if gone:
             self._drop_profile_items(gone, user_turn)
         for sentence in said:
-            kinds = ("turn", "semantic", "procedural")
+            kinds = (MemoryType.TURN, MemoryType.SEMANTIC, MemoryType.PROCEDURAL)
             hits = recall(self.store, Query(text=sentence, types=kinds, exclude_ids={user_turn.id}), k=12,
                           floor=None, weights=links.OFF)  # candidates: each is checked below
             seen = {h.memory.id for h in hits}
@@ -234,7 +234,7 @@ class Learner:
                 old = hit.memory
                 if old.occurred > user_turn.occurred or old.id == user_turn.id:
                     continue
-                if old.type == "turn":
+                if old.type == MemoryType.TURN:
                     if old.role != "user" or (old.meta or {}).get("past"):
                         continue
                     reasons = [changes.past_reason(sentence, s, people) for s in learning.sentences(old.text)
@@ -245,7 +245,7 @@ class Learner:
                         made += 1
                         # A summary that holds the old statement is past as well (what was said then).
                         for episode in self.store.records.derived_from([old.id]):
-                            if episode.type == "episodic" and episode.current and \
+                            if episode.type == MemoryType.EPISODIC and episode.current and \
                                     changes.mark_past(episode, user_turn, reason):
                                 self.store.replace(episode)
                 elif old.current and user_turn.id not in old.source_ids:
@@ -256,7 +256,7 @@ class Learner:
         return made
 
     def _drop_profile_items(self, gone: list[tuple[str, str]], user_turn: Memory) -> None:
-        current = self.store.records.list(types=["core"])
+        current = self.store.records.list(types=[MemoryType.CORE])
         if not current:
             return
         old = current[-1]
@@ -269,10 +269,11 @@ class Learner:
                 facts.pop(name, None)
         sources = {k: v for k, v in (old.meta.get("sources") or {}).items() if k in facts}
         text = learning.profile_text(facts)
-        memory = new_memory("core", text, user_turn.occurred_at, source_ids=list(dict.fromkeys(sources.values())) + [old.id],
-                            session_id=user_turn.session_id, meta={"facts": facts, "sources": sources,
-                                                                   "gone": [item for _n, item in gone]})
-        memory.id = stable_id("core", text, user_turn.id, "gone")
+        memory = new_memory(MemoryType.CORE, text, user_turn.occurred_at,
+                            source_ids=list(dict.fromkeys(sources.values())) + [old.id],
+                            session_id=user_turn.session_id,
+                            meta={"facts": facts, "sources": sources, "gone": [item for _n, item in gone]})
+        memory.id = stable_id(MemoryType.CORE, text, user_turn.id, "gone")
         if self.store.records.get(memory.id) is None:
             self.store.supersede(old, memory, at=user_turn.occurred_at)
 
@@ -283,7 +284,7 @@ class Learner:
             self.dropped(f"profile value {k}", values[k])
         if not good:
             return None
-        current = self.store.records.list(types=["core"])
+        current = self.store.records.list(types=[MemoryType.CORE])
         old = current[-1] if current else None
         facts = dict(old.meta.get("facts", {})) if old else {}
         sources = dict(old.meta.get("sources", {})) if old else {}
@@ -291,10 +292,10 @@ class Learner:
         if old is not None and updated == facts:
             return None
         text = learning.profile_text(updated)
-        memory = new_memory("core", text, user_turn.occurred_at,
+        memory = new_memory(MemoryType.CORE, text, user_turn.occurred_at,
                             source_ids=list(dict.fromkeys(sources.values())) + ([old.id] if old else []),
                             session_id=user_turn.session_id, meta={"facts": updated, "sources": sources})
-        memory.id = stable_id("core", text, user_turn.id)
+        memory.id = stable_id(MemoryType.CORE, text, user_turn.id)
         if self.store.records.get(memory.id):
             return None
         if old is not None:
@@ -312,7 +313,7 @@ class Learner:
         records = self.store.records
         if records.get(memory.id) is not None:
             return records.get(memory.id)
-        kinds = ("semantic", "procedural")
+        kinds = (MemoryType.SEMANTIC, MemoryType.PROCEDURAL)
         hits = recall(self.store, Query(text=memory.text, types=kinds), k=8, floor=None)  # checked below
         for hit in hits:
             old = hit.memory
@@ -342,7 +343,7 @@ class Learner:
     def remember(self, text: str, at, session_id: str | None) -> tuple[Memory, bool]:
         """What the user asked to remember, in their words (``/remember``): merged or superseding like
         any learnt statement, and profile values said in it applied. (The memory kept, whether it is new.)"""
-        memory = new_memory("semantic", text, at, keywords=learning.keywords_of(text), session_id=session_id,
+        memory = new_memory(MemoryType.SEMANTIC, text, at, keywords=learning.keywords_of(text), session_id=session_id,
                             meta={"origin": "/remember"})
         kept = self.integrate_semantic(memory)
         if kept.id == memory.id:
@@ -499,7 +500,7 @@ class UpdateStage:
     def extract_semantic(self, user_turn: Memory, assistant: Memory | None) -> Memory | None:
         """The model's rephrasing of a user message (``extractor: model``), kept only if every content
         word is the user's own (the assistant's answer is not shown to it, and never evidence)."""
-        images = [m for m in self.store.records.derived_from([user_turn.id]) if m.type == "image"]
+        images = [m for m in self.store.records.derived_from([user_turn.id]) if m.type == MemoryType.IMAGE]
         image_note = f"\n(The user attached {len(images)} image(s) to this message.)" if images else ""
         messages = [
             {"role": "system", "content":
@@ -516,19 +517,19 @@ class UpdateStage:
         # Only what the user stated is evidence: a question, request or hypothetical teaches nothing.
         if learning.not_a_fact(out["content"]) or not learning.supported(out["content"],
                                                                            [learning.stated(user_turn.text)]):
-            self.learner.dropped("semantic", out["content"])
+            self.learner.dropped(MemoryType.SEMANTIC, out["content"])
             return None
         sources = [user_turn.id] + [m.id for m in images]
-        memory = new_memory("semantic", out["content"].strip(), user_turn.occurred_at,
+        memory = new_memory(MemoryType.SEMANTIC, out["content"].strip(), user_turn.occurred_at,
                             keywords=out["keywords"].strip(), source_ids=sources, session_id=user_turn.session_id,
                             meta={"reason": out["reason"], "origin": "extracted"})
-        memory.id = stable_id("semantic", user_turn.id, "model")
+        memory.id = stable_id(MemoryType.SEMANTIC, user_turn.id, "model")
         return self.learner.integrate_semantic(memory)
 
     # -- per session ------------------------------------------------------------------------------
 
     def session(self, session_id: str) -> None:
-        turns = self.store.records.list(types=["turn"], session_id=session_id)
+        turns = self.store.records.list(types=[MemoryType.TURN], session_id=session_id)
         if not turns:
             return
         for t in turns:
@@ -548,7 +549,7 @@ class UpdateStage:
         """Topic summaries of the session. By rules, one per stretch of 20 rounds, in the user's own
         words; by the model, its topics, each kept only if the user's turns it covers support it."""
         rounds = _rounds(turns)
-        old = [m for m in self.store.records.list(types=["episodic"], session_id=session_id, include_superseded=True)]
+        old = [m for m in self.store.records.list(types=[MemoryType.EPISODIC], session_id=session_id, include_superseded=True)]
         new: list[Memory] = []
         for start in range(0, len(rounds), 20):
             window = rounds[start:start + 20]
@@ -568,7 +569,7 @@ class UpdateStage:
                     if t.get("summary", "").strip() and t["rounds"] and learning.supported(t["summary"], said):
                         topics.append(t)
                     elif t.get("summary", "").strip():
-                        self.learner.dropped("episodic", t["summary"])
+                        self.learner.dropped(MemoryType.EPISODIC, t["summary"])
             covered = {r for t in topics for r in t["rounds"]}
             missing = [r for r in range(1, len(window) + 1) if r not in covered]
             # By rules: the user's own words of the rounds no topic covers (their questions say
@@ -586,10 +587,10 @@ class UpdateStage:
                     continue
                 members = [m for r in t["rounds"] for m in window[r - 1] if m is not None]
                 members.sort(key=lambda m: m.occurred_at)
-                episode = new_memory("episodic", t["summary"].strip(), members[0].occurred_at,
+                episode = new_memory(MemoryType.EPISODIC, t["summary"].strip(), members[0].occurred_at,
                                      occurred_end=members[-1].occurred_at, keywords=t["keywords"].strip(),
                                      source_ids=[m.id for m in members], session_id=session_id)
-                episode.id = stable_id("episodic", session_id, str(start), episode.text, *episode.source_ids)
+                episode.id = stable_id(MemoryType.EPISODIC, session_id, str(start), episode.text, *episode.source_ids)
                 if all(e.id != episode.id for e in new):
                     new.append(episode)
         keep = {m.id for m in new}
@@ -610,7 +611,7 @@ class UpdateStage:
 
     def procedural(self, turns: list[Memory]) -> None:
         """The model's habits and goals (``extractor: model``), each supported by the user's turns."""
-        current = self.store.records.list(types=["procedural"])
+        current = self.store.records.list(types=[MemoryType.PROCEDURAL])
         listing = "\n".join(f"- {m.meta.get('key', m.id)}: {m.text}" for m in current) or "(none)"
         said = [t.text for t in turns if t.role == "user"]
         stated = [learning.stated(t) for t in said]
@@ -633,14 +634,14 @@ class UpdateStage:
             if not key or not text:
                 continue
             if learning.not_a_fact(text) or not learning.supported(text, stated):
-                self.learner.dropped("procedural", text)
+                self.learner.dropped(MemoryType.PROCEDURAL, text)
                 continue
             old = by_key.get(key)
             if old is not None and old.text == text:
                 continue
-            memory = new_memory("procedural", text, at, source_ids=sources, keywords=key.replace("_", " "),
+            memory = new_memory(MemoryType.PROCEDURAL, text, at, source_ids=sources, keywords=key.replace("_", " "),
                                 session_id=turns[-1].session_id, meta={"key": key, "origin": "extracted"})
-            memory.id = stable_id("procedural", key, text, at)
+            memory.id = stable_id(MemoryType.PROCEDURAL, key, text, at)
             if self.store.records.get(memory.id):
                 continue
             if old is not None:

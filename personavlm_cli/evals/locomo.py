@@ -27,7 +27,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from personavlm_cli.core.errors import NoAnswer, PersonaError
-from personavlm_cli.core.memory import Memory, iso, new_id
+from personavlm_cli.core.memory import Memory, MemoryType, iso, new_id
 from personavlm_cli.evals.workspace import Progress, mean, model_line, percentile, scratch, temporary_store
 
 CATEGORIES = (1, 2, 3, 4)
@@ -206,12 +206,12 @@ def ranked_turns(hits: Iterable, dia_of: dict[str, str], records=None) -> list[s
     seen: set[str] = set()
     for h in hits:
         m = getattr(h, "memory", h)
-        ids = [m.id] if m.type == "turn" else list(m.source_ids)
+        ids = [m.id] if m.type == MemoryType.TURN else list(m.source_ids)
         for memory_id in ids:
             dia = dia_of.get(memory_id)
-            if dia is None and records is not None and m.type != "turn":
+            if dia is None and records is not None and m.type != MemoryType.TURN:
                 src = records.get(memory_id)
-                if src is not None and src.type != "turn":  # an episode over derived memories
+                if src is not None and src.type != MemoryType.TURN:  # an episode over derived memories
                     ids.extend(s for s in src.source_ids if s not in ids)
                     continue
                 dia = src.meta.get("dia_id") if src is not None else None
