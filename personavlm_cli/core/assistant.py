@@ -7,13 +7,11 @@ the answer, never before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
 from personavlm_cli.core import personality as pem
-from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, MemoryType, new_id
 from personavlm_cli.core.ports import ChatModel
@@ -21,7 +19,7 @@ from personavlm_cli.core.prompts import PROFILES, Context
 from personavlm_cli.core.reasoning import Reasoning
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
-from personavlm_cli.core.update import UpdateQueue, UpdateStage
+from personavlm_cli.core.update import UpdateQueue
 
 
 @dataclass
@@ -268,36 +266,6 @@ class Assistant:
         return turn
 
     # -- the exchange -----------------------------------------------------------------------------
-
-    def respond(self, text: str, at: datetime, image_paths: list[Path] | None = None,
-                force_retrieve: bool = False, updates: UpdateStage | None = None,
-                sampling: dict | None = None, mode: str | None = None,
-                session_id: str | None = None) -> tuple[Exchange, Iterator[str]]:
-        """One turn as a generator (``conversation.Turn`` is the explicit form the chat uses): the
-        user's turn is stored now; the generator streams the answer and ends the turn when it ends,
-        or as interrupted when the consumer stops it early or an error cuts it. An empty answer
-        (``NoAnswer``) ends the stream with no pieces and nothing stored: a replay goes on."""
-        from personavlm_cli.core.conversation import begin
-        from personavlm_cli.core.errors import NoAnswer
-
-        learn = updates is not None and updates.enabled
-        turn = begin(self, text, at, list(image_paths or []), queue=updates.queue if updates is not None else None,
-                     learner=updates.learner if learn else None, sampling=sampling,
-                     mode="force" if force_retrieve else mode, session_id=session_id)
-
-        def stream() -> Iterator[str]:
-            try:
-                yield from turn
-            except NoAnswer:
-                turn.interrupt()  # the user's message stays; no answer is stored
-                return
-            except (KeyboardInterrupt, GeneratorExit, PersonaError):
-                turn.interrupt()
-                raise
-            finally:
-                turn.finish()  # a no-op once interrupted
-
-        return turn.exchange, stream()
 
     def prepare(self, text: str, at: datetime, image_paths: list[Path] | None = None,
                 queue: UpdateQueue | None = None, session_id: str | None = None) -> tuple[Exchange, Context]:

@@ -386,3 +386,31 @@ def begin(assistant: Assistant, text: str, at: datetime, images: list[Path], *, 
             yield from stage.respond(ctx, ex.reasoning, mode=mode, **dict(sampling or {}))
 
     return Turn(a, ex, ctx, pieces(), at, queue=queue, learner=learner, started=started, trimmed=trimmed)
+
+
+def respond(assistant: Assistant, text: str, at: datetime, image_paths: list[Path] | None = None,
+            force_retrieve: bool = False, updates: UpdateStage | None = None,
+            sampling: dict | None = None, mode: str | None = None,
+            session_id: str | None = None) -> tuple[Exchange, Iterator[str]]:
+    """One turn as a generator, for the evaluations: the chat's own ``Turn`` (``begin``), driven to its end: the
+    user's turn is stored now; the generator streams the answer and ends the turn when it ends,
+    or as interrupted when the consumer stops it early or an error cuts it. An empty answer
+    (``NoAnswer``) ends the stream with no pieces and nothing stored: a replay goes on."""
+    learn = updates is not None and updates.enabled
+    turn = begin(assistant, text, at, list(image_paths or []), queue=updates.queue if updates is not None else None,
+                 learner=updates.learner if learn else None, sampling=sampling,
+                 mode="force" if force_retrieve else mode, session_id=session_id)
+
+    def stream() -> Iterator[str]:
+        try:
+            yield from turn
+        except NoAnswer:
+            turn.interrupt()  # the user's message stays; no answer is stored
+            return
+        except (KeyboardInterrupt, GeneratorExit, PersonaError):
+            turn.interrupt()
+            raise
+        finally:
+            turn.finish()  # a no-op once interrupted
+
+    return turn.exchange, stream()
