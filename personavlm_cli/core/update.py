@@ -20,7 +20,7 @@ from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, MemoryType, iso, now
-from personavlm_cli.core.ports import ChatModel
+from personavlm_cli.core.ports import ChatModel, RecordStore
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
 
@@ -144,7 +144,7 @@ class UpdateQueue:
 
     KINDS = ("turn", "session")
 
-    def __init__(self, records):
+    def __init__(self, records: RecordStore) -> None:
         self.records = records
 
     def enqueue_turn(self, user_turn: Memory, assistant_turn: Memory | None) -> None:
