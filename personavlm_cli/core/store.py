@@ -266,7 +266,7 @@ class MemoryStore:
 
     # -- images -----------------------------------------------------------------------------------
 
-    def store_image(self, path):
+    def store_image(self, path: Path) -> Any:
         """Check ``path`` is a safe image and keep it where the records are; returns its ImageInfo
         (``info.path`` a local file under ``images_dir``). Raises before anything is written."""
         return self.images.store(self.records, path)
