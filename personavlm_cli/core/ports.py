@@ -280,6 +280,14 @@ class RecordStore(Protocol):
         """Whether any memory (current or not) refers to the image file with this digest."""
         ...
 
+    def hold(self, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` exist, kept so until the transaction ends (a concurrent erasure of them waits)."""
+        ...
+
+    def answers_to(self, ids: Iterable[str]) -> builtins.list[str]:
+        """Ids of the assistant turns that answer one of the user turns ``ids`` (their one source)."""
+        ...
+
     def compact(self) -> None:
         """Make deleted text unrecoverable from the store's files (index segments, free pages, logs)."""
         ...
@@ -410,4 +418,45 @@ class ImageEncoder(Protocol):
     def embed_images(self, paths: list[Any]) -> Any:
         """A float32 array (len(paths), dim) of unit rows, (0, dim) for no paths; a bad file raises
         ImageError (one line)."""
+        ...
+
+
+class ImageFiles(Protocol):
+    """Where the image files are kept (``adapters/image_store.py``): the user's directory (embedded), or
+    the record server with a local cache of them (``remote``)."""
+
+    dir: Path
+    """The local files (a server store's private cache)."""
+    remote: bool
+
+    def store(self, records: RecordStore, path: Path) -> Any:
+        """Check ``path`` is a safe image and keep it; returns ``adapters.images.ImageInfo``."""
+        ...
+
+    def keep(self, records: RecordStore, rel: str) -> None:
+        """Make sure the image named by a new memory is stored where the records are."""
+        ...
+
+    def path(self, records: RecordStore, rel: str) -> Path:
+        """A local file of the stored image ``rel``, fetched if need be."""
+        ...
+
+    def read(self, records: RecordStore, sha256: str) -> tuple[str, bytes] | None:
+        """(extension, bytes) of a stored image, or None."""
+        ...
+
+    def put(self, records: RecordStore, sha256: str, ext: str, data: bytes) -> str:
+        """Store image bytes already checked; returns the ``rel`` path."""
+        ...
+
+    def erase(self, records: RecordStore, sha256: str) -> None:
+        """Shred a stored image's file (and its database row on a server)."""
+        ...
+
+    def shas(self, records: RecordStore) -> set[str]:
+        """The digests of the stored images."""
+        ...
+
+    def prune(self, records: RecordStore) -> int:
+        """Drop cached copies of images erased on another machine; how many."""
         ...
