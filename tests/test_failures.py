@@ -9,6 +9,7 @@ from datetime import datetime
 
 import pytest
 
+from personavlm_cli.core.conversation import respond
 from personavlm_cli.core.errors import ModelError, NoAnswer
 from tests.conftest import assert_one_line_error
 from tests.kit import ScriptedModel
@@ -160,6 +161,6 @@ def test_a_replay_through_respond_goes_on_after_an_empty_answer(store):
     """The evaluations replay through ``Assistant.respond``: an empty answer ends that stream with nothing
     (no stand-in, nothing stored) instead of stopping the whole run."""
     conv = _conversation(store, FailingModel(error=None, blank=" "))
-    ex, stream = conv.assistant.respond("I repair clocks.", datetime(2026, 5, 4, 9, 0).astimezone())
+    ex, stream = respond(conv.assistant, "I repair clocks.", datetime(2026, 5, 4, 9, 0).astimezone())
     assert list(stream) == []
     assert _assistant_turns(store) == [] and ex.user_turn.text == "I repair clocks."

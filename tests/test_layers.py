@@ -8,7 +8,7 @@
 - ``evals/`` may import ``core`` and ``adapters``, never ``cli``;
 - ``cli/`` is the outer layer and the composition root: it may import anything;
 - and no circle: no module of ``cli`` (or of ``core``) imports, through any chain of imports within its
-  layer, itself again (``KNOWN_CYCLES`` lists the one circle still to break).
+  layer, itself again (none is left: a new circle is broken, never listed as an exception).
 """
 
 from __future__ import annotations
@@ -139,15 +139,6 @@ def test_the_checker_finds_each_kind_of_upward_import(tmp_path, source, module_p
 
 # -- no import circles within a layer ---------------------------------------------------------------
 
-# Import circles still to break, each as the set of modules in it. test_known_cycles_still_exist fails for an
-# entry that is no longer a circle, so the list cannot go stale.
-KNOWN_CYCLES: set[frozenset[str]] = {
-    # Assistant.respond wraps conversation.begin, and conversation builds on Assistant: issue 25 is rewriting
-    # core/conversation.py (the chat turn's one owner); issue 30 breaks this circle after that merge.
-    frozenset({f"{PACKAGE}.core.assistant", f"{PACKAGE}.core.conversation"}),
-}
-
-
 def import_graph(root: Path = ROOT) -> dict[str, set[str]]:
     """Each module of the package and the package modules it imports (module and function level)."""
     return {_module_name(path, root): imports_of(path, root) for path in sorted(root.rglob("*.py"))}
@@ -201,16 +192,9 @@ def cycles(graph: dict[str, set[str]], layer: str) -> list[frozenset[str]]:
 @pytest.mark.parametrize("layer", ["cli", "core", "adapters", "evals"])
 def test_no_import_circle_within_a_layer(layer):
     graph = import_graph()
-    circles = [c for c in cycles(graph, layer) if c not in KNOWN_CYCLES]
+    circles = list(cycles(graph, layer))
     assert not circles, f"import circles among the {layer} modules (break each; docs/architecture.md): " + "; ".join(
         " <-> ".join(sorted(c)) for c in circles)
-
-
-def test_known_cycles_still_exist():
-    graph = import_graph()
-    now = {c for layer in ("cli", "core", "adapters", "evals") for c in cycles(graph, layer)}
-    gone = KNOWN_CYCLES - now
-    assert not gone, f"no longer a circle: remove it from KNOWN_CYCLES in tests/test_layers.py: {sorted(map(sorted, gone))}"
 
 
 def test_the_cycle_finder_sees_a_circle_through_function_level_imports(tmp_path):

@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from personavlm_cli.core import learning
+from personavlm_cli.core.conversation import respond
 
 
 def test_retrieve_first_puts_memories_in_the_answer_prompt_without_a_decision_call(cli):
@@ -186,14 +187,14 @@ def test_the_answers_cache_survives_a_background_update_and_a_follow_up_pays_onl
     try:
         at = datetime(2026, 5, 4, 9).astimezone()
         sampling = {"max_tokens": 24, "temperature": 0.0}
-        ex, stream = assistant.respond("My parrot is called Mango and he whistles all day.", at, updates=updates,
+        ex, stream = respond(assistant, "My parrot is called Mango and he whistles all day.", at, updates=updates,
                                        sampling=sampling)
         "".join(stream)
         first = dict(model.last_usage)
         background.poke()
         assert background.wait_idle(300) and not store.records.jobs(["turn"]), "the update job ran"
         assert calls, "the update used the model in between"
-        ex, stream = assistant.respond("And what does he eat?", at + timedelta(minutes=1), updates=None,
+        ex, stream = respond(assistant, "And what does he eat?", at + timedelta(minutes=1), updates=None,
                                        sampling=sampling)
         "".join(stream)
         second = dict(model.last_usage)

@@ -7,21 +7,21 @@ the answer, never before it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any, cast
 
 from personavlm_cli.core import personality as pem
-from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, MemoryType, new_id
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import PROFILES, Context
 from personavlm_cli.core.reasoning import Reasoning
-from personavlm_cli.core.recall import Query, recall
+from personavlm_cli.core.recall import Hit, Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
-from personavlm_cli.core.update import UpdateQueue, UpdateStage
+from personavlm_cli.core.update import UpdateQueue
 
 
 @dataclass
@@ -36,7 +36,7 @@ class Exchange:
     interrupted: bool = False
     new_session: bool = False
     turns_left_out: int = 0  # older turns of the session that no longer fit in the context
-    prompt: list[dict] = field(default_factory=list)  # the final answer prompt (messages), for /why and benches
+    prompt: list[dict[str, Any]] = field(default_factory=list)  # the final answer prompt (messages), for /why and benches
 
 
 NOT_ANSWERS = ("", "(the model gave no answer)")
@@ -63,11 +63,11 @@ class Assistant:
         # What the system text says about the user is read once per session: facts learnt during the
         # session are in its turns already, and a system text that changed every message would make
         # llama.cpp evaluate the whole prompt again (its cache keeps the longest common prefix).
-        self._session_view: tuple[str, dict, list, dict] | None = None
+        self._session_view: tuple[str | None, dict[str, Any], list[Memory], dict[str, float]] | None = None
         # Where the recent-turn window starts (the first turn it holds), kept between messages so the
         # window moves in large steps rather than one exchange per message (see ``window``).
         self._window_start: Memory | None = None
-        self._search_offered: tuple[str, bool] | None = None  # (session, whether the system text offers SEARCH)
+        self._search_offered: tuple[str | None, bool] | None = None  # (session, whether the system text offers SEARCH)
 
     def forget_view(self) -> None:
         """Read the profile, habits and personality again for the next answer (after a forget)."""
@@ -83,7 +83,7 @@ class Assistant:
         """(session id for a message at ``at``, the previous session id if this one is new)."""
         last = self.last_turn()
         if last is not None and at - last.occurred <= self.gap and at >= last.occurred - self.gap:
-            return last.session_id, None
+            return cast(str, last.session_id), None  # a turn always has a session
         return f"s_{at.strftime('%Y%m%d%H%M')}_{new_id(MemoryType.TURN)[-4:]}", (last.session_id if last else None)
 
     def recent(self, at: datetime) -> list[Memory]:
@@ -94,13 +94,13 @@ class Assistant:
         anchor = self._window_start
         # A session longer than the gap keeps its window's first turn until the window moves, rather
         # than losing one turn per message to the clock.
-        wider = anchor is not None and anchor.occurred.timestamp() < since
+        wider = anchor is not None and anchor.occurred.timestamp() < since  # so anchor is a Memory where wider
         turns = list(reversed(self.store.records.list(
-            types=[MemoryType.TURN], since=anchor.occurred.timestamp() if wider else since, until=at.timestamp(),
+            types=[MemoryType.TURN], since=cast(Memory, anchor).occurred.timestamp() if wider else since, until=at.timestamp(),
             newest_first=True, limit=self.recent_turns * 2)))
         # A blank answer or the old stand-in for none (stored before failures stored nothing) is not fed back.
         turns = [t for t in turns if t.role != "assistant" or t.text.strip() not in NOT_ANSWERS]
-        if wider and (not turns or turns[-1].session_id != anchor.session_id
+        if wider and (not turns or turns[-1].session_id != cast(Memory, anchor).session_id
                       or turns[-1].occurred.timestamp() < since):
             # Another session (or this message starts one: the last turn is older than the gap): the gap rules.
             turns = [m for m in turns if m.occurred.timestamp() >= since]
@@ -130,7 +130,7 @@ class Assistant:
         return turns[start:]
 
     def context(self, message: str, at: datetime, images: list[Path], recent: list[Memory],
-                current_ids: set[str] = frozenset(), session_id: str | None = None) -> Context:
+                current_ids: AbstractSet[str] = frozenset(), session_id: str | None = None) -> Context:
         records = self.store.records
         view = self._session_view
         if view is None or session_id is None or view[0] != session_id:
@@ -214,7 +214,7 @@ class Assistant:
             ctx.shown_ids = {m.id for ms in ctx.recalled_for.values() for m in ms}
         return left_out
 
-    def next_prefix(self, at: datetime, session_id: str) -> list[dict] | None:
+    def next_prefix(self, at: datetime, session_id: str | None) -> list[dict[str, Any]] | None:
         """When the next message would find the recent-turn window moved (it is full, or the context
         is), move it now and return the beginning of that message's prompt (system text and history,
         then an empty user message), for the model to evaluate while the user reads; None when the
@@ -257,7 +257,7 @@ class Assistant:
         return Exchange(user_turn=turn, images=images, new_session=previous is not None), previous
 
     def store_assistant_turn(self, ex: Exchange, at: datetime) -> Memory | None:
-        meta = {"reasoning": ex.reasoning.to_dict() if ex.reasoning else None}
+        meta: dict[str, Any] = {"reasoning": ex.reasoning.to_dict() if ex.reasoning else None}
         if ex.interrupted:
             meta["interrupted"] = True
         turn = new_memory(MemoryType.TURN, ex.answer, max(at, ex.user_turn.occurred), role="assistant",
@@ -268,36 +268,6 @@ class Assistant:
         return turn
 
     # -- the exchange -----------------------------------------------------------------------------
-
-    def respond(self, text: str, at: datetime, image_paths: list[Path] | None = None,
-                force_retrieve: bool = False, updates: UpdateStage | None = None,
-                sampling: dict | None = None, mode: str | None = None,
-                session_id: str | None = None) -> tuple[Exchange, Iterator[str]]:
-        """One turn as a generator (``conversation.Turn`` is the explicit form the chat uses): the
-        user's turn is stored now; the generator streams the answer and ends the turn when it ends,
-        or as interrupted when the consumer stops it early or an error cuts it. An empty answer
-        (``NoAnswer``) ends the stream with no pieces and nothing stored: a replay goes on."""
-        from personavlm_cli.core.conversation import begin
-        from personavlm_cli.core.errors import NoAnswer
-
-        learn = updates is not None and updates.enabled
-        turn = begin(self, text, at, list(image_paths or []), queue=updates.queue if updates is not None else None,
-                     learner=updates.learner if learn else None, sampling=sampling,
-                     mode="force" if force_retrieve else mode, session_id=session_id)
-
-        def stream() -> Iterator[str]:
-            try:
-                yield from turn
-            except NoAnswer:
-                turn.interrupt()  # the user's message stays; no answer is stored
-                return
-            except (KeyboardInterrupt, GeneratorExit, PersonaError):
-                turn.interrupt()
-                raise
-            finally:
-                turn.finish()  # a no-op once interrupted
-
-        return turn.exchange, stream()
 
     def prepare(self, text: str, at: datetime, image_paths: list[Path] | None = None,
                 queue: UpdateQueue | None = None, session_id: str | None = None) -> tuple[Exchange, Context]:
@@ -315,7 +285,7 @@ class Assistant:
             ex.turns_left_out = self.fit(ctx)
         return ex, ctx
 
-    def recall(self, query: Query, k: int):
+    def recall(self, query: Query, k: int) -> list[Hit]:
         return recall(self.store, query, k=k)
 
     def expand(self, found: list[Memory]) -> list[Memory]:

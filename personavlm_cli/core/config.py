@@ -16,6 +16,7 @@ from __future__ import annotations
 import difflib
 import math
 import os
+from collections.abc import ItemsView, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -31,13 +32,13 @@ class Key:
     type: type
     default: Any
     doc: str
-    choices: tuple = ()
+    choices: tuple[str, ...] = ()
     nullable: bool = False
     low: float | None = None  # the smallest value allowed (numbers only)
     high: float | None = None  # the largest value allowed (numbers only)
 
 
-def _num_text(value) -> str:
+def _num_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
@@ -118,6 +119,7 @@ KEYS = {name: (replace(k, doc=f"{k.doc} ({_num_text(k.low)} to {_num_text(k.high
 
 
 def _coerce(key: Key, value: Any, origin: str) -> Any:
+    out: Any  # a bool, int, float or str, as key.type says
     if value is None or (isinstance(value, str) and value.strip() == "" and key.nullable):
         if key.nullable:
             return None
@@ -184,7 +186,7 @@ def shown_value(name: str, value: Any) -> Any:
     return shown_setting(name, value)
 
 
-def _num(value) -> str:
+def _num(value: float | None) -> str:
     return "any" if value is None else (str(int(value)) if float(value).is_integer() else str(value))
 
 
@@ -196,7 +198,7 @@ def _shown(value: Any) -> str:
 _TYPE_WORDS = {bool: "bool", int: "int", float: "a finite float", str: "str"}
 
 
-def _flatten(data: dict, prefix: str = "") -> dict[str, Any]:
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for k, v in data.items():
         name = f"{prefix}{k}"
@@ -228,7 +230,7 @@ class Locations:
         return self.config_dir / "models.yaml"
 
     @classmethod
-    def resolve(cls, environ: dict | None = None) -> Locations:
+    def resolve(cls, environ: Mapping[str, str] | None = None) -> Locations:
         env = os.environ if environ is None else environ
         home = env.get("PERSONAVLM_HOME")
         if home:
@@ -268,7 +270,7 @@ class Settings:
     def origin(self, key: str) -> str:
         return self._origins[key]
 
-    def items(self):
+    def items(self) -> ItemsView[str, Any]:
         return self._values.items()
 
     def with_overrides(self, overrides: dict[str, Any]) -> Settings:
@@ -282,7 +284,7 @@ class Settings:
         return Settings(values, origins, self.locations, self.warnings)
 
     @classmethod
-    def load(cls, overrides: dict[str, Any] | None = None, environ: dict | None = None) -> Settings:
+    def load(cls, overrides: dict[str, Any] | None = None, environ: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if environ is None else environ
         locations = Locations.resolve(env)
         values = {name: key.default for name, key in KEYS.items()}
@@ -372,7 +374,7 @@ def env_var(name: str) -> str:
 OTHER_VARIABLES = ("PERSONAVLM_HOME", "PERSONAVLM_DEBUG")
 
 
-def _check_variables(env) -> None:
+def _check_variables(env: Mapping[str, str]) -> None:
     known = {env_var(name) for name in KEYS} | set(OTHER_VARIABLES)
     unknown = sorted(v for v in env if v.startswith("PERSONAVLM_") and v not in known)
     if unknown:

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from types import TracebackType
+from typing import Any, cast
 
 from personavlm_cli.core.assistant import Assistant, Exchange
 from personavlm_cli.core.errors import ModelInterrupted, NoAnswer, PersonaError
@@ -79,7 +81,8 @@ BYTES_PER_TOKEN = 32
 class Turn:
     """One message in flight. Iterate it for the answer's pieces, then ``finish()`` or ``interrupt()``."""
 
-    def __init__(self, assistant: Assistant, ex: Exchange, ctx: Context, pieces: Iterator[str], at: datetime, *,
+    def __init__(self, assistant: Assistant, ex: Exchange, ctx: Context, pieces: Generator[str, None, None],
+                 at: datetime, *,
                  queue: UpdateQueue | None, learner: Learner | None, started: float,
                  trimmed: Trimmed | None = None):
         self.assistant = assistant
@@ -136,7 +139,8 @@ class Turn:
     def __enter__(self) -> Turn:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if not self.done:
             self._end(interrupted=exc_type is not None)
 
@@ -147,7 +151,7 @@ class Turn:
         self._pieces.close()  # the model stops and the gate is given back
         a, ex = self.assistant, self.exchange
         ex.interrupted = interrupted
-        ex.prompt = a.profile.answer_messages(self.context, ex.reasoning.used)
+        ex.prompt = a.profile.answer_messages(self.context, cast(Reasoning, ex.reasoning).used)  # set by begin
         ex.answer = "".join(self._shown).strip()
         try:
             # Only text the user saw is stored as said: never a blank, never a stand-in for a failure.
@@ -165,7 +169,8 @@ class Turn:
             a.personality_override = None  # an override holds for the next answer only
             self.stats = self._stats(end)
             if self._held is not None:
-                self._held, held = None, self._held
+                # mypy reads the pair left to right (self._held None, then held): the cast says what Python does
+                self._held, held = None, cast(ModelGate, self._held)
                 held.release()  # background work may go on
         return self.stats
 
@@ -189,7 +194,7 @@ class Turn:
             context_used=(prompt + (tokens or 0)) if prompt is not None else None, context=model.n_ctx,
             prompt_tokens=prompt, cached_tokens=usage.get("cached_tokens"),
             recalled=len(ex.reasoning.used) if ex.reasoning else 0, interrupted=ex.interrupted,
-            turns_left_out=ex.turns_left_out, session=ex.user_turn.session_id,
+            turns_left_out=ex.turns_left_out, session=cast(str, ex.user_turn.session_id),  # a turn has one
             time=prompt_time(ex.user_turn.occurred), failed=str(self.failure) if self.failure else None)
 
 
@@ -208,17 +213,17 @@ class Conversation:
     assistant: Assistant
     learn: bool = True
     extractor: str = "rules"
-    sampling: dict = field(default_factory=dict)
+    sampling: dict[str, Any] = field(default_factory=dict)
     force_retrieve: bool = False
     clock: Callable[[], datetime] = now
-    totals: dict = field(default_factory=lambda: {"answers": 0, "tokens": 0, "seconds": 0.0})
+    totals: dict[str, float] = field(default_factory=lambda: {"answers": 0, "tokens": 0, "seconds": 0.0})
 
     def __post_init__(self) -> None:
         store = self.assistant.store
         self.queue = UpdateQueue(store.records)
         self.learner = Learner(store)
         self.background: BackgroundUpdates | None = None
-        self._worker_model = None
+        self._worker_model: ChatModel | None = None
         self._answered = threading.Event()  # this chat's first answer has ended: pending work may start
         self.last: Turn | None = None
         self.warmup: PrefixWarmup | None = None  # the next prompt's beginning, evaluated while the user reads
@@ -266,7 +271,7 @@ class Conversation:
         if consolidate:
             last = self.assistant.last_turn()
             if last is not None:
-                self.queue.enqueue_session(last.session_id)
+                self.queue.enqueue_session(cast(str, last.session_id))  # a turn has a session
         return Closing(len(self.queue.pending()), error)
 
     def learning_status(self) -> tuple[int, int]:
@@ -347,6 +352,7 @@ class Conversation:
         (the memory kept, whether it is new)."""
         a = self.assistant
         at = self.clock()
+        session: str | None
         session, _ = a.session_for(at)
         last = a.last_turn()
         if last is None or last.session_id != session:
@@ -368,7 +374,7 @@ def _cut_bytes(text: str, limit: int) -> tuple[str, int]:
 
 
 def begin(assistant: Assistant, text: str, at: datetime, images: list[Path], *, queue: UpdateQueue | None,
-          learner: Learner | None, sampling: dict | None = None, mode: str | None = None,
+          learner: Learner | None, sampling: dict[str, Any] | None = None, mode: str | None = None,
           session_id: str | None = None, started: float | None = None, trimmed: Trimmed | None = None) -> Turn:
     """Store the user's turn, gather and fit the context, and start the response stage (lazily: the
     model runs when the turn is iterated)."""
@@ -381,8 +387,36 @@ def begin(assistant: Assistant, text: str, at: datetime, images: list[Path], *, 
     ex.reasoning = Reasoning()
     mode = mode or a.mode
 
-    def pieces() -> Iterator[str]:
+    def pieces() -> Generator[str, None, None]:
         with a.model_lock:
-            yield from stage.respond(ctx, ex.reasoning, mode=mode, **dict(sampling or {}))
+            yield from stage.respond(ctx, cast(Reasoning, ex.reasoning), mode=mode, **dict(sampling or {}))
 
     return Turn(a, ex, ctx, pieces(), at, queue=queue, learner=learner, started=started, trimmed=trimmed)
+
+
+def respond(assistant: Assistant, text: str, at: datetime, image_paths: list[Path] | None = None,
+            force_retrieve: bool = False, updates: UpdateStage | None = None,
+            sampling: dict[str, Any] | None = None, mode: str | None = None,
+            session_id: str | None = None) -> tuple[Exchange, Iterator[str]]:
+    """One turn as a generator, for the evaluations: the chat's own ``Turn`` (``begin``), driven to its end: the
+    user's turn is stored now; the generator streams the answer and ends the turn when it ends,
+    or as interrupted when the consumer stops it early or an error cuts it. An empty answer
+    (``NoAnswer``) ends the stream with no pieces and nothing stored: a replay goes on."""
+    learn = updates is not None and updates.enabled
+    turn = begin(assistant, text, at, list(image_paths or []), queue=updates.queue if updates is not None else None,
+                 learner=cast(UpdateStage, updates).learner if learn else None, sampling=sampling,
+                 mode="force" if force_retrieve else mode, session_id=session_id)
+
+    def stream() -> Iterator[str]:
+        try:
+            yield from turn
+        except NoAnswer:
+            turn.interrupt()  # the user's message stays; no answer is stored
+            return
+        except (KeyboardInterrupt, GeneratorExit, PersonaError):
+            turn.interrupt()
+            raise
+        finally:
+            turn.finish()  # a no-op once interrupted
+
+    return turn.exchange, stream()

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from personavlm_cli.core import learning
 from personavlm_cli.core.errors import PersonaError
@@ -116,7 +118,7 @@ def _survivor(m: Memory, erased: dict[str, Memory]) -> tuple[str | None, bool]:
     return nxt, False
 
 
-def scrub_input_history(path, texts: list[str]) -> None:
+def scrub_input_history(path: Path, texts: list[str]) -> None:
     """Drop the REPL's remembered input lines that hold forgotten text (prompt_toolkit's file format:
     entries of "# time" then "+line" lines), rewriting the file so the old bytes do not linger."""
     import os
@@ -124,7 +126,8 @@ def scrub_input_history(path, texts: list[str]) -> None:
     texts = [t.strip().casefold() for t in texts if t and len(t.strip()) >= 2]
     if not texts or not path.exists():
         return
-    entries, current = [], []
+    entries: list[list[str]] = []
+    current: list[str] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines(keepends=True):
         if line.startswith("#") and current:
             entries.append(current)
@@ -168,7 +171,7 @@ def holds(m: Memory, wanted: str, *, meta: bool = True) -> bool:
     return wanted in _flat(m.meta)
 
 
-def _flat(value) -> str:
+def _flat(value: object) -> str:
     """Metadata as the record store keeps it (JSON, non-ASCII as is), spaces collapsed, case folded."""
     return " ".join(json.dumps(value, ensure_ascii=False).split()).casefold()
 
@@ -250,7 +253,7 @@ def plan_text(store: MemoryStore, text: str) -> TextPlan:
                     recomputed=[m for m in recomputed.values() if m.id not in doomed], reopened=reopened)
 
 
-def _drop_variants(m: Memory, wanted: str) -> dict | None:
+def _drop_variants(m: Memory, wanted: str) -> dict[str, Any] | None:
     """``m``'s metadata without the merged variants that hold the text; None if the text is elsewhere in it."""
     meta = dict(m.meta)
     merged = meta.get("merged")

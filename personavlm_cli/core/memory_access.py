@@ -10,12 +10,16 @@ values applied; rules only, no model); forget is ``memory forget`` (``forgetting
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from personavlm_cli.core import forgetting, timewords
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import NotFoundError, PersonaError
 from personavlm_cli.core.memory import TYPES, Memory, MemoryType, now
+
+if TYPE_CHECKING:
+    from personavlm_cli.core.ports import RecordStore
+    from personavlm_cli.core.store import MemoryStore
 
 # the chat's (core.reasoning)
 SEARCHED_TYPES = (MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL, MemoryType.IMAGE, MemoryType.TURN)
@@ -52,7 +56,7 @@ def _types(values: list[str] | None) -> list[str] | None:
     return list(values)
 
 
-def search(store, query: str, limit: int = 10, weights: dict | None = None) -> list[dict[str, Any]]:
+def search(store: MemoryStore, query: str, limit: int = 10, weights: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """The chat's recall for ``query``: the best ``limit`` memories with their scores."""
     from personavlm_cli.core.recall import Query, recall
 
@@ -68,7 +72,7 @@ def search(store, query: str, limit: int = 10, weights: dict | None = None) -> l
     return [{**memory_data(h.memory), "score": round(float(h.score), 5)} for h in hits]
 
 
-def remember(store, text: str) -> dict[str, Any]:
+def remember(store: MemoryStore, text: str) -> dict[str, Any]:
     """``/remember``: the user's statement, as written, learnt like any statement of theirs."""
     from personavlm_cli.core.update import Learner
 
@@ -80,7 +84,7 @@ def remember(store, text: str) -> dict[str, Any]:
     return {**memory_data(kept), "new": new}
 
 
-def list_memories(records, types: list[str] | None = None, limit: int = 50,
+def list_memories(records: RecordStore, types: list[str] | None = None, limit: int = 50,
                   include_superseded: bool = False) -> list[dict[str, Any]]:
     """The newest ``limit`` memories (of ``types``), oldest first."""
     items = records.list(types=_types(types), include_superseded=include_superseded, limit=_limit(limit),
@@ -88,7 +92,7 @@ def list_memories(records, types: list[str] | None = None, limit: int = 50,
     return [memory_data(m) for m in reversed(items)]
 
 
-def show(records, memory_id: str) -> dict[str, Any]:
+def show(records: RecordStore, memory_id: str) -> dict[str, Any]:
     """One memory with its provenance: what it comes from, what was derived from it, its versions."""
     m = records.get(memory_id) if isinstance(memory_id, str) else None
     if m is None:
@@ -114,7 +118,7 @@ def show(records, memory_id: str) -> dict[str, Any]:
             "versions": [memory_data(x) for x in versions] if len(versions) > 1 else []}
 
 
-def forget(store, ids: list[str] | None = None, query: str | None = None, confirm: bool = False) -> dict[str, Any]:
+def forget(store: MemoryStore, ids: list[str] | None = None, query: str | None = None, confirm: bool = False) -> dict[str, Any]:
     """``memory forget IDS`` or ``--query TEXT``: without ``confirm``, what would be erased; with it, erased."""
     from personavlm_cli.core.update import UpdateQueue
 
@@ -139,7 +143,7 @@ def forget(store, ids: list[str] | None = None, query: str | None = None, confir
     return {"erased": list(erased), "would_erase": [], "derived": len(p.derived)}
 
 
-def profile(records, user: str) -> dict[str, Any]:
+def profile(records: RecordStore, user: str) -> dict[str, Any]:
     """The core profile, the habits and the Big Five, as `profile show --json` gives them."""
     core = records.list(types=[MemoryType.CORE])
     procedural = records.list(types=[MemoryType.PROCEDURAL])

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from personavlm_cli.core.memory import TRAITS
+from personavlm_cli.core.memory import TRAITS as TRAITS  # re-exported: callers read pem.TRAITS
 
 # Per trait, the evidence summed so far: {"sum": weighted ratings, "weight": their weights}.
 Totals = dict[str, dict[str, float]]

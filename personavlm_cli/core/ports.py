@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # numpy arrays and Memory records, named in annotations only
+    import builtins  # RecordStore has a method named `list`, which shadows the builtin in its annotations
+
     from personavlm_cli.core.memory import Memory
 
 Messages = Sequence[Mapping[str, Any]]
@@ -86,14 +88,14 @@ class ChatModel(Protocol):
         ...
 
     def complete(self, messages: Messages, *, max_tokens: int = 256, temperature: float = 0.0,
-                 grammar: str | None = None, json_schema: dict | None = None, stop: list[str] | None = None,
+                 grammar: str | None = None, json_schema: dict[str, Any] | None = None, stop: list[str] | None = None,
                  seed: int | None = None) -> str:
         """The whole answer at once, optionally constrained by a GBNF ``grammar`` or a ``json_schema``
         (not both: ValueError). An :meth:`interrupt` stops it with ModelInterrupted."""
         ...
 
-    def complete_json(self, messages: Messages, schema: dict, *, max_tokens: int = 256,
-                      validate: Callable[[dict], str | None] | None = None, retries: int = 1) -> dict:
+    def complete_json(self, messages: Messages, schema: dict[str, Any], *, max_tokens: int = 256,
+                      validate: Callable[[dict[str, Any]], str | None] | None = None, retries: int = 1) -> dict[str, Any]:
         """A JSON object that satisfies ``schema`` (JSON Schema, checked after generation too) and
         ``validate(obj)`` (None: fine; a reason or ValueError: not). Invalid output is asked again
         ``retries`` times, then ModelOutputError (one line with the last reason)."""
@@ -218,7 +220,7 @@ class RecordStore(Protocol):
 
     def list(self, types: Iterable[str] | None = None, since: float | None = None, until: float | None = None,
              include_superseded: bool = False, limit: int | None = None, session_id: str | None = None,
-             newest_first: bool = False) -> list[Memory]:
+             newest_first: bool = False) -> builtins.list[Memory]:
         """Memories of ``types`` (None: all) in the window, of one session if given, in time order;
         at most ``limit`` (the first ones of that order)."""
         ...
@@ -232,24 +234,24 @@ class RecordStore(Protocol):
         ...
 
     def lexical(self, query: str, k: int, types: Iterable[str] | None = None, since: float | None = None,
-                until: float | None = None, include_superseded: bool = False) -> list[tuple[str, float]]:
+                until: float | None = None, include_superseded: bool = False) -> builtins.list[tuple[str, float]]:
         """Full-text search: memories whose text or keywords contain any word of ``query`` (words as
         ``records.query_words`` finds them, stemmed), as at most ``k`` (id, score) pairs, best first; a
         higher score is better (BM25 or the database's equivalent). ``[]`` for a query with no words."""
         ...
 
-    def filter_ids(self, ids: list[str], types: Iterable[str] | None = None, since: float | None = None,
+    def filter_ids(self, ids: builtins.list[str], types: Iterable[str] | None = None, since: float | None = None,
                    until: float | None = None, include_superseded: bool = False) -> set[str]:
         """Those of ``ids`` whose memories pass the filters."""
         ...
 
-    def session_turns(self, ids: list[str]) -> list[tuple]:
+    def session_turns(self, ids: builtins.list[str]) -> builtins.list[tuple[Any, ...]]:
         """Every ``turn`` memory of the sessions the memories ``ids`` belong to, ordered by session id,
         then time, then insertion: tuples ``(id, session_id, start_ts, end_ts, current)``, where
         ``current`` is truthy for a memory not superseded."""
         ...
 
-    def unembedded(self, limit: int = 1000) -> list[Memory]:
+    def unembedded(self, limit: int = 1000) -> builtins.list[Memory]:
         """Up to ``limit`` memories whose vectors are not written yet (inserted or updated since)."""
         ...
 
@@ -262,11 +264,11 @@ class RecordStore(Protocol):
         unrecoverable at the next :meth:`compact`, which an open finishes if a kill interrupted it."""
         ...
 
-    def derived_from(self, ids: Iterable[str]) -> list[Memory]:
+    def derived_from(self, ids: Iterable[str]) -> builtins.list[Memory]:
         """Memories whose ``source_ids`` name any of ``ids``."""
         ...
 
-    def superseded_by_any(self, ids: Iterable[str]) -> list[Memory]:
+    def superseded_by_any(self, ids: Iterable[str]) -> builtins.list[Memory]:
         """Memories whose ``superseded_by`` is one of ``ids``."""
         ...
 
@@ -276,6 +278,14 @@ class RecordStore(Protocol):
 
     def image_in_use(self, sha256: str) -> bool:
         """Whether any memory (current or not) refers to the image file with this digest."""
+        ...
+
+    def hold(self, ids: Iterable[str]) -> set[str]:
+        """Which of ``ids`` exist, kept so until the transaction ends (a concurrent erasure of them waits)."""
+        ...
+
+    def answers_to(self, ids: Iterable[str]) -> builtins.list[str]:
+        """Ids of the assistant turns that answer one of the user turns ``ids`` (their one source)."""
         ...
 
     def compact(self) -> None:
@@ -288,15 +298,15 @@ class RecordStore(Protocol):
 
     # -- the durable job queue --
 
-    def add_job(self, kind: str, payload: dict) -> int:
+    def add_job(self, kind: str, payload: dict[str, Any]) -> int:
         """Queue a job; its id (ids increase)."""
         ...
 
-    def jobs(self, kinds: Iterable[str] | None = None) -> list[dict]:
+    def jobs(self, kinds: Iterable[str] | None = None) -> builtins.list[dict[str, Any]]:
         """Queued jobs of ``kinds`` (None: all), oldest first: ``{"id", "kind", "payload", "attempts"}``."""
         ...
 
-    def pending_jobs(self) -> list[dict]:
+    def pending_jobs(self) -> builtins.list[dict[str, Any]]:
         """The jobs a user is shown as pending work (kinds ``turn``, ``session``, ``import_files``)."""
         ...
 
@@ -316,20 +326,20 @@ class RecordStore(Protocol):
 
     # -- audit and personality --
 
-    def audit(self, operation: str, ids: list[str]) -> None:
+    def audit(self, operation: str, ids: builtins.list[str]) -> None:
         """Log an operation and the ids it touched (never content), with the time."""
         ...
 
-    def audit_log(self) -> list[dict]:
+    def audit_log(self) -> builtins.list[dict[str, Any]]:
         """The audit log, oldest first: ``{"at", "operation", "ids", "count"}``."""
         ...
 
-    def add_personality(self, record: dict) -> None:
+    def add_personality(self, record: dict[str, Any]) -> None:
         """Append a personality update: keys ``at``, ``m``, ``before``, ``after`` (required), ``turn_id``,
         ``lambda``, ``inferred``, ``note`` (optional)."""
         ...
 
-    def personality_history(self) -> list[dict]:
+    def personality_history(self) -> builtins.list[dict[str, Any]]:
         """Personality updates, oldest first, with all eight keys (missing optional ones as None, ``note`` "")."""
         ...
 
@@ -344,7 +354,7 @@ class VectorIndex(Protocol):
     on disk or on a server). Safe to share between threads. Failures are StoreError (one line)."""
 
     def upsert(self, name: str, ids: list[str], embeddings: Any, documents: list[str] | None = None,
-               metadatas: list[dict] | None = None) -> None:
+               metadatas: list[dict[str, Any]] | None = None) -> None:
         """Write (or replace) the vectors of ``ids``; ``None`` metadata values are dropped."""
         ...
 
@@ -352,7 +362,7 @@ class VectorIndex(Protocol):
         """Delete the vectors of ``ids`` (unknown ids are fine)."""
         ...
 
-    def query(self, name: str, embedding: Any, k: int, where: dict | None = None) -> list[tuple[str, float]]:
+    def query(self, name: str, embedding: Any, k: int, where: dict[str, Any] | None = None) -> list[tuple[str, float]]:
         """The ``k`` nearest vectors (matching the metadata filter ``where``) as (id, cosine similarity), best first."""
         ...
 
@@ -405,7 +415,48 @@ class ImageEncoder(Protocol):
     model_id: str
     """Names the embedding space: vectors of encoders with different ids are not comparable."""
 
-    def embed_images(self, paths: list) -> Any:
+    def embed_images(self, paths: list[Any]) -> Any:
         """A float32 array (len(paths), dim) of unit rows, (0, dim) for no paths; a bad file raises
         ImageError (one line)."""
+        ...
+
+
+class ImageFiles(Protocol):
+    """Where the image files are kept (``adapters/image_store.py``): the user's directory (embedded), or
+    the record server with a local cache of them (``remote``)."""
+
+    dir: Path
+    """The local files (a server store's private cache)."""
+    remote: bool
+
+    def store(self, records: RecordStore, path: Path) -> Any:
+        """Check ``path`` is a safe image and keep it; returns ``adapters.images.ImageInfo``."""
+        ...
+
+    def keep(self, records: RecordStore, rel: str) -> None:
+        """Make sure the image named by a new memory is stored where the records are."""
+        ...
+
+    def path(self, records: RecordStore, rel: str) -> Path:
+        """A local file of the stored image ``rel``, fetched if need be."""
+        ...
+
+    def read(self, records: RecordStore, sha256: str) -> tuple[str, bytes] | None:
+        """(extension, bytes) of a stored image, or None."""
+        ...
+
+    def put(self, records: RecordStore, sha256: str, ext: str, data: bytes) -> str:
+        """Store image bytes already checked; returns the ``rel`` path."""
+        ...
+
+    def erase(self, records: RecordStore, sha256: str) -> None:
+        """Shred a stored image's file (and its database row on a server)."""
+        ...
+
+    def shas(self, records: RecordStore) -> set[str]:
+        """The digests of the stored images."""
+        ...
+
+    def prune(self, records: RecordStore) -> int:
+        """Drop cached copies of images erased on another machine; how many."""
         ...

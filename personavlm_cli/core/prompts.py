@@ -16,10 +16,16 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from personavlm_cli.core import changes
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.memory import Memory, MemoryType, parse_time, prompt_time
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from personavlm_cli.core.ports import ChatModel
 
 MAX_RETRIEVALS = 3
 SEARCH_MARK = "SEARCH:"  # a generic-profile reply that opens with this asks for another recall
@@ -34,17 +40,17 @@ class Context:
     message: str
     images: list[Path] = field(default_factory=list)
     recent: list[Memory] = field(default_factory=list)  # turns of the current session window
-    core: dict = field(default_factory=dict)
+    core: dict[str, Any] = field(default_factory=dict)
     procedural: list[Memory] = field(default_factory=list)
-    personality: dict = field(default_factory=pem.initial)
+    personality: dict[str, float] = field(default_factory=pem.initial)
     vision: bool = False
     has_long_term_memory: bool = True
     search_offered: bool | None = None  # does the system text offer SEARCH (None: has_long_term_memory)
-    current_ids: set = field(default_factory=set)  # this message's own turn and images: never recalled
+    current_ids: set[str] = field(default_factory=set)  # this message's own turn and images: never recalled
     # Memories each earlier user turn of this session was sent with (turn id -> memories), so that
     # the history is laid out exactly as it was sent and llama.cpp's cache of it stays valid.
-    recalled_for: dict = field(default_factory=dict)
-    shown_ids: set = field(default_factory=set)  # memories already in this session's prompts
+    recalled_for: dict[str, list[Memory]] = field(default_factory=dict)
+    shown_ids: set[str] = field(default_factory=set)  # memories already in this session's prompts
 
 
 @dataclass
@@ -58,9 +64,9 @@ class Step:
     forced: bool = False
     retrieved: list[str] = field(default_factory=list)  # memory ids returned by this step's recall
     raw: str = ""  # the model's own text for this step (persona-vlm keeps it in the chat)
-    found: list = field(default_factory=list, repr=False)  # the Memory objects behind ``retrieved``
+    found: list[Memory] = field(default_factory=list, repr=False)  # the Memory objects behind ``retrieved``
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"action": self.action, "think": self.think, "keywords": self.keywords,
                 "start_time": self.start_time.isoformat() if self.start_time else None,
                 "end_time": self.end_time.isoformat() if self.end_time else None,
@@ -118,11 +124,11 @@ def clean_window(start: datetime | None, end: datetime | None) -> tuple[datetime
     return start, end
 
 
-def _image_parts(ctx: Context) -> list[dict]:
+def _image_parts(ctx: Context) -> list[dict[str, Any]]:
     return [{"type": "image_path", "path": str(p)} for p in ctx.images]
 
 
-def _user_content(text: str, ctx: Context):
+def _user_content(text: str, ctx: Context) -> str | list[dict[str, Any]]:
     if not ctx.images:
         return text
     note = "" if ctx.vision else f" [{len(ctx.images)} image(s) attached; you cannot see images]"
@@ -202,7 +208,7 @@ class GenericProfile:
         parts.append(message)
         return "\n".join(parts)
 
-    def _history(self, ctx: Context) -> list[dict]:
+    def _history(self, ctx: Context) -> list[dict[str, Any]]:
         msgs = []
         for m in ctx.recent:
             if m.role != "user" and self.style == "compact":
@@ -217,12 +223,12 @@ class GenericProfile:
                 msgs.append({"role": "assistant", "content": m.text})
         return msgs
 
-    def answer_messages(self, ctx: Context, retrieved: list[Memory], search: bool = True) -> list[dict]:
+    def answer_messages(self, ctx: Context, retrieved: list[Memory], search: bool = True) -> list[dict[str, Any]]:
         system = self.system(ctx, search=search)
         return [*([{"role": "system", "content": system}] if system else []), *self._history(ctx),
                 {"role": "user", "content": _user_content(self.user_block(ctx.message, ctx.now, retrieved), ctx)}]
 
-    def step_messages(self, ctx: Context, retrieved: list[Memory], steps: list[Step]) -> list[dict]:
+    def step_messages(self, ctx: Context, retrieved: list[Memory], steps: list[Step]) -> list[dict[str, Any]]:
         tried = "; ".join(f"'{s.keywords}'" for s in steps if s.action == "retrieve") or "none"
         instructions = (
             "Decide whether you can answer the user's latest message now, or whether you must first "
@@ -235,7 +241,7 @@ class GenericProfile:
         return [{"role": "system", "content": system}, *self._history(ctx),
                 {"role": "user", "content": self.user_block(ctx.message, ctx.now, retrieved)}]
 
-    def decide(self, model, ctx: Context, retrieved: list[Memory], steps: list[Step]) -> Step:
+    def decide(self, model: ChatModel, ctx: Context, retrieved: list[Memory], steps: list[Step]) -> Step:
         from personavlm_cli.core.errors import PersonaError
 
         try:
@@ -248,7 +254,8 @@ class GenericProfile:
         return Step(out["action"], think=out.get("think", ""), keywords=out.get("keywords", "").strip(),
                     start_time=start, end_time=end)
 
-    def answer(self, model, ctx: Context, retrieved: list[Memory], steps: list | None = None, **sampling):
+    def answer(self, model: ChatModel, ctx: Context, retrieved: list[Memory], steps: list[Step] | None = None,
+               **sampling: Any) -> Iterator[str]:
         yield from model.stream(self.answer_messages(ctx, retrieved), **sampling)
 
 
@@ -316,7 +323,7 @@ class PersonaVLMProfile(GenericProfile):
         proc = [m for m in retrieved if m.type == MemoryType.PROCEDURAL]
         sem = [m for m in retrieved if m.type in (MemoryType.SEMANTIC, MemoryType.CORE, MemoryType.IMAGE)]
         dia = [m for m in retrieved if m.type in (MemoryType.TURN, MemoryType.EPISODIC)]
-        def fmt(ms):
+        def fmt(ms: list[Memory]) -> str:
             return "\n".join(f"Time: {prompt_time(m.occurred)}"
                              + (f" (past, true only until {changes.until_text(m)})" if changes.until_text(m) else "")
                              + (" (what you told the user)" if changes.is_assistants(m) else "")
@@ -325,21 +332,22 @@ class PersonaVLMProfile(GenericProfile):
                 f"## Retrieved Dialogue History\n{fmt(dia)}\n"
                 "If these memories are enough, think and answer; otherwise think and retrieve with new conditions.")
 
-    def messages(self, ctx: Context, rounds: list[tuple[str, list[Memory]]]) -> list[dict]:
+    def messages(self, ctx: Context, rounds: list[tuple[str, list[Memory]]]) -> list[dict[str, Any]]:
         msgs = [{"role": "user", "content": _user_content(self.start_prompt(ctx), ctx)}]
         for raw, found in rounds:
             msgs.append({"role": "assistant", "content": raw})
             msgs.append({"role": "user", "content": self.mid_prompt(found)})
         return msgs
 
-    def decide(self, model, ctx: Context, retrieved: list[Memory], steps: list[Step]) -> Step:
+    def decide(self, model: ChatModel, ctx: Context, retrieved: list[Memory], steps: list[Step]) -> Step:
         rounds = [(s.raw, s.found) for s in steps if s.action == "retrieve"]
         raw = model.complete(self.messages(ctx, rounds), grammar=STEP_GRAMMAR, max_tokens=1024, temperature=0.0)
         step = parse_tagged(raw, ctx.now)
         step.raw = raw
         return step
 
-    def answer(self, model, ctx: Context, retrieved: list[Memory], steps: list | None = None, **sampling):
+    def answer(self, model: ChatModel, ctx: Context, retrieved: list[Memory], steps: list[Step] | None = None,
+               **sampling: Any) -> Iterator[str]:
         last = steps[-1] if steps else None
         if last is not None and last.answer:
             yield last.answer

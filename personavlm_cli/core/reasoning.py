@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any, cast
 
 from personavlm_cli.core import timewords
 from personavlm_cli.core.errors import NoAnswer
 from personavlm_cli.core.learning import only_asks
 from personavlm_cli.core.memory import Memory, MemoryType
 from personavlm_cli.core.ports import ChatModel
-from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, Step
+from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, GenericProfile, Step
 from personavlm_cli.core.recall import Hit, Query
 
 MODES = ("retrieve-first", "model-decides", "force")
@@ -49,12 +50,12 @@ class Reasoning:
     nothing_relevant: list[int] = field(default_factory=list)  # steps (0-based) whose recall found nothing
     # above the relevance floor (core/recall.py FLOOR): their prompt carries no memories rather than noise
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"steps": [s.to_dict() for s in self.steps], "used": [m.id for m in self.used]}
 
 
 class ResponseStage:
-    def __init__(self, model: ChatModel, profile, recall: Callable[[Query, int], list[Hit]],
+    def __init__(self, model: ChatModel, profile: GenericProfile, recall: Callable[[Query, int], list[Hit]],
                  expand: Callable[[list[Memory]], list[Memory]], per_step: int = 8, model_search: bool = True):
         """``recall(query, k)`` searches memory; ``expand`` turns episodes into their source turns."""
         self.model = model
@@ -66,7 +67,7 @@ class ResponseStage:
 
     # -- the whole exchange -----------------------------------------------------------------------
 
-    def respond(self, ctx: Context, r: Reasoning, mode: str = "retrieve-first", **sampling) -> Iterator[str]:
+    def respond(self, ctx: Context, r: Reasoning, mode: str = "retrieve-first", **sampling: Any) -> Iterator[str]:
         """Stream the answer; ``r`` is filled with the steps and the memories the prompt held."""
         if mode == "model-decides" or self.profile.tagged:
             if mode != "model-decides" and (ctx.has_long_term_memory or mode == "force"):
@@ -86,13 +87,13 @@ class ResponseStage:
                          cap=COMPACT_K if compact else MAX_SHOWN)
         yield from self._answer_or_search(ctx, r, **sampling)
 
-    def _answer_or_search(self, ctx: Context, r: Reasoning, **sampling) -> Iterator[str]:
+    def _answer_or_search(self, ctx: Context, r: Reasoning, **sampling: Any) -> Iterator[str]:
         while True:
             searches = sum(1 for s in r.steps if s.action == "retrieve")
             may_search = self.model_search and ctx.has_long_term_memory and searches < MAX_RETRIEVALS
             stops = self.profile.stops()
             stream = self.model.stream(self.profile.answer_messages(ctx, r.used), **sampling,
-                                       **({"stop": stops} if stops else {}))
+                                       **cast("dict[str, Any]", {"stop": stops} if stops else {}))
             opening: str | None = ""  # the reply's first characters, held back until they are not the mark
             produced = False
             try:
@@ -139,7 +140,7 @@ class ResponseStage:
                 yield from self._plain_answer(ctx, r, **sampling)
             return
 
-    def _plain_answer(self, ctx: Context, r: Reasoning, **sampling) -> Iterator[str]:
+    def _plain_answer(self, ctx: Context, r: Reasoning, **sampling: Any) -> Iterator[str]:
         """Never an empty answer: one plain try without the search protocol (a line that still asks to
         search is dropped); nothing again (or only whitespace) raises ``NoAnswer``."""
         produced = False
@@ -249,7 +250,7 @@ class ResponseStage:
             self._search(ctx, r, step, k=self.per_step)
         return r  # unreachable: the last iteration always answers
 
-    def answer(self, ctx: Context, r: Reasoning, **sampling) -> Iterator[str]:
+    def answer(self, ctx: Context, r: Reasoning, **sampling: Any) -> Iterator[str]:
         produced = False
         for piece in self.profile.answer(self.model, ctx, r.used, steps=r.steps, **sampling):
             if piece:

@@ -31,12 +31,17 @@ reciprocal-rank fusion (``fusion="rrf"``, kept as the baseline) to 0.785, and 0.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, cast
 
 from personavlm_cli.core import changes, links, reembed
 from personavlm_cli.core.memory import TYPES, Memory, MemoryType
 from personavlm_cli.core.store import IMAGES, TEXT, MemoryStore
 from personavlm_cli.core.timewords import MONTHS
+
+if TYPE_CHECKING:
+    from personavlm_cli.core.ports import RecordStore
 
 # Convex-combination weights of the signals (each normalised by its best score). ``context`` is
 # the share of the neighbours' lexical score carried over (1.0 = NEIGHBOURS as they are).
@@ -101,8 +106,8 @@ class Query:
     since: float | None = None  # epoch seconds
     until: float | None = None
     types: tuple[str, ...] = TYPES
-    image_paths: list = field(default_factory=list)
-    exclude_ids: set = field(default_factory=set)
+    image_paths: list[Any] = field(default_factory=list)  # image files (str or Path)
+    exclude_ids: set[str] = field(default_factory=set)
     include_superseded: bool = False
 
 
@@ -110,7 +115,7 @@ class Query:
 class Hit:
     memory: Memory
     score: float
-    signals: dict[str, dict] = field(default_factory=dict)  # signal -> {"rank": r, "score": s}
+    signals: dict[str, dict[str, float]] = field(default_factory=dict)  # signal -> {"rank": r, "score": s}
 
 
 def query_terms(text: str) -> list[str]:
@@ -126,8 +131,8 @@ def lexical_query(text: str) -> str:
     return " ".join(words) if words else text
 
 
-def _where(q: Query) -> dict | None:
-    clauses: list[dict] = []
+def _where(q: Query) -> dict[str, Any] | None:
+    clauses: list[dict[str, Any]] = []
     if set(q.types) != set(TYPES):
         clauses.append({"type": {"$in": list(q.types)}})
     if q.since is not None:
@@ -141,7 +146,7 @@ def _where(q: Query) -> dict | None:
     return clauses[0] if len(clauses) == 1 else {"$and": clauses}
 
 
-def _admitted(records, ids: list[str], q: Query, types=None) -> set[str]:
+def _admitted(records: RecordStore, ids: list[str], q: Query, types: Iterable[str] | None = None) -> set[str]:
     """Those of ``ids`` that the query's filters (types, time window, current) admit."""
     types = list(q.types if types is None else types)
     out = records.filter_ids(ids, types if set(types) != set(TYPES) else None, q.since, q.until,
@@ -149,8 +154,8 @@ def _admitted(records, ids: list[str], q: Query, types=None) -> set[str]:
     return out - set(q.exclude_ids)
 
 
-def _vector_search(store: MemoryStore, name: str, vec, pool: int, q: Query,
-                   where: dict | None) -> list[tuple[str, float]]:
+def _vector_search(store: MemoryStore, name: str, vec: Any, pool: int, q: Query,
+                   where: dict[str, Any] | None) -> list[tuple[str, float]]:
     """Nearest vectors that pass the query's filters.
 
     Chroma's metadata filter costs ~40 ms at 10k memories against ~4 ms without it, and the usual
@@ -167,7 +172,7 @@ def _vector_search(store: MemoryStore, name: str, vec, pool: int, q: Query,
     return store.vectors.query(name, vec, pool, where)
 
 
-def _neighbours(records, ids: list[str], q: Query, width: int) -> tuple[dict[str, list[tuple[str, int]]], set[str]]:
+def _neighbours(records: RecordStore, ids: list[str], q: Query, width: int) -> tuple[dict[str, list[tuple[str, int]]], set[str]]:
     """For the turns among ``ids``: the turns up to ``width`` away in the same session, with distance.
 
     Also returns which of those neighbours the query's filters admit as candidates themselves."""
@@ -248,7 +253,7 @@ def _speakers_named(memory: Memory, words: set[str]) -> bool:
     return bool(parts) and (parts[0] in words or all(p in words for p in parts))
 
 
-def relevant(signals: dict[str, dict], floor: float = FLOOR) -> bool:
+def relevant(signals: dict[str, dict[str, float]], floor: float = FLOOR) -> bool:
     """Is a candidate with these signals above the relevance floor (see FLOOR)?"""
     if "image" in signals:
         return True
@@ -307,7 +312,7 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
             rankings["image_text"] = [(i, s) for i, s in _vector_search(store, IMAGES, vec, pool, q, where)
                                       if s >= IMAGE_TEXT_FLOOR]
 
-    signals: dict[str, dict[str, dict]] = {}
+    signals: dict[str, dict[str, dict[str, float]]] = {}
     raw: dict[str, dict[str, float]] = {}
     for name, ranking in rankings.items():
         rank = 0
@@ -320,7 +325,7 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
             signals.setdefault(memory_id, {})[name] = {"rank": rank, "score": round(float(score), 4)}
 
     if fusion == "rrf":
-        fused = {}
+        fused: dict[str, float] = {}
         for name, scores in raw.items():
             for rank, memory_id in enumerate(scores, start=1):
                 fused[memory_id] = fused.get(memory_id, 0.0) + weights[name] / (RRF_K + rank)
@@ -335,7 +340,7 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
             for other, distance in others:
                 if other in admitted:
                     carried[other] = carried.get(other, 0.0) + NEIGHBOURS[distance - 1] * lexical[memory_id]
-        ranked = sorted(carried, key=carried.get, reverse=True)
+        ranked = sorted(carried, key=cast("Callable[[str], float]", carried.get), reverse=True)
         for rank, memory_id in enumerate(ranked, start=1):
             signals.setdefault(memory_id, {})["context"] = {"rank": rank, "score": round(carried[memory_id], 4)}
         for memory_id, value in carried.items():
@@ -343,7 +348,7 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
     if lexical:
         raw["lexical"] = lexical
 
-    fused: dict[str, float] = {}
+    fused = {}
     for name, scores in raw.items():
         best = max(scores.values(), default=0.0)
         if best <= 0:
@@ -383,8 +388,8 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
     return _hits(store, fused, signals, k, memories)
 
 
-def _standing(store: MemoryStore, fused: dict[str, float], signals: dict, k: int, query_text: str,
-              memories: dict[str, Memory] | None) -> dict[str, Memory]:
+def _standing(store: MemoryStore, fused: dict[str, float], signals: dict[str, dict[str, dict[str, float]]], k: int,
+              query_text: str, memories: dict[str, Memory] | None) -> dict[str, Memory]:
     """The newest word wins (``core/changes.py``): past statements and the assistant's own turns are
     demoted among the candidates that could reach the first k."""
     top = sorted(fused, key=lambda i: -fused[i])[: max(k * 3, k + 10)]
@@ -398,13 +403,13 @@ def _standing(store: MemoryStore, fused: dict[str, float], signals: dict, k: int
     return memories
 
 
-def _above(fused: dict[str, float], signals: dict, floor: float | None) -> dict[str, float]:
+def _above(fused: dict[str, float], signals: dict[str, dict[str, dict[str, float]]], floor: float | None) -> dict[str, float]:
     if floor is None:
         return fused
     return {i: v for i, v in fused.items() if relevant(signals.get(i, {}), floor)}
 
 
-def _hits(store: MemoryStore, fused: dict[str, float], signals: dict, k: int,
+def _hits(store: MemoryStore, fused: dict[str, float], signals: dict[str, dict[str, dict[str, float]]], k: int,
           memories: dict[str, Memory] | None = None) -> list[Hit]:
     # Ties keep the order the signals proposed them in (ids are random: no tie-break on them).
     best = sorted(fused, key=lambda i: -fused[i])[: max(k * 2, k + 5)]  # spares for vanished records

@@ -23,12 +23,14 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from personavlm_cli.core.errors import UnreachableError
 from personavlm_cli.core.memory import Memory, MemoryType, from_iso, iso, new_id, now
-from personavlm_cli.core.ports import RecordStore
+from personavlm_cli.core.ports import ImageEncoder, ImageFiles, RecordStore, TextEncoder, VectorIndex
 
 TEXT = "memories"
 IMAGES = "images"
@@ -44,16 +46,16 @@ class VectorGate:
 
     retry_s = 10.0
 
-    def __init__(self, factory: Callable):
+    def __init__(self, factory: Callable[[], VectorIndex]) -> None:
         self._factory = factory
-        self._index = None
+        self._index: VectorIndex | None = None
         self.down: str | None = None  # the reason, while the server does not answer
         self._since = 0.0
         self.back = False
         self.told = False  # the down spell was told (one notice per spell, for every fork of the store)
         self._lock = threading.Lock()
 
-    def index(self):
+    def index(self) -> VectorIndex:
         self._check()
         if self._index is None:
             with self._lock:
@@ -94,7 +96,7 @@ class VectorGate:
             back, self.back = self.back, False
         return back
 
-    def call(self, name: str, *args, **kwargs):
+    def call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         index = self.index()
         try:
             result = getattr(index, name)(*args, **kwargs)
@@ -105,13 +107,13 @@ class VectorGate:
             self.down, self.back = None, True
         return result
 
-    def query(self, *args, **kwargs) -> list:
+    def query(self, *args: Any, **kwargs: Any) -> list[tuple[str, float]]:
         try:
-            return self.call("query", *args, **kwargs)
+            return cast("list[tuple[str, float]]", self.call("query", *args, **kwargs))  # VectorIndex.query's
         except UnreachableError:
             return []
 
-    def __getattr__(self, name: str):
+    def __getattr__(self, name: str) -> Any:
         if name.startswith("_"):
             raise AttributeError(name)
         attr = getattr(self.index(), name)
@@ -121,8 +123,9 @@ class VectorGate:
 
 
 class MemoryStore:
-    def __init__(self, user_dir: Path, *, text_encoder: Callable, image_encoder: Callable,
-                 vectors: Callable, records: Callable[..., RecordStore], images: Any, readonly: bool = False):
+    def __init__(self, user_dir: Path, *, text_encoder: Callable[[], TextEncoder],
+                 image_encoder: Callable[[], ImageEncoder], vectors: Callable[[], VectorIndex],
+                 records: Callable[..., RecordStore], images: ImageFiles, readonly: bool = False):
         """``text_encoder``, ``image_encoder`` and ``vectors`` are factories, called on first use, so
         that listing commands never load an embedding model or the vector engine. ``records`` is a
         factory ``records(readonly=...)`` of the record store (called now, and again by ``fork``);
@@ -137,22 +140,22 @@ class MemoryStore:
         self._text_encoder_factory = text_encoder
         self._image_encoder_factory = image_encoder
         self._vectors_factory = vectors
-        self._text_encoder = None
-        self._image_encoder = None
-        self._vectors = None
+        self._text_encoder: TextEncoder | None = None
+        self._image_encoder: ImageEncoder | None = None
+        self._vectors: VectorGate | None = None
         self.notices: list[str] = []  # what the user should be told (cli prints them): the degraded mode
         self._flushing = False
 
     # -- lazily built parts -----------------------------------------------------------------------
 
     @property
-    def text_encoder(self):
+    def text_encoder(self) -> TextEncoder:
         if self._text_encoder is None:
             self._text_encoder = self._text_encoder_factory()
         return self._text_encoder
 
     @property
-    def image_encoder(self):
+    def image_encoder(self) -> ImageEncoder:
         if self._image_encoder is None:
             self._image_encoder = self._image_encoder_factory()
         return self._image_encoder
@@ -253,12 +256,12 @@ class MemoryStore:
         """Do the records live on a server (shared by every machine of the user)?"""
         return self.records.remote
 
-    def exclusive(self, command: str):
+    def exclusive(self, command: str) -> AbstractContextManager[None]:
         """One writer across machines for ``command`` (erase, compact, migrate): the record database's
         lock on a server store; the local store lock (cli/env.py) already covers an embedded one."""
         return self.records.exclusive(command)
 
-    def claim_job(self, job_id: int):
+    def claim_job(self, job_id: int) -> AbstractContextManager[bool]:
         """``with store.claim_job(id) as mine:`` ``mine`` is False when another machine runs that queued
         job right now or has finished it (server store); always True for an embedded store, whose one
         writer the local lock guarantees."""
@@ -266,7 +269,7 @@ class MemoryStore:
 
     # -- images -----------------------------------------------------------------------------------
 
-    def store_image(self, path):
+    def store_image(self, path: Path) -> Any:
         """Check ``path`` is a safe image and keep it where the records are; returns its ImageInfo
         (``info.path`` a local file under ``images_dir``). Raises before anything is written."""
         return self.images.store(self.records, path)
@@ -421,7 +424,7 @@ class MemoryStore:
         with self.exclusive(operation):
             return self._erase(ids, operation, before_commit, purge)
 
-    def _erase(self, ids: list[str], operation: str, before_commit, purge: bool) -> list[str]:
+    def _erase(self, ids: list[str], operation: str, before_commit: Callable[[], None] | None, purge: bool) -> list[str]:
         doomed = self.records.get_many(ids)
         shas = {m.image_sha256 for m in doomed if m.image_sha256}
         with self.records.transaction():
@@ -474,14 +477,14 @@ def count_of(n: int, noun: str) -> str:
     return f"1 {noun}" if n == 1 else f"{n} {noun[:-1] + 'ies' if noun.endswith('y') else noun + 's'}"
 
 
-def vector_metadata(m: Memory) -> dict:
+def vector_metadata(m: Memory) -> dict[str, Any]:
     start = m.occurred.timestamp()
     end = from_iso(m.occurred_end).timestamp() if m.occurred_end else start
     return {"type": m.type, "ts": start, "end_ts": end, "current": m.current, "role": m.role,
             "session_id": m.session_id}
 
 
-def new_memory(kind: str, text: str, at, **fields) -> Memory:
+def new_memory(kind: str, text: str, at: datetime | str, **fields: Any) -> Memory:
     stamp = iso(at) if not isinstance(at, str) else at
     return Memory(id=new_id(kind), type=kind, text=text, occurred_at=stamp, created_at=iso(now()), **fields)
 

@@ -46,8 +46,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from personavlm_cli.core.memory import TRAITS
+
+if TYPE_CHECKING:
+    from personavlm_cli.core.ports import TextEncoder
 
 MARKERS_PATH = Path(__file__).resolve().parent.parent / "data" / "ipip" / "big_five_markers.json"
 # the project's own everyday descriptions of each end of each trait (behaviour, feelings, tastes)
@@ -148,7 +152,7 @@ class Evidence:
     marker: str  # the nearest marker, as published, in the first person
     negated: bool  # the statement says the opposite of that marker
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return {"trait": self.trait, "start": self.start, "end": self.end, "direction": self.direction,
                 "weight": round(self.weight, 4), "similarity": round(self.similarity, 4), "marker": self.marker,
                 "negated": self.negated}
@@ -278,13 +282,13 @@ class EvidenceReader:
     """Reads the evidence in a message with a text encoder (``core.ports.TextEncoder``); the markers'
     and anchors' vectors are computed once per reader."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder: TextEncoder) -> None:
         self.encoder = encoder
         self.markers = load_markers()
-        self._marker_vectors = None
-        self._anchor_vectors = None
+        self._marker_vectors: Any = None  # float32 arrays, computed on first use
+        self._anchor_vectors: Any = None
 
-    def _vectors(self):
+    def _vectors(self) -> tuple[Any, Any]:
         if self._marker_vectors is None:
             self._marker_vectors = self.encoder.embed([m.base for m in self.markers])
             self._anchor_vectors = self.encoder.embed([positive_form(a)[0] for a in NEUTRAL_ANCHORS])
@@ -318,11 +322,11 @@ class EvidenceReader:
                                 direction * nearest.key < 0))
         return out
 
-    def _vote(self, sims, trait: str) -> float:
+    def _vote(self, sims: Any, trait: str) -> float:
         """Which end of the trait the statement is on (> 0: high): the mean similarity to the
         ``POLE_VOTERS`` nearest markers of the high end against the same of the low end, or the nearest
         marker's end where it leads the other end's nearest by ``NEAREST_LEAD``."""
-        ends = {1: [], -1: []}
+        ends: dict[int, list[float]] = {1: [], -1: []}
         for i, m in enumerate(self.markers):
             if m.trait == trait:
                 ends[self._key(m)].append(float(sims[i]))

@@ -13,14 +13,16 @@ import hashlib
 import logging
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any, cast
 
 from personavlm_cli.core import changes, learning, links
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, MemoryType, iso, now
-from personavlm_cli.core.ports import ChatModel
+from personavlm_cli.core.ports import ChatModel, Messages, RecordStore
 from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
 
@@ -65,7 +67,7 @@ CORE_SCHEMA = {
 }
 
 
-def episodic_schema(rounds: int) -> dict:
+def episodic_schema(rounds: int) -> dict[str, Any]:
     return {
         "type": "object",
         "properties": {"topics": {"type": "array", "maxItems": 4, "items": {
@@ -88,7 +90,8 @@ def stable_id(kind: str, *parts: str) -> str:
 
 
 def _rounds(turns: list[Memory]) -> list[tuple[Memory, Memory | None]]:
-    out, pending = [], None
+    out: list[tuple[Memory, Memory | None]] = []
+    pending: Memory | None = None
     for t in turns:
         if t.role == "user":
             if pending is not None:
@@ -102,7 +105,7 @@ def _rounds(turns: list[Memory]) -> list[tuple[Memory, Memory | None]]:
     return out
 
 
-def _dialogue(rounds) -> str:
+def _dialogue(rounds: list[tuple[Memory, Memory | None]]) -> str:
     lines = []
     for i, (u, a) in enumerate(rounds, 1):
         lines.append(f"Round {i} ({u.occurred_at[:16].replace('T', ' ')}):\nUser: {u.text}")
@@ -117,7 +120,7 @@ EXTRACTORS = ("auto", "rules", "model")
 Interrupted = ModelInterrupted  # a background model call was stopped: the job stays queued
 
 
-def forget_personality_evidence(records, ids) -> None:
+def forget_personality_evidence(records: RecordStore, ids: Iterable[str]) -> None:
     """Forgetting a message takes back what it said about the user's personality: its evidence goes and
     the reading is rebuilt from the rest (in the caller's transaction), with a history row."""
     state = records.get_meta("personality_evidence")
@@ -144,7 +147,7 @@ class UpdateQueue:
 
     KINDS = ("turn", "session")
 
-    def __init__(self, records):
+    def __init__(self, records: RecordStore) -> None:
         self.records = records
 
     def enqueue_turn(self, user_turn: Memory, assistant_turn: Memory | None) -> None:
@@ -162,7 +165,7 @@ class UpdateQueue:
             if session != except_session and done.get(session) != n:
                 self.enqueue_session(session)
 
-    def pending(self) -> list[dict]:
+    def pending(self) -> list[dict[str, Any]]:
         return [j for j in self.records.jobs() if j["kind"] in self.KINDS]
 
 
@@ -229,7 +232,8 @@ class Learner:
                 more = recall(self.store, Query(text=changes.SLOT_WORDS[slot], types=kinds,
                                                 exclude_ids={user_turn.id}), k=20, floor=None,
                               weights={"dense": 0.0, "keywords": 0.0, **links.OFF})
-                hits += [h for h in more if h.memory.id not in seen and not seen.add(h.memory.id)]
+                hits += [h for h in more  # set.add in the test: each memory once (mypy: the value of a None call)
+                         if h.memory.id not in seen and not seen.add(h.memory.id)]  # type: ignore[func-returns-value]
             for hit in hits:
                 old = hit.memory
                 if old.occurred > user_turn.occurred or old.id == user_turn.id:
@@ -312,7 +316,7 @@ class Learner:
         """
         records = self.store.records
         if records.get(memory.id) is not None:
-            return records.get(memory.id)
+            return cast(Memory, records.get(memory.id))  # there a moment ago
         kinds = (MemoryType.SEMANTIC, MemoryType.PROCEDURAL)
         hits = recall(self.store, Query(text=memory.text, types=kinds), k=8, floor=None)  # checked below
         for hit in hits:
@@ -340,7 +344,7 @@ class Learner:
             self.store.embed([old])
         return memory
 
-    def remember(self, text: str, at, session_id: str | None) -> tuple[Memory, bool]:
+    def remember(self, text: str, at: datetime, session_id: str | None) -> tuple[Memory, bool]:
         """What the user asked to remember, in their words (``/remember``): merged or superseding like
         any learnt statement, and profile values said in it applied. (The memory kept, whether it is new.)"""
         memory = new_memory(MemoryType.SEMANTIC, text, at, keywords=learning.keywords_of(text), session_id=session_id,
@@ -371,7 +375,7 @@ class UpdateStage:
         self.queue = UpdateQueue(store.records)
         self.learner = Learner(store)
 
-    def pending(self) -> list[dict]:
+    def pending(self) -> list[dict[str, Any]]:
         return self.queue.pending()
 
     # -- running ----------------------------------------------------------------------------------
@@ -389,7 +393,7 @@ class UpdateStage:
                 progress(done, len(jobs))
         return done
 
-    def run_job(self, job: dict) -> bool:
+    def run_job(self, job: dict[str, Any]) -> bool:
         """Run one job; False when it was interrupted (it stays queued)."""
         try:
             # The whole job holds the gate in background mode: an answer or a /forget never meets a
@@ -418,11 +422,12 @@ class UpdateStage:
         if self.model_lock.yield_wanted():
             raise Interrupted("an answer (or the next prompt's prefill) is waiting")
 
-    def _ask(self, messages, schema, max_tokens=200) -> dict | None:
+    def _ask(self, messages: Messages, schema: dict[str, Any], max_tokens: int = 200) -> dict[str, Any] | None:
         try:
             # Background use: an answer the user is waiting for goes first.
             with self.model_lock.background():
-                return self.model.complete_json(messages, schema, max_tokens=max_tokens, retries=1)
+                model = cast(ChatModel, self.model)  # the model extractors run only with a model
+                return model.complete_json(messages, schema, max_tokens=max_tokens, retries=1)
         except Interrupted:
             raise
         except PersonaError as exc:
@@ -431,7 +436,7 @@ class UpdateStage:
 
     # -- per turn ---------------------------------------------------------------------------------
 
-    def turn(self, payload: dict) -> None:
+    def turn(self, payload: dict[str, Any]) -> None:
         user_turn = self.store.records.get(payload["user"])
         if user_turn is None:  # forgotten meanwhile
             return
@@ -453,7 +458,7 @@ class UpdateStage:
             return
         self.apply_evidence(evidence, user_turn.id, at=user_turn.occurred_at)
 
-    def _trait_evidence(self, user_turn: Memory) -> list[dict]:
+    def _trait_evidence(self, user_turn: Memory) -> list[dict[str, Any]]:
         from personavlm_cli.core.capability import is_small
         from personavlm_cli.core.trait_evidence import EvidenceReader
 
@@ -469,7 +474,7 @@ class UpdateStage:
                        "negated": False, "source": "model"} for t in pem.TRAITS if rated.get(t, 3) != 3]
         return items
 
-    def apply_evidence(self, items: list[dict], turn_id: str | None, at: str) -> dict:
+    def apply_evidence(self, items: list[dict[str, Any]], turn_id: str | None, at: str) -> dict[str, Any]:
         """Add one message's evidence: the totals, the reading, the evidence kept for `profile why`
         (spans of the message, never its text: forgetting the message leaves nothing of it here) and a
         history row."""

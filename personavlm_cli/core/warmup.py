@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Any
 
 from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.ports import ChatModel
@@ -24,7 +25,7 @@ log = logging.getLogger("personavlm.warmup")
 class PrefixWarmup:
     """One prefill of ``messages`` on ``model`` in a thread, yielding to any answer."""
 
-    def __init__(self, model: ChatModel, gate: ModelGate, messages: list[dict]):
+    def __init__(self, model: ChatModel, gate: ModelGate, messages: list[dict[str, Any]]):
         self.model = model
         self.gate = gate
         self.messages = messages

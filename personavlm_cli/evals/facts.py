@@ -2,7 +2,7 @@
 
 Scripted people (the format of ``shared/data/personas``: ``user``, ``sessions`` of ``{at, messages}``,
 ``ask_at``, ``facts`` of ``{statement, key, question}``) each chat through the real chat turn
-(``Assistant.respond`` with the update stage: rules learning right after each answer, the queued
+(``conversation.respond`` with the update stage: rules learning right after each answer, the queued
 model jobs and the session job run as a chat's background thread would, before the next session).
 Then each question is asked in a new session, two days later, with learning off. Measures, each
 over all facts or statements of all people:
@@ -26,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from personavlm_cli.core import learning
+from personavlm_cli.core.conversation import respond
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import MemoryType, parse_time
 from personavlm_cli.evals.workspace import scratch, temporary_store
@@ -118,7 +119,7 @@ def run_person(person: Person, make_assistant: Callable, sampling: dict,
         start = parse_time(str(session["at"]), "session time")
         for i, message in enumerate(session["messages"]):
             at = start + timedelta(minutes=2 * i)
-            _ex, stream = assistant.respond(message, at, [], updates=updates, sampling=sampling)
+            _ex, stream = respond(assistant, message, at, [], updates=updates, sampling=sampling)
             for _piece in stream:
                 pass
             said.append(message)
@@ -141,7 +142,7 @@ def run_person(person: Person, make_assistant: Callable, sampling: dict,
     ask = parse_time(person.ask_at, "ask_at")
     for j, fact in enumerate(person.facts):
         key = str(fact["key"])
-        ex, stream = assistant.respond(str(fact["question"]), ask + timedelta(minutes=2 * j), [], updates=None,
+        ex, stream = respond(assistant, str(fact["question"]), ask + timedelta(minutes=2 * j), [], updates=None,
                                        sampling=sampling)
         answer = "".join(stream).strip()
         prompt = "\n".join(_text(m.get("content")) for m in ex.prompt[:-1])

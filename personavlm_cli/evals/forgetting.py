@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
+from personavlm_cli.core.conversation import respond
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import MemoryType, parse_time
 
@@ -99,7 +100,7 @@ def replay(life: Life, assistant, updates, sampling: dict, progress: Callable[[s
     for session in life.sessions:
         start = parse_time(str(session["at"]), "session time")
         for i, message in enumerate(session["messages"]):
-            _ex, stream = assistant.respond(message, start + timedelta(minutes=2 * i), [], updates=updates,
+            _ex, stream = respond(assistant, message, start + timedelta(minutes=2 * i), [], updates=updates,
                                             sampling=sampling)
             try:
                 for _piece in stream:

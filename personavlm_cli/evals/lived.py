@@ -26,6 +26,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from personavlm_cli.core.conversation import respond
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import MemoryType, parse_time
 from personavlm_cli.core.recall import Query, recall
@@ -139,7 +140,7 @@ def run_life(life: Life, make_assistant: Callable, sampling: dict, root: Path | 
         start = parse_time(str(session["at"]), "session time")
         for i, message in enumerate(session["messages"]):
             last = start + timedelta(minutes=2 * i)
-            _ex, stream = assistant.respond(message, last, [], updates=updates, sampling=sampling)
+            _ex, stream = respond(assistant, message, last, [], updates=updates, sampling=sampling)
             for _piece in stream:
                 pass
             if progress:
@@ -167,7 +168,7 @@ def run_life(life: Life, make_assistant: Callable, sampling: dict, root: Path | 
         hits = recall(store, Query(text=str(item["ask"])), k=10)
         searched = [h.memory.text for h in hits]
         in_search = newest_first(searched, str(item["newest"]), str(item["old"]))
-        ex, stream = assistant.respond(str(item["ask"]), ask + timedelta(minutes=2 * j), [], updates=None,
+        ex, stream = respond(assistant, str(item["ask"]), ask + timedelta(minutes=2 * j), [], updates=None,
                                        sampling=sampling)
         answer = "".join(stream).strip()
         used = [m.text for m in (ex.reasoning.used if ex.reasoning else [])]

@@ -10,9 +10,9 @@ Measured (each in its own temporary store or home; nothing touches the user's me
   texts are varied, realistic chat lines, and the vectors are real MiniLM embeddings of a pool of
   such lines, reused with a little noise beyond the pool (embedding 100k texts would take minutes);
 - memory work before the first token at 10k and 100k: storing and embedding the message, the
-  recent context, recall, and prompt assembly, exactly as ``Assistant.respond`` does them, without
+  recent context, recall, and prompt assembly, exactly as ``conversation.respond`` does them, without
   the model;
-- generation speed through the chat path (``Assistant.respond``'s stream) against raw
+- generation speed through the chat path (``conversation.respond``'s stream) against raw
   llama-cpp-python on the same model, settings and prompt (decode tokens/s, and their ratio);
 - CLIP time per image; replay throughput (turns stored per second, without the chat model); the
   update stage's time per turn and per session with the chat model, the wait it adds before the
@@ -44,6 +44,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from personavlm_cli.core.conversation import respond
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import MemoryType
 from personavlm_cli.evals.replay import Replayer, Turn
@@ -460,7 +461,7 @@ def bench_forget(host: Host, path: Path, plan: dict, rng: random.Random) -> dict
 
 
 def pre_token(big: BigStore, messages: int, rng: random.Random) -> dict:
-    """What ``Assistant.respond`` does before the model runs, timed part by part (no model)."""
+    """What ``conversation.respond`` does before the model runs, timed part by part (no model)."""
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.recall import Query
 
@@ -473,7 +474,7 @@ def pre_token(big: BigStore, messages: int, rng: random.Random) -> dict:
         at += timedelta(seconds=30)
         c0 = time.process_time()  # CPU time of this process (all its threads): what the load of others hides
         t0 = time.perf_counter()
-        ex, ctx = assistant.prepare(text, at, [])  # what Assistant.respond does before the model
+        ex, ctx = assistant.prepare(text, at, [])  # what conversation.respond does before the model
         t1 = time.perf_counter()
         seen = {m.id for m in ctx.recent} | {ex.user_turn.id}
         hits = assistant.recall(Query(text=text, keywords=text, exclude_ids=seen), 8)
@@ -564,7 +565,7 @@ def _now() -> tuple[float, float]:
 
 
 def bench_generation(host: Host, path: Path, plan: dict, rng: random.Random) -> dict:
-    """Decode tokens/s through Assistant.respond's stream against raw llama-cpp-python, same prompt.
+    """Decode tokens/s through conversation.respond's stream against raw llama-cpp-python, same prompt.
 
     The chat runs are in a session whose turns are all recent (no long-term memory yet), so the
     model's retrieve-or-answer step, which changes nothing in decoding, does not run; each run's turns
@@ -595,7 +596,7 @@ def bench_generation(host: Host, path: Path, plan: dict, rng: random.Random) -> 
 
     def chat_run() -> dict:
         begin = time.perf_counter()
-        ex, stream = assistant.respond(message, at, [], sampling=sampling)
+        ex, stream = respond(assistant, message, at, [], sampling=sampling)
         times = [_now() for _piece in stream]
         forget_exchange(store, ex)
         return _decode_rate(times, begin)
@@ -682,7 +683,7 @@ class _Instant:
 
 
 def _chat_path_overhead_us(store, profile: str, at, tokens: int = 20000) -> float:
-    """Microseconds the chat path adds per streamed token (Assistant.respond's layers over the model's):
+    """Microseconds the chat path adds per streamed token (conversation.respond's layers over the model's):
     an assistant on the same store and prompt profile, over a model whose tokens cost nothing."""
     from personavlm_cli.core.assistant import Assistant
 
@@ -691,7 +692,7 @@ def _chat_path_overhead_us(store, profile: str, at, tokens: int = 20000) -> floa
     for _ in instant.stream([]):
         pass
     direct = time.perf_counter() - t
-    ex, stream = Assistant(store, instant, "bench", profile=profile).respond("overhead probe", at, [])
+    ex, stream = respond(Assistant(store, instant, "bench", profile=profile), "overhead probe", at, [])
     first = last = None
     for _ in stream:
         last = time.perf_counter()
@@ -913,7 +914,7 @@ def bench_update(host: Host, path: Path, plan: dict, rng: random.Random) -> dict
             def ask(text, when, learn):
                 lock.waited = 0.0
                 start = time.perf_counter()
-                ex, stream = assistant.respond(text, when, [], updates=stage if learn else None, sampling=sampling)
+                ex, stream = respond(assistant, text, when, [], updates=stage if learn else None, sampling=sampling)
                 first = last = None
                 for _piece in stream:
                     last = time.perf_counter()

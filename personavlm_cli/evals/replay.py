@@ -7,7 +7,7 @@
    session's end), but the chat model never answers during the replay. ``update=False`` skips the
    update stage (it is slow with a small CPU model).
 2. Each question is then asked at its own time through the full response stage
-   (``Assistant.respond``: recent context, core profile, the model's own decision to retrieve,
+   (``conversation.respond``: recent context, core profile, the model's own decision to retrieve,
    recall, the streamed answer). As in the reference (``update=False`` for questions), a question
    leaves no trace: its turn and answer are erased through the store before the next one, so
    questions never see each other.
@@ -23,6 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from personavlm_cli.core.assistant import Assistant
+from personavlm_cli.core.conversation import respond
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import Memory, MemoryType, parse_time
 from personavlm_cli.evals.scoring import Answer
@@ -191,7 +192,7 @@ class Replayer:
         error = None
         ex = None
         try:
-            ex, stream = self.assistant.respond(text, at, [], force_retrieve=force_retrieve, updates=None,
+            ex, stream = respond(self.assistant, text, at, [], force_retrieve=force_retrieve, updates=None,
                                                 sampling=sampling)
             for piece in stream:
                 pieces.append(piece)
