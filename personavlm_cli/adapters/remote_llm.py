@@ -383,29 +383,16 @@ class RemoteChatModel(ChatModelBase):
         events = _sse_events(resp)
         try:
             try:
-                for event in events:
-                    if event == "[DONE]":
+                for choice in self._choices(events):
+                    if choice is None:  # [DONE]
                         finished = True
-                        for _rest in events:  # the end of the body: the connection stays in the pool
-                            pass
                         break
-                    try:
-                        chunk = json.loads(event)
-                    except ValueError:
-                        raise self._refused("it sent an event that is not JSON") from None
-                    if not isinstance(chunk, dict):
-                        continue
-                    if chunk.get("error"):
-                        raise self._refused(_error_text(chunk["error"]))
-                    if chunk.get("usage"):
-                        self.last_usage = _usage(chunk["usage"])
-                    for choice in chunk.get("choices") or []:
-                        piece = (choice.get("delta") or {}).get("content")
-                        if piece:
-                            pieces += 1
-                            yield piece
-                        if choice.get("finish_reason"):
-                            finished = True
+                    piece = (choice.get("delta") or {}).get("content")
+                    if piece:
+                        pieces += 1
+                        yield piece
+                    if choice.get("finish_reason"):
+                        finished = True
             except httpx.HTTPError as e:
                 raise self._unreachable(_reason(e, self.timeout, mid_answer=True)) from None
             if not finished:
@@ -456,6 +443,28 @@ class RemoteChatModel(ChatModelBase):
                 raise self._refused(_error_text(out["error"])) from None
             raise self._refused("the answer has no choices[0].message") from None
 
+    def _choices(self, events: Iterator[str]) -> Iterator[dict | None]:
+        """The choices of a chat stream's events, in order, then None at ``[DONE]`` (the rest of the body
+        read, so the connection stays in the pool); the usage kept in ``last_usage``; a server's error or an
+        event that is not JSON refused."""
+        for event in events:
+            if event == "[DONE]":
+                for _rest in events:
+                    pass
+                yield None
+                return
+            try:
+                chunk = json.loads(event)
+            except ValueError:
+                raise self._refused("it sent an event that is not JSON") from None
+            if not isinstance(chunk, dict):
+                continue
+            if chunk.get("error"):
+                raise self._refused(_error_text(chunk["error"]))
+            if chunk.get("usage"):
+                self.last_usage = _usage(chunk["usage"])
+            yield from chunk.get("choices") or []
+
     def _complete_streamed(self, body: dict) -> str:
         """A background call, streamed: the server stops generating at its next token when
         :meth:`interrupt` shuts the connection or (llama-cpp-python's server, which runs one request at
@@ -472,24 +481,11 @@ class RemoteChatModel(ChatModelBase):
             _current.owner = self
             finished = False
             events = _sse_events(resp)
-            for event in events:
-                if event == "[DONE]":
-                    for _rest in events:  # the end of the body: the connection stays in the pool
-                        pass
+            for choice in self._choices(events):
+                if choice is None:  # [DONE]
                     break
-                try:
-                    chunk = json.loads(event)
-                except ValueError:
-                    raise self._refused("it sent an event that is not JSON") from None
-                if not isinstance(chunk, dict):
-                    continue
-                if chunk.get("error"):
-                    raise self._refused(_error_text(chunk["error"]))
-                if chunk.get("usage"):
-                    self.last_usage = _usage(chunk["usage"])
-                for choice in chunk.get("choices") or []:
-                    pieces.append((choice.get("delta") or {}).get("content") or "")
-                    finished = finished or bool(choice.get("finish_reason"))
+                pieces.append((choice.get("delta") or {}).get("content") or "")
+                finished = finished or bool(choice.get("finish_reason"))
             if abort.is_set() or not finished:  # cut: by interrupt(), or the server gave way to a waiting request
                 raise ModelInterrupted("the model call was interrupted")
         except (_Unreachable, _ServerSaid, httpx.HTTPError) as e:
