@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from personavlm_cli.core.timewords import window
+from personavlm_cli.core.dates import window
 
 
 def test_recall_by_time_window_and_by_keyword_is_shown_by_why(cli, run):

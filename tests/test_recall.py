@@ -16,7 +16,8 @@ def test_context_and_speaker_signals(tmp_path):
     """An answer that shares no word with the question is found through the turn before it; the
     context signal never marks it as a lexical match (forget --query relies on that)."""
     from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.core.recall import Query, query_dates, recall
+    from personavlm_cli.core.dates import query_dates
+    from personavlm_cli.core.recall import Query, recall
 
     store = temporary_store(tmp_path / "u", TextEncoder())
     (conv,) = lc.load(write(tmp_path, synthetic()))

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from personavlm_cli.core import forgetting, timewords
+from personavlm_cli.core import dates, forgetting
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import NotFoundError, PersonaError
 from personavlm_cli.core.memory import TYPES, Memory, MemoryType, now
@@ -62,7 +62,7 @@ def search(store: MemoryStore, query: str, limit: int = 10, weights: dict[str, f
 
     if not isinstance(query, str) or not query.strip():
         raise PersonaError("give a query: the words to look for")
-    window = timewords.window(query, now())
+    window = dates.window(query, now())
     q = Query(text=query, keywords=query, types=SEARCHED_TYPES,
               since=window[0].timestamp() if window else None, until=window[1].timestamp() if window else None)
     hits = recall(store, q, k=_limit(limit), weights=weights)

@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from personavlm_cli.core import timewords
+from personavlm_cli.core import dates
 from personavlm_cli.core.errors import NoAnswer
 from personavlm_cli.core.learning import only_asks
 from personavlm_cli.core.memory import Memory, MemoryType
@@ -170,7 +170,7 @@ class ResponseStage:
     def _search(self, ctx: Context, r: Reasoning, step: Step, k: int, cap: int = MAX_SHOWN) -> None:
         named = None
         if step.start_time is None and step.end_time is None:
-            named = timewords.window(ctx.message, ctx.now)
+            named = dates.window(ctx.message, ctx.now)
             if named is not None:
                 step.start_time, step.end_time = named
                 step.think = (step.think + " " if step.think else "") + "(time window from the message)"

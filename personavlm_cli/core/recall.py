@@ -36,9 +36,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
 from personavlm_cli.core import changes, links, reembed
+from personavlm_cli.core.dates import date_match as _date_match
+from personavlm_cli.core.dates import query_dates
 from personavlm_cli.core.memory import TYPES, Memory, MemoryType
 from personavlm_cli.core.store import IMAGES, TEXT, MemoryStore
-from personavlm_cli.core.timewords import MONTHS
 
 if TYPE_CHECKING:
     from personavlm_cli.core.ports import RecordStore
@@ -79,24 +80,6 @@ STOP_WORDS = frozenset([
 ])
 
 _WORD = re.compile(r"\w+", re.UNICODE)
-
-_MONTH = (r"(jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?|sep(?:t(?:ember)?)?"
-          r"|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
-_DATE_PATTERNS = (
-    # 13 October, 2023 / 13 Oct 2023
-    ("day", re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+(\d{{4}})\b", re.I), (3, 2, 1)),
-    # October 13, 2023 / Oct 13th 2023
-    ("day", re.compile(rf"\b{_MONTH}\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?,?\s+(\d{{4}})\b", re.I), (3, 1, 2)),
-    # October 13 / 13 October (any year)
-    ("day", re.compile(rf"\b(?:on\s+)?{_MONTH}\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?!\s*[:.]?\d)", re.I), (None, 1, 2)),
-    ("day", re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\b", re.I), (None, 2, 1)),
-    # 2023-10-13
-    ("day", re.compile(r"\b(\d{4})-(\d{2})-(\d{2})\b"), (1, 2, 3)),
-    # October 2023
-    ("month", re.compile(rf"\b{_MONTH}\.?,?\s+(\d{{4}})\b", re.I), (2, 1, None)),
-    # in October (any year)
-    ("month", re.compile(rf"\b(?:in|during|since|last|this)\s+{_MONTH}\b", re.I), (None, 1, None)),
-)
 
 
 @dataclass
@@ -194,55 +177,6 @@ def _neighbours(records: RecordStore, ids: list[str], q: Query, width: int) -> t
                 out[memory_id] = [(seq[other], d) for d in range(1, width + 1) for other in (pos - d, pos + d)
                                   if 0 <= other < len(seq)]
     return out, admitted
-
-
-def query_dates(text: str) -> list[tuple[int | None, int, int | None]]:
-    """The dates a query names, as (year or None, month, day or None): "on October 13, 2023",
-    "in July 2023", "in June" (any year)."""
-    found: list[tuple[int | None, int, int | None]] = []
-    taken: list[tuple[int, int]] = []
-    for _level, pattern, (yi, mi, di) in _DATE_PATTERNS:
-        for m in pattern.finditer(text):
-            if any(s < m.end() and m.start() < e for s, e in taken):
-                continue  # already read as a more precise date
-            month_text = m.group(mi)
-            if month_text.isdigit():
-                month = int(month_text)
-            else:
-                month = next(i for i, name in enumerate(MONTHS, start=1) if name.startswith(month_text.lower()[:3]))
-            year = int(m.group(yi)) if yi else None
-            day = int(m.group(di)) if di else None
-            if not 1 <= month <= 12 or (day is not None and not 1 <= day <= 31):
-                continue
-            taken.append((m.start(), m.end()))
-            found.append((year, month, day))
-    return found
-
-
-def _date_match(occurred_at: str, dates: list[tuple[int | None, int, int | None]]) -> float:
-    """1.0 when the memory happened on a named date (or in a named month), 0.5 within the week
-    after a named day (people tell of things after they happen), else 0."""
-    from datetime import date
-
-    try:
-        y, mo, d = int(occurred_at[:4]), int(occurred_at[5:7]), int(occurred_at[8:10])
-    except ValueError:
-        return 0.0
-    best = 0.0
-    for year, month, day in dates:
-        if day is None:
-            if mo == month and (year is None or y == year):
-                return 1.0
-            continue
-        try:
-            gap = (date(y, mo, d) - date(year or y, month, day)).days
-        except ValueError:
-            continue
-        if gap == 0:
-            return 1.0
-        if 0 < gap <= 7:
-            best = 0.5
-    return best
 
 
 def _speakers_named(memory: Memory, words: set[str]) -> bool:
