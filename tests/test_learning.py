@@ -8,8 +8,8 @@ import pytest
 
 from personavlm_cli.core import learning
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, GenericProfile
-from personavlm_cli.core.reasoning import Reasoning, ResponseStage
 from personavlm_cli.core.recall import Hit
+from personavlm_cli.core.response_stage import Reasoning, ResponseStage
 from tests.kit import ScriptedModel, memory
 
 

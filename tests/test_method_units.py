@@ -14,7 +14,7 @@ from personavlm_cli.core.config import Settings
 from personavlm_cli.core.errors import ConfigError, PersonaError
 from personavlm_cli.core.memory import parse_time
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, Context, GenericProfile, Step, parse_tagged
-from personavlm_cli.core.reasoning import ResponseStage
+from personavlm_cli.core.response_stage import ResponseStage
 from tests.kit import ScriptedModel
 
 

@@ -18,8 +18,8 @@ from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, MemoryType, new_id
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import PROFILES, Context
-from personavlm_cli.core.reasoning import Reasoning
 from personavlm_cli.core.recall import Hit, Query, recall
+from personavlm_cli.core.response_stage import Reasoning
 from personavlm_cli.core.store import MemoryStore, new_memory
 from personavlm_cli.core.update import UpdateQueue
 

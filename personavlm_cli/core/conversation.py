@@ -36,7 +36,7 @@ from personavlm_cli.core.gate import ModelGate
 from personavlm_cli.core.memory import Memory, now, prompt_time
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import Context
-from personavlm_cli.core.reasoning import Reasoning, ResponseStage
+from personavlm_cli.core.response_stage import Reasoning, ResponseStage
 from personavlm_cli.core.update import (
     BackgroundUpdates,
     Learner,

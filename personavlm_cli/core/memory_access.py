@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from personavlm_cli.core.ports import RecordStore
     from personavlm_cli.core.store import MemoryStore
 
-# the chat's (core.reasoning)
+# the chat's (core.response_stage)
 SEARCHED_TYPES = (MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL, MemoryType.IMAGE, MemoryType.TURN)
 MAX_RESULTS = 100
 MAX_TEXT = 10_000  # a statement to remember, in characters

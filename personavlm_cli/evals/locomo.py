@@ -497,8 +497,8 @@ def _answer(r: _Run, store, conv: Conversation, q: Question) -> tuple[str, list]
     last session; nothing is stored, so one question never becomes memory for the next."""
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.capability import choose_prompt_style
-    from personavlm_cli.core.reasoning import Reasoning, ResponseStage
     from personavlm_cli.core.recall import recall
+    from personavlm_cli.core.response_stage import Reasoning, ResponseStage
 
     llm, s = r.answering.model, r.answering.settings
     assistant = Assistant(store, llm, conv.speaker_a, profile=s["model.prompt_profile"],
