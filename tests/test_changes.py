@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from personavlm_cli.core import changes, learning, sentences
+from personavlm_cli.core import sentences
 from personavlm_cli.core.gate import ModelGate
+from personavlm_cli.core.learning import changes, grounding, patterns
 from personavlm_cli.core.recall import Query, recall
 from tests.conftest import run_in_process
 from tests.kit import ScriptedModel, real_store
@@ -79,9 +80,9 @@ def test_sentences_end_where_a_sentence_ends_not_after_abbreviations_initials_de
 ])
 def test_questions_requests_and_hypotheticals_are_never_learnt(message, kind):
     assert sentences.kind(message) == kind
-    assert learning.statements_of(message) == []
-    assert learning.profile_of(message) == {}
-    assert learning.not_a_fact(message) == kind
+    assert patterns.statements_of(message) == []
+    assert patterns.profile_of(message) == {}
+    assert grounding.not_a_fact(message) == kind
 
 
 @pytest.mark.parametrize("statement", ["When I was a kid I lived in Lagos.", "I'd been a cook for years.",
@@ -105,9 +106,9 @@ def test_statements_that_open_like_questions_or_wishes_are_still_statements(stat
     ("i live in ghent with my partner Sam", {"location": "Ghent", "family": "partner Sam"}),
 ])
 def test_the_core_profile_learns_from_everyday_phrasing(message, want):
-    got = learning.profile_of(message)
+    got = patterns.profile_of(message)
     assert {k: got.get(k) for k in want} == want
-    assert all(learning.supported(v, [message]) for v in got.values())
+    assert all(grounding.supported(v, [message]) for v in got.values())
 
 
 @pytest.mark.parametrize("message, field", [
@@ -115,7 +116,7 @@ def test_the_core_profile_learns_from_everyday_phrasing(message, want):
     ("I work as a waiter at night.", None), ("I'm Fine, thanks.", "name"),
 ])
 def test_everyday_phrasing_does_not_invent_values(message, field):
-    got = learning.profile_of(message)
+    got = patterns.profile_of(message)
     if field:
         assert field not in got
     else:
@@ -126,7 +127,7 @@ def _score(path: Path) -> tuple[int, int, list[str]]:
     items = json.loads(path.read_text())["items"]
     misses = []
     for it in items:
-        got = learning.profile_of(it["say"])
+        got = patterns.profile_of(it["say"])
         if not (all(got.get(k) == v for k, v in it["want"].items()) and not any(k in got for k in it.get("none", []))):
             misses.append(it["say"])
     return len(items) - len(misses), len(items), misses
@@ -322,7 +323,7 @@ def test_scripted_lives_keep_the_current_value_first_and_learn_no_question(name,
     """The measure of `eval facts --lived` on the project's own lives (the held-out ones were never
     tuned on), with a scripted model: the ranking and the prompt do not depend on the model's words."""
     from personavlm_cli.core.assistant import Assistant
-    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.core.update_stage import UpdateStage
     from personavlm_cli.evals import lived
 
     results = []
@@ -400,7 +401,7 @@ def test_a_word_of_change_in_passing_makes_nothing_past(store):
 def test_a_summary_written_after_its_statement_became_past_is_past_too(store):
     """The session's summary may be written after the move was learnt (learning left pending at quit):
     it inherits the past mark of the statement it holds, as one written before does."""
-    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.core.update_stage import UpdateStage
 
     say(store, [(0, "I live in Aveiro with my dog Pico."), (0, "I like long walks on the beach."),
                 (40, "We relocated to Coimbra last month, new flat!")])

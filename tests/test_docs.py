@@ -21,7 +21,7 @@ def test_every_module_named_in_the_architecture_exists():
 
     root = DOCS.parent / "personavlm_cli"
     text = (DOCS / "architecture.md").read_text()
-    for ref in re.findall(r"`((?:cli|core|adapters)/[a-z_]+\.py)`", text):
+    for ref in re.findall(r"`((?:cli|core|adapters)/[a-z_/]+\.py)`", text):
         assert (root / ref).exists(), ref
 
 

@@ -1,5 +1,5 @@
 """The first message of a chat is answered before any work an earlier chat left (core/conversation.py
-``open``, core/update.py ``BackgroundUpdates(after=...)``), and an answer that arrives while a job runs
+``open``, core/background.py ``BackgroundUpdates(after=...)``), and an answer that arrives while a job runs
 gets the gate at the job's next token. In-process: a real store on disk and scripted models that log
 every call in order (mechanism, never wall times: speed is `personavlm bench --only session`)."""
 

@@ -38,8 +38,8 @@ def test_forget_by_text_leaves_no_byte_in_the_server_tables(tmp_path, postgres):
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core import forgetting
+    from personavlm_cli.core.learning.learner import Learner
     from personavlm_cli.core.store import MemoryStore, new_memory
-    from personavlm_cli.core.update import Learner
 
     user = "forget-" + uuid.uuid4().hex[:8]
     encoder = TextEncoder()

@@ -6,7 +6,8 @@ from datetime import datetime
 
 import pytest
 
-from personavlm_cli.core import learning
+from personavlm_cli.core.learning import grounding, patterns
+from personavlm_cli.core.learning import profile as profile_schema
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, GenericProfile
 from personavlm_cli.core.recall import Hit
 from personavlm_cli.core.response_stage import Reasoning, ResponseStage
@@ -22,9 +23,9 @@ from tests.kit import ScriptedModel, memory
     ("We adopted a puppy named Biscuit last week!", "semantic", "Biscuit"),
 ])
 def test_statements_about_the_user_are_kept_in_their_own_words(message, kind, key):
-    found = learning.statements_of(message)
+    found = patterns.statements_of(message)
     assert [s.kind for s in found] == [kind]
-    assert key in found[0].text and learning.supported(found[0].text, [message])
+    assert key in found[0].text and grounding.supported(found[0].text, [message])
 
 
 @pytest.mark.parametrize("message", [
@@ -32,44 +33,44 @@ def test_statements_about_the_user_are_kept_in_their_own_words(message, kind, ke
     "Long day at work.", "Can you remind me what I said?", "It is raining here.", "Hi!",
 ])
 def test_small_talk_questions_and_requests_teach_nothing(message):
-    assert learning.statements_of(message) == []
-    assert learning.profile_of(message) == {}
+    assert patterns.statements_of(message) == []
+    assert patterns.profile_of(message) == {}
 
 
 def test_the_core_profile_has_a_schema_and_values_cut_from_the_users_sentences():
     said = ("My name is Dana Whitfield. I am 34 years old. I work as a court stenographer. I live in Sapporo. "
             "My brother Caspar is a pilot. My parrot is called Mango. I speak French and German.")
-    profile = learning.profile_of(said)
+    profile = patterns.profile_of(said)
     assert profile == {"name": "Dana Whitfield", "age": "34", "occupation": "court stenographer",
                        "location": "Sapporo", "family": "brother Caspar", "pets": "parrot Mango",
                        "languages": "French, German"}
-    assert set(profile) <= set(learning.FIELDS)
-    assert all(learning.supported(v, [said]) for v in profile.values())
-    facts, sources = learning.merge_profile({}, {}, profile, "turn_1")
-    facts, sources = learning.merge_profile(facts, sources, {"family": "sister Ines", "location": "Lisbon"}, "turn_2")
+    assert set(profile) <= set(profile_schema.FIELDS)
+    assert all(grounding.supported(v, [said]) for v in profile.values())
+    facts, sources = profile_schema.merge_profile({}, {}, profile, "turn_1")
+    facts, sources = profile_schema.merge_profile(facts, sources, {"family": "sister Ines", "location": "Lisbon"}, "turn_2")
     assert facts["family"] == "brother Caspar, sister Ines" and facts["location"] == "Lisbon"
     assert sources["location"] == "turn_2" and sources["name"] == "turn_1"
-    assert list(facts) == [k for k in learning.FIELDS if k in facts], "fields in schema order"
+    assert list(facts) == [k for k in profile_schema.FIELDS if k in facts], "fields in schema order"
 
 
 def test_a_vegetarian_is_not_an_occupation():
-    assert "occupation" not in learning.profile_of("I am a vegetarian.")
-    assert learning.profile_of("I'm a retired pharmacist.")["occupation"] == "retired pharmacist"
+    assert "occupation" not in patterns.profile_of("I am a vegetarian.")
+    assert patterns.profile_of("I'm a retired pharmacist.")["occupation"] == "retired pharmacist"
 
 
 def test_a_change_names_what_it_replaces():
-    assert learning.changes_what("I switched from Sprite to Coke", "I love Sprite, I drink it every day")
-    assert not learning.changes_what("I switched from Sprite to Coke", "My cat is called Zorblax")
-    assert learning.changes_what("I no longer eat meat", "I eat meat every day")
-    assert not learning.changes_what("I love Coke", "I love Sprite"), "no change cue: both stand"
+    assert patterns.changes_what("I switched from Sprite to Coke", "I love Sprite, I drink it every day")
+    assert not patterns.changes_what("I switched from Sprite to Coke", "My cat is called Zorblax")
+    assert patterns.changes_what("I no longer eat meat", "I eat meat every day")
+    assert not patterns.changes_what("I love Coke", "I love Sprite"), "no change cue: both stand"
 
 
 def test_support_is_by_the_users_words_never_the_assistants():
     user = ["I love Sprite, I drink it every day"]
-    assert learning.supported("I drink Sprite every day", user)
-    assert not learning.supported("occupation: sprite", user)
-    assert not learning.supported("welcome to lisbon: the city's history", user)
-    assert not learning.supported("1234567890", user)
+    assert grounding.supported("I drink Sprite every day", user)
+    assert not grounding.supported("occupation: sprite", user)
+    assert not grounding.supported("welcome to lisbon: the city's history", user)
+    assert not grounding.supported("1234567890", user)
 
 
 # -- retrieve-first with a scripted model (control flow only; the real model is in tests/test_chat_e2e.py)
@@ -182,7 +183,7 @@ def test_the_history_is_laid_out_exactly_as_it_was_sent():
 
 
 def test_a_message_made_only_of_questions_tells_nothing_about_the_user():
-    from personavlm_cli.core.learning import only_asks
+    from personavlm_cli.core.learning.grounding import only_asks
 
     assert only_asks("When did I go to the support group?")
     assert only_asks("When did I go? / What did I say about it?")  # a summary of questions

@@ -159,7 +159,7 @@ def test_config_errors_are_one_line(tmp_path, text, needle):
 
 
 def test_learnt_statements_must_be_supported_by_what_the_user_said():
-    from personavlm_cli.core.learning import supported
+    from personavlm_cli.core.learning.grounding import supported
 
     assert supported("The user is a nurse in Lisbon", ["I'm a nurse, I live in Lisbon"])
     assert supported("user switches to green tea", ["I switched from coffee to green tea"])

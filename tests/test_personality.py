@@ -171,7 +171,7 @@ def _chat(texts: list[str]) -> list[str]:
     step (no chat model: the small-model path, as with the embedded model)."""
     from personavlm_cli.cli.common import make_env
     from personavlm_cli.core.store import new_memory
-    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.core.update_stage import UpdateStage
 
     env = make_env(None)
     try:

@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 from personavlm_cli.adapters.json_output import validate_json
-from personavlm_cli.core import update
+from personavlm_cli.core import update_stage
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import TIME_FORMAT, TYPES, Memory, iso, parse_time
 from personavlm_cli.core.prompts import GenericProfile, clean_window, parse_tagged, parse_window
@@ -93,12 +93,12 @@ def test_any_model_output_parses_to_one_valid_step(raw):
 
 SCHEMAS = {
     "step": GenericProfile.STEP_SCHEMA,
-    "semantic": update.SEMANTIC_SCHEMA,
-    "personality": update.PERSONALITY_SCHEMA,
-    "procedural": update.PROCEDURAL_SCHEMA,
-    "core": update.CORE_SCHEMA,
-    "episodic-1": update.episodic_schema(1),
-    "episodic-7": update.episodic_schema(7),
+    "semantic": update_stage.SEMANTIC_SCHEMA,
+    "personality": update_stage.PERSONALITY_SCHEMA,
+    "procedural": update_stage.PROCEDURAL_SCHEMA,
+    "core": update_stage.CORE_SCHEMA,
+    "episodic-1": update_stage.episodic_schema(1),
+    "episodic-7": update_stage.episodic_schema(7),
 }
 
 
@@ -201,7 +201,7 @@ def test_each_kind_of_violation_is_reported(name, data):
 @PROFILE
 @given(n=st.integers(1, 20), data=st.data())
 def test_episode_rounds_are_held_to_the_window(n, data):
-    schema = update.episodic_schema(n)
+    schema = update_stage.episodic_schema(n)
     rounds = data.draw(st.lists(st.integers(1, n), max_size=n))
     topic = {"summary": "s", "keywords": "k", "rounds": rounds}
     assert validate_json({"topics": [topic]}, schema) == []

@@ -215,7 +215,8 @@ def test_a_turn_holds_the_gate_so_background_work_does_not_restart_between_its_s
 
 def test_a_session_job_stops_between_its_steps_when_an_answer_waits_and_stays_queued(store):
     from personavlm_cli.core.store import new_memory
-    from personavlm_cli.core.update import UpdateQueue, UpdateStage
+    from personavlm_cli.core.update_queue import UpdateQueue
+    from personavlm_cli.core.update_stage import UpdateStage
 
     turns = [new_memory("turn", f"I like river number {i}.", (AT + timedelta(minutes=i)).isoformat(), role="user",
                         session_id="s1") for i in range(4)]

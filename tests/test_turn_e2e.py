@@ -8,8 +8,8 @@ from datetime import datetime, timedelta
 
 import pytest
 
-from personavlm_cli.core import learning
 from personavlm_cli.core.conversation import respond
+from personavlm_cli.core.learning import grounding, profile
 
 
 def test_retrieve_first_puts_memories_in_the_answer_prompt_without_a_decision_call(cli):
@@ -45,11 +45,11 @@ def test_what_is_learnt_comes_from_the_users_words_and_a_switch_supersedes_acros
     assert coke and not coke[0]["superseded_by"]
     for m in everything:
         if m["type"] in ("semantic", "procedural", "episodic"):
-            assert learning.supported(m["text"], said), m["text"]
+            assert grounding.supported(m["text"], said), m["text"]
     core = cli("profile", "show", "--json").json()["core"]
     assert core.get("pets") == "cat Zorblax"
     for key, value in core.items():
-        assert key in learning.FIELDS and learning.supported(value, said), (key, value)
+        assert key in profile.FIELDS and grounding.supported(value, said), (key, value)
     assert "name" not in core, "no value the user did not say (not even the login name)"
 
 
@@ -111,7 +111,7 @@ def test_a_model_that_invents_facts_is_refused_by_the_grounding_check(tmp_path):
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.store import MemoryStore, new_memory
-    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.core.update_stage import UpdateStage
 
     class Inventor:
         def complete_json(self, messages, schema, **kw):
@@ -161,9 +161,10 @@ def test_the_answers_cache_survives_a_background_update_and_a_follow_up_pays_onl
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.assistant import Assistant
+    from personavlm_cli.core.background import BackgroundUpdates
     from personavlm_cli.core.gate import ModelGate
     from personavlm_cli.core.store import MemoryStore
-    from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
+    from personavlm_cli.core.update_stage import UpdateStage
 
     encoder = TextEncoder()
     store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
@@ -257,9 +258,10 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core import forgetting
+    from personavlm_cli.core.background import BackgroundUpdates
     from personavlm_cli.core.gate import ModelGate
     from personavlm_cli.core.store import MemoryStore, new_memory
-    from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
+    from personavlm_cli.core.update_stage import UpdateStage
 
     class Slow:
         def complete_json(self, messages, schema, **kw):

@@ -590,7 +590,7 @@ def _sigint_once():
 
 def memory_standing(m) -> str:
     """Why a memory is not the user's current word: past (until when, and why) or the assistant's."""
-    from personavlm_cli.core import changes
+    from personavlm_cli.core.learning import changes
 
     if changes.is_assistants(m):
         return "what I told you (my words, not yours): ranked below your own"

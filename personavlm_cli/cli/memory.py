@@ -275,7 +275,7 @@ def search(
     if json:
         print_json([{**memory_json(h.memory), "score": round(h.score, 5), "signals": h.signals} for h in hits])
         return
-    from personavlm_cli.core import changes
+    from personavlm_cli.core.learning import changes
 
     piped = not out.is_terminal
     for h in hits:
@@ -326,7 +326,7 @@ def forget(
     index, free pages, write-ahead log, vectors, input history). An old version whose successor is
     erased stays closed: it never comes back as current."""
     from personavlm_cli.core import forgetting
-    from personavlm_cli.core.update import UpdateQueue
+    from personavlm_cli.core.update_queue import UpdateQueue
 
     chosen = sum(bool(x) for x in (memory_ids, query, before, all))
     if chosen != 1:
@@ -462,7 +462,8 @@ def edit(
 ):
     """Correct a memory: the new text becomes its current version; the old one stays as history
     (memory show) unless --erase-old."""
-    from personavlm_cli.core import corrections, forgetting
+    from personavlm_cli.core import forgetting
+    from personavlm_cli.core.learning import corrections
 
     if text == "-":
         text = sys.stdin.read()

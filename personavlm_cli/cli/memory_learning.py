@@ -16,7 +16,8 @@ def update(user: UserOpt = None):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from personavlm_cli.core.capability import choose_extractor
-    from personavlm_cli.core.update import UpdateQueue, UpdateStage
+    from personavlm_cli.core.update_queue import UpdateQueue
+    from personavlm_cli.core.update_stage import UpdateStage
 
     env = make_env(user)
     try:
@@ -94,7 +95,7 @@ def verify(
 
 def unsupported(store) -> list[dict]:
     """Learnt memories (and core values) that the user's own turns they cite do not support."""
-    from personavlm_cli.core import learning
+    from personavlm_cli.core.learning import grounding, profile
 
     records = store.records
     findings = []
@@ -105,7 +106,7 @@ def unsupported(store) -> list[dict]:
         sources = [s for s in records.get_many(m.source_ids) if s.type == MemoryType.TURN and s.role == "user"]
         said = [s.text for s in sources]
         if m.type in (MemoryType.SEMANTIC, MemoryType.PROCEDURAL):
-            kind = learning.not_a_fact(m.text) or (learning.not_a_fact(" ".join(said)) if said else None)
+            kind = grounding.not_a_fact(m.text) or (grounding.not_a_fact(" ".join(said)) if said else None)
             if kind:  # "What's my sister's name?" learnt as a fact, "What do you love?" as a habit
                 findings.append({"memory": m, "field": None, "text": m.text, "reason": f"a {kind}, not a fact"})
                 continue
@@ -114,18 +115,18 @@ def unsupported(store) -> list[dict]:
             cited = (m.meta or {}).get("sources") or {}
             for key, value in facts.items():
                 evidence = [s.text for s in records.get_many([cited[key]])] if key in cited else said
-                if key not in learning.FIELDS:
+                if key not in profile.FIELDS:
                     findings.append({"memory": m, "field": key, "text": f"{key}: {value}",
                                      "reason": "not a profile field"})
-                elif evidence and not learning.supported(str(value), [learning.stated(e) for e in evidence]) \
-                        and learning.supported(str(value), evidence):
+                elif evidence and not grounding.supported(str(value), [grounding.stated(e) for e in evidence]) \
+                        and grounding.supported(str(value), evidence):
                     findings.append({"memory": m, "field": key, "text": f"{key}: {value}",
                                      "reason": "said in a question, request or hypothetical, not stated"})
-                elif not learning.supported(str(value), evidence):
+                elif not grounding.supported(str(value), evidence):
                     findings.append({"memory": m, "field": key, "text": f"{key}: {value}",
                                      "reason": "not in the user's words" if evidence else "no user turn cited"})
             continue
-        if not learning.supported(m.text, said):
+        if not grounding.supported(m.text, said):
             findings.append({"memory": m, "field": None, "text": m.text,
                              "reason": "not in the user's words" if said else "no user turn cited"})
     return findings
@@ -133,7 +134,8 @@ def unsupported(store) -> list[dict]:
 
 def drop_unsupported(store, findings: list[dict]) -> int:
     """Erase unsupported statements; a core profile loses only its unsupported fields (a new version)."""
-    from personavlm_cli.core import forgetting, learning
+    from personavlm_cli.core import forgetting
+    from personavlm_cli.core.learning import profile
     from personavlm_cli.core.memory import iso, now
     from personavlm_cli.core.store import new_memory
 
@@ -148,7 +150,7 @@ def drop_unsupported(store, findings: list[dict]) -> int:
             continue
         facts = {k: v for k, v in (old.meta.get("facts") or {}).items() if k not in fields}
         sources = {k: v for k, v in (old.meta.get("sources") or {}).items() if k in facts}
-        text = learning.profile_text(facts)
+        text = profile.profile_text(facts)
         if facts:
             new = new_memory(MemoryType.CORE, text, old.occurred_at, source_ids=list(old.source_ids),
                              session_id=old.session_id, meta={"facts": facts, "sources": sources,

@@ -21,7 +21,7 @@ from personavlm_cli.core.prompts import PROFILES, Context
 from personavlm_cli.core.recall import Hit, Query, recall
 from personavlm_cli.core.response_stage import Reasoning
 from personavlm_cli.core.store import MemoryStore, new_memory
-from personavlm_cli.core.update import UpdateQueue
+from personavlm_cli.core.update_queue import UpdateQueue
 
 
 @dataclass

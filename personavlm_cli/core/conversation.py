@@ -31,18 +31,16 @@ from types import TracebackType
 from typing import Any, cast
 
 from personavlm_cli.core.assistant import Assistant, Exchange
+from personavlm_cli.core.background import BackgroundUpdates
 from personavlm_cli.core.errors import ModelInterrupted, NoAnswer, PersonaError
 from personavlm_cli.core.gate import ModelGate
+from personavlm_cli.core.learning.learner import Learner
 from personavlm_cli.core.memory import Memory, now, prompt_time
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import Context
 from personavlm_cli.core.response_stage import Reasoning, ResponseStage
-from personavlm_cli.core.update import (
-    BackgroundUpdates,
-    Learner,
-    UpdateQueue,
-    UpdateStage,
-)
+from personavlm_cli.core.update_queue import UpdateQueue
+from personavlm_cli.core.update_stage import UpdateStage
 from personavlm_cli.core.warmup import PrefixWarmup
 
 

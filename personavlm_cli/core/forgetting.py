@@ -33,11 +33,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from personavlm_cli.core import learning
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.learning import profile as learning
 from personavlm_cli.core.memory import Memory, MemoryType
 from personavlm_cli.core.store import MemoryStore, new_memory
-from personavlm_cli.core.update import UpdateQueue, forget_personality_evidence
+from personavlm_cli.core.update_queue import UpdateQueue
+from personavlm_cli.core.update_stage import forget_personality_evidence
 
 
 @dataclass

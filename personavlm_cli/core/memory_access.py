@@ -74,7 +74,7 @@ def search(store: MemoryStore, query: str, limit: int = 10, weights: dict[str, f
 
 def remember(store: MemoryStore, text: str) -> dict[str, Any]:
     """``/remember``: the user's statement, as written, learnt like any statement of theirs."""
-    from personavlm_cli.core.update import Learner
+    from personavlm_cli.core.learning.learner import Learner
 
     if not isinstance(text, str) or not text.strip():
         raise PersonaError("give the statement to remember")
@@ -120,7 +120,7 @@ def show(records: RecordStore, memory_id: str) -> dict[str, Any]:
 
 def forget(store: MemoryStore, ids: list[str] | None = None, query: str | None = None, confirm: bool = False) -> dict[str, Any]:
     """``memory forget IDS`` or ``--query TEXT``: without ``confirm``, what would be erased; with it, erased."""
-    from personavlm_cli.core.update import UpdateQueue
+    from personavlm_cli.core.update_queue import UpdateQueue
 
     if bool(ids) == bool(query):
         raise PersonaError("say what to forget: ids, or a query (one of them)")

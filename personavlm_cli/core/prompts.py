@@ -18,8 +18,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from personavlm_cli.core import changes
 from personavlm_cli.core import personality as pem
+from personavlm_cli.core.learning import changes
 from personavlm_cli.core.memory import Memory, MemoryType, parse_time, prompt_time
 
 if TYPE_CHECKING:
@@ -84,7 +84,7 @@ def _compact(m: Memory) -> str:
         return f"(You said: {text})"
     text = text if text.endswith((".", "!", "?")) else text + "."
     past = changes.until_text(m)
-    if past:  # no longer true: "until 15 March 2026" (core/changes.py)
+    if past:  # no longer true: "until 15 March 2026" (core/learning/changes.py)
         return f"[{m.occurred.day} {m.occurred.strftime('%B %Y')}, past: true only until {past}] {text}"
     if m.type == MemoryType.TURN:  # when it was said: "yesterday" in a turn needs its date
         return f"[{m.occurred.day} {m.occurred.strftime('%B %Y')}] {text}"
@@ -94,7 +94,7 @@ def _compact(m: Memory) -> str:
 def render_memory(m: Memory) -> str:
     when = prompt_time(m.occurred)
     past = changes.until_text(m)
-    if past:  # no longer true: shown as the past, never as current (core/changes.py)
+    if past:  # no longer true: shown as the past, never as current (core/learning/changes.py)
         when = f"{when}; past, true only until {past}"
     if m.type == MemoryType.TURN:
         if changes.is_assistants(m):

@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, cast
 
-from personavlm_cli.core import changes, links, reembed
+from personavlm_cli.core import links, reembed
 from personavlm_cli.core.dates import date_match as _date_match
 from personavlm_cli.core.dates import query_dates
+from personavlm_cli.core.learning import changes
 from personavlm_cli.core.memory import TYPES, Memory, MemoryType
 from personavlm_cli.core.store import IMAGES, TEXT, MemoryStore
 

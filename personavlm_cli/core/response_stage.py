@@ -27,7 +27,7 @@ from typing import Any, cast
 
 from personavlm_cli.core import dates
 from personavlm_cli.core.errors import NoAnswer
-from personavlm_cli.core.learning import only_asks
+from personavlm_cli.core.learning.grounding import only_asks
 from personavlm_cli.core.memory import Memory, MemoryType
 from personavlm_cli.core.ports import ChatModel
 from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, GenericProfile, Step

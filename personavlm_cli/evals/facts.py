@@ -10,7 +10,7 @@ over all facts or statements of all people:
 - **learnt**: share of facts whose key appears in a learnt memory (semantic, procedural, or a core
   profile value) after both sessions and their updates;
 - **truthful**: share of learnt statements (semantic and procedural texts, core profile values,
-  episodic summaries) whose content words all occur in what the user said (``learning.supported``);
+  episodic summaries) whose content words all occur in what the user said (``grounding.supported``);
 - **grounded**: share of questions whose answer was produced with the key in the model's prompt
   (outside the question itself);
 - **answered**: share of questions whose answer contains the key.
@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 
-from personavlm_cli.core import learning
 from personavlm_cli.core.conversation import respond
 from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.learning import grounding
 from personavlm_cli.core.memory import MemoryType, parse_time
 from personavlm_cli.evals.workspace import scratch, temporary_store
 
@@ -135,7 +135,7 @@ def run_person(person: Person, make_assistant: Callable, sampling: dict,
     learnt_text = " \n ".join(t for kind, t in learnt if kind in LEARNT_TYPES)
     for kind, text in learnt:
         result.statements += 1
-        if learning.supported(text, said):
+        if grounding.supported(text, said):
             result.truthful += 1
         else:
             result.untrue.append(f"{kind}: {text}")
@@ -190,7 +190,7 @@ def run(people: list[Person], llm, settings, extractor: str, max_tokens: int,
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.capability import choose_prompt_style
-    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.core.update_stage import UpdateStage
 
     s = settings
     encoder = TextEncoder()

@@ -79,7 +79,7 @@ def _profile(store) -> dict[str, str]:
 def forget_and_measure(store, life: Life) -> dict:
     """Forget ``life.query`` in ``store`` as `memory forget --query` does, and measure what is left."""
     from personavlm_cli.core import forgetting
-    from personavlm_cli.core.update import UpdateQueue
+    from personavlm_cli.core.update_queue import UpdateQueue
 
     before = _profile(store)
     held = [k for k in life.keep if life.profile.get(k, "").lower() in before.get(k, "").lower() and before.get(k)]
@@ -131,7 +131,7 @@ def run(lives: list[Life], llm, settings, extractor: str, max_tokens: int,
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.capability import choose_prompt_style
-    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.core.update_stage import UpdateStage
     from personavlm_cli.evals.workspace import scratch, temporary_store
 
     s = settings

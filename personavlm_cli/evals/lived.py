@@ -184,7 +184,7 @@ def run_life(life: Life, make_assistant: Callable, sampling: dict, root: Path | 
     forget = expect.get("forget") or {}
     if forget.get("query") and root is not None:
         from personavlm_cli.core import forgetting
-        from personavlm_cli.core.update import UpdateQueue
+        from personavlm_cli.core.update_queue import UpdateQueue
 
         query = str(forget["query"])
         ids = [m.id for m in forgetting.matching(store, query)]
@@ -224,7 +224,7 @@ def run(lives: list[Life], llm, settings, extractor: str, max_tokens: int,
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.capability import choose_prompt_style
-    from personavlm_cli.core.update import UpdateStage
+    from personavlm_cli.core.update_stage import UpdateStage
     from personavlm_cli.evals.workspace import scratch, temporary_store
 
     s = settings

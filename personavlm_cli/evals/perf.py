@@ -886,7 +886,8 @@ def bench_replay(path: Path, rounds: int, rng: random.Random) -> dict:
 def bench_update(host: Host, path: Path, plan: dict, rng: random.Random) -> dict:
     """The update stage with the chat model: per turn, per session, and what the user waits for."""
     from personavlm_cli.core.assistant import Assistant
-    from personavlm_cli.core.update import BackgroundUpdates, UpdateStage
+    from personavlm_cli.core.background import BackgroundUpdates
+    from personavlm_cli.core.update_stage import UpdateStage
 
     model = host.model()
     store, at = _small_store(path, rng, rounds=20)

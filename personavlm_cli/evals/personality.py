@@ -127,7 +127,7 @@ class PaperMethod:
         self.model = model
 
     def rate(self, message: str) -> dict:
-        from personavlm_cli.core.update import PERSONALITY_SCHEMA
+        from personavlm_cli.core.update_stage import PERSONALITY_SCHEMA
 
         try:
             return self.model.complete_json(pem.rating_messages(message), PERSONALITY_SCHEMA, max_tokens=80,

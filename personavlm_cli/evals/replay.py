@@ -87,7 +87,7 @@ class Replayer:
 
     def __init__(self, store, model, user: str, *, update: bool, prompt_profile: str = "generic",
                  recent_turns: int = 20, session_gap_minutes: int = 60):
-        from personavlm_cli.core.update import UpdateStage
+        from personavlm_cli.core.update_stage import UpdateStage
 
         self.store = store
         self.model = model

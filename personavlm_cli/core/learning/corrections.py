@@ -15,8 +15,8 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from personavlm_cli.core import learning
 from personavlm_cli.core.errors import NotFoundError, PersonaError
+from personavlm_cli.core.learning import profile
 from personavlm_cli.core.memory import Memory, MemoryType, iso, new_id, now
 from personavlm_cli.core.ports import RecordStore
 from personavlm_cli.core.store import MemoryStore
@@ -42,16 +42,16 @@ def editable(records: RecordStore, memory_id: str) -> Memory:
 
 def profile_fields(text: str) -> dict[str, str]:
     """``name: Dana Whitfield occupation: nurse`` (one line or several) as the profile's fields."""
-    names = "|".join(learning.FIELDS)
+    names = "|".join(profile.FIELDS)
     parts = re.split(rf"(?:^|\s|;|,)\b({names})\s*:\s*", text.strip(), flags=re.I)
     if parts[0].strip() or len(parts) < 3:
-        raise PersonaError(f"write the profile as 'field: value' with these fields: {', '.join(learning.FIELDS)}")
+        raise PersonaError(f"write the profile as 'field: value' with these fields: {', '.join(profile.FIELDS)}")
     found = {}
     for key, value in zip(parts[1::2], parts[2::2]):
         value = value.strip().rstrip(";,").strip()
         if value:
             found[key.lower()] = value
-    return {k: found[k] for k in learning.FIELDS if k in found}
+    return {k: found[k] for k in profile.FIELDS if k in found}
 
 
 def correct(store: MemoryStore, memory_id: str, text: str, at: datetime | None = None) -> Memory | None:
@@ -66,7 +66,7 @@ def correct(store: MemoryStore, memory_id: str, text: str, at: datetime | None =
     facts = None
     if old.type == MemoryType.CORE:
         facts = profile_fields(text)
-        text = learning.profile_text(facts)
+        text = profile.profile_text(facts)
     if text == old.text:
         return None
     when = iso(at or now())

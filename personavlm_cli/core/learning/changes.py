@@ -4,7 +4,7 @@ A user's statement can make an older one past in two ways (``past_reason``):
 
 - **announced**: it says a change ("moved", "switched", "no longer", "not ... anymore", "these days",
   "gave up", "sold", "passed away", ...) and names something the old statement said
-  (``learning.changes_what``: a shared content word, or the "from X" of "from X to Y");
+  (``patterns.changes_what``: a shared content word, or the "from X" of "from X to Y");
 - **a new value**: both fill the same single-valued *slot* of the same person with different values
   (``SLOTS``: where one lives, where one works or as what, how one gets to work, what one drinks, one's
   diet, one's shift, one's partner).
@@ -31,8 +31,8 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from personavlm_cli.core import learning
 from personavlm_cli.core import sentences as _sentences
+from personavlm_cli.core.learning import grounding, patterns
 from personavlm_cli.core.memory import Memory, MemoryType, from_iso
 
 PAST_WEIGHT = 0.45  # a past statement's score is multiplied by this unless the question is about the past
@@ -73,7 +73,7 @@ SLOT_WORDS = {
 PAST_QUESTION = re.compile(
     r"\b(did|was|were|used to|before|previously|formerly|earlier|back then|at the time|ago|last (?:year|month|"
     r"week|summer|winter|spring|autumn|time)|in (?:19|20)\d\d|former|originally|history)\b", re.I)
-_CUE = learning.CHANGE
+_CUE = patterns.CHANGE
 
 
 def slots(sentence: str) -> dict[str, str]:
@@ -83,21 +83,21 @@ def slots(sentence: str) -> dict[str, str]:
         m = pattern.search(sentence)
         if m:
             value = m.group(1).lower().replace("the ", "").strip(" .,;:!'’")
-            out[name] = " ".join(learning._stem(w) for w in value.split())
+            out[name] = " ".join(grounding.stem(w) for w in value.split())
     return out
 
 
 def subject(sentence: str, people: tuple[str, ...] = ()) -> str:
     """Who the sentence is about: the user ("i": an "I" or "we" among its first words, "Ama and I"
     included), else a named person of the user's ("lena"), else a relation ("sister"), else the user."""
-    said = learning.words(sentence)[:6]
+    said = grounding.words(sentence)[:6]
     if any(w in ("i", "i'm", "we", "we're", "i've", "we've", "i'd", "we'd") for w in said):
         return "i"
     names = {p.lower() for p in people}
     for w in said:
         if w in names:
             return w
-    m = re.match(rf"^\W*(?:my|our)\s+(?:\w+\s+)?({learning._REL}|{learning._ANI})\b", sentence, re.I)
+    m = re.match(rf"^\W*(?:my|our)\s+(?:\w+\s+)?({patterns._REL}|{patterns._ANI})\b", sentence, re.I)
     return m.group(1).lower() if m else "i"
 
 
@@ -110,13 +110,13 @@ FRAME = frozenset([
 
 
 def _names_the_old(new: str, old: str) -> bool:
-    """``learning.changes_what`` without the frame words: the change names what the old one said."""
-    m = learning.FROM_TO.search(new)
+    """``patterns.changes_what`` without the frame words: the change names what the old one said."""
+    m = patterns.FROM_TO.search(new)
     if m:
-        return learning.changes_what(new, old)
-    stem = learning._stem
-    shared = {stem(w) for w in learning.content_words(new)} & {stem(w) for w in learning.content_words(old)}
-    return bool(shared - {stem(w) for w in FRAME}) and learning.changes_what(new, old)
+        return patterns.changes_what(new, old)
+    stem = grounding.stem
+    shared = {stem(w) for w in grounding.content_words(new)} & {stem(w) for w in grounding.content_words(old)}
+    return bool(shared - {stem(w) for w in FRAME}) and patterns.changes_what(new, old)
 
 
 def past_reason(new: str, old: str, people: tuple[str, ...] = ()) -> str | None:
@@ -139,7 +139,7 @@ def past_reason(new: str, old: str, people: tuple[str, ...] = ()) -> str | None:
 
 def is_statement(sentence: str) -> bool:
     """A sentence that states something (not a question, request, hypothetical or small talk)."""
-    return _sentences.is_statement(sentence) and len(learning.content_words(sentence)) >= 2
+    return _sentences.is_statement(sentence) and len(grounding.content_words(sentence)) >= 2
 
 
 def about_the_past(text: str) -> bool:
@@ -203,13 +203,13 @@ def rerank(fused: dict[str, float], memories: dict[str, Memory], query_text: str
         if is_assistants(m):
             fused[memory_id] *= ASSISTANT_WEIGHT
             signals.setdefault(memory_id, {})["assistant"] = {"rank": 0, "score": ASSISTANT_WEIGHT}
-    users = [(i, learning.content_words(m.text)) for i, m in memories.items()
+    users = [(i, grounding.content_words(m.text)) for i, m in memories.items()
              if i in fused and not is_assistants(m) and m.type in (MemoryType.TURN, MemoryType.SEMANTIC, MemoryType.PROCEDURAL)
              and (m.type != MemoryType.TURN or m.role == "user")]
     for memory_id, m in memories.items():
         if memory_id not in fused or not is_assistants(m):
             continue
-        mine = learning.content_words(m.text)
+        mine = grounding.content_words(m.text)
         rivals = [fused[i] for i, words in users if words & mine]
         if rivals and fused[memory_id] >= min(rivals):
             fused[memory_id] = min(rivals) * 0.99
@@ -225,7 +225,7 @@ def gone_items(sentence: str, facts: dict[str, str]) -> list[tuple[str, str]]:
     clause = next((c for c in re.split(r"[,;]|\bbut\b|\band\b", sentence) if GONE.search(c)), None)
     if clause is None:
         return []
-    said = set(learning.words(clause))
+    said = set(grounding.words(clause))
     out = []
     for name in ("family", "pets"):
         for item in filter(None, (facts.get(name) or "").split(", ")):

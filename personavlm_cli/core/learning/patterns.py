@@ -1,22 +1,6 @@
-"""What the assistant learns about its user, taken from the user's own words and checked against them.
-
-A small local model cannot be trusted to say what is true about the user: asked to extract facts it
-invents them, and it happily builds them from its own answers. So learning does not depend on the
-model's judgement:
-
-- **Statements** are the user's own sentences that say something about them: a first-person
-  sentence ("I", "my", "we", "our", ...) that is not a question, a greeting or a request to the
-  assistant, with at least two content words. Each is kept in the user's words, as a semantic
-  memory, or a procedural one when it states a habit ("every Saturday", "usually") or a plan
-  ("I am planning", "next month", "in August I am going").
-- **The core profile** has a schema (``FIELDS``): each field's value is cut out of one of the user's
-  sentences by a pattern ("my name is X", "I work as X", "my parrot is called X"), and carries the
-  id of the turn it came from. There are no free-form keys.
-- **Grounding**: every learnt text must be supported by the user's own turns it cites: all its
-  content words occur in them (``supported``). The assistant's turns are never evidence. A model,
-  where it is used to rephrase, passes the same check, and what fails is dropped and counted.
-- **Supersession**: a statement that announces a change ("I switched from Sprite to Coke", "I no
-  longer ...", "... instead") closes the current statements that name what changed.
+"""The patterns of what is learnt by rules: the user's own statements (semantic, or procedural for a
+habit or a plan), the core profile's values (the schema's grammar, docs/learning.md), and the changes
+a statement announces ("I switched from Sprite to Coke").
 """
 
 from __future__ import annotations
@@ -25,37 +9,10 @@ import re
 from dataclasses import dataclass, field
 
 from personavlm_cli.core import sentences as _sentences
+from personavlm_cli.core.learning.grounding import STOP, content_words, keywords_of, sentences, stem, words
+from personavlm_cli.core.learning.profile import LIST_FIELDS
 from personavlm_cli.core.memory import MemoryType
 
-# Words that carry no fact: function words, pronouns, auxiliaries, and the framing words a
-# rephrasing may add ("the user"). A statement's *content words* are its other words.
-STOP = frozenset([
-    "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "aren't",
-    "as", "at", "be", "because", "been", "before", "being", "below", "between", "both", "but", "by", "can", "can't",
-    "cannot", "could", "couldn't", "did", "didn't", "do", "does", "doesn't", "doing", "don't", "down", "during",
-    "each", "few", "for", "from", "further", "had", "hadn't", "has", "hasn't", "have", "haven't", "having", "he",
-    "he'd", "he'll", "he's", "her", "here", "here's", "hers", "herself", "him", "himself", "his", "how", "how's", "i",
-    "i'd", "i'll", "i'm", "i've", "if", "in", "into", "is", "isn't", "it", "it's", "its", "itself", "let's", "me",
-    "more", "most", "mustn't", "my", "myself", "no", "nor", "not", "of", "off", "on", "once", "only", "or", "other",
-    "ought", "our", "ours", "ourselves", "out", "over", "own", "same", "shan't", "she", "she'd", "she'll", "she's",
-    "should", "shouldn't", "so", "some", "such", "than", "that", "that's", "the", "their", "theirs", "them",
-    "themselves", "then", "there", "there's", "these", "they", "they'd", "they'll", "they're", "they've", "this",
-    "those", "through", "to", "too", "under", "until", "up", "very", "was", "wasn't", "we", "we'd", "we'll", "we're",
-    "we've", "were", "weren't", "what", "what's", "when", "when's", "where", "where's", "which", "while", "who",
-    "who's", "whom", "why", "why's", "with", "won't", "would", "wouldn't", "you", "you'd", "you'll", "you're",
-    "you've", "your", "yours", "yourself", "yourselves", "just", "really", "quite", "so", "very", "also", "still",
-    "even", "now", "then", "yet", "user", "user's", "users", "im", "ive", "id", "dont", "s", "t", "d", "ll", "m",
-    "re", "ve",
-])
-
-FIELDS = ("name", "age", "occupation", "location", "hometown", "family", "pets", "languages")
-"""The core profile's fields, in display order. ``family`` and ``pets`` hold "relation Name" items,
-``languages`` a list; the others one value each (a newer one replaces the older)."""
-
-LIST_FIELDS = ("family", "pets", "languages")
-
-_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9'’-]*")
-_SENTENCE = re.compile(r"[^.!?\n]+[.!?]*")
 FIRST_PERSON = re.compile(r"\b(i|i'm|i’m|im|i've|i’ve|i'd|i'll|my|mine|me|myself|we|we're|we've|our|ours|us)\b", re.I)
 QUESTION_START = re.compile(
     r"^\s*(what|who|whom|whose|when|where|why|how|which|do|does|did|can|could|would|will|should|shall|is|are|"
@@ -183,47 +140,6 @@ NOT_HERE = frozenset([
 _AGE_FRAGMENT = re.compile(r"^(?:aged\s+)?(\d{1,3})(?:\s*(?:years?\s+old|y/?o|yrs?\s+old))?$", re.I)
 _JOB_FRAGMENT = re.compile(rf"^(?:an?\s+)?((?:[a-z-]+\s+)?{_JOB})\b", re.I)
 
-
-def words(text: str) -> list[str]:
-    return [w.lower().replace("’", "'") for w in _WORD.findall(text or "")]
-
-
-def content_words(text: str) -> set[str]:
-    """The words of ``text`` that carry its facts (lower-cased; no function or framing words)."""
-    out = set()
-    for w in words(text):
-        w = w.strip("'-")
-        if w.endswith("'s"):
-            w = w[:-2]
-        if w and w not in STOP and (len(w) > 1 or w.isdigit()):
-            out.add(w)
-    return out
-
-
-def _stem(w: str) -> str:
-    for suffix in ("ing", "ed", "es", "s"):
-        if len(w) > len(suffix) + 2 and w.endswith(suffix):
-            return w[: -len(suffix)]
-    return w
-
-
-def supported(statement: str, evidence: list[str]) -> bool:
-    """True when every content word of ``statement`` occurs in ``evidence`` (the user's own turns).
-
-    Words match by a light stem ("drinks" and "drink", "hiking" and "hike"), never by meaning: a
-    learnt statement may reorder or drop the user's words, not add to them.
-    """
-    said = {_stem(w) for text in evidence for w in content_words(text)}
-    mine = {_stem(w) for w in content_words(statement)}
-    return bool(mine) and mine <= said
-
-
-def sentences(text: str) -> list[str]:
-    """The sentences of ``text`` (``core/sentences.py``: abbreviations, initials, decimals and times
-    do not end one)."""
-    return _sentences.split(text)
-
-
 @dataclass
 class Statement:
     text: str
@@ -256,33 +172,6 @@ def is_about_the_user(sentence: str, people: tuple[str, ...] = ()) -> bool:
 def _names_one_of(sentence: str, people: tuple[str, ...]) -> bool:
     said = set(words(sentence))
     return any(p.lower() in said for p in people if p)
-
-
-def stated(text: str) -> str:
-    """Only the statements of ``text``: its questions, requests, hypotheticals and small talk left out.
-    The evidence a learnt fact may cite ("What's my sister's name?" states nothing)."""
-    return " ".join(s for s in sentences(text) if _sentences.is_statement(s))
-
-
-def not_a_fact(text: str) -> str | None:
-    """What ``text`` is when it states nothing: "question", "request", "hypothetical" or "small talk"
-    (the kind of its first sentence); None when one of its sentences is a statement."""
-    kinds = [_sentences.kind(s) for s in sentences(text)]
-    if not kinds or "statement" in kinds:
-        return None
-    return kinds[0]
-
-
-def only_asks(text: str) -> bool:
-    """Every sentence of ``text`` is a question: it tells nothing about the user, and recalled for a
-    later message it would only echo what is asked again."""
-    said = sentences(text)
-    return bool(said) and all(s.rstrip().endswith("?") for s in said)
-
-
-def keywords_of(text: str, limit: int = 6) -> str:
-    seen = [w for w in dict.fromkeys(w.strip("'-") for w in words(text)) if w and w in content_words(w)]
-    return ", ".join(seen[:limit])
 
 
 def statements_of(text: str, people: tuple[str, ...] = ()) -> list[Statement]:
@@ -415,51 +304,17 @@ def _value(name: str, m: re.Match[str], sentence: str) -> str | None:
 def learn(text: str, people: tuple[str, ...] = ()) -> Learnt:
     return Learnt(statements_of(text, people), profile_of(text))
 
-
-def people_of(facts: dict[str, str]) -> tuple[str, ...]:
-    """The names in a profile's family and pets ("daughter Lena, cat Pepper" -> ("Lena", "Pepper"))."""
-    return tuple(item.split()[-1] for name in ("family", "pets")
-                 for item in filter(None, (facts.get(name) or "").split(", ")) if len(item.split()) > 1)
-
-
-def merge_profile(facts: dict[str, str], sources: dict[str, str], new: dict[str, str], turn_id: str
-                  ) -> tuple[dict[str, str], dict[str, str]]:
-    """The profile with ``new`` values applied: list fields gain items, single fields are replaced."""
-    facts, sources = dict(facts), dict(sources)
-    for name in FIELDS:
-        if name not in new:
-            continue
-        if name in LIST_FIELDS and facts.get(name):
-            items = facts[name].split(", ")
-            for item in new[name].split(", "):
-                # "brother Caspar" replaces an older "brother Caspar"-less value of the same relation+name
-                if item not in items:
-                    items.append(item)
-            value = ", ".join(items)
-        else:
-            value = new[name]
-        if facts.get(name) != value:
-            facts[name] = value
-            sources[name] = turn_id
-    ordered = {k: facts[k] for k in FIELDS if k in facts}
-    return ordered, {k: sources[k] for k in ordered if k in sources}
-
-
-def profile_text(facts: dict[str, str]) -> str:
-    return "\n".join(f"{k}: {v}" for k, v in facts.items())
-
-
 def changes_what(new: Statement | str, old_text: str) -> bool:
     """Does ``new`` (a change statement) replace ``old_text``? It must name something the old one said."""
     text = new.text if isinstance(new, Statement) else new
     if not CHANGE.search(text):
         return False
-    old_words = {_stem(w) for w in content_words(old_text)}
+    old_words = {stem(w) for w in content_words(old_text)}
     m = FROM_TO.search(text)
     if m:
-        named = {_stem(w) for w in content_words(m.group(1))}
+        named = {stem(w) for w in content_words(m.group(1))}
         return bool(named) and named <= old_words
     generic = {"switch", "switched", "chang", "stopp", "stop", "moved", "quit", "replac", "prefer",
                "actual", "instead", "longer", "anymore", "gave", "now", "used"}
-    shared = {_stem(w) for w in content_words(text)} & old_words
-    return bool(shared - {_stem(g) for g in generic})
+    shared = {stem(w) for w in content_words(text)} & old_words
+    return bool(shared - {stem(g) for g in generic})

@@ -9,26 +9,24 @@ nothing. A malformed model answer is retried once, then skipped with a log line.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
 from collections.abc import Callable, Iterable
-from datetime import datetime
 from typing import Any, cast
 
-from personavlm_cli.core import changes, learning, links
 from personavlm_cli.core import personality as pem
 from personavlm_cli.core.errors import ModelInterrupted, PersonaError
 from personavlm_cli.core.gate import ModelGate
+from personavlm_cli.core.learning import grounding, profile
+from personavlm_cli.core.learning.learner import Learner, stable_id
 from personavlm_cli.core.memory import Memory, MemoryType, iso, now
 from personavlm_cli.core.ports import ChatModel, Messages, RecordStore
-from personavlm_cli.core.recall import Query, recall
 from personavlm_cli.core.store import MemoryStore, new_memory
+from personavlm_cli.core.update_queue import UpdateQueue
 
 log = logging.getLogger("personavlm.update")
 
-NEAR_DUPLICATE = 0.92
 SEMANTIC_SCHEMA = {
     "type": "object",
     "properties": {
@@ -61,7 +59,7 @@ CORE_SCHEMA = {
     "type": "object",
     "properties": {"facts": {"type": "array", "maxItems": 10, "items": {
         "type": "object",
-        "properties": {"key": {"type": "string", "enum": list(learning.FIELDS)}, "value": {"type": "string", "maxLength": 160}},
+        "properties": {"key": {"type": "string", "enum": list(profile.FIELDS)}, "value": {"type": "string", "maxLength": 160}},
         "required": ["key", "value"], "additionalProperties": False}}},
     "required": ["facts"], "additionalProperties": False,
 }
@@ -81,12 +79,6 @@ def episodic_schema(rounds: int) -> dict[str, Any]:
             "required": ["summary", "keywords", "rounds"], "additionalProperties": False}}},
         "required": ["topics"], "additionalProperties": False,
     }
-
-
-def stable_id(kind: str, *parts: str) -> str:
-    """Ids derived from their sources, so a job re-run after a kill writes the same rows again."""
-    prefix = {"semantic": "sem", "episodic": "epi", "procedural": "proc", "core": "core"}[kind]
-    return f"{prefix}_{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:10]}"
 
 
 def _rounds(turns: list[Memory]) -> list[tuple[Memory, Memory | None]]:
@@ -139,228 +131,12 @@ def forget_personality_evidence(records: RecordStore, ids: Iterable[str]) -> Non
     records.set_meta("personality_updates", m + 1)
 
 
-class UpdateQueue:
-    """The durable queue of update work, in the record store: a ``turn`` job per answered message, a
-    ``session`` job per finished session. Enqueueing is idempotent where it matters (one pending
-    consolidation per session) and needs no model: the chat, `memory edit` and forgetting only queue;
-    the worker (``UpdateStage``) runs the jobs, now in the background or later."""
-
-    KINDS = ("turn", "session")
-
-    def __init__(self, records: RecordStore) -> None:
-        self.records = records
-
-    def enqueue_turn(self, user_turn: Memory, assistant_turn: Memory | None) -> None:
-        self.records.add_job("turn", {"user": user_turn.id,
-                                      "assistant": assistant_turn.id if assistant_turn else None})
-
-    def enqueue_session(self, session_id: str) -> None:
-        if not any(j["payload"].get("session") == session_id for j in self.records.jobs(["session"])):
-            self.records.add_job("session", {"session": session_id})
-
-    def enqueue_unconsolidated(self, except_session: str | None = None) -> None:
-        """Sessions with turns that no consolidation has seen yet (a kill before exit, say)."""
-        done = self.records.get_meta("consolidated", {}) or {}
-        for session, n in self.records.turn_counts().items():
-            if session != except_session and done.get(session) != n:
-                self.enqueue_session(session)
-
-    def pending(self) -> list[dict[str, Any]]:
-        return [j for j in self.records.jobs() if j["kind"] in self.KINDS]
-
-
-class Learner:
-    """Learning that needs no model: the user's own statements and profile values, written with
-    merging of near-duplicates and supersession of what a change names. Runs in the chat turn right
-    after the answer (milliseconds) and again, idempotently, in the queued turn job."""
-
-    def __init__(self, store: MemoryStore):
-        self.store = store
-
-    def dropped(self, what: str, text: str) -> None:
-        records = self.store.records
-        records.set_meta("learning_dropped", int(records.get_meta("learning_dropped") or 0) + 1)
-        # The log never holds memory text: forgetting could not reach it there.
-        log.info("a learnt %s was not supported by the user's own words (%d words); dropped", what,
-                 len(text.split()))
-
-    def learn_turn(self, user_turn: Memory) -> list[Memory]:
-        """Learn from one user message by rules: its statements about the user, and profile values.
-
-        Ids derived from the turn (and the ``learnt:`` mark) make a second run after a kill a no-op.
-        """
-        if user_turn.role != "user" or self.store.records.get_meta(f"learnt:{user_turn.id}"):
-            return []
-        people = learning.people_of(self._facts())
-        learnt = learning.learn(user_turn.text, people)
-        images = [m.id for m in self.store.records.derived_from([user_turn.id]) if m.type == MemoryType.IMAGE]
-        kept: list[Memory] = []
-        for i, st in enumerate(learnt.statements):
-            if not learning.supported(st.text, [user_turn.text]):
-                self.dropped(st.kind, st.text)
-                continue
-            memory = new_memory(st.kind, st.text, user_turn.occurred_at, keywords=st.keywords,
-                                source_ids=[user_turn.id, *images], session_id=user_turn.session_id,
-                                meta={"origin": "said", **({"key": _key(st.text)} if st.kind == MemoryType.PROCEDURAL else {})})
-            memory.id = stable_id(st.kind, user_turn.id, str(i))
-            kept.append(self.integrate_semantic(memory, people))
-        if learnt.profile:
-            self.update_profile(learnt.profile, user_turn)
-        self.close_past(user_turn, [st.text for st in learnt.statements], people)
-        self.store.records.set_meta(f"learnt:{user_turn.id}", True)
-        return kept
-
-    def _facts(self) -> dict[str, str]:
-        current = self.store.records.list(types=[MemoryType.CORE])
-        return dict(current[-1].meta.get("facts", {})) if current else {}
-
-    def close_past(self, user_turn: Memory, said: list[str], people: tuple[str, ...]) -> int:
-        """What ``user_turn``'s statements make past (``core/changes.py``): older user turns that state the
-        old value are marked past, learnt memories that do are closed, and family or pets it says are
-        gone leave the profile. The number of memories made past."""
-        made = 0
-        facts = self._facts()
-        gone = [g for s in said for g in changes.gone_items(s, facts)]
-        if gone:
-            self._drop_profile_items(gone, user_turn)
-        for sentence in said:
-            kinds = (MemoryType.TURN, MemoryType.SEMANTIC, MemoryType.PROCEDURAL)
-            hits = recall(self.store, Query(text=sentence, types=kinds, exclude_ids={user_turn.id}), k=12,
-                          floor=None, weights=links.OFF)  # candidates: each is checked below
-            seen = {h.memory.id for h in hits}
-            for slot in changes.slots(sentence):  # and the older statements of the slots it fills
-                more = recall(self.store, Query(text=changes.SLOT_WORDS[slot], types=kinds,
-                                                exclude_ids={user_turn.id}), k=20, floor=None,
-                              weights={"dense": 0.0, "keywords": 0.0, **links.OFF})
-                hits += [h for h in more  # set.add in the test: each memory once (mypy: the value of a None call)
-                         if h.memory.id not in seen and not seen.add(h.memory.id)]  # type: ignore[func-returns-value]
-            for hit in hits:
-                old = hit.memory
-                if old.occurred > user_turn.occurred or old.id == user_turn.id:
-                    continue
-                if old.type == MemoryType.TURN:
-                    if old.role != "user" or (old.meta or {}).get("past"):
-                        continue
-                    reasons = [changes.past_reason(sentence, s, people) for s in learning.sentences(old.text)
-                               if changes.is_statement(s)]
-                    reason = next((r for r in reasons if r), None)
-                    if reason and changes.mark_past(old, user_turn, reason):
-                        self.store.replace(old)
-                        made += 1
-                        # A summary that holds the old statement is past as well (what was said then).
-                        for episode in self.store.records.derived_from([old.id]):
-                            if episode.type == MemoryType.EPISODIC and episode.current and \
-                                    changes.mark_past(episode, user_turn, reason):
-                                self.store.replace(episode)
-                elif old.current and user_turn.id not in old.source_ids:
-                    reason = changes.past_reason(sentence, old.text, people)
-                    if reason:
-                        self.store.supersede(old, None, at=user_turn.occurred_at, operation="changed")
-                        made += 1
-        return made
-
-    def _drop_profile_items(self, gone: list[tuple[str, str]], user_turn: Memory) -> None:
-        current = self.store.records.list(types=[MemoryType.CORE])
-        if not current:
-            return
-        old = current[-1]
-        facts = dict(old.meta.get("facts", {}))
-        for name, item in gone:
-            items = [x for x in (facts.get(name) or "").split(", ") if x and x != item]
-            if items:
-                facts[name] = ", ".join(items)
-            else:
-                facts.pop(name, None)
-        sources = {k: v for k, v in (old.meta.get("sources") or {}).items() if k in facts}
-        text = learning.profile_text(facts)
-        memory = new_memory(MemoryType.CORE, text, user_turn.occurred_at,
-                            source_ids=list(dict.fromkeys(sources.values())) + [old.id],
-                            session_id=user_turn.session_id,
-                            meta={"facts": facts, "sources": sources, "gone": [item for _n, item in gone]})
-        memory.id = stable_id(MemoryType.CORE, text, user_turn.id, "gone")
-        if self.store.records.get(memory.id) is None:
-            self.store.supersede(old, memory, at=user_turn.occurred_at)
-
-    def update_profile(self, values: dict[str, str], user_turn: Memory) -> Memory | None:
-        """Apply schema values said in ``user_turn`` to the core profile (a new version if it changes)."""
-        good = {k: v for k, v in values.items() if k in learning.FIELDS and learning.supported(v, [user_turn.text])}
-        for k in set(values) - set(good):
-            self.dropped(f"profile value {k}", values[k])
-        if not good:
-            return None
-        current = self.store.records.list(types=[MemoryType.CORE])
-        old = current[-1] if current else None
-        facts = dict(old.meta.get("facts", {})) if old else {}
-        sources = dict(old.meta.get("sources", {})) if old else {}
-        updated, sources = learning.merge_profile(facts, sources, good, user_turn.id)
-        if old is not None and updated == facts:
-            return None
-        text = learning.profile_text(updated)
-        memory = new_memory(MemoryType.CORE, text, user_turn.occurred_at,
-                            source_ids=list(dict.fromkeys(sources.values())) + ([old.id] if old else []),
-                            session_id=user_turn.session_id, meta={"facts": updated, "sources": sources})
-        memory.id = stable_id(MemoryType.CORE, text, user_turn.id)
-        if self.store.records.get(memory.id):
-            return None
-        if old is not None:
-            self.store.supersede(old, memory, at=user_turn.occurred_at)
-        else:
-            self.store.add([memory])
-        return memory
-
-    def integrate_semantic(self, memory: Memory, people: tuple[str, ...] | None = None) -> Memory:
-        """Add a learnt statement without pile-up: merge a near-duplicate, supersede what it changes.
-
-        A statement that announces a change ("I switched from Sprite to Coke") closes every current
-        semantic or procedural memory that names what changed, whichever way each was learnt.
-        """
-        records = self.store.records
-        if records.get(memory.id) is not None:
-            return cast(Memory, records.get(memory.id))  # there a moment ago
-        kinds = (MemoryType.SEMANTIC, MemoryType.PROCEDURAL)
-        hits = recall(self.store, Query(text=memory.text, types=kinds), k=8, floor=None)  # checked below
-        for hit in hits:
-            old = hit.memory
-            similarity = hit.signals.get("dense", {}).get("score", 0.0)
-            if similarity >= NEAR_DUPLICATE and old.type == memory.type:
-                old.source_ids = list(dict.fromkeys(old.source_ids + memory.source_ids))
-                old.meta.setdefault("merged", []).append({"at": memory.occurred_at, "text": memory.text})
-                self.store.replace(old)
-                return old
-        if people is None:
-            people = learning.people_of(self._facts())
-        replaced = [h.memory for h in hits if h.memory.occurred <= memory.occurred
-                    and (learning.changes_what(memory.text, h.memory.text)
-                         or changes.past_reason(memory.text, h.memory.text, people))]
-        if not replaced:
-            self.store.add([memory])
-            return memory
-        memory.meta["supersedes"] = replaced[0].id if len(replaced) == 1 else [m.id for m in replaced]
-        self.store.supersede(replaced[0], memory, at=memory.occurred_at)
-        for old in replaced[1:]:
-            with records.transaction():
-                records.supersede(old.id, memory.id, memory.occurred_at)
-            old.valid_to, old.superseded_by = memory.occurred_at, memory.id
-            self.store.embed([old])
-        return memory
-
-    def remember(self, text: str, at: datetime, session_id: str | None) -> tuple[Memory, bool]:
-        """What the user asked to remember, in their words (``/remember``): merged or superseding like
-        any learnt statement, and profile values said in it applied. (The memory kept, whether it is new.)"""
-        memory = new_memory(MemoryType.SEMANTIC, text, at, keywords=learning.keywords_of(text), session_id=session_id,
-                            meta={"origin": "/remember"})
-        kept = self.integrate_semantic(memory)
-        if kept.id == memory.id:
-            self.update_profile(learning.profile_of(text), memory)  # "my name is ..." and the like
-        return kept, kept.id == memory.id
-
-
 class UpdateStage:
     """The worker: runs queued update jobs against one store with one model.
 
     ``extractor`` says who decides what is learnt: ``rules`` (the user's own sentences, chosen by
-    ``core/learning.py``; the default for small models) or ``model`` (the paper's generative prompts,
-    for a capable model). Either way every learnt text must pass ``learning.supported`` against the
+    ``core/learning/``; the default for small models) or ``model`` (the paper's generative prompts,
+    for a capable model). Either way every learnt text must pass ``grounding.supported`` against the
     user's own turns it cites, or it is dropped and counted (meta ``learning_dropped``).
     """
 
@@ -520,8 +296,8 @@ class UpdateStage:
         if not out or not out["decision"] or not out["content"].strip():
             return None
         # Only what the user stated is evidence: a question, request or hypothetical teaches nothing.
-        if learning.not_a_fact(out["content"]) or not learning.supported(out["content"],
-                                                                           [learning.stated(user_turn.text)]):
+        if grounding.not_a_fact(out["content"]) or not grounding.supported(out["content"],
+                                                                           [grounding.stated(user_turn.text)]):
             self.learner.dropped(MemoryType.SEMANTIC, out["content"])
             return None
         sources = [user_turn.id] + [m.id for m in images]
@@ -571,7 +347,7 @@ class UpdateStage:
                 for t in out.get("topics", []):
                     t["rounds"] = sorted({r for r in t.get("rounds", []) if 1 <= r <= len(window)})
                     said = [window[r - 1][0].text for r in t["rounds"]]
-                    if t.get("summary", "").strip() and t["rounds"] and learning.supported(t["summary"], said):
+                    if t.get("summary", "").strip() and t["rounds"] and grounding.supported(t["summary"], said):
                         topics.append(t)
                     elif t.get("summary", "").strip():
                         self.learner.dropped(MemoryType.EPISODIC, t["summary"])
@@ -581,11 +357,11 @@ class UpdateStage:
             # nothing about them: a summary of questions alone is no episode).
             # Questions, requests and hypotheticals are left out of the gist: they are not what the user said
             # of themselves (issue 24).
-            said = [learning.stated(window[r - 1][0].text) for r in missing
-                    if not learning.only_asks(window[r - 1][0].text)]
+            said = [grounding.stated(window[r - 1][0].text) for r in missing
+                    if not grounding.only_asks(window[r - 1][0].text)]
             said = [t for t in said if t.strip()]
             if said:
-                topics.append({"summary": _gist(said), "keywords": learning.keywords_of(" ".join(said)),
+                topics.append({"summary": _gist(said), "keywords": grounding.keywords_of(" ".join(said)),
                                "rounds": missing})
             for t in topics:
                 if not t["summary"].strip():
@@ -619,7 +395,7 @@ class UpdateStage:
         current = self.store.records.list(types=[MemoryType.PROCEDURAL])
         listing = "\n".join(f"- {m.meta.get('key', m.id)}: {m.text}" for m in current) or "(none)"
         said = [t.text for t in turns if t.role == "user"]
-        stated = [learning.stated(t) for t in said]
+        stated = [grounding.stated(t) for t in said]
         messages = [
             {"role": "system", "content":
              "You are a behaviour-pattern engine. From the user's messages, write the user's long-term goals "
@@ -638,7 +414,7 @@ class UpdateStage:
             text = entry["text"].strip()
             if not key or not text:
                 continue
-            if learning.not_a_fact(text) or not learning.supported(text, stated):
+            if grounding.not_a_fact(text) or not grounding.supported(text, stated):
                 self.learner.dropped(MemoryType.PROCEDURAL, text)
                 continue
             old = by_key.get(key)
@@ -661,7 +437,7 @@ class UpdateStage:
         messages = [
             {"role": "system", "content":
              "You are a profile manager. From the user's messages, give the values the user states for these "
-             f"fields only: {', '.join(learning.FIELDS)}. Use the user's own words; never invent. Reply with JSON."},
+             f"fields only: {', '.join(profile.FIELDS)}. Use the user's own words; never invent. Reply with JSON."},
             {"role": "user", "content": "User's messages:\n" + "\n".join(t.text for t in said)},
         ]
         out = self._ask(messages, CORE_SCHEMA, max_tokens=300)
@@ -670,81 +446,14 @@ class UpdateStage:
         for fact in out["facts"]:
             key, value = fact["key"].strip().lower(), fact["value"].strip()
             source = next((t for t in reversed(said)
-                           if value and learning.supported(value, [learning.stated(t.text)])), None)
-            if key not in learning.FIELDS or source is None:
+                           if value and grounding.supported(value, [grounding.stated(t.text)])), None)
+            if key not in profile.FIELDS or source is None:
                 self.learner.dropped(f"profile value {key}", value)
                 continue
             self.learner.update_profile({key: value}, source)
-
-
-def _key(text: str) -> str:
-    return "_".join(sorted(learning.content_words(text))[:4])[:40] or "habit"
 
 
 def _gist(said: list[str], limit: int = 400) -> str:
     parts = [re.sub(r"\s+", " ", t).strip()[:120] for t in said if t.strip()]
     text = " / ".join(parts)
     return text if len(text) <= limit else text[: limit - 1].rsplit(" ", 1)[0] + "…"
-
-
-class BackgroundUpdates:
-    """A thread that drains the job queue while the user reads and types.
-
-    ``stop()`` returns within about a second whatever is pending: the job in progress is interrupted
-    at its model's next token and stays queued (jobs are durable and idempotent). A failure in the
-    thread is kept in ``error`` and logged; the queue keeps the work for next time. With ``after``,
-    no job starts before that event is set (a chat's first answer has ended: ``Conversation.open``).
-    """
-
-    def __init__(self, make_stage: Callable[[], UpdateStage], after: threading.Event | None = None):
-        self._make_stage = make_stage
-        self._after = after
-        self._wake = threading.Event()
-        self._stop = threading.Event()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._thread = threading.Thread(target=self._run, name="personavlm-update", daemon=True)
-        self.error: BaseException | None = None
-        self.stage: UpdateStage | None = None
-
-    def start(self) -> BackgroundUpdates:
-        self._thread.start()
-        return self
-
-    def poke(self) -> None:
-        self._idle.clear()
-        self._wake.set()
-
-    def _run(self) -> None:
-        stage = None
-        try:
-            stage = self.stage = self._make_stage()
-            while not self._stop.is_set():
-                self._wake.wait(0.5)
-                self._wake.clear()
-                if self._stop.is_set():
-                    break
-                if (self._after is None or self._after.is_set()) and stage.pending():
-                    self._idle.clear()
-                    stage.run_pending(stop=self._stop)
-                self._idle.set()
-        except BaseException as exc:  # reported by the CLI; the queue keeps the work
-            self.error = exc
-            log.error("background update stopped: %s: %s", type(exc).__name__, exc)
-        finally:
-            self._idle.set()
-            if stage is not None:
-                stage.store.records.close()
-
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        return self._idle.wait(timeout)
-
-    def stop(self, timeout: float = 5.0) -> bool:
-        """Stop now; True when the thread has ended (the job in progress stays queued)."""
-        self._stop.set()
-        self._wake.set()
-        stage = self.stage
-        if stage is not None and stage.model is not None:
-            stage.model.interrupt()
-        self._thread.join(timeout=timeout)
-        return not self._thread.is_alive()
