@@ -23,7 +23,8 @@ NEAR_DUPLICATE = 0.92
 
 def stable_id(kind: str, *parts: str) -> str:
     """Ids derived from their sources, so a job re-run after a kill writes the same rows again."""
-    prefix = {"semantic": "sem", "episodic": "epi", "procedural": "proc", "core": "core"}[kind]
+    prefix = {MemoryType.SEMANTIC: "sem", MemoryType.EPISODIC: "epi", MemoryType.PROCEDURAL: "proc",
+              MemoryType.CORE: "core"}[kind]
     return f"{prefix}_{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:10]}"
 
 
