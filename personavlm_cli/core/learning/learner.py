@@ -19,12 +19,13 @@ from personavlm_cli.core.store import MemoryStore, new_memory
 log = logging.getLogger("personavlm.update")
 
 NEAR_DUPLICATE = 0.92
+_ID_PREFIX: dict[str, str] = {MemoryType.SEMANTIC: "sem", MemoryType.EPISODIC: "epi",
+                             MemoryType.PROCEDURAL: "proc", MemoryType.CORE: "core"}
 
 
 def stable_id(kind: str, *parts: str) -> str:
     """Ids derived from their sources, so a job re-run after a kill writes the same rows again."""
-    prefix = {MemoryType.SEMANTIC: "sem", MemoryType.EPISODIC: "epi", MemoryType.PROCEDURAL: "proc",
-              MemoryType.CORE: "core"}[kind]
+    prefix = _ID_PREFIX[kind]
     return f"{prefix}_{hashlib.sha256('|'.join(parts).encode()).hexdigest()[:10]}"
 
 
