@@ -423,23 +423,24 @@ class ChatSession:
         store = self.env.store()
         if not arg:
             raise PersonaError("usage: /forget ID or /forget TEXT")
+        queue = self.conversation.queue
         if type_of_id(arg) and store.records.get(arg):
             with self.env.model_lock:
-                p = forgetting.plan(store, [arg])
+                job = forgetting.forget_ids(store, [arg], operation="forget", queue=queue)
         else:
             # Literally the words given (case aside), never what only means the same: every memory that
             # holds them is listed with what goes with it, before the question.
             with self.env.model_lock:
-                p = forgetting.plan_text(store, arg)
-            if not p.ids and not p.recomputed:
+                job = forgetting.forget_text(store, arg, operation="forget", queue=queue)
+            if job.nothing:
                 err.print(styled(f"Nothing matches '{short(arg)}': nothing was forgotten."))
                 return
-            show_text_plan(err, p)
-            if not self._confirm(text_plan_question(p)):
+            show_text_plan(err, job.plan)
+            if not self._confirm(text_plan_question(job.plan)):
                 err.print("Nothing was forgotten.")
                 return
         with self.env.model_lock, err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
-            erased = forgetting.execute(store, p, "forget", self.conversation.queue)
+            erased = job.erase()
         self.assistant.forget_view()  # the profile in the system text is read again
         err.print(f"[green]Forgot {count(len(erased), 'memory')}.[/green]")
 

@@ -326,7 +326,6 @@ def forget(
     index, free pages, write-ahead log, vectors, input history). An old version whose successor is
     erased stays closed: it never comes back as current."""
     from personavlm_cli.core import forgetting
-    from personavlm_cli.core.update import UpdateQueue
 
     chosen = sum(bool(x) for x in (memory_ids, query, before, all))
     if chosen != 1:
@@ -336,15 +335,13 @@ def forget(
         store = env.store(write=True, create=False)
         store.sync_vectors()
         if memory_ids:
-            missing = [i for i in memory_ids if store.records.get(i) is None]
-            if missing:
-                raise NotFoundError(f"no memory with id '{missing[0]}'")
             ids, operation = memory_ids, "forget-id"
         elif query:
             # The one rule for forgetting by text (the REPL's /forget uses it too): every memory that
             # holds the words literally, what was derived from them alone, the profile values that hold them.
-            p = forgetting.plan_text(store, query)
-            if not p.ids and not p.recomputed:
+            job = forgetting.forget_text(store, query)
+            p = job.plan
+            if job.nothing:
                 err.print(line(f"Nothing matches '{one_line(query)}': nothing to forget."))
                 return
             if not yes and not sys.stdin.isatty():
@@ -357,9 +354,8 @@ def forget(
             show_text_plan(err, p)
             if not yes and not typer.confirm(text_plan_question(p), err=True):
                 raise typer.Exit(ExitStatus.ERROR)
-            queue = UpdateQueue(store.records)
             with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
-                erased = forgetting.execute_text(store, p, "forget-query", queue)
+                erased = job.erase()
             err.print(f"[green]Erased {count(len(erased), 'memory')}.[/green]")
             return
         elif before:
@@ -368,10 +364,12 @@ def forget(
             operation = "forget-before"
         else:
             ids, operation = [m.id for m in store.records.list(include_superseded=True)], "forget-all"
+        # Checked before anything else: an id with no memory is one NotFoundError.
+        job = forgetting.forget_ids(store, ids, operation=operation)
         if not ids:
             err.print("nothing to forget")
             return
-        p = forgetting.plan(store, ids)
+        p = job.plan
         if not yes and not sys.stdin.isatty():
             raise PersonaError(f"refusing to forget {len(p.targets)} memories without confirmation: pass --yes")
         for m in p.targets[:20]:
@@ -381,11 +379,10 @@ def forget(
         extra = f" (and {len(p.derived)} derived)" if p.derived else ""
         if not yes and not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
             raise typer.Exit(ExitStatus.ERROR)
-        # Sessions that lose turns are consolidated again: queued here, run at the next chat.
-        queue = UpdateQueue(store.records) if any(m.type == MemoryType.TURN for m in p.targets + p.derived) else None
-        # The vector index is rebuilt so that no copy of an erased vector is left: seconds on a big store.
+        # Sessions that lose turns are consolidated again: queued here, run at the next chat. The vector
+        # index is rebuilt so that no copy of an erased vector is left: seconds on a big store.
         with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
-            erased = forgetting.execute(store, p, operation, queue)
+            erased = job.erase()
         err.print(f"[green]Erased {count(len(erased), 'memory')}.[/green]")
     finally:
         env.close()
