@@ -127,7 +127,7 @@ class SlashCommands:
 
     def _forget(self, arg: str) -> None:
 
-        from personavlm_cli.cli.memory import show_text_plan, text_plan_question
+        from personavlm_cli.cli.memory_forget import show_text_plan, text_plan_question
         from personavlm_cli.core import forgetting
         from personavlm_cli.core.memory import type_of_id
 
