@@ -220,7 +220,8 @@ class ChatSession(SlashCommands):
     def send(self, text: str) -> bool:
         """Send one message and stream the answer. False when Ctrl-C stopped it (the partial answer is
         kept, marked as interrupted)."""
-        from personavlm_cli.cli.repl import AnswerWriter, Spinner
+        from personavlm_cli.cli.answer import AnswerWriter
+        from personavlm_cli.cli.repl import Spinner
 
         self.interrupted = False
         text = "".join(ch for ch in text if ch in "\n\t" or ch.isprintable())
