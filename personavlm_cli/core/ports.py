@@ -194,6 +194,11 @@ class RecordStore(Protocol):
         """A random id of this store, made on first use and then fixed."""
         ...
 
+    def meta_items(self) -> dict[str, Any]:
+        """Every meta key with its value (as :meth:`get_meta` reads it): what ``core/migration.py`` copies
+        and compares."""
+        ...
+
     # -- memories --
 
     def insert(self, memories: Iterable[Memory]) -> None:
