@@ -937,7 +937,7 @@ def test_crafted_archives_are_refused_whole(tmp_path, isolated_home, monkeypatch
         assert list(user_dir(isolated_home).glob("images/*/*")) == [], f"{name}: a file was written"
 
     # A zip bomb is refused from the zip's directory, before anything is decompressed.
-    from personavlm_cli.adapters import archive as arch
+    from personavlm_cli.adapters import archive_read as arch
     from personavlm_cli.core.errors import PersonaError
 
     big = _archive(tmp_path / "big.pvm", [_memory_line(text="x" * 5000)])

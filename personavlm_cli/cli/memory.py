@@ -364,11 +364,12 @@ def export(
     user: UserOpt = None,
 ):
     """Export memories, timeline and images in the documented, versioned format."""
-    from personavlm_cli.adapters.archive import export_archive
+    from personavlm_cli.adapters.archive import ZipArchive
+    from personavlm_cli.core.transfer import export_archive
 
     env = make_env(user)
     records = _open_records(env)
-    summary = export_archive(records, env.user_dir(create=False), file, env.user)
+    summary = export_archive(records, env.user_dir(create=False), file, env.user, ZipArchive())
     err.print(line(("Exported", "green"), f" {count(summary['counts']['memories'], 'memory')} and "
                    f"{count(summary['counts']['images'], 'image')} to {file}"))
 
@@ -386,29 +387,22 @@ def import_(
     err.print(f"[green]Imported[/green] {count(summary['added'], 'memory')} ({summary['skipped']} already present)")
 
 
-def archive_limits(settings):
-    """What an imported archive may expand to (archive.max_member_mb, archive.max_ratio, archive.max_line_kb)."""
-    from personavlm_cli.adapters.archive import Limits
+def archive_format(settings):
+    """The archive's format, reading under this home's limits (archive.max_member_mb, archive.max_ratio,
+    archive.max_line_kb): what an imported archive may expand to."""
+    from personavlm_cli.adapters.archive import Limits, ZipArchive
 
-    return Limits(member_bytes=settings["archive.max_member_mb"] << 20, ratio=settings["archive.max_ratio"],
-                  line_bytes=settings["archive.max_line_kb"] << 10)
-
-
-def is_empty(archive) -> bool:
-    """An archive with nothing to write: no memory, no personality, no state (its import creates nothing)."""
-    return not archive.memories and not archive.personality.get("state") and not archive.state.get("consolidated")
+    return ZipArchive(Limits(member_bytes=settings["archive.max_member_mb"] << 20, ratio=settings["archive.max_ratio"],
+                             line_bytes=settings["archive.max_line_kb"] << 10))
 
 
-def import_file(env, file: Path) -> dict:
-    """Verify an archive, then write it into ``env``'s user store (shared by `memory` and `profile import`)."""
-    from personavlm_cli.adapters.archive import import_archive, read_archive
+def import_file(env, file: Path, progress=None) -> dict:
+    """Verify an archive whole, then write it into ``env``'s user store (``core/transfer.py``; shared by
+    `memory import` and `profile import`)."""
+    from personavlm_cli.core import transfer
 
     _ = env.user  # a bad user name or configuration is refused before the archive is read
-    # Refuse a corrupt, tampered or hostile archive before creating anything.
-    verified = read_archive(file, limits=archive_limits(env.settings))
-    if is_empty(verified):  # nothing to write: the user's store is not created for it
-        return {"added": 0, "skipped": 0, "manifest": verified[0], "empty": True}
     try:
-        return import_archive(env.store(write=True), verified)
+        return transfer.import_file(file, archive_format(env.settings), lambda: env.store(write=True), progress)
     finally:
         env.close()
