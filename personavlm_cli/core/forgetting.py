@@ -82,11 +82,12 @@ def forget_ids(store: MemoryStore, ids: list[str], *, operation: str = "forget-i
     wrong = [i for i in ids if not isinstance(i, str)]
     if wrong:
         raise NotFoundError(f"no memory with id '{wrong[0]}'")
-    found = {m.id for m in store.records.get_many(list(ids))}
+    targets = store.records.get_many(list(ids))
+    found = {m.id for m in targets}
     missing = [i for i in ids if i not in found]
     if missing:
         raise NotFoundError(f"no memory with id '{missing[0]}'")
-    p = plan(store, list(ids))
+    p = _plan(store, targets)
     if queue is None and any(m.type == MemoryType.TURN for m in p.targets + p.derived):
         queue = UpdateQueue(store.records)
     return Forgetting(store, p, operation, queue)
@@ -101,8 +102,12 @@ def forget_text(store: MemoryStore, text: str, *, operation: str = "forget-query
 
 
 def plan(store: MemoryStore, ids: list[str]) -> ForgetPlan:
+    """What forgetting these memories erases: them, and what was derived from them, to a fixed point."""
+    return _plan(store, store.records.get_many(ids))
+
+
+def _plan(store: MemoryStore, targets: list[Memory]) -> ForgetPlan:
     records = store.records
-    targets = records.get_many(ids)
     doomed = {m.id for m in targets}
     # A user turn takes its images and the assistant's reply to it along.
     frontier = set(doomed)
