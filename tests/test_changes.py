@@ -224,7 +224,7 @@ def test_past_and_assistant_memories_are_labelled_in_both_prompt_styles():
 def test_why_says_which_memory_was_treated_as_past_and_why(store):
     from rich.console import Console
 
-    from personavlm_cli.cli.chat import _print_reasoning
+    from personavlm_cli.cli.slash import print_reasoning
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.conversation import Conversation
 
@@ -235,7 +235,7 @@ def test_why_says_which_memory_was_treated_as_past_and_why(store):
     "".join(turn)
     turn.finish()
     buf = io.StringIO()
-    _print_reasoning(assistant.last, console=Console(file=buf, width=200))
+    print_reasoning(assistant.last, console=Console(file=buf, width=200))
     shown = buf.getvalue()
     assert "treated as past, until 21 February 2026: a newer home: antwerp" in shown, shown
 

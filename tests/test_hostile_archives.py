@@ -183,8 +183,9 @@ def test_a_malformed_state_is_refused_with_one_line(tmp_path, blob):
 
 
 def test_a_valid_personality_comes_in_and_later_updates_still_work(tmp_path):
-    from personavlm_cli.adapters.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import read_archive
     from personavlm_cli.core import personality as pem
+    from personavlm_cli.core.transfer import import_archive
 
     after = {**GOOD, "openness": 3.4}
     history = [{**ENTRY, "after": after}, {**ENTRY, "m": 1, "lambda": None, "inferred": None, "turn_id": "turn_1",
@@ -219,7 +220,7 @@ def test_an_image_member_no_memory_uses_is_refused_and_nothing_is_written(tmp_pa
 
 
 def test_a_member_declaring_a_huge_size_is_refused_before_it_is_decompressed(tmp_path, isolated_home):
-    from personavlm_cli.adapters import archive as arch
+    from personavlm_cli.adapters import archive_read as arch
 
     # 60 MiB of zeros deflate to ~60 KB: an image member over the 50 MiB image limit, named by its sha.
     zeros = bytes(60 << 20)
@@ -242,7 +243,7 @@ def test_a_member_declaring_a_huge_size_is_refused_before_it_is_decompressed(tmp
 
 
 def test_a_member_larger_than_it_declares_is_stopped_at_the_limit_while_read(tmp_path, monkeypatch):
-    from personavlm_cli.adapters import archive as arch
+    from personavlm_cli.adapters import archive_read as arch
 
     # Declared sizes pass; the streamed count is what stops it (a lying directory cannot get past it).
     path = build(tmp_path / "a.pvm", [memory(text="y" * 3000)])
@@ -252,7 +253,7 @@ def test_a_member_larger_than_it_declares_is_stopped_at_the_limit_while_read(tmp
 
 
 def test_an_archive_with_too_many_members_is_refused_from_its_directory(tmp_path, monkeypatch):
-    from personavlm_cli.adapters import archive as arch
+    from personavlm_cli.adapters import archive_read as arch
 
     members = {}
     for seed in range(30):
@@ -266,7 +267,8 @@ def test_an_archive_with_too_many_members_is_refused_from_its_directory(tmp_path
 
 
 def test_a_long_import_reports_progress_and_writes_only_used_images(tmp_path):
-    from personavlm_cli.adapters.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import read_archive
+    from personavlm_cli.core.transfer import import_archive
 
     pngs = [png_bytes(seed) for seed in range(12)]
     pngs = list({hashlib.sha256(p).hexdigest(): p for p in pngs}.values())
@@ -367,7 +369,9 @@ def test_a_huge_memory_is_refused_while_read_without_decompressing_it_all(tmp_pa
 
 
 def test_a_memory_over_the_text_limit_is_refused(tmp_path):
-    from personavlm_cli.adapters.archive import MAX_TEXT_CHARS, import_archive, read_archive
+    from personavlm_cli.adapters.archive import read_archive
+    from personavlm_cli.adapters.archive_checks import MAX_TEXT_CHARS
+    from personavlm_cli.core.transfer import import_archive
 
     refused(build(tmp_path / "a.pvm", [memory(text="é" * (MAX_TEXT_CHARS + 1))]), "over the limit", "nothing imported")
     refused(build(tmp_path / "k.pvm", [memory(keywords="k" * 5000)]), "keywords")
@@ -388,9 +392,10 @@ def _enospc(*_a, **_k):
 
 
 def test_a_full_disk_during_export_is_one_line_and_leaves_no_part_file(tmp_path, isolated_home, monkeypatch, capsys):
-    from personavlm_cli.adapters.archive import export_archive
+    from personavlm_cli.adapters.archive import ZipArchive
     from personavlm_cli.cli import main
     from personavlm_cli.core.errors import DiskFullError
+    from personavlm_cli.core.transfer import export_archive
 
     store = make_store(user_dir(isolated_home))
     store.add([__import__("personavlm_cli.core.memory", fromlist=["Memory"]).Memory(**memory(text="secret tea"))],
@@ -411,7 +416,7 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_no_part_file(tmp_path,
 
     records = RecordStore(user_dir(isolated_home), readonly=True)
     with pytest.raises(DiskFullError, match="no space left on .*free some space; nothing was lost"):
-        export_archive(records, user_dir(isolated_home), out, USER)
+        export_archive(records, user_dir(isolated_home), out, USER, ZipArchive())
     records.close()
     assert list(out.parent.iterdir()) == [], "no archive and no .part left"
 
@@ -427,7 +432,7 @@ def test_a_full_disk_during_export_is_one_line_and_leaves_no_part_file(tmp_path,
 
     records = RecordStore(user_dir(isolated_home), readonly=True)
     with pytest.raises(StoreError, match="cannot write the archive .*x.pvm: No such file or directory"):
-        export_archive(records, user_dir(isolated_home), tmp_path / "missing" / "x.pvm", USER)
+        export_archive(records, user_dir(isolated_home), tmp_path / "missing" / "x.pvm", USER, ZipArchive())
     records.close()
 
 
@@ -455,8 +460,9 @@ def test_a_full_disk_in_the_record_file_is_one_line_and_rolls_back(tmp_path):
 
 
 def test_a_full_disk_while_import_writes_images_is_one_line_and_leaves_nothing(tmp_path, monkeypatch):
-    from personavlm_cli.adapters.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import read_archive
     from personavlm_cli.core.errors import DiskFullError
+    from personavlm_cli.core.transfer import import_archive
 
     pngs = [png_bytes(seed) for seed in (20, 21, 22)]
     mems = [memory()] + [image_memory(p, id=f"img_{i:010d}") for i, p in enumerate(pngs)]
@@ -506,7 +512,7 @@ def test_malformed_manifests_are_refused_with_one_line(tmp_path, override, needl
 
 
 def test_manifest_numbers_json_cannot_hold_and_nested_memories_are_one_line(tmp_path, isolated_home):
-    from personavlm_cli.adapters.archive import strict_json
+    from personavlm_cli.adapters.archive_checks import strict_json
 
     path = tmp_path / "v.pvm"
     files = {"memories.jsonl": (json.dumps(memory()) + "\n").encode()}
@@ -625,8 +631,9 @@ def test_a_misspelled_personavlm_variable_is_refused_with_a_suggestion(isolated_
 
 
 def test_archives_with_bad_roles_links_or_time_order_are_refused(tmp_path):
-    from personavlm_cli.adapters.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import read_archive
     from personavlm_cli.core.errors import PersonaError
+    from personavlm_cli.core.transfer import import_archive
 
     turn = memory(id="turn_0000000001", type="turn", role="user", session_id="s1")
     cases = {
@@ -669,8 +676,9 @@ def test_archives_with_bad_roles_links_or_time_order_are_refused(tmp_path):
 
 def test_a_real_export_still_imports_after_all_the_checks(tmp_path):
     """Supersede chains, images, turns, episodes and personality history from a real store pass."""
-    from personavlm_cli.adapters.archive import export_archive, import_archive, read_archive
+    from personavlm_cli.adapters.archive import ZipArchive, read_archive
     from personavlm_cli.core.memory import Memory
+    from personavlm_cli.core.transfer import export_archive, import_archive
 
     src = make_store(tmp_path / "src")
     png = png_bytes(30)
@@ -691,7 +699,7 @@ def test_a_real_export_still_imports_after_all_the_checks(tmp_path):
         src.records.set_meta("personality_updates", 1)
         src.records.add_personality(ENTRY)
         src.records.set_meta("consolidated", {"s1": 2})
-    export_archive(src.records, src.user_dir, tmp_path / "a.pvm", "ada")
+    export_archive(src.records, src.user_dir, tmp_path / "a.pvm", "ada", ZipArchive())
     dst = make_store(tmp_path / "dst")
     assert import_archive(dst, read_archive(tmp_path / "a.pvm"))["added"] == len(mems)
     assert [m.to_dict() for m in dst.records.list(include_superseded=True)] == \
@@ -738,8 +746,9 @@ def hostile_members(draw):
                                                                   HealthCheck.function_scoped_fixture])
 @given(case=hostile_members())
 def test_hostile_json_in_archive_members_is_refused_with_one_persona_error_or_imports_cleanly(tmp_path_factory, case):
-    from personavlm_cli.adapters.archive import import_archive, read_archive
+    from personavlm_cli.adapters.archive import read_archive
     from personavlm_cli.core.errors import PersonaError
+    from personavlm_cli.core.transfer import import_archive
 
     line, pers, state = case
     root = tmp_path_factory.mktemp("h")

@@ -26,6 +26,8 @@ IMPLEMENTATIONS = [
     (ports.VectorIndex, "personavlm_cli.adapters.vectors", "VectorIndex"),
     (ports.TextEncoder, "personavlm_cli.adapters.text_encoder", "TextEncoder"),
     (ports.ImageEncoder, "personavlm_cli.adapters.image_encoder", "ImageEncoder"),
+    (ports.ArchiveFormat, "personavlm_cli.adapters.archive", "ZipArchive"),
+    (ports.CheckedArchive, "personavlm_cli.adapters.archive_read", "Checked"),
 ]
 
 _PROTOCOL_NOISE = set(dir(Protocol)) | {"__annotations__", "__dict__", "__weakref__", "__parameters__",

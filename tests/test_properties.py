@@ -338,7 +338,8 @@ def memory_sets(draw):
                                                                  HealthCheck.function_scoped_fixture])
 @given(case=memory_sets())
 def test_export_then_import_into_a_fresh_store_gives_identical_records(tmp_path_factory, case):
-    from personavlm_cli.adapters.archive import export_archive, import_archive, read_archive
+    from personavlm_cli.adapters.archive import ZipArchive, read_archive
+    from personavlm_cli.core.transfer import export_archive, import_archive
 
     memories, images, personality = case
     root = tmp_path_factory.mktemp("arch")
@@ -356,7 +357,7 @@ def test_export_then_import_into_a_fresh_store_gives_identical_records(tmp_path_
                                          "after": personality, "note": "n"})
         src.records.set_meta("consolidated", {"s_a": 2})
     file = root / "out.pvm"
-    manifest = export_archive(src.records, src.user_dir, file, "ada")
+    manifest = export_archive(src.records, src.user_dir, file, "ada", ZipArchive())
     assert manifest["counts"] == {"memories": len(memories), "images": len(images),
                                   "personality_updates": 1 if personality else 0}
 
@@ -389,8 +390,9 @@ def test_any_damaged_byte_of_an_archive_is_refused_with_a_persona_error_or_chang
     """Every single-byte flip of a real export (compressed members, an image, the zip directory): reading
     it either raises one PersonaError (one line at the CLI) or gives exactly the original content,
     never another exception (a zlib error got through once: "unexpected error" at the CLI)."""
-    from personavlm_cli.adapters.archive import export_archive, read_archive
+    from personavlm_cli.adapters.archive import ZipArchive, read_archive
     from personavlm_cli.core.errors import PersonaError
+    from personavlm_cli.core.transfer import export_archive
 
     src, _ = make_store(tmp_path / "src")
     data = png_bytes(2)
@@ -406,7 +408,7 @@ def test_any_damaged_byte_of_an_archive_is_refused_with_a_persona_error_or_chang
     with src.records.transaction():
         src.records.insert(memories)
     file = tmp_path / "out.pvm"
-    export_archive(src.records, src.user_dir, file, "ada")
+    export_archive(src.records, src.user_dir, file, "ada", ZipArchive())
     src.close()
     original = read_archive(file)
     blob = file.read_bytes()

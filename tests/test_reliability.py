@@ -234,7 +234,7 @@ def test_kill_while_the_answer_streams_keeps_the_message_and_stores_no_answer_tw
 
     # Pinned: SIGKILL in the middle of the stream, as its third piece is written.
     second = "And what did the dragon bake first?"
-    killed_at("personavlm_cli.cli.repl:AnswerWriter.write", "before", "chat", "--at", "2026-11-05 10:01",
+    killed_at("personavlm_cli.cli.answer:AnswerWriter.write", "before", "chat", "--at", "2026-11-05 10:01",
               "--no-update", "--once", second, nth=3)
 
     items = listing()
@@ -937,7 +937,7 @@ def test_crafted_archives_are_refused_whole(tmp_path, isolated_home, monkeypatch
         assert list(user_dir(isolated_home).glob("images/*/*")) == [], f"{name}: a file was written"
 
     # A zip bomb is refused from the zip's directory, before anything is decompressed.
-    from personavlm_cli.adapters import archive as arch
+    from personavlm_cli.adapters import archive_read as arch
     from personavlm_cli.core.errors import PersonaError
 
     big = _archive(tmp_path / "big.pvm", [_memory_line(text="x" * 5000)])

@@ -306,7 +306,7 @@ def test_multi_line_block_bracketed_paste_and_a_dropped_image_path(cli, tmp_path
 def _replay(pieces, width=40, styled=True):
     import io
 
-    from personavlm_cli.cli.repl import AnswerWriter
+    from personavlm_cli.cli.answer import AnswerWriter
 
     buf = io.StringIO()
     w = AnswerWriter(buf, styled=styled, width=width)
@@ -388,7 +388,7 @@ def test_words_move_whole_to_the_next_row_and_nothing_is_lost_at_the_edge():
     # Shown as it comes: a word's first part is on the screen before the rest arrives.
     import io
 
-    from personavlm_cli.cli.repl import AnswerWriter
+    from personavlm_cli.cli.answer import AnswerWriter
 
     buf = io.StringIO()
     w = AnswerWriter(buf, styled=True, width=40)
@@ -399,7 +399,7 @@ def test_words_move_whole_to_the_next_row_and_nothing_is_lost_at_the_edge():
 def test_a_terminal_nobody_sized_wraps_at_80_columns():
     """A pty whose size was never set (`script` in a pipeline, some CI runners) reports 0 columns; the
     answer is still written, wrapped as on an 80-column terminal (it divided by zero once)."""
-    from personavlm_cli.cli.repl import AnswerWriter
+    from personavlm_cli.cli.answer import AnswerWriter
 
     master, slave = os.openpty()
     try:

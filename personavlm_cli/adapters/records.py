@@ -171,6 +171,9 @@ class RecordStore(SqlRecords):
 
     remote = False  # a file on this machine; the user's store lock (adapters/lock.py) keeps one writer
 
+    def image_blob(self, sha256: str) -> tuple[str, bytes] | None:
+        return None  # the images of an embedded store are files (adapters/image_store.py), never rows
+
     def exclusive(self, command: str):
         return contextlib.nullcontext()
 

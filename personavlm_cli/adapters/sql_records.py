@@ -158,6 +158,10 @@ class SqlRecords(abc.ABC):
         self.db.execute(f"INSERT INTO meta VALUES({p}, {p}) ON CONFLICT (key) DO UPDATE SET value=EXCLUDED.value",
                         (key, json.dumps(value)))
 
+    def meta_items(self) -> dict[str, Any]:
+        rows = self.db.execute("SELECT key, value FROM meta").fetchall()
+        return {r["key"]: int(r["value"]) if r["key"] == "format_version" else json.loads(r["value"]) for r in rows}
+
     def store_id(self) -> str:
         """A random id of this store, made once by whoever asks first (every machine of a server store
         reads the same one): it tells two stores of the same user name apart."""

@@ -23,8 +23,9 @@ from personavlm_cli.cli.common import (
     print_rows,
     safe,
 )
+from personavlm_cli.cli.memory_forget import forget, print_brief
 from personavlm_cli.core.errors import ExitStatus, NotFoundError, PersonaError, StoreBusyError
-from personavlm_cli.core.memory import TYPES, MemoryType, parse_time
+from personavlm_cli.core.memory import TYPES, parse_time
 
 app = typer.Typer(help="See, search, explain, correct, forget, export and import memories.", no_args_is_help=True)
 
@@ -173,15 +174,15 @@ def show(memory_id: Annotated[str, typer.Argument(help="The memory's id.")], use
     if sources:
         out.print(line(("Comes from", "bold")))
         for x in sources:
-            _print_brief(out, x, f"{x.type} {_when(x)}")
+            print_brief(out, x, f"{x.type} {_when(x)}")
     if derived:
         out.print(line(("Led to", "bold")))
         for x in derived:
-            _print_brief(out, x, x.type)
+            print_brief(out, x, x.type)
     if len(versions) > 1:
         out.print(line(("Versions", "bold")))
         for x in versions:
-            _print_brief(out, x, "current" if x.current else f"until {(x.valid_to or '')[:16]}")
+            print_brief(out, x, "current" if x.current else f"until {(x.valid_to or '')[:16]}")
     for merged in m.meta.get("merged", []):
         if isinstance(merged, dict):
             out.print(line(("merged", "dim"), "    ", str(merged.get("at", ""))[:16], " ",
@@ -191,12 +192,6 @@ def show(memory_id: Annotated[str, typer.Argument(help="The memory's id.")], use
         steps = " → ".join(str(s.get("action", "?")) + (f"({s['keywords']})" if s.get("keywords") else "")
                            for s in reasoning["steps"] if isinstance(s, dict))
         out.print(line(("Reasoning", "bold"), " ", one_line(steps)))
-
-
-def _print_brief(console, m, label: str, indent: str = "  ") -> None:
-    """One memory on one line: id, a dim label, its text cut with … at the terminal's width."""
-    console.print(line(indent, (m.id, "cyan"), " ", (label, "dim"), " ", safe(m.text, single_line=True)),
-                  no_wrap=True, overflow="ellipsis")
 
 
 def _versions(records, m) -> list:
@@ -285,7 +280,7 @@ def search(
         if piped:
             print_rows([[m.id, m.type + mark, _when(m), f"{h.score:.4f}", m.text]])
         else:
-            _print_brief(out, m, f"{m.type} {_when(m)}{mark}", indent="")
+            print_brief(out, m, f"{m.type} {_when(m)}{mark}", indent="")
         if explain:
             parts = [f"{name} #{s['rank']} ({s['score']})" for name, s in h.signals.items()]
             out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))
@@ -304,149 +299,7 @@ def _why_no_text_search(env, store) -> str | None:
     return reembed.status(store.records, target_space(env.settings)).why_no_text_search()
 
 
-@app.command()
-def forget(
-    memory_ids: Annotated[list[str] | None, typer.Argument(help="Ids of memories to erase.")] = None,
-    user: UserOpt = None,
-    query: Annotated[str | None, typer.Option("--query", "-q", help=(
-        "Erase every memory that holds this text (its words, literally, case aside) and what was derived from them "
-        "alone; listed first."))] = None,
-    before: Annotated[str | None, typer.Option(help="Erase everything that happened before this date.")] = None,
-    all: Annotated[bool, typer.Option("--all", help="Erase all of this user's memories.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
-):
-    """Erase memories for real: text, vectors, image files, and everything derived from them.
-
-    With --query TEXT, forgetting is exact and complete: every memory that holds the words, literally
-    (case aside; a meaning alone never erases), every version, turns of both roles; what was derived
-    from them alone (the reply to an erased message, its images, the episodes of its session, a
-    statement whose every source goes). A memory with other sources left is kept, recomputed from them,
-    and the core profile loses only the values that hold the words. All of it is listed, each with its
-    text, before the question; afterwards no byte of the words is left in your store (records, lexical
-    index, free pages, write-ahead log, vectors, input history). An old version whose successor is
-    erased stays closed: it never comes back as current."""
-    from personavlm_cli.core import forgetting
-    from personavlm_cli.core.update_queue import UpdateQueue
-
-    chosen = sum(bool(x) for x in (memory_ids, query, before, all))
-    if chosen != 1:
-        raise PersonaError("say what to forget: IDs, --query TEXT, --before DATE or --all (one of them)")
-    env = make_env(user)
-    try:
-        store = env.store(write=True, create=False)
-        store.sync_vectors()
-        if memory_ids:
-            missing = [i for i in memory_ids if store.records.get(i) is None]
-            if missing:
-                raise NotFoundError(f"no memory with id '{missing[0]}'")
-            ids, operation = memory_ids, "forget-id"
-        elif query:
-            # The one rule for forgetting by text (the REPL's /forget uses it too): every memory that
-            # holds the words literally, what was derived from them alone, the profile values that hold them.
-            p = forgetting.plan_text(store, query)
-            if not p.ids and not p.recomputed:
-                err.print(line(f"Nothing matches '{one_line(query)}': nothing to forget."))
-                return
-            if not yes and not sys.stdin.isatty():
-                raise PersonaError(f"refusing to forget {count(len(p.ids), 'memory')} that hold "
-                                   f"'{one_line(query)}' without confirmation: pass --yes")
-            down = _vector_server_down(env, store)
-            if down:  # the match never needed it; say so, and that the vectors follow
-                err.print(line((f"{down}: matched by the words only, as --query always does (a meaning alone never "
-                                "erases), so nothing that holds them is missed", "yellow")))
-            show_text_plan(err, p)
-            if not yes and not typer.confirm(text_plan_question(p), err=True):
-                raise typer.Exit(ExitStatus.ERROR)
-            queue = UpdateQueue(store.records)
-            with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
-                erased = forgetting.execute_text(store, p, "forget-query", queue)
-            err.print(f"[green]Erased {count(len(erased), 'memory')}.[/green]")
-            return
-        elif before:
-            cutoff = parse_time(before, "--before").timestamp()
-            ids = [m.id for m in store.records.list(until=cutoff, include_superseded=True)]
-            operation = "forget-before"
-        else:
-            ids, operation = [m.id for m in store.records.list(include_superseded=True)], "forget-all"
-        if not ids:
-            err.print("nothing to forget")
-            return
-        p = forgetting.plan(store, ids)
-        if not yes and not sys.stdin.isatty():
-            raise PersonaError(f"refusing to forget {len(p.targets)} memories without confirmation: pass --yes")
-        for m in p.targets[:20]:
-            _print_brief(err, m, m.type)
-        if len(p.targets) > 20:
-            err.print(line(("  … and ", "dim"), (f"{len(p.targets) - 20} more", "dim")))
-        extra = f" (and {len(p.derived)} derived)" if p.derived else ""
-        if not yes and not typer.confirm(f"Erase {len(p.targets)} memories{extra}?", err=True):
-            raise typer.Exit(ExitStatus.ERROR)
-        # Sessions that lose turns are consolidated again: queued here, run at the next chat.
-        queue = UpdateQueue(store.records) if any(m.type == MemoryType.TURN for m in p.targets + p.derived) else None
-        # The vector index is rebuilt so that no copy of an erased vector is left: seconds on a big store.
-        with err.status("Erasing (rebuilding the vector index)…", spinner="dots"):
-            erased = forgetting.execute(store, p, operation, queue)
-        err.print(f"[green]Erased {count(len(erased), 'memory')}.[/green]")
-    finally:
-        env.close()
-
-
-def _vector_server_down(env, store) -> str | None:
-    """Why the vector server does not answer (asked now, through the store's gate), or None; its notice
-    for a chat ("answering from words and dates only") is not shown: the caller says what is true here."""
-    if env.settings["store.kind"] != "server":
-        return None
-    from personavlm_cli.core.errors import UnreachableError
-    from personavlm_cli.core.store import TEXT
-
-    try:
-        store.vectors.count(TEXT)
-    except UnreachableError as exc:
-        store.take_notices()
-        return str(exc)
-    return None
-
-
-def show_text_plan(console, p) -> None:
-    """Everything forgetting a text will do, before the question: each memory that goes with its
-    whole text, what goes with them, the profile values that go, what is kept but recomputed."""
-    from personavlm_cli.core.forgetting import holds, needle
-
-    wanted = needle(p.text)
-
-    def each(items, label):
-        for m in items:
-            mark = "" if m.current else " (older version)"
-            if m in p.targets and not holds(m, wanted, meta=False):
-                mark += " (its record holds it, e.g. the message it answered)"
-            role = f" {m.role}" if m.role else ""
-            console.print(line("  ", (m.id, "cyan"), " ", (f"{m.type}{role}{mark}", "dim"), " ",
-                               safe(m.text, single_line=True)), overflow="fold")
-        if items and label:
-            console.print(line(("  " + label, "dim")))
-
-    shown = [m for m in p.targets if m.type != MemoryType.CORE]
-    console.print(line((f"{count(len(shown), 'memory')} hold '{one_line(p.text)}':", "bold")))
-    each(shown, "")
-    if p.derived:
-        console.print(line((f"{count(len(p.derived), 'memory')} derived from them go too:", "bold")))
-        each(p.derived, "")
-    cores = [m for m in p.targets if m.type == MemoryType.CORE]
-    if cores:
-        removed = "; ".join(f"{k}: {v}" for k, v in (p.profile.removed.items() if p.profile else ()))
-        left = ", ".join(p.profile.facts) if p.profile and p.profile.facts else "nothing"
-        what = f"loses {removed}" if removed else "loses the values that hold it"
-        console.print(line(("Core profile: ", "bold"), safe(what, single_line=True), f" (kept: {left}); ",
-                           f"{count(len(cores), 'profile version')} that held it erased"), overflow="fold")
-    if p.recomputed:
-        console.print(line((f"Kept, recomputed from the sources that remain: {count(len(p.recomputed), 'memory')}",
-                            "dim")))
-        each(p.recomputed, "")
-
-
-def text_plan_question(p) -> str:
-    n = len(p.ids)
-    return f"Erase {count(n, 'memory')}" + (" and change what is listed" if p.recomputed or p.profile else "") + "?"
+app.command()(forget)  # in cli/memory_forget.py; here, for its place in the help
 
 
 @app.command()
@@ -475,7 +328,7 @@ def edit(
         p = forgetting.plan(store, [memory_id]) if erase_old else None
         if p is not None and p.derived:  # ask before anything changes
             for m in p.derived[:20]:
-                _print_brief(err, m, m.type)
+                print_brief(err, m, m.type)
             if not yes:
                 if not sys.stdin.isatty():
                     raise PersonaError(f"erasing the old version would also erase {count(len(p.derived), 'derived memory')}: "
@@ -512,11 +365,12 @@ def export(
     user: UserOpt = None,
 ):
     """Export memories, timeline and images in the documented, versioned format."""
-    from personavlm_cli.adapters.archive import export_archive
+    from personavlm_cli.adapters.archive import ZipArchive
+    from personavlm_cli.core.transfer import export_archive
 
     env = make_env(user)
     records = _open_records(env)
-    summary = export_archive(records, env.user_dir(create=False), file, env.user)
+    summary = export_archive(records, env.user_dir(create=False), file, env.user, ZipArchive())
     err.print(line(("Exported", "green"), f" {count(summary['counts']['memories'], 'memory')} and "
                    f"{count(summary['counts']['images'], 'image')} to {file}"))
 
@@ -534,29 +388,22 @@ def import_(
     err.print(f"[green]Imported[/green] {count(summary['added'], 'memory')} ({summary['skipped']} already present)")
 
 
-def archive_limits(settings):
-    """What an imported archive may expand to (archive.max_member_mb, archive.max_ratio, archive.max_line_kb)."""
-    from personavlm_cli.adapters.archive import Limits
+def archive_format(settings):
+    """The archive's format, reading under this home's limits (archive.max_member_mb, archive.max_ratio,
+    archive.max_line_kb): what an imported archive may expand to."""
+    from personavlm_cli.adapters.archive import Limits, ZipArchive
 
-    return Limits(member_bytes=settings["archive.max_member_mb"] << 20, ratio=settings["archive.max_ratio"],
-                  line_bytes=settings["archive.max_line_kb"] << 10)
-
-
-def is_empty(archive) -> bool:
-    """An archive with nothing to write: no memory, no personality, no state (its import creates nothing)."""
-    return not archive.memories and not archive.personality.get("state") and not archive.state.get("consolidated")
+    return ZipArchive(Limits(member_bytes=settings["archive.max_member_mb"] << 20, ratio=settings["archive.max_ratio"],
+                             line_bytes=settings["archive.max_line_kb"] << 10))
 
 
-def import_file(env, file: Path) -> dict:
-    """Verify an archive, then write it into ``env``'s user store (shared by `memory` and `profile import`)."""
-    from personavlm_cli.adapters.archive import import_archive, read_archive
+def import_file(env, file: Path, progress=None) -> dict:
+    """Verify an archive whole, then write it into ``env``'s user store (``core/transfer.py``; shared by
+    `memory import` and `profile import`)."""
+    from personavlm_cli.core import transfer
 
     _ = env.user  # a bad user name or configuration is refused before the archive is read
-    # Refuse a corrupt, tampered or hostile archive before creating anything.
-    verified = read_archive(file, limits=archive_limits(env.settings))
-    if is_empty(verified):  # nothing to write: the user's store is not created for it
-        return {"added": 0, "skipped": 0, "manifest": verified[0], "empty": True}
     try:
-        return import_archive(env.store(write=True), verified)
+        return transfer.import_file(file, archive_format(env.settings), lambda: env.store(write=True), progress)
     finally:
         env.close()

@@ -222,9 +222,10 @@ def export(
     env = make_env(user)
     records = _open_records(env)
     if archive is not None:
-        from personavlm_cli.adapters.archive import export_archive
+        from personavlm_cli.adapters.archive import ZipArchive
+        from personavlm_cli.core.transfer import export_archive
 
-        m = export_archive(records, env.user_dir(create=False), archive, env.user)
+        m = export_archive(records, env.user_dir(create=False), archive, env.user, ZipArchive())
         err.print(line(("Archive written", "green"), f" to {archive}: {m['counts']['memories']} memories, "
                        f"{m['counts']['images']} images, {m['counts']['personality_updates']} personality updates"))
         return
@@ -278,18 +279,10 @@ def import_(file: Annotated[Path, typer.Argument(help="An archive from `profile 
 def import_with_progress(env, file: Path) -> dict:
     """Check the whole archive (nothing is created before it passes), then write it into ``env``'s
     store; a long import shows its progress on a terminal (stderr), and nothing when piped."""
-    from personavlm_cli.adapters.archive import import_archive, read_archive
-    from personavlm_cli.cli.memory import archive_limits, is_empty
+    from personavlm_cli.cli.memory import import_file
 
     with import_progress() as progress:
-        _ = env.user  # a bad user name or configuration is refused before the archive is read
-        checked = read_archive(file, progress=progress, limits=archive_limits(env.settings))
-        if is_empty(checked):  # nothing to write: the user's store is not created for it
-            return {"added": 0, "skipped": 0, "manifest": checked[0], "empty": True}
-        try:
-            return import_archive(env.store(write=True), checked, progress=progress)
-        finally:
-            env.close()
+        return import_file(env, file, progress)
 
 
 class import_progress:

@@ -22,8 +22,6 @@ embedded`` copies the server store back into this home. Either way:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
@@ -32,17 +30,10 @@ from typing import Annotated
 import typer
 
 from personavlm_cli.cli.common import JsonOpt, count, err, line, make_env, out, print_json
-from personavlm_cli.core.errors import ConfigError, NotFoundError, StoreError
-from personavlm_cli.core.memory import MemoryType
+from personavlm_cli.core.errors import ConfigError, NotFoundError
 
 app = typer.Typer(help="Where the memories live: this machine (embedded) or servers (PostgreSQL + Chroma).",
                   no_args_is_help=True)
-
-# Meta keys that describe one store, not the user's memory: never copied.
-_LOCAL_META = {"format_version", "created_at", "compact_pending", "migration", "owner"}
-# Pending work that names the source's own vectors: meaningless in the target (its vectors are made anew).
-_LOCAL_JOBS = {"vector_delete"}
-
 
 @app.command()
 def migrate(
@@ -145,6 +136,7 @@ def _left_behind(env, to: str, moved: list[str]) -> list[str]:
 def _migrate_user(env, to: str, batch: int) -> dict:
     """Copy and verify one user (under the user's local lock and the server's writer lock)."""
     from personavlm_cli.adapters.lock import StoreLock
+    from personavlm_cli.core import migration
 
     path = env.user_dir(create=True)
     lock = StoreLock(path, env.user).acquire()
@@ -159,7 +151,7 @@ def _migrate_user(env, to: str, batch: int) -> dict:
             source = server = _server_store(env, path, must_exist=True)
             target = _embedded_store(env, path)
         with server.exclusive("store migrate"):
-            return _migrate(source, target, to, batch)
+            return migration.migrate(source, target, to, batch, _Shown())
     finally:
         for st in (source, target):
             if st is not None:
@@ -213,127 +205,24 @@ def _server_store(env, path: Path, must_exist: bool = False):
     return store
 
 
-# -- copying and verifying --------------------------------------------------------------------------
+# -- progress -------------------------------------------------------------------------------------
 
 
-def _digest(m) -> str:
-    return hashlib.sha256(json.dumps(m.to_dict(), sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+class _Shown:
+    """A migration's progress (core/migration.py) as dim lines on stderr."""
 
-
-def _meta_items(records) -> dict:
-    rows = records.db.execute("SELECT key, value FROM meta").fetchall()
-    return {r["key"]: json.loads(r["value"]) for r in rows if r["key"] not in _LOCAL_META}
-
-
-def _migrate(source, target, to: str, batch: int) -> dict:
-    src, dst = source.records, target.records
-    run = {"source": src.store_id(), "from": "embedded" if to == "server" else "server"}
-    marker = dst.get_meta("migration")
-    ours = bool(marker) and marker.get("source") == run["source"] and marker.get("from") == run["from"]
-    held = dst.count()
-    if held and not ours:
-        raise StoreError(f"the {to} store already holds {held} memories of this user; refusing to overwrite them "
-                         "(a migration goes into an empty store)")
-    memories = src.list(include_superseded=True)
-    wanted = {m.image_sha256: m.meta["path"] for m in memories if m.image_sha256 and m.meta.get("path")}
-    if ours and marker.get("phase") == "done":
-        # Migrated already (a kill before the switch, or a second run): switch if the target still holds
-        # exactly the source; refuse if it has changed since (it is in use: nothing is overwritten).
-        if _verify(source, target, memories, wanted):
-            raise StoreError(f"the {to} store already holds {held} memories of this user, changed since they "
-                             "were migrated; refusing to overwrite them")
-        return {"memories": len(memories), "images": len(wanted),
-                "personality_updates": len(src.personality_history()), "verified": True}
-    if ours:
-        err.print(line((f"Resuming the interrupted migration ({held} of {len(memories)} memories already copied).",
+    def resuming(self, copied: int, total: int) -> None:
+        err.print(line((f"Resuming the interrupted migration ({copied} of {total} memories already copied).",
                         "yellow")))
-    if not ours:
-        with dst.transaction():
-            for key, value in _meta_items(src).items():  # personality, consolidation state, store id, ...
-                dst.set_meta(key, value)
-            for rec in src.personality_history():
-                dst.add_personality(rec)
-            for entry in src.audit_log():
-                dst.audit(entry["operation"], entry["ids"])
-            for job in src.jobs():
-                if job["kind"] not in _LOCAL_JOBS:
-                    dst.add_job(job["kind"], job["payload"])
-            dst.set_meta("migration", {**run, "phase": "memories", "copied": 0})
-    # Records, a batch per transaction with the marker.
-    have = {m.id for m in dst.list(include_superseded=True)}
-    todo = [m for m in memories if m.id not in have]
-    done = len(memories) - len(todo)
-    for i in range(0, len(todo), batch):
-        chunk = todo[i:i + batch]
-        with dst.transaction():
-            dst.insert(chunk)
-            done += len(chunk)
-            dst.set_meta("migration", {**run, "phase": "memories", "copied": done})
-        err.print(line((f"memories {done}/{len(memories)}", "dim")))
-    # Images, by content (idempotent).
-    for n, (sha, rel) in enumerate(sorted(wanted.items()), 1):
-        if (got := target.image_bytes(sha)) is not None and hashlib.sha256(got[1]).hexdigest() == sha:
-            continue
-        blob = source.image_bytes(sha)
-        if blob is None or hashlib.sha256(blob[1]).hexdigest() != sha:
-            raise StoreError(f"image {sha[:12]}… is missing or damaged in the {run['from']} store; nothing switched")
-        target.put_image_bytes(sha, rel.rsplit(".", 1)[-1], blob[1])
-        err.print(line((f"images {n}/{len(wanted)}", "dim")))
-    # Vectors: every record without one is embedded (a kill here leaves the rest for the next run).
-    err.print(line(("embedding the vectors in the target store…", "dim")))
-    target.sync_vectors()
-    if target.vectors_down:  # they cannot be verified: say why, not only that they are missing
-        target.take_notices()
-        raise StoreError(f"{target.vectors_down}; every memory needs its vector before the switch: nothing "
-                         "switched: run the command again once it is back")
-    problems = _verify(source, target, memories, wanted)
-    if problems:
-        raise StoreError(f"verification failed ({problems[0]}); nothing switched: run the command again")
-    with dst.transaction():
-        dst.set_meta("migration", {**run, "phase": "done", "copied": len(memories)})
-    return {"memories": len(memories), "images": len(wanted),
-            "personality_updates": len(src.personality_history()), "verified": True}
 
+    def memories(self, done: int, total: int) -> None:
+        err.print(line((f"memories {done}/{total}", "dim")))
 
-def _verify(source, target, memories, images: dict) -> list[str]:
-    src, dst = source.records, target.records
-    problems = []
-    copied = {m.id: m for m in dst.list(include_superseded=True)}
-    if set(copied) != {m.id for m in memories}:
-        problems.append(f"{len(copied)} memories in the target, {len(memories)} in the source")
-    bad = [m.id for m in memories if m.id in copied and _digest(copied[m.id]) != _digest(m)]
-    if bad:
-        problems.append(f"memory {bad[0]} differs (sha256)")
-    for sha in images:
-        got = target.image_bytes(sha)
-        if got is None or hashlib.sha256(got[1]).hexdigest() != sha:
-            problems.append(f"image {sha[:12]}… is missing or differs (sha256)")
-            break
-    if _history(dst.personality_history()) != _history(src.personality_history()):
-        problems.append("the personality history differs")
-    if [(a["operation"], a["ids"]) for a in dst.audit_log()] != [(a["operation"], a["ids"]) for a in src.audit_log()]:
-        problems.append("the audit log differs")
-    if [(j["kind"], j["payload"]) for j in dst.jobs() if j["kind"] not in _LOCAL_JOBS] != \
-            [(j["kind"], j["payload"]) for j in src.jobs() if j["kind"] not in _LOCAL_JOBS]:
-        problems.append("the pending work differs")
-    if {k: v for k, v in _meta_items(dst).items()} != _meta_items(src):
-        problems.append("the personality or learning state differs")
-    if dst.unembedded(1):
-        problems.append("some memories have no vector yet")
-    else:
-        from personavlm_cli.core.store import IMAGES, TEXT
+    def images(self, done: int, total: int) -> None:
+        err.print(line((f"images {done}/{total}", "dim")))
 
-        vectors = target.vectors
-        if vectors.ids(TEXT) != set(copied):
-            problems.append("the text vectors do not match the memories")
-        with_images = {m.id for m in memories if m.type == MemoryType.IMAGE and m.meta.get("path")}
-        if with_images and not with_images <= vectors.ids(IMAGES):
-            problems.append("an image memory has no image vector")
-    return problems
-
-
-def _history(rows: list[dict]) -> str:
-    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+    def embedding(self) -> None:
+        err.print(line(("embedding the vectors in the target store…", "dim")))
 
 
 # -- switching ----------------------------------------------------------------------------------------

@@ -6,6 +6,10 @@ that could repeat the forgotten content survives. Sessions that still have turns
 consolidation again, which regenerates their episodes, habits and profile from what remains; a
 version whose successor was erased becomes current again.
 
+The use cases, each one entry that every caller uses (``memory forget``, the chat's ``/forget``,
+``personavlm mcp``'s forget): :func:`forget_ids` and :func:`forget_text` plan and return a
+:class:`Forgetting`, which the caller shows and confirms, then carries out with ``erase()``.
+
 By text (``plan_text``, for ``memory forget --query`` and ``/forget TEXT``): exact and complete. What
 matches is every memory that holds the words given, literally (case aside), in its text, keywords or
 metadata: meaning alone never erases. Every literal occurrence goes, and nothing unrelated:
@@ -33,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from personavlm_cli.core.errors import PersonaError
+from personavlm_cli.core.errors import NotFoundError, PersonaError
 from personavlm_cli.core.learning import profile as learning
 from personavlm_cli.core.memory import Memory, MemoryType
 from personavlm_cli.core.store import MemoryStore, new_memory
@@ -51,9 +55,60 @@ class ForgetPlan:
         return [m.id for m in self.targets + self.derived]
 
 
+@dataclass
+class Forgetting:
+    """One forgetting, planned and not carried out yet: ``plan`` is what goes (shown to the user, then
+    confirmed); :meth:`erase` carries it out, with the sessions that lose turns queued on ``queue``."""
+
+    store: MemoryStore
+    plan: ForgetPlan
+    operation: str
+    queue: UpdateQueue | None
+
+    @property
+    def nothing(self) -> bool:
+        """Nothing would be erased or recomputed."""
+        return not self.plan.ids and not (isinstance(self.plan, TextPlan) and self.plan.recomputed)
+
+    def erase(self) -> list[str]:
+        """Erase what the plan says (seconds on a big store: the vector index is rebuilt); the erased ids."""
+        return execute(self.store, self.plan, self.operation, self.queue)
+
+
+def forget_ids(store: MemoryStore, ids: list[str], *, operation: str = "forget-id",
+               queue: UpdateQueue | None = None) -> Forgetting:
+    """Forgetting these memories and what was derived from them (NotFoundError for an id with no memory).
+    ``queue``: where the sessions that lose turns are queued for consolidation again; None: the store's
+    own queue, when a turn goes."""
+    wrong = [i for i in ids if not isinstance(i, str)]
+    if wrong:
+        raise NotFoundError(f"no memory with id '{wrong[0]}'")
+    targets = store.records.get_many(list(ids))
+    found = {m.id for m in targets}
+    missing = [i for i in ids if i not in found]
+    if missing:
+        raise NotFoundError(f"no memory with id '{missing[0]}'")
+    p = _plan(store, targets)
+    if queue is None and any(m.type == MemoryType.TURN for m in p.targets + p.derived):
+        queue = UpdateQueue(store.records)
+    return Forgetting(store, p, operation, queue)
+
+
+def forget_text(store: MemoryStore, text: str, *, operation: str = "forget-query",
+                queue: UpdateQueue | None = None) -> Forgetting:
+    """Forgetting a text, exactly and completely (``plan_text``: every memory that holds its words literally,
+    what was derived from them alone, the profile values that hold them). ``queue``: where the sessions
+    that lose turns are queued for consolidation again; None: the store's own queue."""
+    return Forgetting(store, plan_text(store, text), operation, queue if queue is not None else UpdateQueue(store.records))
+
+
 def plan(store: MemoryStore, ids: list[str]) -> ForgetPlan:
+    """What forgetting these memories erases: them, and what was derived from them, to a fixed point."""
+    return _plan(store, store.records.get_many(ids))
+
+
+def _plan(store: MemoryStore, targets: list[Memory]) -> ForgetPlan:
     records = store.records
-    targets = records.get_many(ids)
     doomed = {m.id for m in targets}
     # A user turn takes its images and the assistant's reply to it along.
     frontier = set(doomed)

@@ -4,8 +4,9 @@ forget and the profile, as plain data.
 Each is the same use case the chat and the `memory` commands run, not a second version of it:
 search is the chat's recall (``core.recall.recall`` over the chat's memory types, a time named in the
 query as its window); remember is ``/remember`` (``Learner.remember``: merged, superseding, profile
-values applied; rules only, no model); forget is ``memory forget`` (``forgetting.matching``, ``plan``,
-``execute`` with the sessions queued for consolidation) and erases nothing without ``confirm``.
+values applied; rules only, no model); forget is ``memory forget`` (``forgetting.forget_ids``: the ids
+given, or those of the memories that hold the query's words; the sessions queued for consolidation) and
+erases nothing without ``confirm``.
 """
 
 from __future__ import annotations
@@ -120,27 +121,21 @@ def show(records: RecordStore, memory_id: str) -> dict[str, Any]:
 
 def forget(store: MemoryStore, ids: list[str] | None = None, query: str | None = None, confirm: bool = False) -> dict[str, Any]:
     """``memory forget IDS`` or ``--query TEXT``: without ``confirm``, what would be erased; with it, erased."""
-    from personavlm_cli.core.update_queue import UpdateQueue
-
     if bool(ids) == bool(query):
         raise PersonaError("say what to forget: ids, or a query (one of them)")
     if ids:
-        missing = [i for i in ids if not isinstance(i, str) or store.records.get(i) is None]
-        if missing:
-            raise NotFoundError(f"no memory with id '{missing[0]}'")
-        chosen, operation = list(ids), "forget-id"
+        job = forgetting.forget_ids(store, list(ids))
     else:
-        chosen, operation = [m.id for m in forgetting.matching(store, str(query))], "forget-query"
-    if not chosen:
-        return {"erased": [], "would_erase": [], "derived": 0}
-    p = forgetting.plan(store, chosen)
+        chosen = [m.id for m in forgetting.matching(store, str(query))]
+        if not chosen:
+            return {"erased": [], "would_erase": [], "derived": 0}
+        job = forgetting.forget_ids(store, chosen, operation="forget-query")
+    p = job.plan
     if not confirm:
         return {"erased": [], "would_erase": [memory_data(m) for m in p.targets], "derived": len(p.derived),
                 "note": "nothing was erased: call forget again with confirm set to true to erase these "
                         "and what was derived from them"}
-    queue = UpdateQueue(store.records) if any(m.type == MemoryType.TURN for m in p.targets + p.derived) else None
-    erased = forgetting.execute(store, p, operation, queue)
-    return {"erased": list(erased), "would_erase": [], "derived": len(p.derived)}
+    return {"erased": list(job.erase()), "would_erase": [], "derived": len(p.derived)}
 
 
 def profile(records: RecordStore, user: str) -> dict[str, Any]:

@@ -194,6 +194,16 @@ class RecordStore(Protocol):
         """A random id of this store, made on first use and then fixed."""
         ...
 
+    def image_blob(self, sha256: str) -> tuple[str, bytes] | None:
+        """(extension, bytes) of an image kept with the records (a server store), or None (none there;
+        an embedded store keeps its images as files, and has none)."""
+        ...
+
+    def meta_items(self) -> dict[str, Any]:
+        """Every meta key with its value (as :meth:`get_meta` reads it): what ``core/migration.py`` copies
+        and compares."""
+        ...
+
     # -- memories --
 
     def insert(self, memories: Iterable[Memory]) -> None:
@@ -459,4 +469,67 @@ class ImageFiles(Protocol):
 
     def prune(self, records: RecordStore) -> int:
         """Drop cached copies of images erased on another machine; how many."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------------
+# The portable archive (``memory export``/``import``, ``profile export --archive``/``import``)
+# --------------------------------------------------------------------------------------------------
+
+
+class ArchiveContents(Protocol):
+    """What an export gathers (``core/transfer.py``), for :meth:`ArchiveFormat.write` to lay out."""
+
+    user: str
+    memories: builtins.list[Memory]
+    """Every memory, superseded versions included."""
+    personality: dict[str, Any]
+    """``state``, ``updates``, ``history``, ``evidence``."""
+    state: dict[str, Any]
+    """``consolidated``."""
+    images: dict[str, Path | bytes]
+    """Image file name (``<sha256>.<ext>``) -> the file, or its bytes (a server store)."""
+    models: dict[str, str] | None
+    """The embedding models named in the manifest (None: the defaults)."""
+
+
+class CheckedArchive(Protocol):
+    """An archive read and checked whole by :meth:`ArchiveFormat.read`: nothing of it is written yet."""
+
+    memories: builtins.list[Memory]
+    personality: dict[str, Any]
+    state: dict[str, Any]
+
+    @property
+    def manifest(self) -> dict[str, Any]:
+        """What the archive says of itself (format, version, user, counts, the sha256 of every file)."""
+        ...
+
+    @property
+    def images(self) -> builtins.list[str]:
+        """The image files it carries, by name (``<sha256>.<ext>``)."""
+        ...
+
+    def check_links(self, known: set[str]) -> None:
+        """PersonaError when a memory's successor is neither in the archive nor among ``known`` ids."""
+        ...
+
+    def copy_images(self, files: builtins.list[tuple[Path, str]],
+                    progress: Callable[[str, int, int], None] | None = None) -> None:
+        """Write these image files (destination, image file name) out of the archive, each checked
+        again against its sha256 as it is written."""
+        ...
+
+
+class ArchiveFormat(Protocol):
+    """The archive's file format (today a versioned zip, ``adapters/archive.py``). Every problem with an
+    archive is one PersonaError line; a full disk is ``DiskFullError``."""
+
+    def read(self, file: Path, progress: Callable[[str, int, int], None] | None = None) -> CheckedArchive:
+        """Read and check all of ``file`` (sizes, sha256, every member), writing nothing."""
+        ...
+
+    def write(self, file: Path, contents: ArchiveContents, progress: Callable[[int, int], None] | None = None
+              ) -> dict[str, Any]:
+        """Write ``contents`` to ``file`` (new, or a regular file replaced whole once complete); the manifest."""
         ...
