@@ -128,7 +128,7 @@ def test_token_counts_are_asked_once_per_text(server):
 
 @pytest.mark.slow  # llama.cpp loads the GGUF's vocabulary
 def test_token_counts_are_made_here_when_the_served_models_file_is_on_this_machine(server):
-    from personavlm_cli.adapters.llm import embedded_model_path
+    from personavlm_cli.adapters.gguf import embedded_model_path
     from personavlm_cli.adapters.remote_llm import LocalTokenizer, RemoteChatModel
 
     server.model_id = str(embedded_model_path())  # the path the server reports is a file here

@@ -34,8 +34,8 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from personavlm_cli.adapters.chat_base import ChatModelBase
+from personavlm_cli.adapters.chat_messages import prepare_messages
 from personavlm_cli.adapters.json_output import one_line
-from personavlm_cli.adapters.llm import prepare_messages
 from personavlm_cli.core.errors import ModelError, ModelInterrupted
 
 CONNECT_TIMEOUT = 10.0
@@ -74,9 +74,9 @@ class LocalTokenizer:
         if not key.lower().endswith(".gguf") or not os.path.isfile(key):
             return None
         try:
-            from personavlm_cli.adapters.llm import _llama_cpp
+            from personavlm_cli.adapters.llama_runtime import bindings
 
-            return cls(_llama_cpp().Llama(key, vocab_only=True, verbose=False))
+            return cls(bindings().Llama(key, vocab_only=True, verbose=False))
         except Exception:
             return None
 
