@@ -196,8 +196,8 @@ def _fast_layer_stays_fast(request, monkeypatch):
         real_init(self, args, *rest, **kwargs)
 
     monkeypatch.setattr(subprocess.Popen, "__init__", guarded_init)
-    llm = sys.modules.get("personavlm_cli.adapters.llm")
-    if llm is None:
-        import personavlm_cli.adapters.llm as llm
-    monkeypatch.setattr(llm, "_llama_cpp", _forbidden("loading the real model (llama.cpp)"))
+    runtime = sys.modules.get("personavlm_cli.adapters.llama_runtime")
+    if runtime is None:
+        import personavlm_cli.adapters.llama_runtime as runtime
+    monkeypatch.setattr(runtime, "bindings", _forbidden("loading the real model (llama.cpp)"))
     yield

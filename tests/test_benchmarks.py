@@ -425,7 +425,8 @@ def test_mme_run_scores_per_task_and_resumes_only_the_missing_items(tmp_path):
 
 @pytest.mark.slow  # the embedded model
 def test_update_stage_runs_per_turn_and_per_session_during_replay(tmp_path):
-    from personavlm_cli.adapters.llm import ChatModel, embedded_model_path
+    from personavlm_cli.adapters.gguf import embedded_model_path
+    from personavlm_cli.adapters.llm import ChatModel
     from personavlm_cli.core.memory import parse_time
 
     model = ChatModel(embedded_model_path(), n_ctx=2048)

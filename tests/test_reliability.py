@@ -693,7 +693,7 @@ def _fake_projector(path: Path) -> Path:
 
 
 def test_bad_model_files_are_refused(tmp_path, kept):
-    from personavlm_cli.adapters.llm import embedded_model_path
+    from personavlm_cli.adapters.gguf import embedded_model_path
 
     real = embedded_model_path()
     text = tmp_path / "model.gguf"

@@ -128,8 +128,9 @@ def test_token_counts_are_asked_once_per_text(server):
 
 @pytest.mark.slow  # llama.cpp loads the GGUF's vocabulary
 def test_token_counts_are_made_here_when_the_served_models_file_is_on_this_machine(server):
-    from personavlm_cli.adapters.llm import embedded_model_path
-    from personavlm_cli.adapters.remote_llm import LocalTokenizer, RemoteChatModel
+    from personavlm_cli.adapters.gguf import embedded_model_path
+    from personavlm_cli.adapters.local_tokenizer import LocalTokenizer
+    from personavlm_cli.adapters.remote_llm import RemoteChatModel
 
     server.model_id = str(embedded_model_path())  # the path the server reports is a file here
     model = RemoteChatModel(_url(server))
@@ -170,7 +171,8 @@ def test_an_interrupted_call_costs_its_connection_only_and_the_pool_goes_on(serv
 
 
 def test_closing_the_last_client_of_a_server_closes_its_pool(server):
-    from personavlm_cli.adapters.remote_llm import RemoteChatModel, _Pool
+    from personavlm_cli.adapters.model_http import ServerPool as _Pool
+    from personavlm_cli.adapters.remote_llm import RemoteChatModel
 
     model = RemoteChatModel(_url(server))
     twin = model.fork()

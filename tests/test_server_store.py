@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from personavlm_cli.adapters.pg_link import idempotent
-from personavlm_cli.adapters.pg_records import legacy_schema_for, schema_for
+from personavlm_cli.adapters.pg_schema import legacy_schema_for, schema_for
 from personavlm_cli.cli.env import namespace
 from personavlm_cli.core.errors import UnreachableError, UserNameError
 from personavlm_cli.core.users import validate_name

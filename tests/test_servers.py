@@ -100,14 +100,14 @@ def start_chroma(tmp: Path, port: int | None = None) -> Server:
 
 
 def start_model_server(tmp: Path) -> Server:
-    from personavlm_cli.adapters.llm import embedded_model_path
+    from personavlm_cli.adapters.gguf import embedded_model_path
 
     port = _free_port()
     tmp.mkdir(parents=True, exist_ok=True)
-    # llama-cpp-python's own server, started through llm._llama_cpp() so that it gets the same AMX guard
+    # llama-cpp-python's own server, started through llama_runtime.bindings() so that it gets the same AMX guard
     # as the chat (docs/dependencies.md): on a CPU that reports AMX in a VM without AMX state it would
     # otherwise die on its first prompt.
-    launch = ("import runpy, sys; from personavlm_cli.adapters.llm import _llama_cpp; _llama_cpp(); "
+    launch = ("import runpy, sys; from personavlm_cli.adapters.llama_runtime import bindings; bindings(); "
               "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')")
     return Server("llama_cpp.server", [sys.executable, "-c", launch, "--model", str(embedded_model_path()),
                                        "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "4096"],

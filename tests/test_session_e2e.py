@@ -21,7 +21,8 @@ LONG = " ".join(f"On day {i} I walked my dog Pepper along the river and counted 
 
 @pytest.fixture(scope="module")
 def real_model():
-    from personavlm_cli.adapters.llm import ChatModel, embedded_model_path
+    from personavlm_cli.adapters.gguf import embedded_model_path
+    from personavlm_cli.adapters.llm import ChatModel
 
     model = ChatModel(embedded_model_path(), n_ctx=4096, seed=0)
     yield model

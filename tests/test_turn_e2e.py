@@ -156,8 +156,9 @@ def test_a_model_that_invents_facts_is_refused_by_the_grounding_check(tmp_path):
 def test_the_answers_cache_survives_a_background_update_and_a_follow_up_pays_only_for_new_tokens(tmp_path):
     """Real model: a follow-up message in a session reuses llama.cpp's cache of the previous prompt,
     even though the update thread ran a model job in between (on its own context over the weights)."""
+    from personavlm_cli.adapters.gguf import embedded_model_path
     from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.adapters.llm import ChatModel, embedded_model_path
+    from personavlm_cli.adapters.llm import ChatModel
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.assistant import Assistant

@@ -33,7 +33,9 @@ class ChatModelBase(abc.ABC):
         return self.load_info.vision
 
     @abc.abstractmethod
-    def complete(self, messages, **kwargs) -> str:
+    def complete(self, messages: Sequence[Mapping[str, Any]], *, max_tokens: int = 256, temperature: float = 0.0,
+                 grammar: str | None = None, json_schema: dict | None = None, stop: list[str] | None = None,
+                 seed: int | None = None) -> str:
         """Every backend generates in its own way (the port's ``complete``)."""
 
     @abc.abstractmethod

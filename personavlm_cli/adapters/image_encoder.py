@@ -20,6 +20,7 @@ import os
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 from personavlm_cli.core.errors import ImageError, PersonaError
 
@@ -162,7 +163,7 @@ def _hub_offline(offline: bool):
     reads that constant at call time: the environment variable covers a first import, the
     constant an import that already happened.
     """
-    hub = sys.modules.get("huggingface_hub.constants")
+    hub: Any = sys.modules.get("huggingface_hub.constants")
     if hub is None or not hasattr(hub, "HF_HUB_OFFLINE"):
         yield
         return
@@ -295,7 +296,7 @@ class ImageEncoder:
                 raise ImageError(f"unknown CLIP weights '{self._tag}' for {self.model_name} (known tags: {known})")
             pretrained = self._tag
         cache_dir = self.cache_dir
-        if self.kind == "tag" and _in_standard_cache(self.model_name, self._tag):
+        if self.kind == "tag" and self._tag is not None and _in_standard_cache(self.model_name, self._tag):
             cache_dir = None  # the standard hub cache, where `model pull clip` and open_clip users put it
         try:
             with _quiet_logs(), _hub_offline(not self.allow_download), torch.random.fork_rng(devices=[]):

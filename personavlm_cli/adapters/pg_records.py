@@ -20,12 +20,13 @@ and the same server share one system of record. Differences, all deliberate:
   are plain transactions, so two chats at once both write.
 
 psycopg is imported here only (``pip install 'personavlm-cli[postgres]'``), never by the embedded store.
+The schema's name, tables and advisory-lock keys are ``adapters/pg_schema.py``'s; the connection that
+survives a restart is ``adapters/pg_link.py``'s.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import socket
@@ -34,86 +35,21 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from personavlm_cli.adapters.pg_link import RETRY_S, Link, idempotent, server_disk_full
-from personavlm_cli.adapters.sql_records import FORMAT_VERSION, SqlRecords, query_words, tables
+from personavlm_cli.adapters.pg_schema import (
+    PARTITIONS,
+    SMALL_TABLES,
+    advisory_key,
+    create_tables,
+    legacy_schema_for,
+    lock_call,
+    schema_for,
+)
+from personavlm_cli.adapters.sql_records import FORMAT_VERSION, SqlRecords, query_words
 from personavlm_cli.adapters.urls import shown_url
 from personavlm_cli.core.errors import DiskFullError, NotFoundError, StoreBusyError, StoreError
 from personavlm_cli.core.memory import iso, now
 
 INSTALL = "pip install 'personavlm-cli[postgres]' (psycopg 3)"
-
-# The memories and the images are split in hash partitions (by id, by sha256): a forget rewrites only
-# the partitions that held what it erased (VACUUM FULL of a few thousand rows), not the whole store.
-PARTITIONS = 64
-
-
-def _partitioned(ddl: str) -> str:
-    """The shared schema with ``memories`` and ``images`` as hash-partitioned tables (a partitioned
-    table's unique keys must include its partition key: ``id`` is the key, ``rowid`` an ordered index)."""
-    ddl = ddl.replace("CREATE TABLE IF NOT EXISTS memories(\n    rowid BIGSERIAL PRIMARY KEY,\n    id TEXT NOT NULL UNIQUE,",
-                      "CREATE TABLE IF NOT EXISTS memories(\n    rowid BIGSERIAL NOT NULL,\n    id TEXT NOT NULL PRIMARY KEY,")
-    ddl = ddl.replace("    data BYTEA NOT NULL,\n    created_at TEXT NOT NULL\n)",
-                      "    data BYTEA NOT NULL,\n    created_at TEXT NOT NULL\n) PARTITION BY HASH (sha256)")
-    head, sep, rest = ddl.partition("CREATE INDEX IF NOT EXISTS memories_type_time")
-    head = head.rstrip()
-    assert head.endswith(");") and sep, "the shared schema changed: update _partitioned"
-    head = head[:-1] + " PARTITION BY HASH (id);\nCREATE INDEX IF NOT EXISTS memories_rowid ON memories(rowid);\n"
-    parts = "".join(f"CREATE TABLE IF NOT EXISTS {table}_p{i} PARTITION OF {table} FOR VALUES WITH "
-                    f"(MODULUS {PARTITIONS}, REMAINDER {i});\n"
-                    for table in ("memories", "images") for i in range(PARTITIONS))
-    return head + sep + rest + ";\n" + parts
-
-
-_TABLES = tables("BIGSERIAL PRIMARY KEY", "DOUBLE PRECISION", """,
-    tsv tsvector GENERATED ALWAYS AS (
-        setweight(to_tsvector('english'::regconfig, text), 'A') ||
-        setweight(to_tsvector('english'::regconfig, keywords), 'B')) STORED,
-    text_len INTEGER GENERATED ALWAYS AS (length(to_tsvector('english'::regconfig, text))) STORED,
-    kw_len INTEGER GENERATED ALWAYS AS (length(to_tsvector('english'::regconfig, keywords))) STORED""") + """
-CREATE INDEX IF NOT EXISTS memories_superseded_by ON memories(superseded_by);
-CREATE INDEX IF NOT EXISTS memories_tsv ON memories USING GIN(tsv);
-CREATE TABLE IF NOT EXISTS images(
-    sha256 TEXT PRIMARY KEY,
-    ext TEXT NOT NULL,
-    data BYTEA NOT NULL,
-    created_at TEXT NOT NULL
-);
-CREATE TABLE IF NOT EXISTS holders(
-    lock TEXT PRIMARY KEY,
-    host TEXT NOT NULL,
-    pid INTEGER NOT NULL,
-    command TEXT NOT NULL,
-    since TEXT NOT NULL
-)
-"""
-_TABLES = _partitioned(_TABLES) + """
-CREATE TABLE IF NOT EXISTS lexstats(
-    one INTEGER PRIMARY KEY DEFAULT 1 CHECK (one = 1),
-    n BIGINT NOT NULL DEFAULT 0,
-    a_sum BIGINT NOT NULL DEFAULT 0,
-    b_sum BIGINT NOT NULL DEFAULT 0
-);
-INSERT INTO lexstats(one) VALUES (1) ON CONFLICT DO NOTHING
-"""
-
-# BM25 needs the number of memories and their average lengths: kept up to date by a trigger, so a
-# search never counts the whole store (run as one statement: its body has semicolons).
-_LEXSTATS_TRIGGER = ("""
-CREATE OR REPLACE FUNCTION lexstats_track() RETURNS trigger AS $$
-BEGIN
-    IF TG_OP IN ('DELETE', 'UPDATE') THEN
-        UPDATE lexstats SET n = n - 1, a_sum = a_sum - OLD.text_len, b_sum = b_sum - OLD.kw_len;
-    END IF;
-    IF TG_OP IN ('INSERT', 'UPDATE') THEN
-        UPDATE lexstats SET n = n + 1, a_sum = a_sum + NEW.text_len, b_sum = b_sum + NEW.kw_len;
-    END IF;
-    RETURN NULL;
-END $$ LANGUAGE plpgsql""",
-    "CREATE TRIGGER memories_lexstats AFTER INSERT OR UPDATE OR DELETE ON memories "
-    "FOR EACH ROW EXECUTE FUNCTION lexstats_track()")
-
-# Small tables whose rows may name erased memories (ids, image paths): compact() rewrites them with the
-# partitions that held the erased rows. (``meta`` holds no memory text: markers by id, settings.)
-_SMALL = ("jobs", "audit")
 
 
 def _psycopg():
@@ -142,36 +78,6 @@ def check_database_url(url: str) -> str:
 
 
 shown_database_url = shown_url  # the name cli/housekeeping.py imports
-
-
-def schema_for(user: str) -> str:
-    """The user's schema. ``pv_<user>`` while that fits PostgreSQL's 63 bytes; a longer name (61 to 64
-    characters) is ``pv~<its first 35 characters>~<24 hex digits of its SHA-256>``. A user name has no
-    ``~`` (core/users.py), so no short form is ever a long one, and two long forms are equal only for a
-    SHA-256 collision; every open also checks the schema's ``owner`` (a name never opens another's)."""
-    name = f"pv_{user}"
-    if len(name.encode()) <= 63:
-        return name
-    return f"pv~{user[:35]}~{hashlib.sha256(user.encode()).hexdigest()[:24]}"
-
-
-def legacy_schema_for(user: str) -> str | None:
-    """The schema a long name had before its long form changed (``pv_<first 40>_<12 hex>``, which a
-    53-character name could also have): None for a name that fits."""
-    if len(f"pv_{user}".encode()) <= 63:
-        return None
-    return f"pv_{user[:40]}_{hashlib.sha256(user.encode()).hexdigest()[:12]}"
-
-
-def _key(text: str) -> int:
-    """A signed 64-bit advisory-lock key for ``text``."""
-    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big", signed=True)
-
-
-def _try_lock(key: tuple, fn: str = "pg_try_advisory_lock") -> str:
-    """The SQL call of ``fn`` for a key of one 64-bit or two 32-bit ints (PostgreSQL keeps the two
-    kinds apart)."""
-    return f"{fn}(%s::int8)" if len(key) == 1 else f"{fn}(%s::int4, %s::int4)"
 
 
 class PgRecordStore(SqlRecords):
@@ -234,7 +140,7 @@ class PgRecordStore(SqlRecords):
         if self.readonly:
             conn.execute("SET default_transaction_read_only = on")
         for name, key in list(self._held.items()):
-            if not conn.execute(f"SELECT {_try_lock(key)} AS ok", key).fetchone()["ok"]:
+            if not conn.execute(f"SELECT {lock_call(key)} AS ok", key).fetchone()["ok"]:
                 self._held.pop(name, None)
                 self._locks.pop(name, None)
                 raise StoreBusyError(f"the connection to the record database was lost while holding the lock for "
@@ -257,7 +163,7 @@ class PgRecordStore(SqlRecords):
             return False
         sql = self._psycopg.sql
         with self.db.begin():
-            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_key("personavlm-schema:" + self.schema),))
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key("personavlm-schema:" + self.schema),))
             if self._schema_exists(self.schema):
                 return True
             meta = self.db.execute("SELECT to_regclass(%s) AS t", (f'"{old}".meta',)).fetchone()["t"]
@@ -296,7 +202,7 @@ class PgRecordStore(SqlRecords):
             self._oid = oid - 2 ** 32 if oid >= 2 ** 31 else oid
         if 0 <= job_id < 2 ** 31:
             return (self._oid, job_id)
-        return (_key(f"personavlm-job:{self.schema}:{job_id}"),)
+        return (advisory_key(f"personavlm-job:{self.schema}:{job_id}"),)
 
     # -- schema --------------------------------------------------------------------------------
 
@@ -316,16 +222,12 @@ class PgRecordStore(SqlRecords):
         ident = sql.Identifier(self.schema)
         with self.db.begin():
             # Two machines opening a new user at once: one creates, the other waits and finds it done.
-            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (_key("personavlm-schema:" + self.schema),))
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", (advisory_key("personavlm-schema:" + self.schema),))
             self.db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
             self.db.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
             if self._check_version() >= 1:
                 return
-            for statement in _TABLES.split(";"):
-                if statement.strip():
-                    self.db.execute(statement)
-            for statement in _LEXSTATS_TRIGGER:
-                self.db.execute(statement)
+            create_tables(self.db.execute)
             self.db.execute("INSERT INTO meta VALUES('format_version', %s) ON CONFLICT (key) DO UPDATE "
                             "SET value=EXCLUDED.value", (str(FORMAT_VERSION),))
             self.db.execute("INSERT INTO meta VALUES('created_at', %s) ON CONFLICT (key) DO NOTHING",
@@ -394,7 +296,7 @@ class PgRecordStore(SqlRecords):
             return
         key = self._lock_key()
         deadline = time.monotonic() + wait
-        while not self.db.execute(f"SELECT {_try_lock(key)} AS ok", key).fetchone()["ok"]:
+        while not self.db.execute(f"SELECT {lock_call(key)} AS ok", key).fetchone()["ok"]:
             if time.monotonic() >= deadline:
                 row = self.db.execute("SELECT * FROM holders WHERE lock=%s", (name,)).fetchone()
                 who = (f"'{row['command']}' by PID {row['pid']} on {row['host']} since {row['since'][:19]}"
@@ -421,14 +323,14 @@ class PgRecordStore(SqlRecords):
         for): two machines' update stages never run the same queued job at once."""
         key = self._lock_key(job_id)
         name = f"job {job_id}"
-        mine = self.db.execute(f"SELECT {_try_lock(key)} AS ok", key).fetchone()["ok"]
+        mine = self.db.execute(f"SELECT {lock_call(key)} AS ok", key).fetchone()["ok"]
         if mine:
             self._held[name] = key
         try:
             yield bool(mine) and self.db.execute("SELECT 1 FROM jobs WHERE id=%s", (job_id,)).fetchone() is not None
         finally:
             if mine and self._held.pop(name, None) is not None:
-                self.db.execute(f"SELECT {_try_lock(key, 'pg_advisory_unlock')}", key)
+                self.db.execute(f"SELECT {lock_call(key, 'pg_advisory_unlock')}", key)
 
     def _release(self, name: str) -> None:
         self._locks.pop(name, None)
@@ -441,7 +343,7 @@ class PgRecordStore(SqlRecords):
                 self.db.execute("DELETE FROM holders WHERE lock=%s AND pid=%s AND host=%s",
                                 (name, os.getpid(), socket.gethostname()))
         finally:
-            self.db.execute(f"SELECT {_try_lock(key, 'pg_advisory_unlock')}", key)
+            self.db.execute(f"SELECT {lock_call(key, 'pg_advisory_unlock')}", key)
 
     # -- the hooks of SqlRecords -------------------------------------------------------------------
 
@@ -519,7 +421,7 @@ class PgRecordStore(SqlRecords):
             marked = ([f"{table}_p{i}" for table in ("memories", "images") for i in range(PARTITIONS)]
                       if self.get_meta("compact_pending") else [])
         try:
-            for table in [*sorted(set(marked)), *_SMALL]:
+            for table in [*sorted(set(marked)), *SMALL_TABLES]:
                 self.db.execute(sql.SQL("VACUUM FULL {}").format(sql.Identifier(self.schema, table)))
         except DiskFullError:  # the deletion (and its compact_pending mark) is committed; the rewrite waits
             raise DiskFullError(f"the memories are erased, but the record database server {self.where} has no space "

@@ -4,10 +4,10 @@ llama-cpp-python's ``python -m llama_cpp.server``), implementing the same port a
 
 HTTP goes through ``httpx``, with one pooled client per server in the process (a model and its forks
 share it, and its connections are kept alive between requests: a message costs one connection, not
-one per request), its timeouts and retries declared once (``_Pool``). Token counts are made here
-when the served model's file is on this machine (the given ``tokenizer`` path, or the path
+one per request), its timeouts and retries declared once (``model_http.ServerPool``). Token counts are
+made here when the served model's file is on this machine (the given ``tokenizer`` path, or the path
 llama-cpp-python's server reports as the model's id): llama.cpp loads its vocabulary alone, no
-weights (``LocalTokenizer``). Otherwise they are the server's, cached by text, so a turn's history
+weights (``local_tokenizer.LocalTokenizer``). Otherwise they are the server's, cached by text, so a turn's history
 is counted once, not again with every message. Nothing is sent when the
 object is made, so a server that is down costs nothing until the first message; from then on every
 failure to reach it (refused, timed out, or gone in the middle of an answer) is one
@@ -22,10 +22,7 @@ from __future__ import annotations
 import base64
 import collections
 import json
-import math
 import os
-import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -34,55 +31,23 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from personavlm_cli.adapters.chat_base import ChatModelBase
+from personavlm_cli.adapters.chat_messages import prepare_messages
 from personavlm_cli.adapters.json_output import one_line
-from personavlm_cli.adapters.llm import prepare_messages
+from personavlm_cli.adapters.local_tokenizer import LocalTokenizer, estimate_tokens
+from personavlm_cli.adapters.model_http import (
+    CONNECT_TIMEOUT,
+    ServerPool,
+    ServerSaid,
+    Unreachable,
+    error_message,
+    error_text,
+    failure_reason,
+    sending,
+    sse_events,
+)
 from personavlm_cli.core.errors import ModelError, ModelInterrupted
 
-CONNECT_TIMEOUT = 10.0
-RETRIES = 1  # a connection that fails to open is tried once more (httpx's transport retries)
 TOKEN_CACHE = 2048  # texts whose token count is kept (a session's turns, counted at every message)
-# Characters per token for the estimate used when the server has no tokenizer endpoint: low on
-# purpose (English averages about 4), so the estimate errs towards "too long" and a message is
-# trimmed a little early rather than overflowing the context.
-CHARS_PER_TOKEN = 3.0
-
-
-class LocalTokenizer:
-    """The served model's tokenizer from its GGUF file on this machine: llama.cpp loads the vocabulary
-    only (``vocab_only``, no weights: a fraction of a second, a few MB). One per file in the process."""
-
-    _loaded: dict[str, LocalTokenizer | None] = {}
-    _guard = threading.Lock()
-
-    def __init__(self, llm) -> None:
-        self._llm = llm
-        self._lock = threading.Lock()
-
-    @classmethod
-    def for_file(cls, path: str | os.PathLike | None) -> LocalTokenizer | None:
-        """The tokenizer of the GGUF at ``path``; None when there is no such file or llama.cpp cannot read it."""
-        if not path:
-            return None
-        key = os.path.realpath(os.fspath(path))
-        with cls._guard:
-            if key not in cls._loaded:
-                cls._loaded[key] = cls._load(key)
-            return cls._loaded[key]
-
-    @classmethod
-    def _load(cls, key: str) -> LocalTokenizer | None:
-        if not key.lower().endswith(".gguf") or not os.path.isfile(key):
-            return None
-        try:
-            from personavlm_cli.adapters.llm import _llama_cpp
-
-            return cls(_llama_cpp().Llama(key, vocab_only=True, verbose=False))
-        except Exception:
-            return None
-
-    def count(self, text: str) -> int:
-        with self._lock:
-            return len(self._llm.tokenize(text.encode("utf-8", "surrogatepass"), add_bos=False, special=False))
 
 
 @dataclass
@@ -104,109 +69,6 @@ class RemoteLoadInfo:
         if self.vision:
             parts.append("vision")
         return " · ".join(parts)
-
-
-class _Unreachable(Exception):
-    """The server could not be reached or stopped answering (becomes a ModelError)."""
-
-
-class _ServerSaid(Exception):
-    """The server answered with an error status (becomes a ModelError with its message)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-
-
-_current = threading.local()  # the model whose interruptible request this thread is sending
-
-
-def _tracked_backend():
-    """httpcore's socket backend, with each connection's stream noting itself on the model whose
-    interruptible request uses it, so that :meth:`RemoteChatModel.interrupt` can shut that socket from
-    another thread (a blocked read wakes only on ``shutdown``; a keep-alive connection is reused, so
-    the stream is noted at every read and write, not when it connects)."""
-    import httpcore
-
-    class Stream(httpcore.NetworkStream):
-        def __init__(self, inner):
-            self._inner = inner
-
-        def _note(self):
-            owner = getattr(_current, "owner", None)
-            if owner is not None:
-                owner._active = self
-
-        def read(self, max_bytes, timeout=None):
-            self._note()
-            return self._inner.read(max_bytes, timeout)
-
-        def write(self, buffer, timeout=None):
-            self._note()
-            return self._inner.write(buffer, timeout)
-
-        def close(self):
-            self._inner.close()
-
-        def start_tls(self, ssl_context, server_hostname=None, timeout=None):
-            return Stream(self._inner.start_tls(ssl_context, server_hostname, timeout))
-
-        def get_extra_info(self, info):
-            return self._inner.get_extra_info(info)
-
-        def shutdown(self):
-            sock = self._inner.get_extra_info("socket")
-            if sock is not None:
-                sock.shutdown(socket.SHUT_RDWR)
-
-    class Backend(httpcore.SyncBackend):
-        def connect_tcp(self, *args, **kwargs):
-            return Stream(super().connect_tcp(*args, **kwargs))
-
-    return Backend()
-
-
-class _Pool:
-    """One pooled ``httpx.Client`` per server (scheme, host, port) in this process, shared by a model
-    and its forks and closed with the last of them. Timeouts and retries are declared here once."""
-
-    _lock = threading.Lock()
-    _open: dict[tuple, _Pool] = {}
-
-    def __init__(self, key: tuple, timeout: float, connect_timeout: float):
-        import httpx
-
-        https = key[0] == "https"
-        transport = httpx.HTTPTransport(verify=ssl.create_default_context() if https else True, retries=RETRIES,
-                                        trust_env=False, limits=httpx.Limits(max_connections=8,
-                                                                            max_keepalive_connections=4))
-        pool = getattr(transport, "_pool", None)
-        if pool is not None and hasattr(pool, "_network_backend"):
-            pool._network_backend = _tracked_backend()
-        self.key = key
-        self.users = 0
-        scheme, host, port = key
-        base = f"{scheme}://{host if ':' not in host else f'[{host}]'}:{port}"
-        self.client = httpx.Client(base_url=base, transport=transport, trust_env=False, follow_redirects=False,
-                                   timeout=httpx.Timeout(timeout, connect=connect_timeout))
-
-    @classmethod
-    def take(cls, key: tuple, timeout: float, connect_timeout: float) -> _Pool:
-        with cls._lock:
-            pool = cls._open.get(key)
-            if pool is None:
-                pool = cls._open[key] = _Pool(key, timeout, connect_timeout)
-            pool.users += 1
-            return pool
-
-    def give_back(self) -> None:
-        with self._lock:
-            self.users -= 1
-            if self.users > 0:
-                return
-            if self._open.get(self.key) is self:
-                del self._open[self.key]
-        self.client.close()
 
 
 class RemoteChatModel(ChatModelBase):
@@ -249,13 +111,13 @@ class RemoteChatModel(ChatModelBase):
         self.timeout = float(timeout)
         self.connect_timeout = float(connect_timeout)
         self._seed = int(seed)
-        self._params = dict(url=url, name=name, n_ctx=n_ctx, timeout=timeout, vision=vision, api_key=api_key,
+        self._params: dict[str, Any] = dict(url=url, name=name, n_ctx=n_ctx, timeout=timeout, vision=vision, api_key=api_key,
                             seed=seed, connect_timeout=connect_timeout, tokenizer=tokenizer)
         # The served model's GGUF on this machine, for counting tokens here ("": not looked for yet).
         self._tokenizer: LocalTokenizer | None | str = LocalTokenizer.for_file(tokenizer) if tokenizer else ""
         self._abort = threading.Event()
         self._active = None  # the network stream of the complete() call in progress, for interrupt()
-        self._pool: _Pool | None = None  # taken at the first request: making the object sends nothing
+        self._pool: ServerPool | None = None  # taken at the first request: making the object sends nothing
         self._key = (parts.scheme, self._host, self._port)
         self._counts: collections.OrderedDict[str, int] = collections.OrderedDict()
         self.last_usage = {}
@@ -282,7 +144,7 @@ class RemoteChatModel(ChatModelBase):
         if self._closed:
             raise ModelError("the model is closed")
         if self._pool is None:
-            self._pool = _Pool.take(self._key, self.timeout, self.connect_timeout)
+            self._pool = ServerPool.take(self._key, self.timeout, self.connect_timeout)
         return self._pool.client
 
     def _request(self, method: str, path: str, body: dict | None = None, *, quick: bool = False,
@@ -294,19 +156,21 @@ class RemoteChatModel(ChatModelBase):
 
         client = self._client()
         timeout = None
+        waited = self.timeout  # the read timeout, for the message
         if quick:
-            timeout = httpx.Timeout(min(self.timeout, 10.0), connect=min(self.connect_timeout, 3.0))
+            waited = min(self.timeout, 10.0)
+            timeout = httpx.Timeout(waited, connect=min(self.connect_timeout, 3.0))
         data = json.dumps(body).encode("utf-8") if body is not None else None
         request = client.build_request(method, self._prefix + path, content=data, headers=self._headers,
                                        **({"timeout": timeout} if timeout is not None else {}))
         if interruptible:
-            _current.owner = self
+            sending.owner = self
         try:
             resp = client.send(request, stream=True)
         except httpx.TransportError as e:
-            raise _Unreachable(_reason(e, timeout.read if timeout is not None else self.timeout)) from None
+            raise Unreachable(failure_reason(e, waited)) from None
         finally:
-            _current.owner = None
+            sending.owner = None
         if resp.status_code >= 400:
             try:
                 raw = b""
@@ -318,7 +182,7 @@ class RemoteChatModel(ChatModelBase):
                 raw = b""
             finally:
                 resp.close()
-            raise _ServerSaid(resp.status_code, _error_message(resp.status_code, resp.reason_phrase, raw))
+            raise ServerSaid(resp.status_code, error_message(resp.status_code, resp.reason_phrase, raw))
         return resp
 
     def _post_json(self, path: str, body: dict, *, quick: bool = False, interruptible: bool = False) -> Any:
@@ -327,13 +191,13 @@ class RemoteChatModel(ChatModelBase):
         try:
             resp = self._request("POST", path, body, quick=quick, interruptible=interruptible)
             if interruptible:
-                _current.owner = self
+                sending.owner = self
             try:
                 raw = resp.read()
             except httpx.HTTPError as e:
-                raise _Unreachable(_reason(e, self.timeout)) from None
+                raise Unreachable(failure_reason(e, self.timeout)) from None
             finally:
-                _current.owner = None
+                sending.owner = None
                 resp.close()
         finally:
             if interruptible:
@@ -341,7 +205,7 @@ class RemoteChatModel(ChatModelBase):
         try:
             return json.loads(raw)
         except (ValueError, UnicodeDecodeError):
-            raise _ServerSaid(resp.status_code,
+            raise ServerSaid(resp.status_code,
                               "the answer is not JSON (is model.url an OpenAI-compatible server?)") from None
 
     def _unreachable(self, reason: str) -> ModelError:
@@ -373,14 +237,14 @@ class RemoteChatModel(ChatModelBase):
 
         try:
             resp = self._request("POST", "/v1/chat/completions", body)
-        except _Unreachable as e:
+        except Unreachable as e:
             raise self._unreachable(str(e)) from None
-        except _ServerSaid as e:
+        except ServerSaid as e:
             raise self._refused(str(e)) from None
         finished = False
         pieces = 0
         self.last_usage = {}
-        events = _sse_events(resp)
+        events = sse_events(resp)
         try:
             try:
                 for choice in self._choices(events):
@@ -394,7 +258,7 @@ class RemoteChatModel(ChatModelBase):
                     if choice.get("finish_reason"):
                         finished = True
             except httpx.HTTPError as e:
-                raise self._unreachable(_reason(e, self.timeout, mid_answer=True)) from None
+                raise self._unreachable(failure_reason(e, self.timeout, mid_answer=True)) from None
             if not finished:
                 raise self._unreachable("the connection closed in the middle of the answer")
         finally:
@@ -430,17 +294,17 @@ class RemoteChatModel(ChatModelBase):
             return self._complete_streamed(self._body(messages, stream=True, **fields))
         try:
             out = self._post_json("/v1/chat/completions", self._body(messages, **fields), interruptible=True)
-        except (_Unreachable, _ServerSaid) as e:
+        except (Unreachable, ServerSaid) as e:
             if abort.is_set():  # the connection interrupt() shut, whatever it looked like from here
                 abort.clear()
                 raise ModelInterrupted("the model call was interrupted") from None
-            raise (self._unreachable if isinstance(e, _Unreachable) else self._refused)(str(e)) from None
+            raise (self._unreachable if isinstance(e, Unreachable) else self._refused)(str(e)) from None
         self.last_usage = _usage(out.get("usage")) if isinstance(out, dict) else {}
         try:
             return out["choices"][0]["message"].get("content") or ""
         except (KeyError, IndexError, TypeError, AttributeError):
             if isinstance(out, dict) and out.get("error"):
-                raise self._refused(_error_text(out["error"])) from None
+                raise self._refused(error_text(out["error"])) from None
             raise self._refused("the answer has no choices[0].message") from None
 
     def _choices(self, events: Iterator[str]) -> Iterator[dict | None]:
@@ -460,7 +324,7 @@ class RemoteChatModel(ChatModelBase):
             if not isinstance(chunk, dict):
                 continue
             if chunk.get("error"):
-                raise self._refused(_error_text(chunk["error"]))
+                raise self._refused(error_text(chunk["error"]))
             if chunk.get("usage"):
                 self.last_usage = _usage(chunk["usage"])
             yield from chunk.get("choices") or []
@@ -478,9 +342,9 @@ class RemoteChatModel(ChatModelBase):
         self.last_usage = {}
         try:
             resp = self._request("POST", "/v1/chat/completions", body, interruptible=True)
-            _current.owner = self
+            sending.owner = self
             finished = False
-            events = _sse_events(resp)
+            events = sse_events(resp)
             for choice in self._choices(events):
                 if choice is None:  # [DONE]
                     break
@@ -488,18 +352,18 @@ class RemoteChatModel(ChatModelBase):
                 finished = finished or bool(choice.get("finish_reason"))
             if abort.is_set() or not finished:  # cut: by interrupt(), or the server gave way to a waiting request
                 raise ModelInterrupted("the model call was interrupted")
-        except (_Unreachable, _ServerSaid, httpx.HTTPError) as e:
+        except (Unreachable, ServerSaid, httpx.HTTPError) as e:
             if abort.is_set():
                 abort.clear()
                 raise ModelInterrupted("the model call was interrupted") from None
-            if isinstance(e, _ServerSaid):
+            if isinstance(e, ServerSaid):
                 raise self._refused(str(e)) from None
-            raise self._unreachable(str(e) if isinstance(e, _Unreachable) else _reason(e, self.timeout)) from None
+            raise self._unreachable(str(e) if isinstance(e, Unreachable) else failure_reason(e, self.timeout)) from None
         except ModelInterrupted:
             abort.clear()
             raise
         finally:
-            _current.owner = None
+            sending.owner = None
             self._active = None
             if resp is not None:
                 resp.close()
@@ -531,10 +395,10 @@ class RemoteChatModel(ChatModelBase):
             body = {"input": text} if path == "/extras/tokenize" else {"content": text, "add_special": False}
             try:
                 out = self._post_json(path, body, quick=True)
-            except _Unreachable:
+            except Unreachable:
                 self._down_until = time.monotonic() + 5.0
                 return estimate_tokens(text)
-            except _ServerSaid as e:
+            except ServerSaid as e:
                 if e.status in (404, 405, 422, 501):
                     continue  # not this server's endpoint
                 return estimate_tokens(text)  # a passing failure: ask again next time
@@ -577,12 +441,12 @@ class RemoteChatModel(ChatModelBase):
                 raw = resp.read()
             finally:
                 resp.close()
-        except _Unreachable as e:
+        except Unreachable as e:
             raise self._unreachable(str(e)) from None
-        except _ServerSaid as e:
+        except ServerSaid as e:
             raise self._refused(str(e)) from None
         except httpx.HTTPError as e:
-            raise self._unreachable(_reason(e, self.timeout)) from None
+            raise self._unreachable(failure_reason(e, self.timeout)) from None
         try:
             models = [m.get("id") for m in json.loads(raw)["data"]]
         except (ValueError, KeyError, TypeError, AttributeError):
@@ -663,112 +527,3 @@ def _usage(raw: Any) -> dict[str, int]:
     found = {"prompt_tokens": raw.get("prompt_tokens"), "completion_tokens": raw.get("completion_tokens"),
              "cached_tokens": details.get("cached_tokens") if isinstance(details, Mapping) else None}
     return {k: v for k, v in found.items() if isinstance(v, int) and not isinstance(v, bool)}
-
-
-def estimate_tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / CHARS_PER_TOKEN)) if text else 0
-
-
-def _lines(resp) -> Iterator[bytes]:
-    """The response body's lines as they arrive (each with its end of line; the last may lack one)."""
-    pending = b""
-    for chunk in resp.iter_bytes():
-        pending += chunk
-        while True:
-            cut = pending.find(b"\n")
-            if cut < 0:
-                break
-            yield pending[:cut + 1]
-            pending = pending[cut + 1:]
-    if pending:
-        yield pending
-
-
-def _sse_events(resp) -> Iterator[str]:
-    """The ``data`` of each server-sent event (lines joined), comments and other fields skipped."""
-    data: list[str] = []
-    lines = _lines(resp)
-    while True:
-        line = next(lines, b"")
-        if not line:
-            if data:
-                yield "\n".join(data)
-            return
-        text = line.decode("utf-8", errors="replace").rstrip("\r\n")
-        if not text:
-            if data:
-                yield "\n".join(data)
-                data = []
-            continue
-        if text.startswith(":"):
-            continue  # a comment or keep-alive ping
-        field, _, value = text.partition(":")
-        if field == "data":
-            data.append(value[1:] if value.startswith(" ") else value)
-            if data[-1].strip() == "[DONE]":
-                yield "[DONE]"
-                for _rest in lines:  # read to the end: the connection goes back to the pool
-                    pass
-                return
-
-
-def _reason(exc: BaseException, timeout: float, mid_answer: bool = False) -> str:
-    """Why a request failed, in a few words: httpx's error, or the socket error underneath it."""
-    import httpx
-
-    if isinstance(exc, httpx.TimeoutException):
-        return f"no response within {timeout:g} s"
-    if isinstance(exc, httpx.RemoteProtocolError):
-        return "the connection closed in the middle of the answer" if mid_answer else "the connection closed"
-    if isinstance(exc, httpx.HTTPError):
-        inner = exc.__context__ or exc.__cause__
-        while inner is not None and isinstance(inner, Exception) and not isinstance(inner, OSError):
-            inner = inner.__context__ or inner.__cause__
-        if isinstance(inner, OSError):
-            return _reason(inner, timeout, mid_answer)
-        text = str(exc)
-        if "refused" in text.lower():
-            return "connection refused"
-        if "name or service not known" in text.lower() or "nodename nor servname" in text.lower():
-            return f"unknown host ({text})"
-        if isinstance(exc, httpx.ReadError) and mid_answer:
-            return "the connection closed in the middle of the answer"
-        return text or type(exc).__name__
-    if isinstance(exc, (socket.timeout, TimeoutError)):
-        return f"no response within {timeout:g} s"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    if isinstance(exc, socket.gaierror):
-        return f"unknown host ({exc.strerror or exc})"
-    if isinstance(exc, ssl.SSLError):
-        return f"TLS failed ({exc.reason or exc})"
-    if isinstance(exc, (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)):
-        return "the connection closed in the middle of the answer" if mid_answer else "the connection closed"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
-
-
-def _error_text(err: Any) -> str:
-    if isinstance(err, Mapping):
-        err = err.get("message") or err.get("detail") or json.dumps(err)
-    elif isinstance(err, list) and err:
-        err = "; ".join(str(e.get("msg", e)) if isinstance(e, Mapping) else str(e) for e in err[:3])
-    return str(err)
-
-
-def _error_message(status: int, reason: str, raw: bytes) -> str:
-    text = raw.decode("utf-8", errors="replace").strip()
-    message = ""
-    try:
-        data = json.loads(text)
-    except ValueError:
-        data = None
-    if isinstance(data, Mapping):
-        message = _error_text(data.get("error") or data.get("detail") or data.get("message") or "")
-    elif text and not text.lstrip().startswith("<"):
-        message = text
-    if status == 401 or status == 403:
-        message = (message + " " if message else "") + "(check the API key)"
-    head = f"HTTP {status} {reason}".strip()
-    return f"{head}: {message}" if message else head

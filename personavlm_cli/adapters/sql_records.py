@@ -12,7 +12,8 @@ from __future__ import annotations
 import abc
 import json
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,8 @@ class SqlRecords(abc.ABC):
 
     PARAM = "?"
     _TURN_TYPE = "type"
+    db: Any  # the subclass's connection
+    transaction: Callable[[], AbstractContextManager[Any]]  # the subclass's BEGIN ... COMMIT
 
     @abc.abstractmethod
     def _in(self, column: str, values: list) -> tuple[str, list]:
@@ -204,16 +207,6 @@ class SqlRecords(abc.ABC):
             for row in self.db.execute(f"SELECT * FROM memories WHERE {clause}", args):
                 out[row["id"]] = _row_to_memory(row)
         return [out[i] for i in ids if i in out]
-
-    def list(self, types: Iterable[str] | None = None, since: float | None = None, until: float | None = None,
-             include_superseded: bool = False, limit: int | None = None, session_id: str | None = None,
-             newest_first: bool = False) -> list[Memory]:
-        where, args = self._where(types, since, until, include_superseded, session_id)
-        order = "DESC" if newest_first else "ASC"
-        sql = f"SELECT * FROM memories {where} ORDER BY occurred_ts {order}, rowid {order}"
-        if limit is not None:
-            sql += f" LIMIT {int(limit)}"
-        return [_row_to_memory(r) for r in self.db.execute(sql, args)]
 
     def has_current_besides(self, ids: Iterable[str]) -> bool:
         """Is there any current memory other than ``ids``? (Cheaper than counting at 100k.)"""
@@ -404,3 +397,13 @@ class SqlRecords(abc.ABC):
                      before=json.loads(r["before"]), after=json.loads(r["after"]), note=r["note"])
                 for r in self.db.execute("SELECT * FROM personality ORDER BY id")]
 
+    # Last in the class: from here on, ``list`` in this class's body would name this method, not the type.
+    def list(self, types: Iterable[str] | None = None, since: float | None = None, until: float | None = None,
+             include_superseded: bool = False, limit: int | None = None, session_id: str | None = None,
+             newest_first: bool = False) -> list[Memory]:
+        where, args = self._where(types, since, until, include_superseded, session_id)
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT * FROM memories {where} ORDER BY occurred_ts {order}, rowid {order}"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_row_to_memory(r) for r in self.db.execute(sql, args)]

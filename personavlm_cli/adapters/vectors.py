@@ -11,6 +11,9 @@ collection that held it (Chroma only marks deletions), so a deletion marks its s
 collection ``<name>_dirty``, before the deletion) and ``purge`` rebuilds the marked shards only: a
 forget costs one shard, not the store. A search asks every shard for its ``k`` best and keeps the
 best ``k`` of those, which is what one collection gives (tests/test_vector_shards.py).
+
+The client (embedded or a server) is ``adapters/chroma_client.py``'s; the copy and file compaction that make
+an erased vector go are ``adapters/vector_purge.py``'s.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from personavlm_cli.adapters.chroma_client import first_line, is_missing, is_transport_error, open_client
 from personavlm_cli.adapters.urls import shown_url
+from personavlm_cli.adapters.vector_purge import compact_local_files, copy_live
 from personavlm_cli.core.errors import StoreError, UnreachableError
 
 HNSW = {"space": "cosine", "ef_search": 200, "ef_construction": 200, "max_neighbors": 32}
@@ -29,15 +34,6 @@ SPARE = ".rebuild"  # suffix of the collection a rebuild fills before it replace
 DIRTY = "_dirty"  # suffix of the collection that lists the shards a purge must rebuild
 PAGE = 2000  # vectors per request while a collection is copied
 SHARD_SIZE = 2500  # vectors per shard: what one forget rebuilds (docs/benchmarks.md)
-
-
-def _chroma():
-    # Telemetry off before chromadb is imported (its client reads the environment too).
-    os.environ["ANONYMIZED_TELEMETRY"] = "False"
-    import chromadb
-    from chromadb.config import Settings
-
-    return chromadb, Settings
 
 
 class VectorIndex:
@@ -59,26 +55,10 @@ class VectorIndex:
         self.path = path
         self.where = shown_url(url).rstrip("/") if url else str(path)
         self.remote = bool(url)
-        if url:
-            host, port, tenant, database, headers = _parse_server_url(url)
-            _check_reachable(host, port, self.where)
-        chromadb, Settings = _chroma()
-        settings = Settings(anonymized_telemetry=False, allow_reset=False)
-        try:
-            if url:
-                self.client = chromadb.HttpClient(host=host, port=port, settings=settings, headers=headers or None,
-                                                  tenant=tenant, database=database)
-                _bound_timeouts(self.client)
-                self.client.heartbeat()
-            else:
-                self.client = chromadb.PersistentClient(path=str(path), settings=settings)
-        except Exception as exc:  # chromadb raises many kinds; all mean "cannot open"
-            if url and _is_transport_error(exc):
-                raise UnreachableError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
-            raise StoreError(f"cannot open the vector store at {self.where}: {_first_line(exc)}") from None
+        self.client = open_client(path, url, self.where)
         self._collections: dict[str, list] = {}  # logical name -> its shards, in order
         self._migrated: set[str] = set()  # logical names checked for the layout before shards
-        self._pool = None  # threads that ask the shards at once (made at the first fan-out)
+        self._pool: Any = None  # a ThreadPoolExecutor: threads that ask the shards at once (made at the first fan-out)
         # One operation at a time: the chat's thread and the background updates share this object,
         # and a rebuild swaps a collection underneath both.
         self._lock = threading.RLock()
@@ -104,9 +84,9 @@ class VectorIndex:
         except StoreError:
             raise
         except Exception as exc:  # httpx, ChromaError, ValueError...: all one line
-            if self.remote and _is_transport_error(exc):
-                raise UnreachableError(f"the vector store at {self.where} is not reachable: {_first_line(exc)}") from None
-            raise StoreError(f"the vector store at {self.where} could not {action}: {_first_line(exc)}") from None
+            if self.remote and is_transport_error(exc):
+                raise UnreachableError(f"the vector store at {self.where} is not reachable: {first_line(exc)}") from None
+            raise StoreError(f"the vector store at {self.where} could not {action}: {first_line(exc)}") from None
 
     def _name(self, name: str) -> str:
         return f"{self.namespace}{name}" if self.namespace else name
@@ -252,9 +232,9 @@ class VectorIndex:
         try:
             return self.client.get_collection(full_name, embedding_function=None)
         except Exception as exc:
-            if self.remote and _is_transport_error(exc):
+            if self.remote and is_transport_error(exc):
                 raise
-            if _is_missing(str(exc)):
+            if is_missing(str(exc)):
                 return None
             raise
 
@@ -273,7 +253,7 @@ class VectorIndex:
         except UnreachableError:
             raise
         except StoreError as exc:
-            if not _is_missing(str(exc)):
+            if not is_missing(str(exc)):
                 raise
             with self._lock:
                 self._collections.pop(name, None)
@@ -299,14 +279,15 @@ class VectorIndex:
     def count(self, name: str) -> int:
         return self._recovering(name, lambda: self._count(name))
 
-
     def _upsert(self, name: str, ids: list[str], embeddings, documents: list[str] | None = None,
                 metadatas: list[dict] | None = None) -> None:
         if not ids:
             return
         embeddings = [list(map(float, e)) for e in embeddings]
+        # None values left out, and a metadata left empty passed as None.
+        kept: list[dict | None] | None = None
         if metadatas is not None:
-            metadatas = [{k: v for k, v in m.items() if v is not None} or None for m in metadatas]
+            kept = [{k: v for k, v in m.items() if v is not None} or None for m in metadatas]
         with self._lock:
             shards = self._writable(name)
             with self._guard("write vectors"):
@@ -315,8 +296,8 @@ class VectorIndex:
                                               "embeddings": [embeddings[p] for p in positions]}
                     if documents is not None:
                         kwargs["documents"] = [documents[p] for p in positions]
-                    if metadatas is not None:
-                        kwargs["metadatas"] = [metadatas[p] for p in positions]
+                    if kept is not None:
+                        kwargs["metadatas"] = [kept[p] for p in positions]
                     shards[shard].upsert(**kwargs)
 
     def _delete(self, name: str, ids: list[str]) -> None:
@@ -428,18 +409,7 @@ class VectorIndex:
             if self._existing(spare_name) is not None:  # a copy a kill interrupted
                 self.client.delete_collection(spare_name)
             spare = self._create(spare_name)
-            copied = 0
-            while True:
-                page = old.get(include=["embeddings", "metadatas", "documents"], limit=PAGE, offset=copied)
-                if not page["ids"]:
-                    break
-                docs = page.get("documents")
-                spare.add(ids=page["ids"], embeddings=page["embeddings"],
-                          metadatas=[m or None for m in page["metadatas"]],
-                          documents=[d or "" for d in docs] if docs and any(docs) else None)
-                copied += len(page["ids"])
-                if len(page["ids"]) < PAGE:
-                    break
+            copied = copy_live(old, spare, PAGE)
             self.client.delete_collection(full)
             spare.modify(name=full)
             shards[index] = spare
@@ -481,7 +451,7 @@ class VectorIndex:
                         with self._guard(f"delete collection {self._name(full)}"):
                             self.client.delete_collection(self._name(full))
                     except StoreError as exc:
-                        if "not reachable" in str(exc) or not _is_missing(str(exc)):
+                        if "not reachable" in str(exc) or not is_missing(str(exc)):
                             raise
 
     def _probe(self, name: str) -> list[int]:
@@ -498,161 +468,6 @@ def shard_name(name: str, index: int) -> str:
     """Shard 0 keeps the collection's own name (a small store is one collection, as before the shard
     layout); the others are ``<name>_<index>``."""
     return name if index == 0 else f"{name}_{index}"
-
-
-def compact_local_files(path: Path) -> None:
-    """Shred the index directories of dropped collections (Chroma leaves them on disk) and vacuum
-    ``chroma.sqlite3``, where deleted rows would otherwise linger in free pages."""
-    import sqlite3
-
-    from personavlm_cli.adapters.files import shred_tree
-
-    db = Path(path) / "chroma.sqlite3"
-    if not db.exists():
-        return
-    con = sqlite3.connect(db, timeout=30)
-    try:
-        live = {str(r[0]) for r in con.execute("SELECT id FROM segments")}
-        for entry in Path(path).iterdir():
-            if entry.is_dir() and not entry.is_symlink() and _is_uuid(entry.name) and entry.name not in live:
-                shred_tree(entry)
-        con.execute("PRAGMA secure_delete=ON")
-        con.execute("VACUUM")
-    finally:
-        con.close()
-
-
-def _is_uuid(name: str) -> bool:
-    import uuid
-
-    try:
-        return str(uuid.UUID(name)) == name
-    except ValueError:
-        return False
-
-
-def _chain(exc: BaseException) -> list[BaseException]:
-    """The exception and those it was raised from or during (chromadb re-raises httpx errors as bare
-    ValueErrors, sometimes with no message)."""
-    out: list[BaseException] = []
-    while exc is not None and exc not in out and len(out) < 6:
-        out.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return out
-
-
-def _first_line(exc: BaseException) -> str:
-    for e in _chain(exc):
-        text = (str(e).strip().splitlines() or [""])[0][:200]
-        if text:
-            return text
-    chain = _chain(exc)
-    return type(chain[-1]).__name__
-
-
-def _is_missing(message: str) -> bool:
-    m = message.lower()
-    return "does not exist" in m or "not found" in m or "notfound" in m
-
-
-def _is_transport_error(exc: BaseException) -> bool:
-    """httpx's network errors (connect, read, protocol, timeouts), OS socket errors, or chromadb's
-    "Could not connect" ValueError: the server is down or went away, not a bad request."""
-    for e in _chain(exc):
-        if isinstance(e, (ConnectionError, TimeoutError)):
-            return True
-        if any(c.__name__ in ("TransportError", "TimeoutException") and c.__module__.startswith("httpx")
-               for c in type(e).__mro__):
-            return True
-        if "could not connect to a chroma server" in str(e).lower():
-            return True
-    return False
-
-
-def _parse_server_url(url: str):
-    """(host URL for chromadb.HttpClient, port, tenant, database, extra headers) from ``store.url``."""
-    import base64
-    from urllib.parse import parse_qs, urlsplit, urlunsplit
-
-    u = urlsplit(url.strip())
-    if u.scheme not in ("http", "https") or not u.hostname:
-        raise StoreError(f"store.url must be an http:// or https:// URL, got {url!r}")
-    try:
-        port = u.port or (443 if u.scheme == "https" else 8000)
-    except ValueError:
-        raise StoreError(f"store.url has an invalid port: {url!r}") from None
-    query = parse_qs(u.query)
-    unknown = sorted(set(query) - {"tenant", "database"})
-    if unknown:
-        raise StoreError(f"store.url: unknown parameter '{unknown[0]}' (only tenant and database)")
-    tenant = query.get("tenant", ["default_tenant"])[-1]
-    database = query.get("database", ["default_database"])[-1]
-    host = u.hostname if ":" not in u.hostname else f"[{u.hostname}]"
-    # The full URL (scheme, port, any path prefix a reverse proxy adds) goes to chromadb as "host".
-    full = urlunsplit((u.scheme, f"{host}:{port}", u.path.rstrip("/"), "", ""))
-    headers = {}
-    if u.username:
-        raw = f"{u.username}:{u.password or ''}".encode()
-        headers["Authorization"] = "Basic " + base64.b64encode(raw).decode("ascii")
-    return full, port, tenant, database, headers
-
-
-def _check_reachable(url: str, port: int, where: str, timeout: float = 10.0) -> None:
-    """A plain TCP connect first: chromadb's client has no connect timeout (a host that drops packets
-    would hang for minutes) and its own message for a refused connection is vague."""
-    import socket
-    from urllib.parse import urlsplit
-
-    host = urlsplit(url).hostname
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except TimeoutError:
-        raise UnreachableError(f"the vector store at {where} is not reachable: no answer within {timeout:g} s") from None
-    except ConnectionRefusedError:
-        raise UnreachableError(f"the vector store at {where} is not reachable: connection refused "
-                         "(is `chroma run` running there?)") from None
-    except socket.gaierror as exc:
-        raise UnreachableError(f"the vector store at {where} is not reachable: unknown host ({exc.strerror})") from None
-    except OSError as exc:
-        raise UnreachableError(f"the vector store at {where} is not reachable: {exc.strerror or exc}") from None
-
-
-def _bound_timeouts(client) -> None:
-    """chromadb's HTTP session waits forever (``timeout=None``); bound it, so that a server that stops
-    answering is reported instead of hanging the chat. Best effort: private attributes."""
-    try:
-        import httpx
-
-        session = getattr(getattr(client, "_server", None), "_session", None)
-        if session is not None:
-            session.timeout = httpx.Timeout(120.0, connect=10.0)
-    except Exception:  # only the timeout is at stake
-        pass
-
-
-def probe(url: str) -> dict:
-    """What ``doctor`` says of a Chroma server: reachable or why not, its version and the heartbeat's
-    round-trip latency (median of 5). Lists nothing (no other user's names). Never raises."""
-    import statistics
-    import time
-
-    out: dict[str, Any] = {"reachable": False}
-    try:
-        host, port, tenant, database, headers = _parse_server_url(url)
-        _check_reachable(host, port, shown_url(url), timeout=5.0)
-        chromadb, Settings = _chroma()
-        client = chromadb.HttpClient(host=host, port=port, headers=headers or None, tenant=tenant, database=database,
-                                     settings=Settings(anonymized_telemetry=False, allow_reset=False))
-        _bound_timeouts(client)
-        times = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            client.heartbeat()
-            times.append(time.perf_counter() - t0)
-        out.update(reachable=True, version=client.get_version(), latency_ms=round(statistics.median(times) * 1000, 2))
-    except Exception as exc:  # doctor reports, never fails
-        out["problem"] = str(exc).splitlines()[0] if str(exc) else _first_line(exc)
-    return out
 
 
 def _exact(coll, query: list[float], n: int, where: dict | None) -> dict:

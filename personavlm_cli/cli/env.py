@@ -200,7 +200,7 @@ class Env:
     # -- the model --------------------------------------------------------------------------------
 
     def model_path(self) -> tuple[Path, Path | None]:
-        from personavlm_cli.adapters.llm import embedded_model_path
+        from personavlm_cli.adapters.gguf import embedded_model_path
         from personavlm_cli.core.models import resolve
 
         s = self.settings

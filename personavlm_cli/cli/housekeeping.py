@@ -156,7 +156,7 @@ def doctor(
         except PackageNotFoundError:
             report[pkg] = None
     try:
-        from personavlm_cli.adapters.llm import runtime_info
+        from personavlm_cli.adapters.llama_runtime import runtime_info
 
         runtime = runtime_info()
         report["llama.cpp gpu offload"] = runtime["gpu offload"]
@@ -185,7 +185,7 @@ def doctor(
         path, mmproj = env.model_path()
         report["model"] = str(path)
         report["mmproj"] = str(mmproj) if mmproj else None
-        from personavlm_cli.adapters.llm import inspect_gguf
+        from personavlm_cli.adapters.gguf import inspect_gguf
 
         g = inspect_gguf(path)
         report["model architecture"] = g.architecture

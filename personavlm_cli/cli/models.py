@@ -16,7 +16,7 @@ app = typer.Typer(help="Download, register, list and choose GGUF chat models.", 
 
 
 def _describe(name: str, entry: dict, default: str | None) -> dict:
-    from personavlm_cli.adapters.llm import inspect_gguf
+    from personavlm_cli.adapters.gguf import inspect_gguf
 
     row = {"name": name, "path": entry["path"], "mmproj": entry.get("mmproj"), "default": name == default,
            "vision": bool(entry.get("mmproj"))}
@@ -32,7 +32,7 @@ def _describe(name: str, entry: dict, default: str | None) -> dict:
 @app.command("list")
 def list_(json: JsonOpt = False):
     """Registered models, plus the embedded default."""
-    from personavlm_cli.adapters.llm import embedded_model_path
+    from personavlm_cli.adapters.gguf import embedded_model_path
 
     env = make_env(None)
     data = registry.load(env.settings.locations)
@@ -72,7 +72,7 @@ def add(path: Annotated[Path, typer.Argument(help="A GGUF chat model file.")],
 
 def _register(env, path: Path, mmproj: Path | None, name: str | None, default_label) -> str:
     """Check the files' metadata, register them under ``name`` (or ``default_label(info)``), say so."""
-    from personavlm_cli.adapters.llm import inspect_gguf
+    from personavlm_cli.adapters.gguf import inspect_gguf
 
     g = inspect_gguf(path)
     if g.is_projector:

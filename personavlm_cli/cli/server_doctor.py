@@ -13,7 +13,7 @@ def server_report(env) -> dict:
     report: dict = {}
     down = []
     if s["store.url"]:
-        from personavlm_cli.adapters.vectors import probe as probe_vectors
+        from personavlm_cli.adapters.chroma_client import probe as probe_vectors
 
         v = probe_vectors(s["store.url"])
         if v["reachable"]:

@@ -574,7 +574,7 @@ def bench_generation(host: Host, path: Path, plan: dict, rng: random.Random) -> 
     runs share the machine's load of the moment). The ratio of tokens per CPU second of this process
     is reported too: other processes' load does not inflate it, so it isolates the chat path's overhead.
     """
-    from personavlm_cli.adapters.llm import raw_llama
+    from personavlm_cli.adapters.llama_runtime import raw_llama
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.core.assistant import Assistant
 
@@ -716,7 +716,7 @@ def bench_ttft(host: Host, path: Path, plan: dict, locomo: Path | None) -> dict:
     """
     import os
 
-    from personavlm_cli.adapters.llm import raw_llama
+    from personavlm_cli.adapters.llama_runtime import raw_llama
     from personavlm_cli.evals import locomo as lc
 
     s = host.env.settings

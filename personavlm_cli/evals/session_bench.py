@@ -73,7 +73,7 @@ class RawLocal:
     """Raw llama-cpp-python on the chat model's file and settings, cold (``reset()``) for each prompt."""
 
     def __init__(self, model, threads: int | None):
-        from personavlm_cli.adapters.llm import raw_llama
+        from personavlm_cli.adapters.llama_runtime import raw_llama
 
         self.model = model
         self.llm = raw_llama(model.load_info, threads)

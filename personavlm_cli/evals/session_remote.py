@@ -38,8 +38,8 @@ def model_server(model_path: Path, n_ctx: int, threads: int | None, log: Path, t
     import httpx
 
     port = _free_port()
-    # Started through llm._llama_cpp(), as the chat loads it: the same AMX guard (docs/dependencies.md).
-    launch = ("import runpy, sys; from personavlm_cli.adapters.llm import _llama_cpp; _llama_cpp(); "
+    # Started through llama_runtime.bindings(), as the chat loads it: the same AMX guard (docs/dependencies.md).
+    launch = ("import runpy, sys; from personavlm_cli.adapters.llama_runtime import bindings; bindings(); "
               "sys.argv[0] = 'llama_cpp.server'; runpy.run_module('llama_cpp.server', run_name='__main__')")
     argv = [sys.executable, "-c", launch, "--model", str(model_path), "--host", "127.0.0.1", "--port", str(port),
             "--n_ctx", str(n_ctx), "--cache", "true"]
@@ -113,7 +113,7 @@ class RawServer:
 
 
 def bench_session_remote(host, path: Path, plan: dict) -> dict:
-    from personavlm_cli.adapters.llm import embedded_model_path
+    from personavlm_cli.adapters.gguf import embedded_model_path
     from personavlm_cli.adapters.remote_llm import RemoteChatModel
     from personavlm_cli.evals.session_bench import run_lengths
 
