@@ -243,8 +243,8 @@ def test_a_session_job_stops_between_its_steps_when_an_answer_waits_and_stays_qu
 
 
 def test_the_session_benchmark_summarises_each_message_against_raw_and_judges_the_bars():
-    from personavlm_cli.evals import perf
-    from personavlm_cli.evals.session_bench import script, summarise
+    from personavlm_cli.evals.bench import harness
+    from personavlm_cli.evals.bench.session import script, summarise
 
     assert len(script(60)) == 60 and len(set(script(60))) >= 30
     rows = [{"message": 1, "chat_s": 1.0, "raw_s": 1.0, "ratio": 1.0, "prompt_tokens": 40, "cached_tokens": 0}]
@@ -257,9 +257,9 @@ def test_the_session_benchmark_summarises_each_message_against_raw_and_judges_th
     assert m["ratio_median"] == 0.35 and m["ratio_worst"] == 1.1 and m["over_1"] == 1
     assert m["next_chat_ratio"] == 0.9 and m["next_chat_pending"] == 4 and m["reused_share_median"] == 0.8
     results = {"sections": {"session": {"lengths": {"16": m}}}}
-    bars = perf.check_bars(results)
+    bars = harness.check_bars(results)
     assert bars["session_ratio_median_16"]["met"] and not bars["session_ratio_worst_16"]["met"]
     assert bars["session_next_chat_ratio_16"]["met"]
-    assert perf.plan_for(True)["session_lengths"] == [16] and perf.plan_for(False)["session_lengths"] == [16, 60]
+    assert harness.plan_for(True)["session_lengths"] == [16] and harness.plan_for(False)["session_lengths"] == [16, 60]
     with pytest.raises(Exception, match="--messages"):
-        perf.plan_for(True, lengths=[1])
+        harness.plan_for(True, lengths=[1])
