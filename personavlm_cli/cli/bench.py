@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from personavlm_cli.cli.common import err, make_env, out
 from personavlm_cli.core.errors import PersonaError
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 SECTIONS = ("startup", "recall", "pretoken", "forget", "generation", "clip", "replay", "update", "ttft", "session")
 
@@ -152,7 +155,8 @@ def print_table(results: dict) -> None:
     m = results["machine"]
     table = Table(title=f"personavlm bench{' --quick' if results['quick'] else ''}: {m['nproc']} cores, {m['cpu']}, "
                         f"{m['ram_gb']} GB")
-    for name, justify in (("measure", "left"), ("value", "right"), ("bar", "left"), ("", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (("measure", "left"), ("value", "right"), ("bar", "left"), ("", "left"))
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     bars = results["bars"]
     for key, value in figures(results).items():
