@@ -153,20 +153,44 @@ class ScriptedModel:
 
 
 class FakeVectors:
-    """An in-memory stand-in for the vector index: what was upserted, by collection."""
+    """An in-memory stand-in for the vector index: what was upserted, by collection. ``server`` (a dict) makes it
+    a vector server that can be switched off: while ``server["up"]`` is False every call fails as an unreachable
+    server's does. A search returns the collection's first ``k`` ids (this stand-in is not for ranking)."""
 
-    def __init__(self) -> None:
+    def __init__(self, server: dict[str, bool] | None = None) -> None:
+        self.server = server
         self.data: dict[str, dict[str, list[float]]] = {"memories": {}, "images": {}}
 
-    def upsert(self, name: str, ids: list[str], vectors: list[list[float]], metadatas: Any = None) -> None:
+    def _up(self) -> None:
+        from personavlm_cli.core.errors import UnreachableError
+
+        if self.server is not None and not self.server["up"]:
+            raise UnreachableError("the vector store at http://vectors:8000 is not reachable: connection refused")
+
+    def upsert(self, name: str, ids: list[str], vectors: list[list[float]], metadatas: Any = None,
+               documents: Any = None) -> None:
+        self._up()
         self.data.setdefault(name, {}).update(zip(ids, vectors))
 
     def delete(self, name: str, ids: list[str]) -> None:
+        self._up()
         for i in ids:
             self.data.setdefault(name, {}).pop(i, None)
 
     def purge(self, names: Any) -> None:
-        pass
+        self._up()
+
+    def query(self, name: str, vector: Any, k: int, where: Any = None) -> list[tuple[str, float]]:
+        self._up()
+        return [(i, 1.0) for i in list(self.data.get(name, {}))[:k]]
+
+    def ids(self, name: str) -> set[str]:
+        self._up()
+        return set(self.data.get(name, {}))
+
+    def count(self, name: str) -> int:
+        self._up()
+        return len(self.data.get(name, {}))
 
     def close(self) -> None:
         pass
@@ -182,16 +206,22 @@ class HashEncoder:
         return [[float(b) for b in hashlib.sha256(Path(p).read_bytes()).digest()[:8]] for p in paths]
 
 
-def fake_store(path: Path) -> tuple[Any, FakeVectors]:
+def fake_store(path: Path, server: dict[str, bool] | None = None) -> tuple[Any, FakeVectors]:
     """A store whose records are real (SQLite, image files) and whose vectors and encoders are stand-ins: for
-    tests of what is written and read, not of search. Returns the store and its vectors."""
+    tests of what is written and read, not of search. Returns the store and its vectors. ``server``: the vectors
+    are a server that can be switched off (``FakeVectors``); connecting to it while it is down fails too."""
     from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.core.store import MemoryStore
 
     path.mkdir(parents=True, exist_ok=True)
-    vectors = FakeVectors()
+    vectors = FakeVectors(server)
+
+    def connect() -> FakeVectors:
+        vectors._up()
+        return vectors
+
     store = MemoryStore(path, **embedded_parts(path), text_encoder=HashEncoder, image_encoder=HashEncoder,
-                        vectors=lambda: vectors)
+                        vectors=connect)
     return store, vectors
 
 
