@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from personavlm_cli.evals import forgetting as ff
-from tests.test_forget_text import Scripted
+from tests.kit import neutral
 
 LIVED = Path("/work/shared/data/lived/dev.json")
 if not LIVED.exists():
@@ -47,7 +47,7 @@ def _write(tmp_path: Path, lives) -> Path:
 @pytest.mark.parametrize("which", ["dev", "own"])
 def test_forgetting_leaves_zero_literal_occurrences_and_keeps_the_rest(tmp_path, which):
     lives = ff.load(LIVED if which == "dev" else _write(tmp_path, OWN))
-    result = ff.run(lives, Scripted(), SETTINGS, "rules", 48)
+    result = ff.run(lives, neutral(), SETTINGS, "rules", 48)
     assert result["lives"] == len(lives) >= 2
     for item in result["items"]:
         assert item["occurrences_left"] == 0, (item["files_holding"], item["rows_holding"])

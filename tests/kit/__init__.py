@@ -33,10 +33,11 @@ def render(messages: list[dict]) -> list[str]:
 class ScriptedModel:
     """The chat-model port (core/ports.py) with scripted answers, as llm's MockModel: ``replies`` (or
     ``enqueue``) are the next answers, streamed word by word (``by="char"``: a character at a time); every
-    prompt is kept in ``prompts``. ``decisions`` are the next ``complete_json`` answers; with none left it
-    answers a reasoning step with "answer" and any other schema with 3 for each property (``json``: a function
-    of the messages and the schema answers instead; ``json_error``: any schema but a reasoning step's raises
-    a ModelError with that text, a model that never gives JSON).
+    prompt is kept in ``prompts`` (its sampling options in ``samplings``). ``decisions`` are the next
+    ``complete_json`` answers; with none left it answers a reasoning step with "answer" and any other schema
+    with 3 for each property (``json``: a function of the messages and the schema answers instead, its forks'
+    too; ``json_error``: any schema but a reasoning step's raises a ModelError with that text, a model that
+    never gives JSON).
 
     Options for what a test watches:
 
@@ -67,6 +68,7 @@ class ScriptedModel:
         self.prefill_evaluates = prefill_evaluates
         self.log, self.name = log, name
         self.prompts: list[list[dict]] = []
+        self.samplings: list[dict[str, Any]] = []
         self.prefills: list[list[dict]] = []
         self.json_calls = 0
         self.last_usage: dict = {}
@@ -96,6 +98,7 @@ class ScriptedModel:
         from personavlm_cli.core.errors import ModelError
 
         self.prompts.append(messages)
+        self.samplings.append(sampling)
         if self.log is not None:
             self.log.append((self.name, "answer"))
         reply = self.replies.pop(0) if self.replies else self.default
@@ -137,7 +140,7 @@ class ScriptedModel:
 
     def fork(self) -> ScriptedModel:
         """A second model for a background thread: the same script options, its own cache, the shared log."""
-        return ScriptedModel(default=self.default, by=self.by, json_error=self.json_error, n_ctx=self.n_ctx,
+        return ScriptedModel(default=self.default, by=self.by, json=self.json, json_error=self.json_error, n_ctx=self.n_ctx,
                              cache=self.cache is not None, prefill_evaluates=self.prefill_evaluates, log=self.log,
                              name=self.name + "-fork")
 
@@ -147,6 +150,22 @@ class ScriptedModel:
 
     def close(self) -> None:
         self.closed = True
+
+
+def neutral_json(messages: list[dict], schema: dict) -> dict[str, Any]:
+    """JSON answers that learn nothing: Big Five all 3, no decision, nothing extracted."""
+    props = schema.get("properties", {})
+    if "openness" in props:
+        return {t: 3 for t in props}
+    if "decision" in props:
+        return {"reason": "", "decision": False, "content": "", "keywords": ""}
+    return {next(iter(props)): []}
+
+
+def neutral(replies: list[str] | None = None) -> ScriptedModel:
+    """The scripted model whose JSON answers are neutral (``neutral_json``), its forks too: replies in order,
+    then "Fine, thanks."."""
+    return ScriptedModel(replies, json=neutral_json)
 
 
 # -- stores ------------------------------------------------------------------------------------------------------
