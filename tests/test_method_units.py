@@ -169,17 +169,6 @@ def test_learnt_statements_must_be_supported_by_what_the_user_said():
     assert not supported("The user loves Portugal", ["Sure! Portugal is lovely."][:0]), "no evidence, no fact"
 
 
-def test_forgetting_scrubs_the_repl_input_history(tmp_path):
-    from personavlm_cli.core.forgetting import scrub_input_history
-
-    history = tmp_path / "input_history"
-    history.write_text("\n# 2026-01-01 10:00\n+hello there\n\n# 2026-01-02 10:00\n+/remember my code is Quetzal9\n"
-                       "\n# 2026-01-03 10:00\n+bye\n")
-    scrub_input_history(history, ["my code is Quetzal9"])
-    assert b"Quetzal9" not in history.read_bytes()
-    assert "+hello there" in history.read_text() and "+bye" in history.read_text()
-
-
 def test_a_waiting_answer_goes_before_background_updates():
     import threading
     import time

@@ -15,7 +15,7 @@ from tests.kit import neutral
 
 LIVED = Path("/work/shared/data/lived/dev.json")
 if not LIVED.exists():
-    LIVED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lived" / "dev.json"
+    LIVED = Path(__file__).resolve().parents[3] / "shared" / "data" / "lived" / "dev.json"
 
 SETTINGS = {"model.prompt_profile": "generic", "chat.session_gap_minutes": 60, "chat.recent_turns": 20,
             "chat.retrieval": "retrieve-first", "chat.model_search": True, "model.prompt_style": "compact"}
