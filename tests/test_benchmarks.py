@@ -25,6 +25,7 @@ from personavlm_cli.evals import replay as rp
 from personavlm_cli.evals import scoring
 from personavlm_cli.evals import workspace as ws
 from tests.imagegen import picture
+from tests.kit import ScriptedModel
 
 # --- synthetic data in the published layouts ---------------------------------------------------------
 
@@ -139,30 +140,10 @@ def personamem(root: Path) -> Path:
 # --- a scripted stand-in model: fast, and it says what it was asked -----------------------------------
 
 
-class ScriptedModel:
-    """Answers every question with ``answer``; never retrieves on its own; records every prompt."""
-
-    vision = False
-    n_ctx = 8192
-
-    def __init__(self, answer: str = "(b)"):
-        self.last_usage: dict[str, int] = {}
-        self.answer = answer
-        self.prompts: list[list[dict]] = []
-        self.json_calls = 0
-
-    def stream(self, messages, **_sampling):
-        self.prompts.append(messages)
-        yield self.answer
-
-    def complete_json(self, messages, schema, **_kw):
-        self.json_calls += 1
-        if "action" in schema.get("properties", {}):
-            return {"think": "answer", "action": "answer", "keywords": "", "start_time": "null", "end_time": "null"}
-        raise PersonaError("no JSON from the scripted model")
-
-    def count_tokens(self, text):
-        return len(text.split())
+def scripted(answer: str = "(b)") -> ScriptedModel:
+    """The kit's model answering every question with ``answer``; never retrieves on its own (a reasoning step
+    answers); any other JSON is refused; every prompt recorded."""
+    return ScriptedModel(default=answer, n_ctx=8192, json_error="no JSON from the scripted model")
 
 
 def _settings(model, **kw) -> rp.RunSettings:
@@ -323,7 +304,7 @@ def test_replay_writes_the_history_as_a_chat_would_and_questions_leave_no_trace(
     from personavlm_cli.core.memory import parse_time
 
     root = persona_mme(tmp_path / "mme")
-    model = ScriptedModel("(b)")
+    model = scripted("(b)")
     user = mme.load_mme_user(root / "samples" / "50" / "0")
     settings = _settings(model)
     store = ws.temporary_store(tmp_path / "store", settings.text_encoder, settings.image_encoder)
@@ -361,7 +342,7 @@ def test_replay_keeps_the_data_sessions_whatever_the_time_gap_and_erases_questio
     from personavlm_cli.adapters.text_encoder import TextEncoder
     from personavlm_cli.core.memory import parse_time
 
-    model = ScriptedModel("(a)")
+    model = scripted("(a)")
     store = ws.temporary_store(tmp_path / "store", TextEncoder())
     try:
         r = rp.Replayer(store, model, "Wren", update=False)
@@ -386,7 +367,7 @@ def test_replay_keeps_the_data_sessions_whatever_the_time_gap_and_erases_questio
 @pytest.mark.fast
 def test_personamem_run_replays_up_to_each_question_and_completes_a_cut_reply(tmp_path):
     root = personamem(tmp_path / "pm")
-    model = ScriptedModel("(c)")
+    model = scripted("(c)")
     log = scoring.ResultLog(None, {"benchmark": "personamem"})
     stats = pm.run_personamem(root, "32k", pm.load_personamem(root, "32k"), log, _settings(model))
     assert stats["asked"] == 3 and stats["contexts"] == 1
@@ -402,7 +383,7 @@ def test_personamem_run_replays_up_to_each_question_and_completes_a_cut_reply(tm
 @pytest.mark.fast
 def test_mme_run_scores_per_task_and_resumes_only_the_missing_items(tmp_path):
     root = persona_mme(tmp_path / "mme")
-    model = ScriptedModel("(b)")
+    model = scripted("(b)")
     qs = mme.load_persona_mme(root, "32k")
     tasks = mme.mme_tasks(None)
     path = tmp_path / "items.jsonl"

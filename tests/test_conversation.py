@@ -1,6 +1,6 @@
 """The chat turn as a core use case (core/conversation.py), in-process: a real store on disk (SQLite,
-Chroma, the ONNX text encoder) and a scripted chat model (control flow only: the real model's turn is
-in tests/test_turn_e2e.py and tests/test_chat_e2e.py)."""
+Chroma, the ONNX text encoder: the ``store`` fixture) and the kit's scripted chat model (control flow only:
+the real model's turn is in tests/test_turn_e2e.py and tests/test_chat_e2e.py)."""
 
 from __future__ import annotations
 
@@ -9,73 +9,11 @@ from datetime import datetime, timedelta
 import pytest
 
 from personavlm_cli.core.gate import ModelGate
+from tests.kit import ScriptedModel
 
 pytestmark = pytest.mark.fast
 
-
-class ScriptedModel:
-    """The chat-model port with scripted answers: each streamed reply comes word by word."""
-
-    n_ctx = 2048
-    vision = False
-    load_info = None
-    weights_bytes = None
-
-    def __init__(self, replies=None, fail_after: int | None = None):
-        self.replies = list(replies or [])
-        self.prompts: list[list[dict]] = []
-        self.last_usage: dict = {}
-        self.fail_after = fail_after
-        self.interrupts = 0
-        self.closed = False
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def stream(self, messages, **kw):
-        from personavlm_cli.core.errors import ModelError
-
-        self.prompts.append(messages)
-        reply = self.replies.pop(0) if self.replies else "Fine, thanks."
-        words = reply.split(" ")
-        self.last_usage = {"prompt_tokens": sum(len(m["content"].split()) for m in messages),
-                           "cached_tokens": 0, "completion_tokens": len(words)}
-        for i, w in enumerate(words):
-            if self.fail_after is not None and i == self.fail_after:
-                raise ModelError("the model stopped: out of memory")
-            yield (w if i == 0 else " " + w)
-
-    def complete(self, messages, **kw):
-        return "".join(self.stream(messages, **kw))
-
-    def complete_json(self, messages, schema, **kw):
-        return {t: 3 for t in schema.get("properties", {})}
-
-    def fork(self):
-        return ScriptedModel()
-
-    def interrupt(self):
-        self.interrupts += 1
-
-    def close(self):
-        self.closed = True
-
-
 AT = datetime(2026, 5, 4, 9, 0).astimezone()
-
-
-@pytest.fixture
-def store(tmp_path):
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
-    from personavlm_cli.core.store import MemoryStore
-
-    encoder = TextEncoder()
-    s = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
-                    vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
-    yield s
-    s.close()
 
 
 def _conversation(store, model, **kw):

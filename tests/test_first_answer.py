@@ -5,7 +5,6 @@ every call in order (mechanism, never wall times: speed is `personavlm bench --o
 
 from __future__ import annotations
 
-import threading
 import time
 from datetime import datetime, timedelta
 
@@ -13,67 +12,16 @@ import pytest
 
 from personavlm_cli.core.errors import ModelInterrupted
 from personavlm_cli.core.gate import ModelGate
+from tests.kit import ScriptedModel
 
 pytestmark = pytest.mark.fast
 
 AT = datetime(2026, 5, 4, 9, 0).astimezone()
 
 
-class LoggingModel:
-    """The chat-model port; every call is logged as (who, what) in a list shared by a model and its fork."""
-
-    n_ctx = 4096
-    vision = False
-    load_info = None
-    weights_bytes = None
-
-    def __init__(self, name: str, log: list):
-        self.name = name
-        self.log = log
-        self.last_usage: dict = {}
-        self.aborted = threading.Event()
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def stream(self, messages, **kw):
-        self.log.append((self.name, "answer"))
-        self.last_usage = {"prompt_tokens": 10, "cached_tokens": 0, "completion_tokens": 2}
-        yield "Hello"
-        yield " there."
-
-    def complete(self, messages, **kw):
-        return "".join(self.stream(messages, **kw))
-
-    def complete_json(self, messages, schema, **kw):
-        self.log.append((self.name, "job"))
-        return {t: 3 for t in schema.get("properties", {})}
-
-    def prefill(self, messages, stop=None):
-        return False
-
-    def fork(self):
-        return LoggingModel(self.name + "-fork", self.log)
-
-    def interrupt(self):
-        self.aborted.set()
-
-    def close(self):
-        pass
-
-
-@pytest.fixture
-def store(tmp_path):
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
-    from personavlm_cli.core.store import MemoryStore
-
-    encoder = TextEncoder()
-    s = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
-                    vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
-    yield s
-    s.close()
+def logging_model(name: str, log: list, kind: type[ScriptedModel] = ScriptedModel) -> ScriptedModel:
+    """The kit's model; every call is logged as (who, what) in a list shared by a model and its fork."""
+    return kind(default="Hello there.", n_ctx=4096, log=log, name=name)
 
 
 def _chat(store, model, gate, minute: int):
@@ -94,7 +42,7 @@ EARLIER = ["I love meeting new people at parties and I talk to everyone.",
 def _earlier_chat_leaves_work(store, log) -> int:
     """A chat of three messages ends with its learning queued (no worker ran): the jobs pending."""
     gate = ModelGate()
-    conv = _chat(store, LoggingModel("chat", log), gate, 0)
+    conv = _chat(store, logging_model("chat", log), gate, 0)
     for i, text in enumerate(EARLIER):
         turn = conv.send(text, at=AT + timedelta(minutes=i))
         "".join(turn)
@@ -109,7 +57,7 @@ def test_work_left_by_an_earlier_chat_waits_until_the_next_chats_first_answer_ha
     log.clear()
 
     gate = ModelGate()
-    model = LoggingModel("chat", log)
+    model = logging_model("chat", log)
     conv = _chat(store, model, gate, 600)  # ten hours later: a new chat
     conv.open(model.fork())
     try:
@@ -138,8 +86,8 @@ def test_without_a_first_answer_nothing_of_the_earlier_work_runs_and_it_stays_qu
     log: list = []
     pending = _earlier_chat_leaves_work(store, log)
     log.clear()
-    conv = _chat(store, LoggingModel("chat", log), ModelGate(), 600)
-    conv.open(LoggingModel("worker", log))
+    conv = _chat(store, logging_model("chat", log), ModelGate(), 600)
+    conv.open(logging_model("worker", log))
     time.sleep(1.2)
     closing = conv.close(consolidate=False)
     assert log == [] and closing.pending >= pending, "a chat quit before its first answer leaves the queue as it was"
@@ -153,7 +101,7 @@ def test_an_answer_that_arrives_during_a_job_gets_the_model_at_the_jobs_next_tok
     log.clear()
     gate = ModelGate()
 
-    class SlowWorker(LoggingModel):
+    class SlowWorker(ScriptedModel):
         """A background call that produces a token every 10 ms until it is interrupted."""
 
         def complete_json(self, messages, schema, **kw):
@@ -167,9 +115,9 @@ def test_an_answer_that_arrives_during_a_job_gets_the_model_at_the_jobs_next_tok
             self.log.append((self.name, "job done"))
             return {t: 3 for t in schema.get("properties", {})}
 
-    model = LoggingModel("chat", log)
+    model = logging_model("chat", log)
     conv = _chat(store, model, gate, 600)
-    conv.open(SlowWorker("worker", log))
+    conv.open(logging_model("worker", log, SlowWorker))
     try:
         turn = conv.send("Hi!")
         "".join(turn)

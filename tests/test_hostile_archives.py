@@ -22,7 +22,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ROOT, assert_one_line_error, run_cli, run_in_process
@@ -728,23 +728,43 @@ def _dump(value) -> str:
 
 @st.composite
 def hostile_members(draw):
+    """One member hostile at a time (the memories line, personality.json or state.json), the others well
+    formed, so that each member's checks are reached (a bad line refuses the archive before the rest is read)."""
+    target = draw(st.sampled_from(["line", "personality", "state"]))
     base = memory(text=draw(hostile_text), keywords=draw(hostile_text))
-    field = draw(st.sampled_from(sorted(base) + ["role", "superseded_by", "occurred_end", "valid_to",
-                                                 "image_sha256", "session_id"]))
-    if draw(st.booleans()):
-        base[field] = draw(json_value)
-    line = draw(st.one_of(st.just(_dump(base)), json_value.map(_dump), hostile_text,
-                          st.integers(1, 3000).map(lambda n: "[" * n + "]" * n)))
-    pers = draw(st.one_of(st.none(), json_value.map(_dump), st.fixed_dictionaries(
-        {"state": st.one_of(st.none(), st.dictionaries(st.sampled_from(TRAITS), json_value)),
-         "updates": json_value, "history": st.lists(json_value, max_size=2)}).map(_dump)))
-    state = draw(st.one_of(st.just("{}"), json_value.map(_dump)))
+    line, pers, state = _dump(base), None, "{}"
+    if target == "line":
+        field = draw(st.sampled_from(sorted(base) + ["role", "superseded_by", "occurred_end", "valid_to",
+                                                     "image_sha256", "session_id"]))
+        if draw(st.booleans()):
+            base[field] = draw(json_value)
+        line = draw(st.one_of(st.just(_dump(base)), json_value.map(_dump), hostile_text,
+                              st.integers(1, 3000).map(lambda n: "[" * n + "]" * n)))
+    elif target == "personality":
+        # A well-formed block with one part hostile (the five traits each a reading or a hostile value), or a
+        # hostile block as a whole.
+        block: dict = {"state": dict.fromkeys(TRAITS, 3.0), "updates": 1, "history": []}
+        part = draw(st.sampled_from(["whole", "state", "updates", "history"]))
+        if part == "state":
+            vector = st.fixed_dictionaries({t: st.one_of(json_value, st.floats(1, 5)) for t in TRAITS})
+            block["state"] = draw(st.one_of(vector, st.dictionaries(st.sampled_from(TRAITS), json_value), json_value))
+        elif part == "updates":
+            block["updates"] = draw(json_value)
+        elif part == "history":
+            block["history"] = draw(st.one_of(st.lists(json_value, max_size=2), json_value))
+        pers = draw(json_value.map(_dump)) if part == "whole" else _dump(block)
+    else:
+        state = draw(st.one_of(json_value.map(_dump), st.fixed_dictionaries({"consolidated": json_value}).map(_dump),
+                               st.fixed_dictionaries({"consolidated": st.dictionaries(hostile_text, json_value,
+                                                                                       max_size=3)}).map(_dump)))
     return line, pers, state
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                   HealthCheck.function_scoped_fixture])
 @given(case=hostile_members())
+@example(case=(_dump(memory()), _dump({"state": {**dict.fromkeys(TRAITS, 3), "openness": "high"}}), "{}"))
+@example(case=(_dump(memory()), None, _dump({"consolidated": {"s1": "two"}})))
 def test_hostile_json_in_archive_members_is_refused_with_one_persona_error_or_imports_cleanly(tmp_path_factory, case):
     from personavlm_cli.adapters.archive import read_archive
     from personavlm_cli.core.errors import PersonaError
@@ -772,6 +792,9 @@ def test_hostile_json_in_archive_members_is_refused_with_one_persona_error_or_im
             m.occurred.timestamp()
         vector = store.records.get_meta("personality")
         if vector is not None:
+            assert all(type(vector[t]) in (int, float) and 1 <= vector[t] <= 5 for t in TRAITS), vector
             pem.evolve(vector, {"openness": 4}, store.records.get_meta("personality_updates") or 0)
+        done = store.records.get_meta("consolidated") or {}  # sessions to turn counts (core/update.py)
+        assert all(isinstance(k, str) and type(n) is int for k, n in done.items()), done
     finally:
         store.close()

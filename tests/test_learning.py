@@ -208,13 +208,8 @@ def test_the_users_earlier_questions_are_not_recalled_as_memories():
 
 
 def test_the_compact_answer_stops_where_the_model_starts_a_new_context_block():
-    class Recording(Scripted):
-        def stream(self, messages, **kw):
-            self.kw = kw
-            yield from super().stream(messages, **kw)
-
-    model = Recording(["It is Mango."])
+    model = Scripted(["It is Mango."])
     stage, _ = _stage(model, [[_memory(1, "My parrot is called Mango")]])
     stage.profile = GenericProfile(style="compact")
     "".join(stage.respond(_ctx(), Reasoning()))
-    assert "\nContext:" in model.kw["stop"] and "\nQuestion:" in model.kw["stop"]
+    assert "\nContext:" in model.samplings[-1]["stop"] and "\nQuestion:" in model.samplings[-1]["stop"]

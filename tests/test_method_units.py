@@ -119,7 +119,9 @@ def test_parse_tagged_reads_answer_and_retrieve_blocks():
     assert s.action == "retrieve" and s.keywords == "cat name" and s.start_time.day == 1 and s.end_time is None
 
 
-@given(st.text(max_size=300))
+@given(st.text(max_size=300) | st.lists(st.one_of(st.sampled_from(["<think>", "</think>", "<answer>", "</answer>",
+                                                                    "<retrieve>", "</retrieve>", " "]),
+                                                   st.text(max_size=20)), max_size=10).map("".join))
 def test_parse_tagged_never_crashes_and_always_gives_a_valid_step(text):
     step = parse_tagged(text, datetime(2026, 1, 1).astimezone())
     assert isinstance(step, Step) and step.action in ("answer", "retrieve")
@@ -167,17 +169,6 @@ def test_learnt_statements_must_be_supported_by_what_the_user_said():
     assert not supported("Your name is {user_name}.", ["Hello, I am Ada."])
     assert not supported("The user is a software engineer", ["I work as a nurse in Lisbon"])
     assert not supported("The user loves Portugal", ["Sure! Portugal is lovely."][:0]), "no evidence, no fact"
-
-
-def test_forgetting_scrubs_the_repl_input_history(tmp_path):
-    from personavlm_cli.core.forgetting import scrub_input_history
-
-    history = tmp_path / "input_history"
-    history.write_text("\n# 2026-01-01 10:00\n+hello there\n\n# 2026-01-02 10:00\n+/remember my code is Quetzal9\n"
-                       "\n# 2026-01-03 10:00\n+bye\n")
-    scrub_input_history(history, ["my code is Quetzal9"])
-    assert b"Quetzal9" not in history.read_bytes()
-    assert "+hello there" in history.read_text() and "+bye" in history.read_text()
 
 
 def test_a_waiting_answer_goes_before_background_updates():

@@ -241,20 +241,6 @@ def test_the_reading_and_its_evidence_survive_export_and_import(run, tmp_path):
     assert after == before and before[1]["evidence"][0]["sentence"] == "I worry about everything all the time."
 
 
-def test_forgetting_a_message_takes_back_what_it_said_about_the_user(run):
-    ids = _chat(["I love big parties and meeting new people.", "I worry about everything all the time."])
-    assert run("profile", "show", "--json").json()["big_five"]["neuroticism"] > 3
-    r = run("memory", "forget", ids[1], "--yes")
-    assert r.code == 0, r.err
-    shown = run("profile", "show", "--json").json()
-    assert shown["big_five"]["neuroticism"] == 3.0 and shown["confidence"]["neuroticism"] == 0
-    assert shown["big_five"]["extraversion"] > 3  # the other message's evidence stays
-    assert run("profile", "why", "neuroticism", "--json").json()["evidence"] == []
-    history = run("profile", "history", "--json").json()
-    assert history[-1]["note"].startswith("forgotten") and history[-1]["before"] == history[-2]["after"]
-    assert "worry" not in run("profile", "history", "--no-chart").out
-
-
 ITEM = {"trait": "openness", "start": 0, "end": 10, "direction": 1.0, "weight": 0.8, "moved": 0.3,
         "turn_id": "turn_0000000001", "at": "2026-11-20T09:00:00+00:00", "marker": "Am full of ideas."}
 

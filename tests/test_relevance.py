@@ -11,7 +11,7 @@ import pytest
 
 from personavlm_cli.evals import locomo as lc
 from personavlm_cli.evals.workspace import temporary_store
-from tests.test_forget_text import Scripted
+from tests.kit import neutral
 from tests.test_locomo import synthetic, write
 
 NONSENSE = ("qwertyuiop zxcvbnm", "blorptang frumious wug", "What is the melting point of osmium?",
@@ -24,7 +24,7 @@ FACTS = ("I drink rooibos tea with honey every evening.", "My brother Tomasz liv
 def scripted(monkeypatch):
     from personavlm_cli.cli import env as env_module
 
-    model = Scripted()
+    model = neutral()
     monkeypatch.setattr(env_module.Env, "model", lambda self: model)
     return model
 

@@ -164,29 +164,6 @@ def test_edit_corrects_a_memory_keeps_its_history_and_can_erase_the_old_text(cli
     assert ("edit", f'["{first}", "{second}"]') in log and ("edit-erase-old", f'["{second}"]') in log
 
 
-def test_forgetting_a_middle_version_links_the_older_to_the_newer(cli, run):
-    for day, text in (("01", "I love Sprite"), ("03", "I switched from Sprite to Coke"),
-                      ("05", "I switched from Coke to water")):
-        assert cli("chat", "--at", f"2026-11-{day} 10:00", "--no-update", input=f"/remember {text}\n").code == 0
-    chain = sorted(run("memory", "list", "--type", "semantic", "--all", "--json").json(), key=lambda m: m["created_at"])
-    assert [m["text"] for m in chain if not m["superseded_by"]] == ["I switched from Coke to water"], chain
-    by_text = {m["text"]: m for m in chain}
-    middle = by_text["I switched from Sprite to Coke"]["id"]
-    assert run("memory", "forget", middle, "--yes").code == 0
-    after = {m["text"]: m for m in run("memory", "list", "--type", "semantic", "--all", "--json").json()}
-    assert set(after) == {"I love Sprite", "I switched from Coke to water"}
-    assert after["I love Sprite"]["superseded_by"] == by_text["I switched from Coke to water"]["id"]
-    assert after["I love Sprite"]["valid_to"], "the oldest version does not come back as current"
-    assert [m["text"] for m in run("memory", "list", "--type", "semantic", "--json").json()] == [
-        "I switched from Coke to water"]
-
-
-def test_forget_refuses_without_confirmation_when_not_interactive(cli, run):
-    cli("chat", "--no-update", input="/remember I like tea\n")
-    assert_one_line_error(run("memory", "forget", "--query", "tea"), "--yes")
-    assert len(run("memory", "list", "--json").json()) == 1
-
-
 def test_kill_during_the_update_stage_resumes_without_duplicates(isolated_home):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "personavlm_cli", "chat", "--at", "2026-11-05 10:00"],

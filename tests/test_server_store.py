@@ -24,8 +24,9 @@ from hypothesis import strategies as st
 from personavlm_cli.adapters.pg_link import idempotent
 from personavlm_cli.adapters.pg_schema import legacy_schema_for, schema_for
 from personavlm_cli.cli.env import namespace
-from personavlm_cli.core.errors import UnreachableError, UserNameError
+from personavlm_cli.core.errors import UserNameError
 from personavlm_cli.core.users import validate_name
+from tests.kit import fake_store
 
 ALNUM = string.ascii_letters + string.digits
 ALPHABET = ALNUM + "._-"
@@ -146,61 +147,11 @@ def test_what_is_run_again_on_a_new_connection(sql, safe):
 # -- the vector server down: a degraded mode ------------------------------------------------------------
 
 
-class _Index:
-    """A vector index in memory whose server can be switched off."""
-
-    def __init__(self, server: dict):
-        self.server = server
-        self.data: dict[str, dict[str, list[float]]] = {}
-
-    def _up(self):
-        if not self.server["up"]:
-            raise UnreachableError("the vector store at http://vectors:8000 is not reachable: connection refused")
-
-    def upsert(self, name, ids, vectors, metadatas=None, documents=None):
-        self._up()
-        self.data.setdefault(name, {}).update(zip(ids, vectors))
-
-    def delete(self, name, ids):
-        self._up()
-        for i in ids:
-            self.data.get(name, {}).pop(i, None)
-
-    def purge(self, names):
-        self._up()
-
-    def query(self, name, vec, k, where=None):
-        self._up()
-        return [(i, 1.0) for i in list(self.data.get(name, {}))[:k]]
-
-    def ids(self, name):
-        self._up()
-        return set(self.data.get(name, {}))
-
-    def count(self, name):
-        self._up()
-        return len(self.data.get(name, {}))
-
-
-class _Encoder:
-    def embed(self, texts):
-        return [[1.0, float(len(t))] for t in texts]
-
-
 @pytest.fixture
 def degradable(tmp_path):
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.core.store import MemoryStore
-
+    """The kit's store with stand-in vectors on a server that can be switched off (``server["up"]``)."""
     server = {"up": True}
-    index = _Index(server)
-
-    def vectors():
-        index._up()  # connecting to a server that is down fails as every call does
-        return index
-
-    store = MemoryStore(tmp_path, text_encoder=_Encoder, image_encoder=lambda: None, vectors=vectors,
-                        **embedded_parts(tmp_path))
+    store, index = fake_store(tmp_path, server)
     yield store, server, index
     store.close()
 

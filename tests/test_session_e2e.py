@@ -88,7 +88,7 @@ def test_a_long_session_with_learning_reuses_the_cache_after_the_window_moves_an
     from personavlm_cli.core.conversation import Conversation
     from personavlm_cli.core.gate import ModelGate
     from personavlm_cli.core.store import MemoryStore
-    from personavlm_cli.evals.session_bench import script
+    from personavlm_cli.evals.bench.session import script
 
     encoder = TextEncoder()
     store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder,
@@ -141,7 +141,7 @@ def test_the_next_chats_first_message_is_answered_before_the_work_the_last_chat_
     from personavlm_cli.core.conversation import Conversation
     from personavlm_cli.core.gate import ModelGate
     from personavlm_cli.core.store import MemoryStore
-    from personavlm_cli.evals.session_bench import script
+    from personavlm_cli.evals.bench.session import script
 
     encoder = TextEncoder()
     store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder,

@@ -10,89 +10,17 @@ from datetime import datetime, timedelta
 import pytest
 
 from personavlm_cli.core.gate import ModelGate
+from tests.kit import ScriptedModel, render
 
 pytestmark = pytest.mark.fast
 
 AT = datetime(2026, 5, 4, 9, 0).astimezone()
 
 
-def _render(messages) -> list[str]:
-    """The prompt as a token list: each message's role and words (a chat template in miniature)."""
-    tokens: list[str] = []
-    for m in messages:
-        content = m["content"] if isinstance(m["content"], str) else " ".join(
-            p.get("text", "") for p in m["content"])
-        tokens += [f"<{m['role']}>", *content.split(), "</>"]
-    return tokens
-
-
-class CachingModel:
-    """The chat-model port with a llama.cpp-like cache: a call reuses the longest common prefix of its
-    prompt with what the context held; ``prefill`` fills the cache without answering."""
-
-    n_ctx = 8192
-    vision = False
-    load_info = None
-    weights_bytes = None
-
-    def __init__(self):
-        self.cache: list[str] = []
-        self.last_usage: dict = {}
-        self.prompts: list[list[dict]] = []
-        self.prefills: list[list[dict]] = []
-
-    def _evaluate(self, messages) -> dict:
-        tokens = _render(messages)
-        cached = 0
-        for a, b in zip(self.cache, tokens):
-            if a != b:
-                break
-            cached += 1
-        self.cache = tokens
-        return {"prompt_tokens": len(tokens), "cached_tokens": cached}
-
-    def count_tokens(self, text: str) -> int:
-        return len(text.split())
-
-    def stream(self, messages, **kw):
-        self.prompts.append(messages)
-        self.last_usage = self._evaluate(messages)
-        yield "Noted."
-        self.last_usage["completion_tokens"] = 1
-
-    def complete(self, messages, **kw):
-        return "".join(self.stream(messages, **kw))
-
-    def complete_json(self, messages, schema, **kw):
-        return {t: 3 for t in schema.get("properties", {})}
-
-    def prefill(self, messages, stop=None):
-        self.prefills.append(messages)
-        self._evaluate(messages)
-        return True
-
-    def fork(self):
-        return CachingModel()
-
-    def interrupt(self):
-        pass
-
-    def close(self):
-        pass
-
-
-@pytest.fixture
-def store(tmp_path):
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
-    from personavlm_cli.core.store import MemoryStore
-
-    encoder = TextEncoder()
-    s = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
-                    vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
-    yield s
-    s.close()
+def caching() -> ScriptedModel:
+    """The kit's model with a llama.cpp-like cache: a call reuses the longest common prefix of its prompt with
+    what the context held; ``prefill`` fills the cache without answering."""
+    return ScriptedModel(default="Noted.", n_ctx=8192, cache=True)
 
 
 def _chat(store, model, recent_turns: int, gate: ModelGate | None = None):
@@ -121,7 +49,7 @@ MESSAGES = [f"Message number {i}: I like the colour number {i} and the river num
 
 
 def test_the_window_moves_in_large_steps_so_most_messages_only_pay_for_their_own_tokens(store):
-    model = CachingModel()
+    model = caching()
     conv, clock = _chat(store, model, recent_turns=8)
     firsts = []
     for i, text in enumerate(MESSAGES):
@@ -135,12 +63,12 @@ def test_the_window_moves_in_large_steps_so_most_messages_only_pay_for_their_own
 
 
 def test_tokens_are_reused_after_the_window_moves_because_the_new_prefix_was_prefilled(store):
-    model = CachingModel()
+    model = caching()
     conv, clock = _chat(store, model, recent_turns=8)
     reused = []
     for i, text in enumerate(MESSAGES[:16]):
         stats = _say(conv, clock, text, i)
-        own = len(_render(model.prompts[-1][-1:]))  # this message's block (with what was recalled for it)
+        own = len(render(model.prompts[-1][-1:]))  # this message's block (with what was recalled for it)
         reused.append((stats.prompt_tokens, stats.cached_tokens, own))
     assert len(model.prefills) >= 3, "the window moved, and its new beginning was evaluated while the user read"
     for prompt, cached, own in reused[1:]:
@@ -150,11 +78,7 @@ def test_tokens_are_reused_after_the_window_moves_because_the_new_prefix_was_pre
 def test_without_the_prefill_a_moved_window_would_be_evaluated_again(store):
     """The control: the same session with a model that keeps no cache of its own for prefills."""
 
-    class NoPrefill(CachingModel):
-        def prefill(self, messages, stop=None):
-            return False
-
-    model = NoPrefill()
+    model = ScriptedModel(default="Noted.", n_ctx=8192, cache=True, prefill_evaluates=False)
     conv, clock = _chat(store, model, recent_turns=8)
     reused = [_say(conv, clock, text, i) for i, text in enumerate(MESSAGES[:16])]
     worst = min(s.cached_tokens / s.prompt_tokens for s in reused[1:])
@@ -164,7 +88,7 @@ def test_without_the_prefill_a_moved_window_would_be_evaluated_again(store):
 def test_the_search_offer_in_the_system_text_is_made_once_per_session(store):
     from personavlm_cli.core.assistant import Assistant
 
-    model = CachingModel()
+    model = caching()
     assistant = Assistant(store, model, "ada", model_lock=ModelGate(), prompt_style="full", recent_turns=8)
     ctx = assistant.context("hi", AT, [], [], session_id="s1")
     assert ctx.search_offered is False and "SEARCH" not in assistant.profile.system(ctx)
@@ -183,7 +107,7 @@ def test_a_turn_holds_the_gate_so_background_work_does_not_restart_between_its_s
     gate = ModelGate()
     interrupted = []
     gate.on_wait.append(lambda: interrupted.append(True))
-    model = CachingModel()
+    model = caching()
     conv, clock = _chat(store, model, recent_turns=8, gate=gate)
     in_job, leave = threading.Event(), threading.Event()
     started = []
@@ -223,7 +147,7 @@ def test_a_session_job_stops_between_its_steps_when_an_answer_waits_and_stays_qu
     store.add(turns)
     UpdateQueue(store.records).enqueue_session("s1")
     gate = ModelGate()
-    stage = UpdateStage(store, CachingModel(), "ada", gate)
+    stage = UpdateStage(store, caching(), "ada", gate)
     learnt = []
     real = stage.learner.learn_turn
 
@@ -244,8 +168,8 @@ def test_a_session_job_stops_between_its_steps_when_an_answer_waits_and_stays_qu
 
 
 def test_the_session_benchmark_summarises_each_message_against_raw_and_judges_the_bars():
-    from personavlm_cli.evals import perf
-    from personavlm_cli.evals.session_bench import script, summarise
+    from personavlm_cli.evals.bench import harness
+    from personavlm_cli.evals.bench.session import script, summarise
 
     assert len(script(60)) == 60 and len(set(script(60))) >= 30
     rows = [{"message": 1, "chat_s": 1.0, "raw_s": 1.0, "ratio": 1.0, "prompt_tokens": 40, "cached_tokens": 0}]
@@ -258,9 +182,9 @@ def test_the_session_benchmark_summarises_each_message_against_raw_and_judges_th
     assert m["ratio_median"] == 0.35 and m["ratio_worst"] == 1.1 and m["over_1"] == 1
     assert m["next_chat_ratio"] == 0.9 and m["next_chat_pending"] == 4 and m["reused_share_median"] == 0.8
     results = {"sections": {"session": {"lengths": {"16": m}}}}
-    bars = perf.check_bars(results)
+    bars = harness.check_bars(results)
     assert bars["session_ratio_median_16"]["met"] and not bars["session_ratio_worst_16"]["met"]
     assert bars["session_next_chat_ratio_16"]["met"]
-    assert perf.plan_for(True)["session_lengths"] == [16] and perf.plan_for(False)["session_lengths"] == [16, 60]
+    assert harness.plan_for(True)["session_lengths"] == [16] and harness.plan_for(False)["session_lengths"] == [16, 60]
     with pytest.raises(Exception, match="--messages"):
-        perf.plan_for(True, lengths=[1])
+        harness.plan_for(True, lengths=[1])

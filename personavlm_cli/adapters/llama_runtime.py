@@ -149,7 +149,7 @@ def bindings():
 
 def raw_llama(info: LoadInfo, threads: int | None = None):
     """A bare ``llama_cpp.Llama`` on the same file and settings as a loaded model (``info``), loaded
-    through :func:`_llama_cpp`: the baseline `personavlm bench` compares the chat path with."""
+    through :func:`bindings`: the baseline `personavlm bench` compares the chat path with."""
     kwargs: dict[str, Any] = {"n_ctx": info.n_ctx, "n_gpu_layers": -1 if info.gpu_layers_offloaded else 0,
                               "verbose": False}
     if threads:

@@ -1,6 +1,6 @@
 """`personavlm bench`: how fast the assistant is on this machine, against the product's bars.
 
-A thin wrapper: it parses the options, hands the harness (``evals/perf.py``, where each measure is
+A thin wrapper: it parses the options, hands the harness (``evals/bench/``, where each measure is
 described) what only the composition root may build, and renders the figures as a table.
 """
 
@@ -8,12 +8,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from personavlm_cli.cli.common import err, make_env, out
 from personavlm_cli.core.errors import PersonaError
+
+if TYPE_CHECKING:
+    from rich.console import JustifyMethod
 
 SECTIONS = ("startup", "recall", "pretoken", "forget", "generation", "clip", "replay", "update", "ttft", "session")
 
@@ -41,7 +44,7 @@ def bench(
 ):
     """Measure start-up, recall, memory work before the first token, forgetting, generation, CLIP, replay,
     updates, and the first token of every message of a session with learning on."""
-    from personavlm_cli.evals import perf
+    from personavlm_cli.evals.bench import harness
     from personavlm_cli.evals.workspace import write_json
 
     chosen = _sections(only)
@@ -53,11 +56,11 @@ def bench(
         lengths = [int(m) for m in messages.split(",")] if messages else None
     except ValueError:
         raise PersonaError(f"--messages must be numbers of messages, comma-separated (not '{messages}')") from None
-    plan = perf.plan_for(quick, wanted, repeat, questions, lengths)
+    plan = harness.plan_for(quick, wanted, repeat, questions, lengths)
     plan["session_remote"] = remote
     env = make_env(None, **{"model.path": model, "model.gpu_layers": gpu_layers})
     try:
-        results = perf.run(_host(env), plan, chosen, quick, locomo)
+        results = harness.run(_host(env), plan, chosen, quick, locomo)
     finally:
         env.close()
     write_json(json_out, results)
@@ -77,7 +80,7 @@ def _sections(only: str | None) -> set[str]:
 def _host(env):
     from personavlm_cli.cli.chat import ChatSession
     from personavlm_cli.cli.env import _image_encoder
-    from personavlm_cli.evals.perf import Host
+    from personavlm_cli.evals.bench.common import Host
 
     @contextmanager
     def user_env(overrides: dict, model):
@@ -147,12 +150,13 @@ def _label(key: str) -> tuple[str, str]:
 def print_table(results: dict) -> None:
     from rich.table import Table
 
-    from personavlm_cli.evals.perf import figures
+    from personavlm_cli.evals.bench.harness import figures
 
     m = results["machine"]
     table = Table(title=f"personavlm bench{' --quick' if results['quick'] else ''}: {m['nproc']} cores, {m['cpu']}, "
                         f"{m['ram_gb']} GB")
-    for name, justify in (("measure", "left"), ("value", "right"), ("bar", "left"), ("", "left")):
+    columns: tuple[tuple[str, JustifyMethod], ...] = (("measure", "left"), ("value", "right"), ("bar", "left"), ("", "left"))
+    for name, justify in columns:
         table.add_column(name, justify=justify)
     bars = results["bars"]
     for key, value in figures(results).items():

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from personavlm_cli.core.assistant import Assistant
+from personavlm_cli.core.assistant import Assistant, Exchange
 from personavlm_cli.core.conversation import respond
 from personavlm_cli.core.errors import PersonaError
 from personavlm_cli.core.memory import Memory, MemoryType, parse_time
@@ -99,7 +99,7 @@ class Replayer:
         self.turns = 0
         self.update_seconds = 0.0
         self.last_time: datetime | None = None
-        self.last_exchange = None  # the last replayed message's Exchange (for complete_last_reply)
+        self.last_exchange: Exchange | None = None  # the last replayed message's Exchange (for complete_last_reply)
 
     # -- the history ----------------------------------------------------------------------------
 
@@ -132,18 +132,21 @@ class Replayer:
         user_turn, memories, reply = self._store_turn(session_id, turn)
         self.turns += 1
         self.last_time = max(self.last_time or turn.at, turn.at)
-        if self.updates is None or user_turn is None:
+        updates = self.updates
+        if updates is None or user_turn is None:
             return memories
         self.store.embed(memories)
-        self._run_update(lambda: self.updates.queue.enqueue_turn(user_turn, reply))
+        self._run_update(lambda: updates.queue.enqueue_turn(user_turn, reply))
         return []
 
     def end_session(self, session_id: str) -> None:
         """The session's own update job (episodes, profile), as a chat runs it when a session ends."""
-        if self.updates is not None:
-            self._run_update(lambda: self.updates.queue.enqueue_session(session_id))
+        updates = self.updates
+        if updates is not None:
+            self._run_update(lambda: updates.queue.enqueue_session(session_id))
 
     def _run_update(self, enqueue: Callable[[], None]) -> None:
+        assert self.updates is not None, "run only with the update stage"
         t = time.perf_counter()
         enqueue()
         self.updates.run_pending()
@@ -152,6 +155,7 @@ class Replayer:
     def _store_turn(self, session_id: str, turn: Turn) -> tuple[Memory | None, list[Memory], Memory | None]:
         from personavlm_cli.core.store import new_memory
 
+        reply: Memory | None
         if not turn.user.strip() and not turn.images:  # a reply with no message before it
             reply = new_memory(MemoryType.TURN, (turn.assistant or "").strip(), turn.at, role="assistant",
                                session_id=session_id, meta={"reasoning": None, "gold": True})
@@ -164,11 +168,12 @@ class Replayer:
         reply = None
         if turn.assistant is not None and turn.assistant.strip():
             reply = self._store_reply(ex, turn.assistant, turn.at)
-            memories.append(reply)
+            if reply is not None:  # None only when its message was erased meanwhile (another machine's forget)
+                memories.append(reply)
         self.last_exchange = ex
         return ex.user_turn, memories, reply
 
-    def _store_reply(self, ex, text: str, at: datetime) -> Memory:
+    def _store_reply(self, ex: Exchange, text: str, at: datetime) -> Memory | None:
         ex.answer = text.strip()
         return self.assistant.store_assistant_turn(ex, at)
 
@@ -179,8 +184,9 @@ class Replayer:
             return False
         reply = self._store_reply(ex, text, at)
         self.store.embed([reply])
-        if self.updates is not None:
-            self._run_update(lambda: self.updates.queue.enqueue_turn(ex.user_turn, reply))
+        updates = self.updates
+        if updates is not None:
+            self._run_update(lambda: updates.queue.enqueue_turn(ex.user_turn, reply))
         return True
 
     # -- questions -------------------------------------------------------------------------------

@@ -112,16 +112,16 @@ class ResultLog:
         if self.path is None:
             return
         if self.path.exists():
-            self._read()
+            self._read(self.path)
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._append({"header": header})
+            self._append(self.path, {"header": header})
 
-    def _read(self) -> None:
+    def _read(self, path: Path) -> None:
         try:
-            lines = self.path.read_text(encoding="utf-8").splitlines()
+            lines = path.read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise PersonaError(f"cannot read the results file {self.path}: {exc}") from None
+            raise PersonaError(f"cannot read the results file {path}: {exc}") from None
         header = None
         for line in lines:
             if not line.strip():
@@ -138,25 +138,25 @@ class ResultLog:
                 self.done[row["key"]] = row
         if header is None:
             if self.done:
-                raise PersonaError(f"{self.path} has results but no header line: not a results file of this tool")
-            self._append({"header": self.header})
+                raise PersonaError(f"{path} has results but no header line: not a results file of this tool")
+            self._append(path, {"header": self.header})
             return
         keys = ("benchmark", "model", "update", "force_retrieve", "max_tokens")
         differ = [k for k in keys if header.get(k) != self.header.get(k)]
         if differ:
             k = differ[0]
-            raise PersonaError(f"{self.path} holds results of another run ({k}: {header.get(k)!r}, this run: "
+            raise PersonaError(f"{path} holds results of another run ({k}: {header.get(k)!r}, this run: "
                                f"{self.header.get(k)!r}); use another --resume file, or the same settings")
 
-    def _append(self, row: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as fh:
+    def _append(self, path: Path, row: dict) -> None:
+        with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
             fh.flush()
 
     def add(self, row: dict) -> None:
         self.done[row["key"]] = row
         if self.path is not None:
-            self._append(row)
+            self._append(self.path, row)
 
 
 def results_path(json_out: Path | None, resume: Path | None) -> Path | None:

@@ -25,7 +25,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 SLOW_NAMES = frozenset({
     "run_cli",  # the real program in a child process (tests/conftest.py)
     "subprocess", "Popen", "pexpect", "multiprocessing",
-    "_llama_cpp", "llama_cpp", "Llama",  # the real model runtime
+    "bindings", "raw_llama", "load_llama", "llama_cpp", "Llama",  # the real model runtime (adapters/llama_runtime.py)
     "start_chroma", "start_model_server",  # the servers of tests/test_servers.py
 })
 # Fixtures that start a child process, a server or the real model, by name (those of files this kit does not

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.kit import ScriptedModel
+from tests.kit import neutral
 
 pytestmark = pytest.mark.fast
 
@@ -31,27 +31,12 @@ def holders(root: Path, word: str) -> list[str]:
                   if p.is_file() and needle in p.read_bytes().lower())
 
 
-class Scripted(ScriptedModel):
-    """Answers in order; its JSON answers are neutral: Big Five all 3, nothing extracted."""
-
-    def complete_json(self, messages, schema, **kw):
-        props = schema.get("properties", {})
-        if "openness" in props:
-            return {t: 3 for t in props}
-        if "decision" in props:
-            return {"reason": "", "decision": False, "content": "", "keywords": ""}
-        return {next(iter(props)): []}
-
-    def fork(self):
-        return Scripted()
-
-
 @pytest.fixture
 def scripted(monkeypatch):
     """Every command of the test gets this scripted model (replies in order, then "Fine, thanks.")."""
     from personavlm_cli.cli import env as env_module
 
-    model = Scripted(["Nice to meet you, Marta.", f"{WORD} is a lovely city!", "Family visits are precious.",
+    model = neutral(["Nice to meet you, Marta.", f"{WORD} is a lovely city!", "Family visits are precious.",
                            "Hiking is great.", "Tea it is."])
     monkeypatch.setattr(env_module.Env, "model", lambda self: model)
     return model

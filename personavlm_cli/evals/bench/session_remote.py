@@ -3,7 +3,7 @@
 llama-cpp-python's own OpenAI-compatible server (``python -m llama_cpp.server``) is started on loopback
 with the chat model's GGUF file and context; the chat reaches it as ``model.kind: openai-compatible``
 (``adapters/remote_llm.py``: one pooled connection, token counts made here from the file's vocabulary),
-and the same scripted session as ``evals/session_bench.py`` is replayed through the REPL's chat session,
+and the same scripted session as ``evals/bench/session.py`` is replayed through the REPL's chat session,
 learning on. The server keeps the states of its recent prompts (``--cache true``: llama-cpp-python's
 server has one context, and without it the update thread's requests would evict the chat's prompt from
 it at every message; docs/deploy.md). Raw is the same server asked directly for one token of a fresh
@@ -115,7 +115,7 @@ class RawServer:
 def bench_session_remote(host, path: Path, plan: dict) -> dict:
     from personavlm_cli.adapters.gguf import embedded_model_path
     from personavlm_cli.adapters.remote_llm import RemoteChatModel
-    from personavlm_cli.evals.session_bench import run_lengths
+    from personavlm_cli.evals.bench.session import run_lengths
 
     s = host.env.settings
     if s["model.kind"] != "llama-cpp":

@@ -94,7 +94,7 @@ class RawLocal:
 
 def bench_session(host, path: Path, plan: dict) -> dict:
     """Sessions of ``plan["session_lengths"]`` messages, learning on, each against raw llama-cpp-python
-    (the chat model on llama-cpp-python's server instead: ``evals/session_remote.py``)."""
+    (the chat model on llama-cpp-python's server instead: ``evals/bench/session_remote.py``)."""
     s = host.env.settings
     if s["model.kind"] != "llama-cpp":
         return {"skipped": "the chat model is a remote server: no raw llama-cpp-python to compare with "

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 
 from personavlm_cli.evals import forgetting as ff
-from tests.test_forget_text import Scripted
+from tests.kit import neutral
 
 LIVED = Path("/work/shared/data/lived/dev.json")
 if not LIVED.exists():
-    LIVED = Path(__file__).resolve().parents[2] / "shared" / "data" / "lived" / "dev.json"
+    LIVED = Path(__file__).resolve().parents[3] / "shared" / "data" / "lived" / "dev.json"
 
 SETTINGS = {"model.prompt_profile": "generic", "chat.session_gap_minutes": 60, "chat.recent_turns": 20,
             "chat.retrieval": "retrieve-first", "chat.model_search": True, "model.prompt_style": "compact"}
@@ -47,7 +47,7 @@ def _write(tmp_path: Path, lives) -> Path:
 @pytest.mark.parametrize("which", ["dev", "own"])
 def test_forgetting_leaves_zero_literal_occurrences_and_keeps_the_rest(tmp_path, which):
     lives = ff.load(LIVED if which == "dev" else _write(tmp_path, OWN))
-    result = ff.run(lives, Scripted(), SETTINGS, "rules", 48)
+    result = ff.run(lives, neutral(), SETTINGS, "rules", 48)
     assert result["lives"] == len(lives) >= 2
     for item in result["items"]:
         assert item["occurrences_left"] == 0, (item["files_holding"], item["rows_holding"])
