@@ -42,7 +42,9 @@ class SlashCommands:
     stats: Any
 
     def stage(self, path: Path) -> None:
-        raise NotImplementedError
+        """Attach an image to the next message: ``ChatSession`` (cli/chat.py) defines it; declared here
+        because ``/image`` calls it."""
+        raise NotImplementedError("ChatSession.stage")
 
     # -- slash commands ---------------------------------------------------------------------------
 
