@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from tests.kit import real_store
+
 pytestmark = pytest.mark.slow
 
 
@@ -105,18 +107,12 @@ def test_a_server_that_answers_only_whitespace_stores_no_placeholder(cli, server
 def test_a_model_that_times_out_stores_no_answer(tmp_path, server):
     """The chat turn with the real remote adapter, its timeout cut to one second, against a server that
     never answers in time: the message is kept, no assistant turn, a ModelError that says so."""
-    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.adapters.remote_llm import RemoteChatModel
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.errors import ModelError
-    from personavlm_cli.core.store import MemoryStore
     from tests.test_conversation import _conversation
 
     server.mode = "hang"
-    encoder = TextEncoder()
-    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder,
-                        image_encoder=lambda: None, vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
+    store = real_store(tmp_path)  # the real parts (tests/kit)
     model = RemoteChatModel(f"http://127.0.0.1:{server.server_address[1]}", timeout=1.0)
     conv = _conversation(store, model)
     turn = conv.send("I play the oboe.")

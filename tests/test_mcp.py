@@ -101,7 +101,12 @@ def test_remember_search_show_and_forget_through_mcp_change_the_same_store(run, 
     assert asked["erased"] == [] and kept["id"] in [m["id"] for m in asked["would_erase"]]
     assert "confirm" in asked["note"] and kept["id"] in [m["id"] for m in still], "nothing erased unconfirmed"
     assert kept["id"] in done["erased"] and after == []
-    assert [m for m in run("memory", "list", "--json", "--all").json() if m["type"] in ("semantic", "core")] == []
+    # Exactly as `memory forget --query`: every memory that holds the words goes, every version; the profile
+    # value "sister Ana" does not hold them, so it stays (recomputed without its erased source).
+    left = run("memory", "list", "--json", "--all").json()
+    assert not [m for m in left if "lisbon" in json.dumps(m).lower()], "no memory holds the forgotten words"
+    assert [m["text"] for m in left if m["type"] == "semantic"] == []
+    assert run("profile", "show", "--json").json()["core"] == {"family": "sister Ana"}
 
 
 def test_bad_arguments_are_one_line_errors_and_stored_text_is_data():

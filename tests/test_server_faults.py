@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import ROOT, assert_one_line_error, run_cli
+from tests.kit import server_store
 from tests.test_servers import CHROMA, start_chroma
 from tests.test_two_homes import PG_BIN, Postgres, _psycopg_missing
 
@@ -486,17 +487,12 @@ def test_a_home_recovers_when_another_drops_or_rebuilds_a_collection_it_holds(ch
 
 
 def test_no_answer_is_stored_whose_message_another_home_erased(tmp_path, pg):
-    from personavlm_cli.adapters.image_store import ServerImages
-    from personavlm_cli.adapters.pg_records import PgRecordStore
     from personavlm_cli.core.memory import Memory
-    from personavlm_cli.core.store import MemoryStore
 
     user = "src-" + uuid.uuid4().hex[:6]
 
-    def home(name):
-        return MemoryStore(tmp_path / name, text_encoder=lambda: None, image_encoder=lambda: None, vectors=lambda: None,
-                           records=lambda readonly=False: PgRecordStore(pg.url, user, readonly=readonly),
-                           images=ServerImages(tmp_path / name / "cache"))
+    def home(name):  # two homes of one user: the records shared, no vectors, no encoder
+        return server_store(tmp_path / name, pg.url, user, vectors=lambda: None, text_encoder=False)
 
     def turn(mid, role, text, sources=()):
         return Memory(id=mid, type="turn", text=text, role=role, session_id="s1", source_ids=list(sources),

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 import pytest
 
 from personavlm_cli.core.errors import ModelInterrupted
+from tests.kit import real_store
 
 pytestmark = pytest.mark.slow
 
@@ -81,18 +82,12 @@ def test_a_background_call_is_stopped_inside_its_prompt_when_an_answer_waits(rea
 
 def test_a_long_session_with_learning_reuses_the_cache_after_the_window_moves_and_background_work(real_model,
                                                                                                    tmp_path):
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.conversation import Conversation
     from personavlm_cli.core.gate import ModelGate
-    from personavlm_cli.core.store import MemoryStore
     from personavlm_cli.evals.bench.session import script
 
-    encoder = TextEncoder()
-    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder,
-                        image_encoder=lambda: None, vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
+    store = real_store(tmp_path)  # the real parts (tests/kit)
     clock = {"now": AT}
     assistant = Assistant(store, real_model, "ada", model_lock=ModelGate(), prompt_style="compact", recent_turns=8)
     # The model extractor: the update thread calls the model (its fork) after every statement, so the answers'
@@ -134,18 +129,12 @@ def test_the_next_chats_first_message_is_answered_before_the_work_the_last_chat_
     """Ordering with the real model and its real fork: while the new chat's first message is answered,
     the update thread's context has evaluated nothing; after it, the earlier chat's jobs run on it, and
     the next message still reuses the answer's prefix."""
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.conversation import Conversation
     from personavlm_cli.core.gate import ModelGate
-    from personavlm_cli.core.store import MemoryStore
     from personavlm_cli.evals.bench.session import script
 
-    encoder = TextEncoder()
-    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder,
-                        image_encoder=lambda: None, vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
+    store = real_store(tmp_path)  # the real parts (tests/kit)
     clock = {"now": AT}
 
     def chat():

@@ -10,6 +10,7 @@ import pytest
 
 from personavlm_cli.core.conversation import respond
 from personavlm_cli.core.learning import grounding, profile
+from tests.kit import real_store
 
 
 def test_retrieve_first_puts_memories_in_the_answer_prompt_without_a_decision_call(cli):
@@ -107,10 +108,7 @@ def test_memory_verify_finds_what_the_user_never_said_and_drops_it_only_when_ask
 
 def test_a_model_that_invents_facts_is_refused_by_the_grounding_check(tmp_path):
     """extractor 'model': whatever the model writes must be the user's words, or it is dropped."""
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
-    from personavlm_cli.core.store import MemoryStore, new_memory
+    from personavlm_cli.core.store import new_memory
     from personavlm_cli.core.update_stage import UpdateStage
 
     class Inventor:
@@ -128,9 +126,7 @@ def test_a_model_that_invents_facts_is_refused_by_the_grounding_check(tmp_path):
                                     "rounds": [1]}]}
             return {t: 3 for t in props}
 
-    encoder = TextEncoder()
-    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
-                        vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
+    store = real_store(tmp_path)  # the real parts (tests/kit)
     try:
         at = datetime(2026, 5, 4, 9).astimezone()
         turn = new_memory("turn", "My parrot is called Mango.", at, role="user", session_id="s1")
@@ -157,19 +153,13 @@ def test_the_answers_cache_survives_a_background_update_and_a_follow_up_pays_onl
     """Real model: a follow-up message in a session reuses llama.cpp's cache of the previous prompt,
     even though the update thread ran a model job in between (on its own context over the weights)."""
     from personavlm_cli.adapters.gguf import embedded_model_path
-    from personavlm_cli.adapters.image_store import embedded_parts
     from personavlm_cli.adapters.llm import ChatModel
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core.assistant import Assistant
     from personavlm_cli.core.background import BackgroundUpdates
     from personavlm_cli.core.gate import ModelGate
-    from personavlm_cli.core.store import MemoryStore
     from personavlm_cli.core.update_stage import UpdateStage
 
-    encoder = TextEncoder()
-    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
-                        vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
+    store = real_store(tmp_path)  # the real parts (tests/kit)
     model = ChatModel(embedded_model_path(), n_ctx=2048)
     gate = ModelGate()
     assistant = Assistant(store, model, "ada", model_lock=gate, prompt_style="compact")
@@ -255,13 +245,10 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
     the thread starts), the forget waits for the job's gate, and neither fails."""
     import time
 
-    from personavlm_cli.adapters.image_store import embedded_parts
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core import forgetting
     from personavlm_cli.core.background import BackgroundUpdates
     from personavlm_cli.core.gate import ModelGate
-    from personavlm_cli.core.store import MemoryStore, new_memory
+    from personavlm_cli.core.store import new_memory
     from personavlm_cli.core.update_stage import UpdateStage
 
     class Slow:
@@ -272,9 +259,7 @@ def test_a_chat_a_background_job_and_a_forget_share_one_working_store(tmp_path):
         def interrupt(self):  # the model port's: nothing to stop between calls of 0.2 s
             pass
 
-    encoder = TextEncoder()
-    store = MemoryStore(tmp_path, **embedded_parts(tmp_path), text_encoder=lambda: encoder, image_encoder=lambda: None,
-                        vectors=lambda: VectorIndex(path=tmp_path / "chroma"))
+    store = real_store(tmp_path)  # the real parts (tests/kit)
     gate = ModelGate()
     _ = store.vectors, store.text_encoder  # built before the thread, as the chat does
     at = datetime(2026, 5, 4, 9).astimezone()

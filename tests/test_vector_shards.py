@@ -1,7 +1,8 @@
 """The shard layout of the vector store (adapters/vectors.py), on a real embedded Chroma, with random
 vectors and no model: which shard an id lives in, that a purge rebuilds only the shards that had a
-deletion (also after a reopen), that an erased vector's bytes leave every file, that search gives
-what one collection gives, and that a store from before the layout is split without losing a vector."""
+deletion (also after a reopen), that an erased vector's bytes leave every file, that a search asking every
+shard for all it holds gives one collection's exact ranking (a smaller top k is HNSW's approximate answer),
+and that a store from before the layout is split without losing a vector."""
 
 from __future__ import annotations
 

@@ -61,6 +61,11 @@ def _psycopg():
     return psycopg, dict_row
 
 
+def require_psycopg() -> None:
+    """Raise one StoreError naming the install command when psycopg is missing (checked before a migration)."""
+    _psycopg()
+
+
 def check_database_url(url: str) -> str:
     """``url`` if it is a PostgreSQL URL, else one line saying what it must be (no password shown)."""
     from urllib.parse import urlsplit

@@ -133,8 +133,10 @@ def build_server(user: str | None = None, env_factory: Callable[[], Any] | None 
                                              openWorldHint=False))
     def forget(ids: list[str] | None = None, query: str | None = None, confirm: bool = False) -> dict:
         """Erase memories for real (text, vectors, image files, and what was derived from them), as
-        `personavlm memory forget` does: by ids, or by a query. Without confirm=true nothing is erased and
-        the answer lists what would be; ask the user before confirming."""
+        `personavlm memory forget` does: by ids, or by a query (every memory that holds its words literally,
+        case aside; memories that share other sources are recomputed, and only the profile values that hold
+        the words are removed). Without confirm=true nothing is erased and the answer lists what would be;
+        ask the user before confirming."""
         return call(lambda env: access.forget(writer(env), ids, query, confirm))
 
     @server.tool(annotations=read_only)

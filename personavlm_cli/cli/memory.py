@@ -325,7 +325,7 @@ def edit(
         store = env.store(write=True, create=False)
         store.sync_vectors()
         corrections.editable(store.records, memory_id)
-        p = forgetting.plan(store, [memory_id]) if erase_old else None
+        p = forgetting.forget_ids(store, [memory_id], operation="edit-erase-old").plan if erase_old else None
         if p is not None and p.derived:  # ask before anything changes
             for m in p.derived[:20]:
                 print_brief(err, m, m.type)
@@ -344,9 +344,10 @@ def edit(
                 out.print(safe(memory_id))
             return
         if p is not None:
-            p = forgetting.plan(store, [memory_id])  # again: the old version now names its successor
+            # Planned again: the old version now names its successor.
+            job = forgetting.forget_ids(store, [memory_id], operation="edit-erase-old")
             with err.status("Erasing the old version (rebuilding the vector index)…", spinner="dots"):
-                forgetting.execute(store, p, "edit-erase-old")
+                job.erase()
             err.print(line(("Edited", "green"), f" {memory_id} → {new.id}; the old version is erased."))
         else:
             err.print(line(("Edited", "green"), f" {memory_id} → {new.id}; the old version is kept as history "

@@ -159,7 +159,6 @@ def drop_unsupported(store, findings: list[dict]) -> int:
         whole.append(old.id)  # the version that stated them goes, for real
     if not whole:
         return 0
-    plan = forgetting.plan(store, whole)
     # Only what was found unsupported, and what was derived from it: never the user's turns.
-    forgetting.execute(store, plan, "verify-drop")
+    forgetting.forget_ids(store, whole, operation="verify-drop").erase()
     return len(findings)

@@ -139,12 +139,12 @@ class SlashCommands:
         queue = self.conversation.queue
         if type_of_id(arg) and store.records.get(arg):
             with self.env.model_lock:
-                job = forgetting.forget_ids(store, [arg], operation="forget", queue=queue)
+                job = forgetting.forget_ids(store, [arg], queue=queue)
         else:
             # Literally the words given (case aside), never what only means the same: every memory that
             # holds them is listed with what goes with it, before the question.
             with self.env.model_lock:
-                job = forgetting.forget_text(store, arg, operation="forget", queue=queue)
+                job = forgetting.forget_text(store, arg, queue=queue)
             if job.nothing:
                 err.print(styled(f"Nothing matches '{short(arg)}': nothing was forgotten."))
                 return

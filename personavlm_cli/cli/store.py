@@ -54,9 +54,9 @@ def migrate(
     if missing:
         raise ConfigError(f"store migrate needs {' and '.join(missing)} set (the Chroma server and the PostgreSQL "
                           "database: see docs/deploy.md)")
-    from personavlm_cli.adapters.pg_records import _psycopg
+    from personavlm_cli.adapters.pg_records import require_psycopg
 
-    _psycopg()  # psycopg missing: one line naming the install command
+    require_psycopg()  # psycopg missing: one line naming the install command
     names = [env.user] if user else _home_users(env, to)
     reports = {}
     for name in names:  # every user copied and verified before the home is switched

@@ -123,19 +123,22 @@ def forget(store: MemoryStore, ids: list[str] | None = None, query: str | None =
     """``memory forget IDS`` or ``--query TEXT``: without ``confirm``, what would be erased; with it, erased."""
     if bool(ids) == bool(query):
         raise PersonaError("say what to forget: ids, or a query (one of them)")
-    if ids:
-        job = forgetting.forget_ids(store, list(ids))
-    else:
-        chosen = [m.id for m in forgetting.matching(store, str(query))]
-        if not chosen:
-            return {"erased": [], "would_erase": [], "derived": 0}
-        job = forgetting.forget_ids(store, chosen, operation="forget-query")
+    # The same two use cases as `memory forget IDS` and `memory forget --query TEXT`: by text, exactly the
+    # memories that hold the words (shared memories recomputed, only the profile values that hold them removed).
+    job = forgetting.forget_ids(store, list(ids)) if ids else forgetting.forget_text(store, str(query))
     p = job.plan
+    text_plan = p if isinstance(p, forgetting.TextPlan) else None
+    changes: dict[str, Any] = {"derived": len(p.derived)}
+    if text_plan is not None:
+        changes["recomputed"] = len(text_plan.recomputed)
+        changes["profile_values_removed"] = dict(text_plan.profile.removed) if text_plan.profile else {}
+    if job.nothing:
+        return {"erased": [], "would_erase": [], **changes}
     if not confirm:
-        return {"erased": [], "would_erase": [memory_data(m) for m in p.targets], "derived": len(p.derived),
+        return {"erased": [], "would_erase": [memory_data(m) for m in p.targets], **changes,
                 "note": "nothing was erased: call forget again with confirm set to true to erase these "
                         "and what was derived from them"}
-    return {"erased": list(job.erase()), "would_erase": [], "derived": len(p.derived)}
+    return {"erased": list(job.erase()), "would_erase": [], **changes}
 
 
 def profile(records: RecordStore, user: str) -> dict[str, Any]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.kit import server_store
 from tests.test_two_homes import PG_BIN, _psycopg_missing, postgres, servers_dir  # noqa: F401 - fixtures
 
 pytestmark = [
@@ -33,20 +34,12 @@ def _table_files_holding(records, data: Path, word: bytes) -> list[str]:
 
 
 def test_forget_by_text_leaves_no_byte_in_the_server_tables(tmp_path, postgres):
-    from personavlm_cli.adapters.image_store import ServerImages
-    from personavlm_cli.adapters.pg_records import PgRecordStore
-    from personavlm_cli.adapters.text_encoder import TextEncoder
-    from personavlm_cli.adapters.vectors import VectorIndex
     from personavlm_cli.core import forgetting
     from personavlm_cli.core.learning.learner import Learner
-    from personavlm_cli.core.store import MemoryStore, new_memory
+    from personavlm_cli.core.store import new_memory
 
     user = "forget-" + uuid.uuid4().hex[:8]
-    encoder = TextEncoder()
-    store = MemoryStore(tmp_path, text_encoder=lambda: encoder, image_encoder=lambda: None,
-                        vectors=lambda: VectorIndex(path=tmp_path / "chroma"),
-                        records=lambda readonly=False: PgRecordStore(postgres.url, user, readonly=readonly),
-                        images=ServerImages(tmp_path / ServerImages.CACHE))
+    store = server_store(tmp_path, postgres.url, user)  # the real parts (tests/kit)
     at = datetime(2026, 5, 1, 9).astimezone()
     learner = Learner(store)
     for i, text in enumerate(["My name is Iris Vega.", "I live in Valparaiso and I work as a baker.",

@@ -264,6 +264,27 @@ def real_store(path: Path) -> Any:
                        vectors=lambda: VectorIndex(path=path / "chroma"))
 
 
+def server_store(path: Path, database_url: str, user: str, *, vectors: Any = None, text_encoder: bool = True) -> Any:
+    """A server store's real parts: the user's PostgreSQL records (``database_url``, a server the test started),
+    the image cache, the shared ONNX text encoder (None with ``text_encoder=False``), and ``vectors`` (a factory;
+    None: Chroma on disk under ``path``). The caller closes it."""
+    from personavlm_cli.adapters.image_store import ServerImages
+    from personavlm_cli.adapters.pg_records import PgRecordStore
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.adapters.vectors import VectorIndex
+    from personavlm_cli.core.store import MemoryStore
+
+    global _ENCODER
+    if text_encoder and _ENCODER is None:
+        _ENCODER = TextEncoder()
+    encoder = _ENCODER if text_encoder else None
+    path.mkdir(parents=True, exist_ok=True)
+    return MemoryStore(path, text_encoder=lambda: encoder, image_encoder=lambda: None,
+                       vectors=vectors or (lambda: VectorIndex(path=path / "chroma")),
+                       records=lambda readonly=False: PgRecordStore(database_url, user, readonly=readonly),
+                       images=ServerImages(path / ServerImages.CACHE))
+
+
 # -- memories ----------------------------------------------------------------------------------------------------
 
 
