@@ -1,7 +1,8 @@
 """Recall for answers spread over several moments (issue 31, ``core/links.py``): an inference question
-is answered by its subject's own words (``taste``), turns without content are demoted (``substance``);
-both in the chat's own recall, in ``memory search --explain`` and in ``/why``, and ``eval locomo
---ablate`` reports each. Real store, real MiniLM encoder and Chroma index; a scripted chat model."""
+is answered by its subject's own words (``taste``), turns without content are demoted (``substance``), a
+question for a category's instances looks for their words (``instance``, ``core/kinds.py``); all in the
+chat's own recall, in ``memory search --explain`` and in ``/why``, and ``eval locomo --ablate`` reports
+each. Real store, real MiniLM encoder and Chroma index; a scripted chat model."""
 
 from __future__ import annotations
 
