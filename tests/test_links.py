@@ -1,7 +1,8 @@
 """Recall for answers spread over several moments (issue 31, ``core/links.py``): an inference question
-is answered by its subject's own words (``taste``), turns without content are demoted (``substance``);
-both in the chat's own recall, in ``memory search --explain`` and in ``/why``, and ``eval locomo
---ablate`` reports each. Real store, real MiniLM encoder and Chroma index; a scripted chat model."""
+is answered by its subject's own words (``taste``), turns without content are demoted (``substance``), a
+question for a category's instances looks for their words (``instance``, ``core/kinds.py``); all in the
+chat's own recall, in ``memory search --explain`` and in ``/why``, and ``eval locomo --ablate`` reports
+each. Real store, real MiniLM encoder and Chroma index; a scripted chat model."""
 
 from __future__ import annotations
 
@@ -120,6 +121,65 @@ def test_a_named_speakers_own_words_answer_an_inference_about_them(tmp_path):
     store.close()
 
 
+# --- a category to its instances (core/kinds.py) ---------------------------------------------------
+
+
+@pytest.mark.fast
+def test_which_category_words_ask_for_their_instances():
+    from personavlm_cli.core import kinds
+
+    assert kinds.categories("What sports do I play?", STOP_WORDS) == ["sport"]
+    assert kinds.categories("How many pets does my sister have?", STOP_WORDS) == ["pet"]
+    assert kinds.categories("what kind of music does Ola listen to", STOP_WORDS) == ["music"]
+    assert kinds.categories("What's Tomek\u2019s job?", STOP_WORDS) == ["job"]
+    assert kinds.categories("What is my relationship status?", STOP_WORDS) == ["relationship status"]
+    assert kinds.categories("Which countries and cities have we been to?", STOP_WORDS) == ["country", "city"]
+    # Not a request for instances: a reason, a time, a manner; a hypothetical; a modifier; one named thing.
+    for q in ("Why did I give up sports?", "When did we visit those cities?", "How do I feed the pets?",
+              "Would Ola enjoy sports?", "Where is the sports hall?", "What did Ola say at her job interview?",
+              "What book did Ola lend me?"):
+        assert kinds.categories(q, STOP_WORDS) == [], q
+    words = kinds.instance_words("What sports do I play besides tennis?", STOP_WORDS)
+    assert "swim" in words and "football" in words and "tennis" not in words, "its own words are asked already"
+    assert len(words) <= kinds.MAX_WORDS
+    assert "activity" in kinds.singulars("activities") and "pet" in kinds.singulars("pets")
+
+
+def _sports_store(tmp_path):
+    from tests.kit import fake_store
+
+    store, _ = fake_store(tmp_path / "u")
+    swim = turn("I swim every Tuesday morning at the lido before work.", 0, session="s1")
+    tennis = turn("Tennis with Bo on Sunday, I finally won a set!", 1, session="s2")
+    filler = [turn(text, 10 + i, session=f"f{i}") for i, text in enumerate((
+        "The plumber fixed the kitchen sink this morning.", "My car needs new tyres before winter.",
+        "I finished a novel about a lighthouse keeper.", "The quarterly report is due on Friday.",
+        "Our neighbour's dog barked all night.", "I baked sourdough bread with rye flour."))]
+    store.add([swim, tennis, *filler])
+    return store, swim, tennis
+
+
+@pytest.mark.fast
+def test_a_question_for_a_category_finds_its_instances(tmp_path):
+    """"What sports do I play?" shares no word with "I swim every Tuesday" or "Tennis with Bo": the instance
+    signal finds both, says so in their signals, and is off with its weight at 0. The real SQLite lexical index;
+    no vectors (their stand-in does not rank), so dense is off here."""
+    from personavlm_cli.core.recall import Query, recall
+
+    store, swim, tennis = _sports_store(tmp_path)
+    lexical_only = {"dense": 0.0, "keywords": 0.0}
+    hits = recall(store, Query(text="What sports do I play?"), k=3, weights=lexical_only)
+    assert {h.memory.id for h in hits[:2]} == {swim.id, tennis.id}, [h.memory.text for h in hits]
+    assert all("instance" in h.signals and h.signals["instance"]["rank"] >= 1 for h in hits[:2])
+    without = recall(store, Query(text="What sports do I play?"), k=3, weights={**lexical_only, "instance": 0.0})
+    assert not {h.memory.id for h in without} & {swim.id, tennis.id}, [h.memory.text for h in without]
+    assert all("instance" not in h.signals for h in without)
+    # A question that asks no category's instances gets no instance signal.
+    other = recall(store, Query(text="Why did I give up sports?"), k=3, weights=lexical_only)
+    assert all("instance" not in h.signals for h in other)
+    store.close()
+
+
 # --- the chat's own path --------------------------------------------------------------------------
 
 
@@ -153,10 +213,10 @@ def test_eval_locomo_reports_each_new_signal_ablated(run, tmp_path):
     import json
 
     result = json.loads(out.read_text())
-    assert set(result["ablation"]) == {"taste", "substance"}
+    assert set(result["ablation"]) == {"taste", "substance", "instance"}
     for values in result["ablation"].values():
         assert set(values) == {"overall", "1", "2", "3", "4"}
-    assert "without taste" in r.out and "without substance" in r.out
-    assert all(set(item["without"]) == {"taste", "substance"} for item in result["items"])
+    assert "without taste" in r.out and "without substance" in r.out and "without instance" in r.out
+    assert all(set(item["without"]) == {"taste", "substance", "instance"} for item in result["items"])
     bad = run("eval", "locomo", str(data), "--retrieval-only", "--ablate", "telepathy")
     assert_one_line_error(bad, "telepathy")

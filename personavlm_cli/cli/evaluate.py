@@ -64,7 +64,7 @@ def locomo(
     candidates: Annotated[int | None, typer.Option("--candidates", min=1, help="Candidate pool per signal.")] = None,
     ablate: Annotated[str | None, typer.Option(
         "--ablate", help="Also recall each question without each of these signals, comma-separated (new: the "
-        "signals of core/links.py), and show recall@K per category without each.")] = None,
+        "signals of core/links.py and core/kinds.py), and show recall@K per category without each.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
     gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
     context: Annotated[int | None, typer.Option("--context", help="Context window in tokens.")] = None,

@@ -290,8 +290,8 @@ def rounded(values: dict) -> dict:
 # --- the evaluation -------------------------------------------------------------------------------
 
 EXTRA_KS = (5, 10, 25)
-# The signals of core/links.py (issue 31): `--ablate new` asks each question again without each of them.
-NEW_SIGNALS = ("taste", "substance")
+# The signals of core/links.py and core/kinds.py (issue 31): `--ablate new` asks each question again without each of them.
+NEW_SIGNALS = ("taste", "substance", "instance")
 
 
 def ablations(names: str | None, weights: dict[str, float]) -> dict[str, dict[str, float]]:
