@@ -92,7 +92,8 @@ def _memory(i, text):
 
 
 def _ctx(**kw):
-    return Context(user="ada", now=datetime(2026, 5, 8, 10, 0).astimezone(), message="What is my parrot called?", **kw)
+    kw.setdefault("message", "What is my parrot called?")
+    return Context(user="ada", now=datetime(2026, 5, 8, 10, 0).astimezone(), **kw)
 
 
 def _stage(model, found):
@@ -213,3 +214,42 @@ def test_the_compact_answer_stops_where_the_model_starts_a_new_context_block():
     stage.profile = GenericProfile(style="compact")
     "".join(stage.respond(_ctx(), Reasoning()))
     assert "\nContext:" in model.samplings[-1]["stop"] and "\nQuestion:" in model.samplings[-1]["stop"]
+
+
+def test_the_compact_layout_sends_the_profile_fields_a_message_asks_about_even_when_recall_finds_nothing():
+    """A small model's prompt has no system text: "where do I live?" must still reach the current core
+    profile (the turns that said so may be forgotten or superseded), and only the fields asked about."""
+    core = {"occupation": "teacher", "location": "Marseille", "family": ["sister Ana"], "pets": ["cat Miso"]}
+    model = Scripted(["You live in Marseille and teach."])
+    stage, _ = _stage(model, [[]])
+    stage.profile = GenericProfile(style="compact")
+    r = Reasoning()
+    "".join(stage.respond(_ctx(message="Where do I live and what is my job?", core=core), r))
+    prompt = model.prompts[0][-1]["content"]
+    assert "Profile: occupation: teacher; location: Marseille." in prompt
+    assert "Ana" not in prompt and "Miso" not in prompt
+    assert r.profile == ["occupation: teacher", "location: Marseille"]
+    assert r.to_dict()["profile"] == r.profile
+
+
+@pytest.mark.parametrize("message, expected", [
+    ("How is Ana doing these days?", ["family: sister Ana"]),  # a value the message names
+    ("What do you know about me?", ["occupation: teacher", "location: Marseille", "family: sister Ana"]),
+    ("Suggest a film for tonight.", []),
+    ("What did I cook on Sunday?", []),
+])
+def test_profile_facts_follow_what_the_message_asks(message, expected):
+    from personavlm_cli.core.prompts import profile_facts
+
+    core = {"occupation": "teacher", "location": "Marseille", "family": ["sister Ana"]}
+    assert profile_facts(core, message) == expected
+
+
+def test_the_full_layout_keeps_the_profile_in_the_system_text_only():
+    core = {"location": "Marseille"}
+    model = Scripted(["Marseille."])
+    stage, _ = _stage(model, [[]])
+    r = Reasoning()
+    "".join(stage.respond(_ctx(message="Where do I live?", core=core), r))
+    assert "> location: Marseille" in model.prompts[0][0]["content"]
+    assert "Profile:" not in model.prompts[0][-1]["content"] and r.profile == []

@@ -199,7 +199,8 @@ class ChatSession(SlashCommands):
             err.print(styled(("Background learning stopped with an error (see `personavlm logs`): "
                               + short(closing.error, 200), "yellow")))
         if closing.pending:
-            err.print(f"[dim]{count(closing.pending, 'update')} left to learn from this chat: they run in the "
+            they = "they run" if closing.pending > 1 else "it runs"
+            err.print(f"[dim]{count(closing.pending, 'update')} left to learn from this chat: {they} in the "
                       "background of your next chat, or now with `personavlm memory update`.[/dim]")
 
     # -- messages ---------------------------------------------------------------------------------

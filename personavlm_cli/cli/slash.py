@@ -30,6 +30,7 @@ SLASH_HELP = {
     "/stats": "tokens, speed and context use of the last answer",
     "/help": "this list",
     "/exit": "quit (Ctrl-D also quits)",
+    "/quit": "quit, as /exit",
 }
 
 
@@ -240,6 +241,8 @@ def print_reasoning(ex, console=None) -> None:
     r = ex.reasoning
     if r is None:
         return
+    if getattr(r, "profile", None):
+        console.print(styled(("profile sent with the message:", "dim"), " ", short("; ".join(r.profile), 90)))
     for i, step in enumerate(r.steps, 1):
         window = ""
         if step.start_time or step.end_time:

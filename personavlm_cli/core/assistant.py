@@ -187,7 +187,7 @@ class Assistant:
         sizes: list[int] = []  # tokens of each kept turn, newest first
         for m in reversed(ctx.recent):
             if m.role == "user":
-                n = count(self.profile.user_block(m.text, m.occurred, ctx.recalled_for.get(m.id, []))) + 8
+                n = count(self.profile.user_block(m.text, m.occurred, ctx.recalled_for.get(m.id, []), ctx.core)) + 8
             else:
                 n = count(m.text) + 8
             if room - n < 0:

@@ -78,6 +78,45 @@ def quote(text: str) -> str:
     return "\n".join("> " + line for line in (text or "").splitlines() or [""])
 
 
+# The words that ask for a profile field. The compact layout (small models) has no system text, so the
+# core profile reaches the model only through these: a message that asks where the user lives or what
+# their job is is sent with those fields, whatever recall found (the turns that said so may be gone).
+PROFILE_CUES: dict[str, frozenset[str]] = {
+    "name": frozenset({"name", "called"}),
+    "age": frozenset({"age", "old", "born", "birthday"}),
+    "occupation": frozenset({"job", "jobs", "work", "working", "occupation", "profession", "career", "living",
+                             "employer", "employed"}),
+    "location": frozenset({"live", "lives", "living", "city", "town", "address", "home", "moved", "move", "based"}),
+    "hometown": frozenset({"hometown", "grew", "originally", "born"}),
+    "family": frozenset({"family", "sister", "sisters", "brother", "brothers", "mother", "mom", "mum", "father", "dad",
+                         "parents", "wife", "husband", "partner", "son", "sons", "daughter", "daughters", "kids",
+                         "children", "siblings", "married"}),
+    "pets": frozenset({"pet", "pets", "dog", "dogs", "cat", "cats"}),
+    "languages": frozenset({"language", "languages", "speak", "speaks"}),
+}
+_ALL_OF_ME = re.compile(r"\b(about me|who am i|my profile)\b", re.I)
+_WORD = re.compile(r"[a-z0-9']+")
+_GLUE = frozenset({"the", "and", "for", "with", "her", "his", "our", "who", "old", "years", "year", "was", "are"})
+
+
+def profile_facts(core: dict[str, Any], message: str) -> list[str]:
+    """The core profile's fields a message asks about ("where do I live?" → location), or all of
+    them for "what do you know about me?"; a field whose value the message names counts too."""
+    if not core:
+        return []
+    words = set(_WORD.findall(message.lower()))
+    everything = bool(_ALL_OF_ME.search(message))
+    facts = []
+    for key, value in core.items():
+        shown = ", ".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+        if not shown.strip():
+            continue
+        named = {w for w in _WORD.findall(shown.lower()) if len(w) >= 3} - _GLUE
+        if everything or words & PROFILE_CUES.get(str(key), frozenset()) or words & named:
+            facts.append(f"{key}: {' '.join(shown.split())}")
+    return facts
+
+
 def _compact(m: Memory) -> str:
     text = " ".join((m.text or "").split())
     if m.type == MemoryType.TURN and m.role == "assistant" and not (m.meta or {}).get("speaker"):
@@ -189,12 +228,17 @@ class GenericProfile:
         "Context:"/"Question:" block is inventing a conversation, not answering."""
         return ["\nContext:", "\nQuestion:", "\nMessage:"] if self.style == "compact" else []
 
-    def user_block(self, message: str, at: datetime, recalled: list[Memory]) -> str:
-        """One user message as the model sees it: what was recalled for it, the time, the message."""
+    def user_block(self, message: str, at: datetime, recalled: list[Memory],
+                   core: dict[str, Any] | None = None) -> str:
+        """One user message as the model sees it: what was recalled for it, the time, the message.
+        In the compact layout the core profile's fields it asks about lead its context (``core`` is
+        the session's profile, fixed for a session, so an earlier message is rendered as it was sent)."""
         if self.style == "compact":
-            if not recalled:
+            facts = profile_facts(core or {}, message)
+            if not recalled and not facts:
                 return message
-            context = " ".join(_compact(m) for m in recalled)
+            context = " ".join([*([f"Profile: {'; '.join(facts)}."] if facts else []),
+                                *(_compact(m) for m in recalled)])
             if message.rstrip().endswith("?"):
                 return f"Context: {context}\nQuestion: {message}\nAnswer in one sentence."
             return f"Context: {context}\nMessage: {message}\nReply in one sentence."
@@ -218,7 +262,7 @@ class GenericProfile:
                 continue
             if m.role == "user":
                 msgs.append({"role": "user", "content": self.user_block(m.text, m.occurred,
-                                                                        ctx.recalled_for.get(m.id, []))})
+                                                                        ctx.recalled_for.get(m.id, []), ctx.core)})
             else:
                 msgs.append({"role": "assistant", "content": m.text})
         return msgs
@@ -226,7 +270,7 @@ class GenericProfile:
     def answer_messages(self, ctx: Context, retrieved: list[Memory], search: bool = True) -> list[dict[str, Any]]:
         system = self.system(ctx, search=search)
         return [*([{"role": "system", "content": system}] if system else []), *self._history(ctx),
-                {"role": "user", "content": _user_content(self.user_block(ctx.message, ctx.now, retrieved), ctx)}]
+                {"role": "user", "content": _user_content(self.user_block(ctx.message, ctx.now, retrieved, ctx.core), ctx)}]
 
     def step_messages(self, ctx: Context, retrieved: list[Memory], steps: list[Step]) -> list[dict[str, Any]]:
         tried = "; ".join(f"'{s.keywords}'" for s in steps if s.action == "retrieve") or "none"
@@ -239,7 +283,7 @@ class GenericProfile:
         )
         system = self.system(ctx, search=False) + "\n\n" + instructions
         return [{"role": "system", "content": system}, *self._history(ctx),
-                {"role": "user", "content": self.user_block(ctx.message, ctx.now, retrieved)}]
+                {"role": "user", "content": self.user_block(ctx.message, ctx.now, retrieved, ctx.core)}]
 
     def decide(self, model: ChatModel, ctx: Context, retrieved: list[Memory], steps: list[Step]) -> Step:
         from personavlm_cli.core.errors import PersonaError

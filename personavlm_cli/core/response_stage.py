@@ -30,7 +30,7 @@ from personavlm_cli.core.errors import NoAnswer
 from personavlm_cli.core.learning.grounding import only_asks
 from personavlm_cli.core.memory import Memory, MemoryType
 from personavlm_cli.core.ports import ChatModel
-from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, GenericProfile, Step
+from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, GenericProfile, Step, profile_facts
 from personavlm_cli.core.recall import Hit, Query
 
 MODES = ("retrieve-first", "model-decides", "force")
@@ -49,9 +49,12 @@ class Reasoning:
     hits: dict[str, Hit] = field(default_factory=dict)
     nothing_relevant: list[int] = field(default_factory=list)  # steps (0-based) whose recall found nothing
     # above the relevance floor (core/recall.py FLOOR): their prompt carries no memories rather than noise
+    profile: list[str] = field(default_factory=list)  # the core profile's fields sent with the message
+    # (the compact layout, which has no system text: ``prompts.profile_facts``)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"steps": [s.to_dict() for s in self.steps], "used": [m.id for m in self.used]}
+        return {"steps": [s.to_dict() for s in self.steps], "used": [m.id for m in self.used],
+                **({"profile": list(self.profile)} if self.profile else {})}
 
 
 class ResponseStage:
@@ -80,8 +83,10 @@ class ResponseStage:
             done = self.think(ctx, force_retrieve=False, into=r)
             yield from self.answer(ctx, done, **sampling)
             return
+        compact = self.profile.style == "compact"
+        if compact:
+            r.profile = profile_facts(ctx.core, ctx.message)
         if ctx.has_long_term_memory or mode == "force":
-            compact = self.profile.style == "compact"
             self._search(ctx, r, Step("retrieve", think="recalled up front for the message", keywords=ctx.message,
                                       forced=mode == "force"), k=COMPACT_K if compact else UPFRONT_K,
                          cap=COMPACT_K if compact else MAX_SHOWN)
