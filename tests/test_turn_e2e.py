@@ -317,3 +317,17 @@ def test_a_piped_chat_that_hits_a_full_disk_says_which_lines_were_not_stored(iso
     assert exit_info.value.code == 1
     assert "line 2 not stored: no space left on the memory store" in out.err
     assert calls == ["first line", "second line", "third line"], "the lines after the failed one still ran"
+
+
+def test_a_small_models_prompt_carries_the_profile_it_is_asked_about_and_a_cut_answer_says_so(cli):
+    """The compact layout has no system text: the current profile reaches the model through the message's
+    context ("where do I live?" → location), and an answer cut by model.max_tokens says so."""
+    assert cli("chat", "--at", "2026-05-04 09:00", input="I work as a nurse and I live in Lyon.\n").code == 0
+    assert cli("chat", "--at", "2026-06-04 09:00", input="I moved to Marseille last month.\n").code == 0
+    assert cli("memory", "update").code == 0
+    assert cli("profile", "show", "--json").json()["core"]["location"] == "Marseille"
+    r = cli("chat", "--once", "Where do I live now?", "--show-reasoning", "--at", "2026-06-05 09:00",
+            env={"PERSONAVLM_MODEL_MAX_TOKENS": "3"})
+    assert r.code == 0, r.err
+    assert "profile sent with the message: location: Marseille" in r.err
+    assert "3-token limit" in r.err

@@ -272,10 +272,14 @@ class ChatSession(SlashCommands):
                         else "nothing was stored as an answer")
                 raise AnswerFailed(f"{exc} (your message is kept; {kept})") from None
             else:
-                turn.finish()
+                stats = turn.finish()
                 spinner.stop()
                 self._say(notices)
                 writer.end()
+                limit = self.conversation.sampling.get("max_tokens")
+                if limit and stats is not None and (stats.answer_tokens or 0) >= limit:
+                    err.print(styled((f"(the answer stopped at the {limit}-token limit: model.max_tokens in the "
+                                      "config file, or PERSONAVLM_MODEL_MAX_TOKENS, allows longer ones)", "dim")))
                 self.env.tell_notices()  # the vector server down or back (core/store.py)
             finally:
                 spinner.stop()
