@@ -226,7 +226,7 @@ def test_the_compact_layout_sends_the_profile_fields_a_message_asks_about_even_w
     r = Reasoning()
     "".join(stage.respond(_ctx(message="Where do I live and what is my job?", core=core), r))
     prompt = model.prompts[0][-1]["content"]
-    assert "Profile: occupation: teacher; location: Marseille." in prompt
+    assert "[now] occupation: teacher; location: Marseille." in prompt
     assert "Ana" not in prompt and "Miso" not in prompt
     assert r.profile == ["occupation: teacher", "location: Marseille"]
     assert r.to_dict()["profile"] == r.profile
@@ -252,4 +252,4 @@ def test_the_full_layout_keeps_the_profile_in_the_system_text_only():
     r = Reasoning()
     "".join(stage.respond(_ctx(message="Where do I live?", core=core), r))
     assert "> location: Marseille" in model.prompts[0][0]["content"]
-    assert "Profile:" not in model.prompts[0][-1]["content"] and r.profile == []
+    assert "[now]" not in model.prompts[0][-1]["content"] and r.profile == []

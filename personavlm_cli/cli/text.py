@@ -89,5 +89,9 @@ def console(**kwargs: Any) -> Console:
     """A Rich console that shows text literally: no highlighting, no emoji codes, control characters made
     visible in whatever it renders."""
     console = Console(highlight=False, emoji=False, **kwargs)  # ":smile:" in a memory stays as typed
+    if not console.is_terminal:
+        # Into a pipe or a file, a sentence stays one line (Rich would break it at 80 columns): what a
+        # script greps or a reader's pager wraps is the text as written. Tables keep their layout.
+        console.soft_wrap = True
     console.push_render_hook(_SanitizeHook())
     return console

@@ -237,8 +237,10 @@ class GenericProfile:
             facts = profile_facts(core or {}, message)
             if not recalled and not facts:
                 return message
-            context = " ".join([*([f"Profile: {'; '.join(facts)}."] if facts else []),
-                                *(_compact(m) for m in recalled)])
+            # The profile goes last, next to the question: the current value of what is asked about,
+            # after the memories (which may hold an older one); a small model attends to the end best.
+            context = " ".join([*(_compact(m) for m in recalled),
+                                *([f"[now] {'; '.join(facts)}."] if facts else [])])
             if message.rstrip().endswith("?"):
                 return f"Context: {context}\nQuestion: {message}\nAnswer in one sentence."
             return f"Context: {context}\nMessage: {message}\nReply in one sentence."
