@@ -199,11 +199,14 @@ def doctor(
         if load:
             from personavlm_cli.adapters.llm import ChatModel
 
-            m = ChatModel(path, n_ctx=min(s["model.context"] or 2048, 2048), gpu_layers=s["model.gpu_layers"])
+            check_ctx = min(s["model.context"] or 2048, 2048)  # a light load, to check that it loads
+            m = ChatModel(path, n_ctx=check_ctx, gpu_layers=s["model.gpu_layers"])
             li = m.load_info
             report["gpu layers offloaded"] = f"{li.gpu_layers_offloaded}/{li.total_layers}"
-            report["model load"] = li.summary_line()
+            report["model load"] = li.summary_line() + " (this check's load; a chat's context is below)"
             m.close()
+        report["chat context"] = (f"{s['model.context']} tokens (model.context)" if s["model.context"]
+                                  else "the model's own (model.context 0)")
     except Exception as exc:
         report["model problem"] = str(exc).splitlines()[0]
     weights = s["clip.weights"]
