@@ -290,3 +290,18 @@ def test_eval_personality_on_the_held_out_writers(run, tmp_path):
     assert o["neutral_max_drift"] == 0 and o["greetings_moved"] == 0 and o["negation_right"] == 15
     assert_one_line_error(run("eval", "personality", str(tmp_path / "missing.json")), "cannot read writers")
     assert_one_line_error(run("eval", "personality", "--method", "vibes"), "unknown method")
+
+
+@pytest.mark.parametrize("arg", ["openness=9", "o=0", "extraversion=high", "n=nan"])
+def test_a_personality_override_out_of_range_is_refused_not_clamped(arg):
+    from types import SimpleNamespace
+
+    from personavlm_cli.cli.slash import SlashCommands
+    from personavlm_cli.core.errors import PersonaError
+
+    session = SimpleNamespace(assistant=SimpleNamespace(personality_override=None))
+    with pytest.raises(PersonaError, match="from 1 to 5"):
+        SlashCommands._personality(session, arg)
+    assert session.assistant.personality_override is None
+    SlashCommands._personality(session, "o=4.5 n=1")
+    assert session.assistant.personality_override == {"openness": 4.5, "neuroticism": 1.0}

@@ -206,9 +206,12 @@ class SlashCommands:
             if trait is None or trait not in pem.TRAITS:
                 raise PersonaError(f"unknown trait in '{item}' (use {', '.join(pem.TRAITS)})")
             try:
-                override[trait] = pem.clamp(float(value))
+                number = float(value)
             except ValueError:
-                raise PersonaError(f"'{item}': the value must be a number from 1 to 5") from None
+                number = float("nan")
+            if not 1 <= number <= 5:  # said, not clamped: "openness=9" is a typo, not a 5
+                raise PersonaError(f"'{item}': the value must be a number from 1 to 5")
+            override[trait] = number
         self.assistant.personality_override = override
         err.print("Personality override for the next answer: " + ", ".join(f"{k}={v}" for k, v in override.items()))
 
