@@ -275,15 +275,17 @@ def search(
     piped = not out.is_terminal
     for h in hits:
         m = h.memory
-        mark = (f" past, until {changes.until_text(m)}" if changes.until_text(m)
-                else " what I told you" if changes.is_assistants(m) else "")
+        mark = (f" (past, until {changes.until_text(m)})" if changes.until_text(m)
+                else " (my answer, not your words)" if changes.is_assistants(m) else "")
         if piped:
             print_rows([[m.id, m.type + mark, _when(m), f"{h.score:.4f}", m.text]])
         else:
             print_brief(out, m, f"{m.type} {_when(m)}{mark}", indent="")
         if explain:
             parts = [f"{name} #{s['rank']} ({s['score']})" for name, s in h.signals.items()]
-            out.print(line(("    fused ", "dim"), (f"{h.score:.4f} = {' + '.join(parts)}", "dim")))
+            # Each signal's rank and raw score; the fused score weighs them, scaled to each signal's
+            # best, with the priors (core/recall.py WEIGHTS): not their sum.
+            out.print(line(("    fused ", "dim"), (f"{h.score:.4f} from {', '.join(parts)}", "dim")))
     if not hits:
         err.print("no matching memories: none shares a word with the query or means nearly the same")
 

@@ -141,7 +141,7 @@ def show_text_plan(console, p) -> None:
     console.print(line((f"{count(len(shown), 'memory')} hold '{one_line(p.text)}':", "bold")))
     each(shown, "")
     if p.derived:
-        console.print(line((f"{count(len(p.derived), 'memory')} derived from them go too:", "bold")))
+        console.print(line((f"{count(len(p.derived), 'memory')} derived from them {'go' if len(p.derived) > 1 else 'goes'} too:", "bold")))
         each(p.derived, "")
     cores = [m for m in p.targets if m.type == MemoryType.CORE]
     if cores:
