@@ -138,10 +138,12 @@ def show_text_plan(console, p) -> None:
             console.print(line(("  " + label, "dim")))
 
     shown = [m for m in p.targets if m.type != MemoryType.CORE]
-    console.print(line((f"{count(len(shown), 'memory')} hold '{one_line(p.text)}':", "bold")))
+    hold = "hold" if len(shown) != 1 else "holds"
+    console.print(line((f"{count(len(shown), 'memory')} {hold} '{one_line(p.text)}':", "bold")))
     each(shown, "")
     if p.derived:
-        console.print(line((f"{count(len(p.derived), 'memory')} derived from them {'go' if len(p.derived) > 1 else 'goes'} too:", "bold")))
+        go = "go" if len(p.derived) > 1 else "goes"
+        console.print(line((f"{count(len(p.derived), 'memory')} derived from them {go} too:", "bold")))
         each(p.derived, "")
     cores = [m for m in p.targets if m.type == MemoryType.CORE]
     if cores:
