@@ -73,8 +73,11 @@ def verify(
         else:
             learnt = [MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC, MemoryType.CORE]
             checked = store.records.count(types=learnt, include_superseded=False)
-            if not findings:
-                out.print(f"All {count(checked, 'learnt memory')} are supported by your own words.")
+            if not findings and not checked:
+                out.print("No learnt memories yet: nothing to verify.")
+            elif not findings:
+                said = "The learnt memory is" if checked == 1 else f"All {checked} learnt memories are"
+                out.print(f"{said} supported by your own words.")
             for f in findings:
                 what = f"{f['memory'].id} ({f['field']})" if f["field"] else f["memory"].id
                 out.print(line("  ", what, ": ", short(f["text"], 70), " ", (f"({f['reason']})", "dim")))
