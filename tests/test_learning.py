@@ -253,3 +253,17 @@ def test_the_full_layout_keeps_the_profile_in_the_system_text_only():
     "".join(stage.respond(_ctx(message="Where do I live?", core=core), r))
     assert "> location: Marseille" in model.prompts[0][0]["content"]
     assert "[now]" not in model.prompts[0][-1]["content"] and r.profile == []
+
+
+@pytest.mark.parametrize("reply, shown", [
+    ("Answer: It is Mango.", "It is Mango."),
+    ("A: Mango.", "Mango."),
+    ("A cat named Mango.", "A cat named Mango."),
+    ("Answers vary: Mango.", "Answers vary: Mango."),
+    ("A", "A"),
+])
+def test_a_reply_that_opens_with_the_prompts_answer_label_is_shown_without_it(reply, shown):
+    model = Scripted([reply])
+    stage, _ = _stage(model, [[_memory(1, "My parrot is called Mango")]])
+    stage.profile = GenericProfile(style="compact")
+    assert "".join(stage.respond(_ctx(), Reasoning())).strip() == shown

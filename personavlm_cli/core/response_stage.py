@@ -34,6 +34,9 @@ from personavlm_cli.core.prompts import MAX_RETRIEVALS, SEARCH_MARK, Context, Ge
 from personavlm_cli.core.recall import Hit, Query
 
 MODES = ("retrieve-first", "model-decides", "force")
+# A reply that opens with a label echoes the compact prompt's "Question: … Answer in one sentence.": the
+# label is not part of the answer.
+ANSWER_LABELS = ("ANSWER:", "A:")
 RECALLED_TYPES = (MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL, MemoryType.IMAGE,
                   MemoryType.TURN)
 UPFRONT_K = 10  # memories recalled before the model starts (LoCoMo recall@10: 0.785)
@@ -111,6 +114,13 @@ class ResponseStage:
                     opening += piece
                     head = opening.lstrip()
                     up = head.upper()
+                    label = next((x for x in ANSWER_LABELS if up.startswith(x)), None)
+                    if label is not None:  # "Answer: It is Mango." is the prompt's layout echoed: dropped
+                        opening = head[len(label):]
+                        head = opening.lstrip()
+                        up = head.upper()
+                    elif any(x.startswith(up) and x != up for x in ANSWER_LABELS):
+                        continue
                     if not head or (len(up) < len(SEARCH_MARK) and SEARCH_MARK.startswith(up)):
                         continue
                     if up.startswith(SEARCH_MARK):
