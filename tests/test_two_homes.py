@@ -222,6 +222,52 @@ def test_contract_lexical_ranks_and_filters_alike(make_records):
     assert [i for i, _ in r.lexical("miso", 10, include_superseded=True)] == ["sem_1"]
 
 
+_BM25_TEXTS = [("m1", "I walked the dog in the park with my sister, and the dog was happy"),
+               ("m2", "The dog is a good dog"), ("m3", "Park benches and a dog bowl"),
+               ("m4", "My sister walks every morning before work"), ("m5", "Nothing to see here at all")]
+
+
+def _bm25_scores(records) -> dict[str, float]:
+    with records.transaction():
+        records.insert([_mem(mid, text, n + 1) for n, (mid, text) in enumerate(_BM25_TEXTS)])
+    return dict(records.lexical("dog park sister", 10))
+
+
+def test_server_bm25_scores_are_fts5_scores_and_an_older_schema_is_upgraded(tmp_path, postgres):
+    """PostgreSQL's BM25 gives FTS5's scores (document length in words, stop words included), so the
+    server store ranks as the embedded one does; a schema written before (lengths in lexemes) is upgraded
+    at its first writable open."""
+    from personavlm_cli.adapters.pg_records import PgRecordStore
+    from personavlm_cli.adapters.records import RecordStore
+
+    (tmp_path / "u").mkdir()
+    sqlite = RecordStore(tmp_path / "u")
+    expected = _bm25_scores(sqlite)
+    sqlite.close()
+    assert len(expected) == 4 and len(set(round(v, 6) for v in expected.values())) == 4
+    user = "b" + uuid.uuid4().hex[:10]
+    r = PgRecordStore(postgres.url, user)
+    got = _bm25_scores(r)
+    assert got.keys() == expected.keys() and all(abs(got[i] - expected[i]) < 1e-6 for i in expected), (got, expected)
+    # The schema as it was: lengths counted in distinct lexemes without the stop words, no marker.
+    with r.transaction():
+        r.db.execute("ALTER TABLE memories DROP COLUMN text_len, DROP COLUMN kw_len")
+        r.db.execute("ALTER TABLE memories ADD COLUMN text_len INTEGER GENERATED ALWAYS AS "
+                     "(length(to_tsvector('english'::regconfig, text))) STORED, ADD COLUMN kw_len INTEGER "
+                     "GENERATED ALWAYS AS (length(to_tsvector('english'::regconfig, keywords))) STORED")
+        r.db.execute("UPDATE lexstats SET a_sum = (SELECT sum(text_len) FROM memories)")
+        r.db.execute("DELETE FROM meta WHERE key = 'lexical_lengths'")
+    old = dict(r.lexical("dog park sister", 10))
+    assert any(abs(old[i] - expected[i]) > 1e-3 for i in expected)  # the ranking this upgrade fixes
+    r.close()
+    PgRecordStore(postgres.url, user, readonly=True).close()  # a reader does not write
+    r = PgRecordStore(postgres.url, user)
+    again = dict(r.lexical("dog park sister", 10))
+    assert all(abs(again[i] - expected[i]) < 1e-6 for i in expected), (again, expected)
+    assert r.get_meta("lexical_lengths") == "words"
+    r.close()
+
+
 def test_contract_delete_compact_jobs_audit_personality_meta_alike(make_records):
     r = make_records()
     with r.transaction():

@@ -36,6 +36,8 @@ from typing import Any
 
 from personavlm_cli.adapters.pg_link import RETRY_S, Link, idempotent, server_disk_full
 from personavlm_cli.adapters.pg_schema import (
+    LENGTHS_KEY,
+    LENGTHS_UPGRADE,
     PARTITIONS,
     SMALL_TABLES,
     advisory_key,
@@ -231,8 +233,14 @@ class PgRecordStore(SqlRecords):
             self.db.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(ident))
             self.db.execute(sql.SQL("SET LOCAL search_path TO {}").format(ident))
             if self._check_version() >= 1:
+                if self.db.execute("SELECT 1 FROM meta WHERE key=%s", (LENGTHS_KEY,)).fetchone() is None:
+                    for statement in LENGTHS_UPGRADE:
+                        self.db.execute(statement)
+                    self.db.execute("INSERT INTO meta VALUES(%s, %s)", (LENGTHS_KEY, json.dumps("words")))
                 return
             create_tables(self.db.execute)
+            self.db.execute("INSERT INTO meta VALUES(%s, %s) ON CONFLICT (key) DO NOTHING",
+                            (LENGTHS_KEY, json.dumps("words")))
             self.db.execute("INSERT INTO meta VALUES('format_version', %s) ON CONFLICT (key) DO UPDATE "
                             "SET value=EXCLUDED.value", (str(FORMAT_VERSION),))
             self.db.execute("INSERT INTO meta VALUES('created_at', %s) ON CONFLICT (key) DO NOTHING",

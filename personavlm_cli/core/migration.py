@@ -26,8 +26,10 @@ from personavlm_cli.core.store import IMAGES, TEXT, MemoryStore
 if TYPE_CHECKING:
     from personavlm_cli.core.ports import RecordStore
 
-# Meta keys that describe one store, not the user's memory: never copied.
-LOCAL_META = {"format_version", "created_at", "compact_pending", "migration", "owner"}
+# Meta keys that describe one store, not the user's memory: never copied (``compact_parts`` and
+# ``lexical_lengths`` are the PostgreSQL store's: which partitions to rewrite, how BM25 counts lengths).
+LOCAL_META = {"format_version", "created_at", "compact_pending", "compact_parts", "migration", "owner",
+              "lexical_lengths"}
 # Pending work that names the source's own vectors: meaningless in the target (its vectors are made anew).
 LOCAL_JOBS = {"vector_delete"}
 
