@@ -121,6 +121,63 @@ def test_a_named_speakers_own_words_answer_an_inference_about_them(tmp_path):
     store.close()
 
 
+@pytest.mark.fast
+def test_which_questions_ask_for_a_judgement_of_a_named_subject():
+    """``topic``'s rules: a hypothetical ("would", "likely"), not "what kind of X did they ..." (a fact); the
+    subject is a speaker the store's turns name, and the question is asked again without the name."""
+    for q in ("Would Dana enjoy a jazz night out?", "Is Ola likely to move abroad?", "What might Jon say about it?"):
+        assert links.is_hypothetical(q), q
+    for q in ("What kind of dance did Gina's team perform?", "Does Dana prefer tea?", "What did Dana enjoy?"):
+        assert not links.is_hypothetical(q), q
+    dana = turn("Dana: I like tea.", 0, speaker="Dana Kowalska")
+    words = {"would", "dana", "enjoy", "jazz"}
+    assert links.subject([turn("I like tea.", 1), dana], words) == "Dana Kowalska"
+    assert links.subject([turn("I like tea.", 1)], words) is None, "the chat's own turns name no speaker"
+    assert links.without_subject("What would Dana\u2019s political leaning likely be?", "Dana") \
+        == "What would political leaning likely be?"
+    assert links.without_subject("Would Dana Kowalska enjoy jazz?", "Dana Kowalska") == "Would enjoy jazz?"
+
+
+@pytest.mark.fast
+def test_a_hypothetical_about_a_named_speaker_is_asked_of_their_turns_without_their_name(tmp_path):
+    """Every turn of Dana's names her, so her name weighs as much as "jazz" in the question's vector, and Sam's
+    concert shares two of its words: asked without her name, of her own turns, the one about Coltrane and Miles
+    Davis (no word shared) comes first."""
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.core.recall import Query, recall
+
+    store = temporary_store(tmp_path / "u", TextEncoder())
+    answer = turn("Dana: I've had Coltrane and Miles Davis records on repeat since college, saxophone solos make "
+                  "my week.", 0, speaker="Dana", session="a")
+    dana = [turn(f"Dana: {text}", 1 + i, speaker="Dana", session=f"d{i}") for i, text in enumerate((
+        "I spent the whole weekend repainting my kitchen cabinets a bright sunny yellow colour.",
+        "My sister and her twins are visiting next month, I am planning a picnic by the lake.",
+        "I finally fixed the flat tyre on my old bike and rode it to the office.",
+        "My manager moved our project deadline again, so I worked late three nights in a row.",
+        "I planted tomatoes and basil in my garden, and the tomatoes are finally turning red.",
+        "I signed up for a pottery class on Thursday evenings with my cousin.",
+        "My grandmother taught me her dumpling recipe, I made forty of them yesterday.",
+        "I ran my first half marathon in the rain and finished under two hours.",
+        "We drove up the coast to see the lighthouse, my dog loved the beach."))]
+    sam = [turn(f"Sam: {text}", 20 + i, role="assistant", speaker="Sam", session=f"s{i}") for i, text in enumerate((
+        "I went to a concert last night, the band was loud.", "Would you enjoy coming along next time, Dana?"))]
+    store.add([answer, *dana, *sam])
+    question = Query(text="Would Dana enjoy a jazz concert?")
+    hits = recall(store, question, k=3)
+    assert hits[0].memory.id == answer.id and "topic" in hits[0].signals, [h.memory.text for h in hits]
+    assert all(h.memory.meta["speaker"] == "Dana" for h in hits if "topic" in h.signals), "her turns only"
+    plain = recall(store, question, k=3, weights={"topic": 0.0})
+    assert plain[0].memory.id != answer.id and all("topic" not in h.signals for h in plain)
+    # A question for a fact ("what kind of ... did") is not a judgement: no topic query.
+    assert all("topic" not in h.signals for h in recall(store, Query(text="What kind of music did Dana play?"), k=3))
+    store.close()
+    # In chat the turns name no speaker: the topic query never runs.
+    chat = temporary_store(tmp_path / "chat", TextEncoder())
+    chat.add([turn("I've had Coltrane records on repeat since college.", 0), turn("Dana called about dinner.", 1)])
+    assert all("topic" not in h.signals for h in recall(chat, Query(text="Would Dana enjoy a jazz night out?"), k=3))
+    chat.close()
+
+
 # --- a category to its instances (core/kinds.py) ---------------------------------------------------
 
 
@@ -213,10 +270,11 @@ def test_eval_locomo_reports_each_new_signal_ablated(run, tmp_path):
     import json
 
     result = json.loads(out.read_text())
-    assert set(result["ablation"]) == {"taste", "substance", "instance"}
+    assert set(result["ablation"]) == {"taste", "substance", "instance", "topic"}
     for values in result["ablation"].values():
         assert set(values) == {"overall", "1", "2", "3", "4"}
     assert "without taste" in r.out and "without substance" in r.out and "without instance" in r.out
-    assert all(set(item["without"]) == {"taste", "substance", "instance"} for item in result["items"])
+    assert "without topic" in r.out
+    assert all(set(item["without"]) == {"taste", "substance", "instance", "topic"} for item in result["items"])
     bad = run("eval", "locomo", str(data), "--retrieval-only", "--ablate", "telepathy")
     assert_one_line_error(bad, "telepathy")
