@@ -237,6 +237,67 @@ def test_a_question_for_a_category_finds_its_instances(tmp_path):
     store.close()
 
 
+@pytest.mark.fast
+def test_who_questions_symbols_and_the_head_of_a_question():
+    """The rules added for multi-hop: a who-question about someone asks for the people in their life; symbols are a
+    category; a plural category word asks for its instances in the question's head, not after its verb; the general
+    words for what one goes to come first among the events' (within MAX_WORDS)."""
+    from personavlm_cli.core import kinds
+
+    assert kinds.categories("Who did I go to the concert with?", STOP_WORDS) == ["people"]
+    assert kinds.categories("Who helped her move house?", STOP_WORDS) == ["people"]
+    assert kinds.categories("Who wrote Pride and Prejudice?", STOP_WORDS) == [], "no one's life: no pronoun"
+    assert kinds.categories("Who would I ask for help?", STOP_WORDS) == [], "a hypothetical: taste's question"
+    assert kinds.categories("Which symbols does Ola wear?", STOP_WORDS) == ["symbol"]
+    assert kinds.categories("What are my hobbies?", STOP_WORDS) == ["hobby"]
+    assert kinds.categories("How many children does Bo have?", STOP_WORDS) == ["child"]
+    # After the question's verb a plural is what the question is about, not what it asks for.
+    assert kinds.categories("What did I buy for the kids?", STOP_WORDS) == []
+    assert kinds.categories("What events has Ola joined to help children?", STOP_WORDS) == ["event"]
+    assert kinds.categories("What do Ola's kids like?", STOP_WORDS) == ["kid"], "a possessive asks anywhere"
+    events = kinds.instance_words("Which events did I go to?", STOP_WORDS)
+    assert {"talk", "workshop", "class", "meeting", "group"} <= set(events)
+    assert {"tattoo", "cross", "rainbow"} <= set(kinds.instance_words("Which symbols do I wear?", STOP_WORDS))
+
+
+def _life_store(tmp_path):
+    from tests.kit import fake_store
+
+    store, _ = fake_store(tmp_path / "u")
+    texts = {
+        "mentor": "My sister and my old coach were there for me the whole time.",
+        "talk": "I gave a talk at the library about living with diabetes.",
+        "workshop": "Last month I ran a workshop for new volunteers at the shelter.",
+        "tattoo": "The tattoo on my wrist is a compass, so I never lose my way.",
+        "filler": "The plumber fixed the kitchen sink this morning.",
+    }
+    memories = {key: turn(text, i, session=f"s{i}") for i, (key, text) in enumerate(texts.items())}
+    filler = [turn(text, 10 + i, session=f"f{i}") for i, text in enumerate((
+        "My car needs new tyres before winter.", "I finished a novel about a lighthouse keeper.",
+        "The quarterly report is due on Friday.", "I baked sourdough bread with rye flour."))]
+    store.add([*memories.values(), *filler])
+    return store, {key: m.id for key, m in memories.items()}
+
+
+@pytest.mark.fast
+def test_who_events_and_symbols_find_turns_that_share_no_word_with_the_question(tmp_path):
+    """Held-out sentences of my own: each question shares no content word with its answer; the instance query
+    finds it, and without the signal it is not found. Lexical only (the vectors' stand-in does not rank)."""
+    from personavlm_cli.core.recall import Query, recall
+
+    store, ids = _life_store(tmp_path)
+    lexical_only = {"dense": 0.0, "keywords": 0.0}
+    for question, wanted in (("Who stood by me when I was ill?", {"mentor"}),
+                             ("Which events have I organised or spoken at?", {"talk", "workshop"}),
+                             ("What symbols do I carry with me?", {"tattoo"})):
+        found = [h.memory.id for h in recall(store, Query(text=question), k=3, weights=lexical_only)]
+        assert {ids[w] for w in wanted} <= set(found), (question, found)
+        without = [h.memory.id for h in recall(store, Query(text=question), k=3,
+                                               weights={**lexical_only, "instance": 0.0})]
+        assert not {ids[w] for w in wanted} & set(without), (question, without)
+    store.close()
+
+
 # --- the chat's own path --------------------------------------------------------------------------
 
 

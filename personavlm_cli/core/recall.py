@@ -56,7 +56,7 @@ if TYPE_CHECKING:
 # the share of the neighbours' lexical score carried over (1.0 = NEIGHBOURS as they are).
 WEIGHTS = {"dense": 0.3, "keywords": 0.15, "lexical": 0.7, "image": 0.5, "context": 1.0, "speaker": 0.3,
            "date": 0.2, "image_text": 0.5, "taste": 0.3, "substance": 0.2,  # these two: core/links.py
-           "instance": 0.7,  # core/kinds.py: a category's instances, a second lexical query
+           "instance": 1.0,  # core/kinds.py: a category's instances, a second lexical query
            "topic": 0.2}  # an inference question's subject: their own turns, by the question without their name
 # CLIP's cosine of words and an image they do not describe is about 0.1-0.2, of a caption and its
 # image about 0.3: below this an image is not a match for the words, only the least bad one.
