@@ -12,11 +12,14 @@ words of their instances. What that finds is the ``instance`` signal: fused with
 A category word counts only where the question asks for its instances (``categories``): a question for
 things (not "why", "when" or "how", but "how many"), not a hypothetical ("would", "likely", "might",
 "could": a judgement from what its subject said, ``taste``'s job in ``core/links.py``), the word plural
-("what sports", "how many children"), after "kind of"/"type of", or after a possessive ("my job",
-"Caroline's identity"), and not a modifier of the next word ("her clothing store", "a career path").
-Rules only, no model call. Measured on LoCoMo's development split (docs/benchmarks.md, "Recall for
-answers spread over several moments"): multi-hop recall@10 0.494 → 0.583, nothing lost elsewhere; the
-store's own words nearest a category word by MiniLM were measured too and are not here.
+in the question's head, before its first auxiliary verb ("what sports do ...", "how many children does ...";
+not "what did I buy for the kids?"), after "kind of"/"type of", or after a possessive ("my job",
+"Caroline's identity"), and not a modifier of the next word ("her clothing store", "a career path"). A
+who-question about someone (with a pronoun: "who supports her?", "who did I go with?") asks for the
+category of the people in one's life. Rules only, no model call. Measured on LoCoMo's development split
+(docs/benchmarks.md, "Recall for answers spread over several moments"): multi-hop recall@10 0.494 → 0.622,
+nothing lost elsewhere; the store's own words nearest a category word by MiniLM were measured too and are
+not here.
 """
 
 from __future__ import annotations

@@ -31,8 +31,9 @@ in chat it never runs.
 
 On LoCoMo's development split (docs/benchmarks.md) recall@10 goes from 0.57 with plain
 reciprocal-rank fusion (``fusion="rrf"``, kept as the baseline) to 0.785, 0.804 with ``taste`` and
-``substance``, 0.821 with ``instance``, and 0.833 with ``topic`` (open-domain 0.591 → 0.818); at 10k memories
-a recall takes about 30 ms on two CPU cores, the query's embedding included.
+``substance``, 0.821 with ``instance``, and 0.839 with ``topic`` and the wider lexicon of ``core/kinds.py``
+(open-domain 0.591 → 0.818, multi-hop 0.591 → 0.622); at 10k memories a recall takes about 30 ms on two CPU
+cores, the query's embedding included.
 """
 
 from __future__ import annotations
@@ -214,7 +215,7 @@ def _topic(store: MemoryStore, q: Query, text: str, rankings: dict[str, list[tup
     rest = links.without_subject(text, speaker) if speaker else ""
     if not speaker or not query_terms(rest):
         return []
-    found = _vector_search(store, TEXT, store.text_encoder.embed([rest])[0], pool * 2, q, where)
+    found = _vector_search(store, TEXT, store.text_encoder.embed([rest])[0], pool, q, where)
     # Their turns that speak mostly of themselves (taste's share: "I love ..." and not "you must love ...").
     theirs = {m.id for m in store.records.get_many([i for i, _ in found]) if m.type == MemoryType.TURN
               and (m.meta or {}).get("speaker") == speaker and links.first_person(m) >= TOPIC_FIRST_PERSON}
