@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 WEIGHTS = {"dense": 0.3, "keywords": 0.15, "lexical": 0.7, "image": 0.5, "context": 1.0, "speaker": 0.3,
            "date": 0.2, "image_text": 0.5, "taste": 0.3, "substance": 0.2,  # these two: core/links.py
            "instance": 1.0,  # core/kinds.py: a category's instances, a second lexical query
-           "topic": 0.2}  # an inference question's subject: their own turns, by the question without their name
+           "topic": 0.2}  # a hypothetical's named speaker: their own turns, by the question without their name
 # CLIP's cosine of words and an image they do not describe is about 0.1-0.2, of a caption and its
 # image about 0.3: below this an image is not a match for the words, only the least bad one.
 IMAGE_TEXT_FLOOR = 0.2
@@ -226,6 +226,7 @@ def relevant(signals: dict[str, dict[str, float]], floor: float = FLOOR) -> bool
     """Is a candidate with these signals above the relevance floor (see FLOOR)?"""
     if "image" in signals:
         return True
+    # topic's cosine counts as the query's: it is the same question, less the name of the speaker it is about.
     scores = [signals[name]["score"] for name in ("dense", "keywords", "topic") if name in signals]
     cosine = max(scores) if scores else None
     if cosine is not None and cosine >= floor:
