@@ -121,6 +121,63 @@ def test_a_named_speakers_own_words_answer_an_inference_about_them(tmp_path):
     store.close()
 
 
+@pytest.mark.fast
+def test_which_questions_ask_for_a_judgement_of_a_named_subject():
+    """``topic``'s rules: a hypothetical ("would", "likely"), not "what kind of X did they ..." (a fact); the
+    subject is a speaker the store's turns name, and the question is asked again without the name."""
+    for q in ("Would Dana enjoy a jazz night out?", "Is Ola likely to move abroad?", "What might Jon say about it?"):
+        assert links.is_hypothetical(q), q
+    for q in ("What kind of dance did Gina's team perform?", "Does Dana prefer tea?", "What did Dana enjoy?"):
+        assert not links.is_hypothetical(q), q
+    dana = turn("Dana: I like tea.", 0, speaker="Dana Kowalska")
+    words = {"would", "dana", "enjoy", "jazz"}
+    assert links.subject([turn("I like tea.", 1), dana], words) == "Dana Kowalska"
+    assert links.subject([turn("I like tea.", 1)], words) is None, "the chat's own turns name no speaker"
+    assert links.without_subject("What would Dana\u2019s political leaning likely be?", "Dana") \
+        == "What would political leaning likely be?"
+    assert links.without_subject("Would Dana Kowalska enjoy jazz?", "Dana Kowalska") == "Would enjoy jazz?"
+
+
+@pytest.mark.fast
+def test_a_hypothetical_about_a_named_speaker_is_asked_of_their_turns_without_their_name(tmp_path):
+    """Every turn of Dana's names her, so her name weighs as much as "jazz" in the question's vector, and Sam's
+    concert shares two of its words: asked without her name, of her own turns, the one about Coltrane and Miles
+    Davis (no word shared) comes first."""
+    from personavlm_cli.adapters.text_encoder import TextEncoder
+    from personavlm_cli.core.recall import Query, recall
+
+    store = temporary_store(tmp_path / "u", TextEncoder())
+    answer = turn("Dana: I've had Coltrane and Miles Davis records on repeat since college, saxophone solos make "
+                  "my week.", 0, speaker="Dana", session="a")
+    dana = [turn(f"Dana: {text}", 1 + i, speaker="Dana", session=f"d{i}") for i, text in enumerate((
+        "I spent the whole weekend repainting my kitchen cabinets a bright sunny yellow colour.",
+        "My sister and her twins are visiting next month, I am planning a picnic by the lake.",
+        "I finally fixed the flat tyre on my old bike and rode it to the office.",
+        "My manager moved our project deadline again, so I worked late three nights in a row.",
+        "I planted tomatoes and basil in my garden, and the tomatoes are finally turning red.",
+        "I signed up for a pottery class on Thursday evenings with my cousin.",
+        "My grandmother taught me her dumpling recipe, I made forty of them yesterday.",
+        "I ran my first half marathon in the rain and finished under two hours.",
+        "We drove up the coast to see the lighthouse, my dog loved the beach."))]
+    sam = [turn(f"Sam: {text}", 20 + i, role="assistant", speaker="Sam", session=f"s{i}") for i, text in enumerate((
+        "I went to a concert last night, the band was loud.", "Would you enjoy coming along next time, Dana?"))]
+    store.add([answer, *dana, *sam])
+    question = Query(text="Would Dana enjoy a jazz concert?")
+    hits = recall(store, question, k=3)
+    assert hits[0].memory.id == answer.id and "topic" in hits[0].signals, [h.memory.text for h in hits]
+    assert all(h.memory.meta["speaker"] == "Dana" for h in hits if "topic" in h.signals), "her turns only"
+    plain = recall(store, question, k=3, weights={"topic": 0.0})
+    assert plain[0].memory.id != answer.id and all("topic" not in h.signals for h in plain)
+    # A question for a fact ("what kind of ... did") is not a judgement: no topic query.
+    assert all("topic" not in h.signals for h in recall(store, Query(text="What kind of music did Dana play?"), k=3))
+    store.close()
+    # In chat the turns name no speaker: the topic query never runs.
+    chat = temporary_store(tmp_path / "chat", TextEncoder())
+    chat.add([turn("I've had Coltrane records on repeat since college.", 0), turn("Dana called about dinner.", 1)])
+    assert all("topic" not in h.signals for h in recall(chat, Query(text="Would Dana enjoy a jazz night out?"), k=3))
+    chat.close()
+
+
 # --- a category to its instances (core/kinds.py) ---------------------------------------------------
 
 
@@ -180,6 +237,67 @@ def test_a_question_for_a_category_finds_its_instances(tmp_path):
     store.close()
 
 
+@pytest.mark.fast
+def test_who_questions_symbols_and_the_head_of_a_question():
+    """The rules added for multi-hop: a who-question about someone asks for the people in their life; symbols are a
+    category; a plural category word asks for its instances in the question's head, not after its verb; the general
+    words for what one goes to come first among the events' (within MAX_WORDS)."""
+    from personavlm_cli.core import kinds
+
+    assert kinds.categories("Who did I go to the concert with?", STOP_WORDS) == ["people"]
+    assert kinds.categories("Who helped her move house?", STOP_WORDS) == ["people"]
+    assert kinds.categories("Who wrote Pride and Prejudice?", STOP_WORDS) == [], "no one's life: no pronoun"
+    assert kinds.categories("Who would I ask for help?", STOP_WORDS) == [], "a hypothetical: taste's question"
+    assert kinds.categories("Which symbols does Ola wear?", STOP_WORDS) == ["symbol"]
+    assert kinds.categories("What are my hobbies?", STOP_WORDS) == ["hobby"]
+    assert kinds.categories("How many children does Bo have?", STOP_WORDS) == ["child"]
+    # After the question's verb a plural is what the question is about, not what it asks for.
+    assert kinds.categories("What did I buy for the kids?", STOP_WORDS) == []
+    assert kinds.categories("What events has Ola joined to help children?", STOP_WORDS) == ["event"]
+    assert kinds.categories("What do Ola's kids like?", STOP_WORDS) == ["kid"], "a possessive asks anywhere"
+    events = kinds.instance_words("Which events did I go to?", STOP_WORDS)
+    assert {"talk", "workshop", "class", "meeting", "group"} <= set(events)
+    assert {"tattoo", "cross", "rainbow"} <= set(kinds.instance_words("Which symbols do I wear?", STOP_WORDS))
+
+
+def _life_store(tmp_path):
+    from tests.kit import fake_store
+
+    store, _ = fake_store(tmp_path / "u")
+    texts = {
+        "mentor": "My sister and my old coach were there for me the whole time.",
+        "talk": "I gave a talk at the library about living with diabetes.",
+        "workshop": "Last month I ran a workshop for new volunteers at the shelter.",
+        "tattoo": "The tattoo on my wrist is a compass, so I never lose my way.",
+        "filler": "The plumber fixed the kitchen sink this morning.",
+    }
+    memories = {key: turn(text, i, session=f"s{i}") for i, (key, text) in enumerate(texts.items())}
+    filler = [turn(text, 10 + i, session=f"f{i}") for i, text in enumerate((
+        "My car needs new tyres before winter.", "I finished a novel about a lighthouse keeper.",
+        "The quarterly report is due on Friday.", "I baked sourdough bread with rye flour."))]
+    store.add([*memories.values(), *filler])
+    return store, {key: m.id for key, m in memories.items()}
+
+
+@pytest.mark.fast
+def test_who_events_and_symbols_find_turns_that_share_no_word_with_the_question(tmp_path):
+    """Held-out sentences of my own: each question shares no content word with its answer; the instance query
+    finds it, and without the signal it is not found. Lexical only (the vectors' stand-in does not rank)."""
+    from personavlm_cli.core.recall import Query, recall
+
+    store, ids = _life_store(tmp_path)
+    lexical_only = {"dense": 0.0, "keywords": 0.0}
+    for question, wanted in (("Who stood by me when I was ill?", {"mentor"}),
+                             ("Which events have I organised or spoken at?", {"talk", "workshop"}),
+                             ("What symbols do I carry with me?", {"tattoo"})):
+        found = [h.memory.id for h in recall(store, Query(text=question), k=3, weights=lexical_only)]
+        assert {ids[w] for w in wanted} <= set(found), (question, found)
+        without = [h.memory.id for h in recall(store, Query(text=question), k=3,
+                                               weights={**lexical_only, "instance": 0.0})]
+        assert not {ids[w] for w in wanted} & set(without), (question, without)
+    store.close()
+
+
 # --- the chat's own path --------------------------------------------------------------------------
 
 
@@ -213,10 +331,11 @@ def test_eval_locomo_reports_each_new_signal_ablated(run, tmp_path):
     import json
 
     result = json.loads(out.read_text())
-    assert set(result["ablation"]) == {"taste", "substance", "instance"}
+    assert set(result["ablation"]) == {"taste", "substance", "instance", "topic"}
     for values in result["ablation"].values():
         assert set(values) == {"overall", "1", "2", "3", "4"}
     assert "without taste" in r.out and "without substance" in r.out and "without instance" in r.out
-    assert all(set(item["without"]) == {"taste", "substance", "instance"} for item in result["items"])
+    assert "without topic" in r.out
+    assert all(set(item["without"]) == {"taste", "substance", "instance", "topic"} for item in result["items"])
     bad = run("eval", "locomo", str(data), "--retrieval-only", "--ablate", "telepathy")
     assert_one_line_error(bad, "telepathy")

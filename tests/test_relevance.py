@@ -103,5 +103,6 @@ def test_the_floor_costs_no_recall_at_10_on_the_locomo_dev_split(tmp_path):
     # "Which city have both Jean and John visited?" finds D15:1 ninth without the floor, by a cosine of 0.18
     # and no shared word, among candidates of the same kind: what the floor is there to drop.
     assert sum(with_floor) >= sum(without) - 0.5, "the floor costs at most one evidence turn"
-    # 0.804 with taste and substance, 0.822 with instance (core/kinds.py: docs/benchmarks.md).
-    assert round(sum(with_floor) / len(with_floor), 3) >= 0.822 and empty == 0
+    # 0.804 with taste and substance, 0.822 with instance (core/kinds.py), 0.839 with topic and the second round
+    # of the lexicon (docs/benchmarks.md).
+    assert round(sum(with_floor) / len(with_floor), 3) >= 0.839 and empty == 0

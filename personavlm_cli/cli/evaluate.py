@@ -56,7 +56,7 @@ def locomo(
         "--json", help="Also write the results as JSON to this file.")] = None,
     signals: Annotated[str | None, typer.Option(
         "--signals", help="Use only these recall signals, comma-separated (dense, keywords, lexical, context, "
-        "speaker, date, image, taste, substance); default: all.")] = None,
+        "speaker, date, image, taste, substance, instance, topic); default: all.")] = None,
     weight: Annotated[list[str] | None, typer.Option(
         "--weight", help="Override one signal's weight, NAME=NUMBER (repeatable).")] = None,
     fusion: Annotated[str, typer.Option("--fusion", help="score (normalised scores, the default) or rrf (the "
@@ -64,7 +64,7 @@ def locomo(
     candidates: Annotated[int | None, typer.Option("--candidates", min=1, help="Candidate pool per signal.")] = None,
     ablate: Annotated[str | None, typer.Option(
         "--ablate", help="Also recall each question without each of these signals, comma-separated (new: the "
-        "signals of core/links.py and core/kinds.py), and show recall@K per category without each.")] = None,
+        "signals of core/links.py and core/kinds.py, and topic), and show recall@K per category without each.")] = None,
     model: Annotated[str | None, typer.Option("--model", "-m", help="GGUF file or registered model name.")] = None,
     gpu_layers: Annotated[str | None, typer.Option("--gpu-layers", help="auto, all or a number.")] = None,
     context: Annotated[int | None, typer.Option("--context", help="Context window in tokens.")] = None,

@@ -12,11 +12,14 @@ words of their instances. What that finds is the ``instance`` signal: fused with
 A category word counts only where the question asks for its instances (``categories``): a question for
 things (not "why", "when" or "how", but "how many"), not a hypothetical ("would", "likely", "might",
 "could": a judgement from what its subject said, ``taste``'s job in ``core/links.py``), the word plural
-("what sports", "how many children"), after "kind of"/"type of", or after a possessive ("my job",
-"Caroline's identity"), and not a modifier of the next word ("her clothing store", "a career path").
-Rules only, no model call. Measured on LoCoMo's development split (docs/benchmarks.md, "Recall for
-answers spread over several moments"): multi-hop recall@10 0.494 → 0.583, nothing lost elsewhere; the
-store's own words nearest a category word by MiniLM were measured too and are not here.
+in the question's head, before its first auxiliary verb ("what sports do ...", "how many children does ...";
+not "what did I buy for the kids?"), after "kind of"/"type of", or after a possessive ("my job",
+"Caroline's identity"), and not a modifier of the next word ("her clothing store", "a career path"). A
+who-question about someone (with a pronoun: "who supports her?", "who did I go with?") asks for the
+category of the people in one's life. Rules only, no model call. Measured on LoCoMo's development split
+(docs/benchmarks.md, "Recall for answers spread over several moments"): multi-hop recall@10 0.494 → 0.622,
+nothing lost elsewhere; the store's own words nearest a category word by MiniLM were measured too and are
+not here.
 """
 
 from __future__ import annotations
@@ -40,6 +43,18 @@ _NOT_THINGS = frozenset(["why", "when", "how"])  # a reason, a time, a manner
 _THINGS = frozenset(["what", "which", "who", "whom", "whose", "where"])
 _HYPOTHETICAL = frozenset(["would", "likely", "might", "could"])  # "would I enjoy sports?": taste's question
 _COUNT = frozenset(["many", "much", "often"])  # "how many": things again
+# "Who supports her?", "who did I go with?": a who-question about someone (a pronoun, a possessive pronoun) asks
+# for a person in their life: the category of such people.
+_WHO = frozenset(["who", "whom"])
+_PERSONAL = frozenset(["i", "me", "my", "you", "your", "he", "him", "his", "she", "her", "hers", "we", "us", "our",
+                       "they", "them", "their"])
+PEOPLE = "people"
+# A plural category word asks for its instances in the question's head, before its first auxiliary ("what sports
+# do ...", "how many children does ..."), not after it ("what did I buy for the kids?": things, not kin); a
+# possessive or "kind of" asks anywhere ("what do Melanie's kids like?").
+_COPULA = frozenset(["is", "are", "was", "were", "am"])
+_AUXILIARY = frozenset(["do", "does", "did", "has", "have", "had", "is", "are", "was", "were", "am", "can", "will",
+                        "should", "shall"])
 
 
 @lru_cache(maxsize=1)
@@ -68,15 +83,30 @@ def singulars(word: str) -> tuple[str, ...]:
     return tuple(forms)
 
 
+def question_word(words: list[str]) -> str:
+    """A question's first question word ("how many" for how with many, much or often), or "" when it has none."""
+    for i, word in enumerate(words):
+        if word in _NOT_THINGS or word in _THINGS:
+            return "how many" if word == "how" and i + 1 < len(words) and words[i + 1] in _COUNT else word
+    return ""
+
+
 def asks_for_things(words: list[str]) -> bool:
     """Does a question (its lower-cased words) ask for things: what, which, who, how many, not why, when or
     how? Its first question word decides; a text without one does."""
-    for i, word in enumerate(words):
-        if word in _NOT_THINGS:
-            return word == "how" and i + 1 < len(words) and words[i + 1] in _COUNT
-        if word in _THINGS:
-            return True
-    return True
+    return question_word(words) not in _NOT_THINGS
+
+
+def _head_end(words: list[str]) -> int | None:
+    """Where a question's head ends: its first auxiliary verb after the question word ("What events *has*
+    Caroline ...", "How many children *does* ...", "What are the activities Ola *does*"); None without a question
+    word or an auxiliary."""
+    start = next((i for i, w in enumerate(words) if w in _THINGS or w in _NOT_THINGS), None)
+    if start is None:
+        return None
+    if start + 1 < len(words) and words[start + 1] in _COPULA:  # "what are the activities ...": the head follows
+        start += 1
+    return next((i for i in range(start + 1, len(words)) if words[i] in _AUXILIARY), None)
 
 
 def categories(text: str, stop_words: Collection[str] = ()) -> list[str]:
@@ -87,6 +117,9 @@ def categories(text: str, stop_words: Collection[str] = ()) -> list[str]:
     found: list[str] = []
     if not asks_for_things(words) or _HYPOTHETICAL & set(words):
         return found
+    if question_word(words) in _WHO and _PERSONAL & set(words) and PEOPLE in known:
+        found.append(PEOPLE)
+    head = _head_end(words)
     for i, word in enumerate(words):
         nxt = words[i + 1] if i + 1 < len(words) else ""
         if f"{word} {nxt}" in known:  # "relationship status"
@@ -97,8 +130,8 @@ def categories(text: str, stop_words: Collection[str] = ()) -> list[str]:
         if not name or name in found:
             continue
         before = words[i - 1] if i else ""
-        asked = (name != word and " " not in name) or before in _POSSESSIVE \
-            or (before == "of" and i > 1 and words[i - 2] in _KIND_OF)
+        plural = name != word and " " not in name and (head is None or i < head)
+        asked = plural or before in _POSSESSIVE or (before == "of" and i > 1 and words[i - 2] in _KIND_OF)
         if asked and (not after or after in stop_words):
             found.append(name)
     return found

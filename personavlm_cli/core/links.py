@@ -17,6 +17,9 @@ hit's ``signals``, so ``/why`` and ``memory search --explain`` say why a memory 
   what it lacks (its score in ``signals`` is what it took, a negative number); other memories (learnt
   facts are short on purpose) are left as they are.
 
+Two helpers of recall's ``topic`` query (``core/recall.py``): the speaker a hypothetical question
+("would", "likely") names (``subject``), and the question without that name (``without_subject``).
+
 Measured on LoCoMo's development split (docs/benchmarks.md, "Recall for answers spread over several
 moments"): ``taste`` takes open-domain recall@10 from 0.455 to 0.591 and changes no other category;
 ``substance`` adds about 0.02 on multi-hop and single-hop. Per-part sub-queries, neighbour expansion
@@ -27,7 +30,7 @@ moments"): ``taste`` takes open-domain recall@10 from 0.455 to 0.591 and changes
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 from personavlm_cli.core.memory import Memory, MemoryType
@@ -35,6 +38,9 @@ from personavlm_cli.core.memory import Memory, MemoryType
 # Question words of an inference: what the subject would do, like or be, asked of what they said.
 INFERENCE = re.compile(
     r"\b(would|likely|might|could|prefer|interested|enjoy|kind of|type of|sort of|be into|considered?)\b", re.I)
+# The narrower kind: a judgement of what someone would do or be ("would", "likely"), not "what kind of X did
+# they ...", which asks for a fact (topic's question, core/recall.py).
+HYPOTHETICAL = re.compile(r"\b(would|likely|unlikely|might|could|probably)\b", re.I)
 _FIRST = re.compile(r"\b(i|i'm|i've|i'd|i'll|im|ive|my|me|mine|myself|we|we're|we've|we'd|we'll|our|ours|us)\b",
                     re.I)
 _SECOND = re.compile(r"\b(you|you're|you've|you'd|you'll|your|yours|yourself|ya|u)\b", re.I)
@@ -44,7 +50,7 @@ _WORD = re.compile(r"\w+", re.UNICODE)
 
 SUBSTANCE_WORDS = 10  # content words from which a turn counts as holding something
 # Both off: for a caller that gathers candidates to check each by rule (the learner looking for the older
-# statements a new one makes past, core/update.py), where a prior on what answers a question only reorders.
+# statements a new one makes past, core/learning/learner.py), where a prior on what answers a question only reorders.
 OFF = {"taste": 0.0, "substance": 0.0}
 LEARNT = (MemoryType.CORE, MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryType.EPISODIC)
 
@@ -52,6 +58,11 @@ LEARNT = (MemoryType.CORE, MemoryType.SEMANTIC, MemoryType.PROCEDURAL, MemoryTyp
 def is_inference(text: str) -> bool:
     """Does the question ask what someone would do, like or be (answered from what they said)?"""
     return bool(INFERENCE.search(text or ""))
+
+
+def is_hypothetical(text: str) -> bool:
+    """Does the question ask for a judgement of what someone would do, like or be ("would", "likely")?"""
+    return bool(HYPOTHETICAL.search(text or ""))
 
 
 def asks_about_user(text: str) -> bool:
@@ -97,6 +108,26 @@ def taste_score(memory: Memory, named: bool, about_user: bool) -> float:
     if about_user and memory.type in LEARNT and not named:
         return 1.0
     return 0.0
+
+
+def subject(memories: Iterable[Memory], words: Collection[str]) -> str | None:
+    """The speaker the question names (``words``: its lower-cased words), among the turns of ``memories``
+    that name their speaker (a transcript's; the chat's own turns name none): the first one found."""
+    for memory in memories:
+        name = (memory.meta or {}).get("speaker") if memory.type == MemoryType.TURN else None
+        parts = [w.lower() for w in _WORD.findall(str(name or ""))]
+        if parts and (parts[0] in words or all(p in words for p in parts)):
+            return str(name)
+    return None
+
+
+def without_subject(text: str, speaker: str) -> str:
+    """The question with its subject's name taken out ("Would Melanie enjoy Vivaldi?" → "Would enjoy
+    Vivaldi?"): every turn of the speaker is about her, so her name says nothing of which one answers."""
+    out = text.replace("\u2019", "'")
+    for part in _WORD.findall(speaker):
+        out = re.sub(rf"\b{re.escape(part)}(?:'s)?\b", " ", out, flags=re.I)
+    return re.sub(r"\s+", " ", out).strip()
 
 
 def substance_penalty(memory: Memory, stop_words: Collection[str]) -> float:

@@ -23,12 +23,17 @@ filter did nothing), and superseded memories are left out unless asked for.
 Two more re-rank the candidates near the top, from ``core/links.py``: ``taste`` (an inference question
 answered by its subject's own first-person words) and ``substance`` (turns without content words demoted).
 One more proposes candidates, from ``core/kinds.py``: ``instance`` ("what sports do I play?" also asks the
-lexical index for the words of a sport: "tennis", "swim").
+lexical index for the words of a sport: "tennis", "swim"). And one more, ``topic``, proposes candidates for a
+hypothetical question ("would", "likely", "might") that names a speaker of the store's turns: the question without
+the name, as a second dense query, over that speaker's own first-person turns ("Would Melanie enjoy Vivaldi?" →
+"I'm a fan of classical like Bach and Mozart"). A transcript's turns name their speaker; the chat's do not, so
+in chat it never runs.
 
 On LoCoMo's development split (docs/benchmarks.md) recall@10 goes from 0.57 with plain
 reciprocal-rank fusion (``fusion="rrf"``, kept as the baseline) to 0.785, 0.804 with ``taste`` and
-``substance``, and 0.821 with ``instance``; at 10k memories a recall takes about 30 ms on two CPU cores, the
-query's embedding included.
+``substance``, 0.821 with ``instance``, and 0.839 with ``topic`` and the wider lexicon of ``core/kinds.py``
+(open-domain 0.591 → 0.818, multi-hop 0.591 → 0.622); at 10k memories a recall takes about 30 ms on two CPU
+cores, the query's embedding included.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ if TYPE_CHECKING:
 # the share of the neighbours' lexical score carried over (1.0 = NEIGHBOURS as they are).
 WEIGHTS = {"dense": 0.3, "keywords": 0.15, "lexical": 0.7, "image": 0.5, "context": 1.0, "speaker": 0.3,
            "date": 0.2, "image_text": 0.5, "taste": 0.3, "substance": 0.2,  # these two: core/links.py
-           "instance": 0.7}  # core/kinds.py: a category's instances, a second lexical query
+           "instance": 1.0,  # core/kinds.py: a category's instances, a second lexical query
+           "topic": 0.2}  # a hypothetical's named speaker: their own turns, by the question without their name
 # CLIP's cosine of words and an image they do not describe is about 0.1-0.2, of a caption and its
 # image about 0.3: below this an image is not a match for the words, only the least bad one.
 IMAGE_TEXT_FLOOR = 0.2
@@ -68,6 +74,8 @@ FLOOR = 0.3
 WORD_FLOOR = 0.15
 RRF_K = 60  # only for fusion="rrf", kept as the baseline the benchmark compares against
 CANDIDATES = 100
+TOPIC_FIRST_PERSON = 0.5  # the share of a turn's personal pronouns that are first person, for topic (links.py)
+TOPIC_PEEK = 10  # the first candidates of the dense and lexical queries looked at for a speaker the question names
 
 STOP_WORDS = frozenset([
     "a", "about", "above", "after", "again", "against", "all", "also", "am", "an", "and", "any", "are", "as", "at",
@@ -108,7 +116,7 @@ class Hit:
 
 def query_terms(text: str) -> list[str]:
     """The words a search for ``text`` looks for, in order (lower-cased, no stop or question words).
-    (``learning.content_words`` is the other word rule: the words that carry a statement's facts.)"""
+    (``learning.grounding.content_words`` is the other word rule: the words that carry a statement's facts.)"""
     words = [w.lower() for w in _WORD.findall(text)]
     return [w for w in dict.fromkeys(words) if w not in STOP_WORDS and (len(w) > 1 or w.isdigit())]
 
@@ -192,11 +200,34 @@ def _speakers_named(memory: Memory, words: set[str]) -> bool:
     return bool(parts) and (parts[0] in words or all(p in words for p in parts))
 
 
+def _topic(store: MemoryStore, q: Query, text: str, rankings: dict[str, list[tuple[str, float]]], pool: int,
+           where: dict[str, Any] | None) -> list[tuple[str, float]]:
+    """``topic``: "Would Melanie enjoy Vivaldi?" is answered by what Melanie said of herself ("I'm a fan of
+    classical, Bach and Mozart"), and her name, in every turn of hers, drowns what the question is about. When
+    the question names a speaker of the store's turns (found among the first candidates: a transcript's
+    turns name their speaker, the chat's do not, so in chat this stops here), the question without the name
+    is asked of the vectors (a dense query, as on every store), and that speaker's turns are kept."""
+    if MemoryType.TURN not in q.types:
+        return []
+    words = {w.lower() for w in _WORD.findall(text.replace("\u2019", "'"))}
+    first = [i for name in ("dense", "lexical") for i, _ in rankings.get(name, [])[:TOPIC_PEEK]]
+    speaker = links.subject(store.records.get_many(list(dict.fromkeys(first))), words) if first else None
+    rest = links.without_subject(text, speaker) if speaker else ""
+    if not speaker or not query_terms(rest):
+        return []
+    found = _vector_search(store, TEXT, store.text_encoder.embed([rest])[0], pool, q, where)
+    # Their turns that speak mostly of themselves (taste's share: "I love ..." and not "you must love ...").
+    theirs = {m.id for m in store.records.get_many([i for i, _ in found]) if m.type == MemoryType.TURN
+              and (m.meta or {}).get("speaker") == speaker and links.first_person(m) >= TOPIC_FIRST_PERSON}
+    return [(i, score) for i, score in found if i in theirs][:pool]
+
+
 def relevant(signals: dict[str, dict[str, float]], floor: float = FLOOR) -> bool:
     """Is a candidate with these signals above the relevance floor (see FLOOR)?"""
     if "image" in signals:
         return True
-    scores = [signals[name]["score"] for name in ("dense", "keywords") if name in signals]
+    # topic's cosine counts as the query's: it is the same question, less the name of the speaker it is about.
+    scores = [signals[name]["score"] for name in ("dense", "keywords", "topic") if name in signals]
     cosine = max(scores) if scores else None
     if cosine is not None and cosine >= floor:
         return True
@@ -246,6 +277,10 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
         if instances:
             rankings["instance"] = store.records.lexical(" ".join(instances), pool, q.types, q.since, q.until,
                                                          q.include_superseded)
+    if fusion == "score" and weights.get("topic", 0) > 0 and text and links.is_hypothetical(text):
+        topic = _topic(store, q, text, rankings, pool, where)
+        if topic:
+            rankings["topic"] = topic
     if q.image_paths and weights.get("image", 0) > 0 and "image" in q.types:
         vec = store.image_encoder.embed_images(q.image_paths).mean(axis=0)
         rankings["image"] = _vector_search(store, IMAGES, vec, pool, q, where)
@@ -335,7 +370,7 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
 
 def _standing(store: MemoryStore, fused: dict[str, float], signals: dict[str, dict[str, dict[str, float]]], k: int,
               query_text: str, memories: dict[str, Memory] | None) -> dict[str, Memory]:
-    """The newest word wins (``core/changes.py``): past statements and the assistant's own turns are
+    """The newest word wins (``core/learning/changes.py``): past statements and the assistant's own turns are
     demoted among the candidates that could reach the first k."""
     top = sorted(fused, key=lambda i: -fused[i])[: max(k * 3, k + 10)]
     memories = dict(memories or {})

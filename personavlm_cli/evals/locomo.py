@@ -290,8 +290,9 @@ def rounded(values: dict) -> dict:
 # --- the evaluation -------------------------------------------------------------------------------
 
 EXTRA_KS = (5, 10, 25)
-# The signals of core/links.py and core/kinds.py (issue 31): `--ablate new` asks each question again without each of them.
-NEW_SIGNALS = ("taste", "substance", "instance")
+# The signals of issue 31 (core/links.py, core/kinds.py, recall's topic): `--ablate new` asks each question again
+# without each of them.
+NEW_SIGNALS = ("taste", "substance", "instance", "topic")
 
 
 def ablations(names: str | None, weights: dict[str, float]) -> dict[str, dict[str, float]]:
