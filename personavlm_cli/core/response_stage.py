@@ -39,7 +39,7 @@ MODES = ("retrieve-first", "model-decides", "force")
 ANSWER_LABELS = ("ANSWER:", "A:")
 RECALLED_TYPES = (MemoryType.SEMANTIC, MemoryType.EPISODIC, MemoryType.PROCEDURAL, MemoryType.IMAGE,
                   MemoryType.TURN)
-UPFRONT_K = 10  # memories recalled before the model starts (LoCoMo recall@10: 0.785)
+UPFRONT_K = 10  # memories recalled before the model starts (LoCoMo dev recall@10: 0.839)
 NO_ANSWER = "the model gave an empty answer (twice)"
 MAX_SHOWN = 14  # at most this many memories in one prompt, after episodes expand to their turns
 COMPACT_K = 10  # the compact prompt (small models): fewer memories, each message with its own
