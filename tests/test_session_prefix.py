@@ -106,10 +106,10 @@ def test_the_search_offer_in_the_system_text_is_made_once_per_session(store):
 def test_a_turn_holds_the_gate_so_background_work_does_not_restart_between_its_steps(store):
     gate = ModelGate()
     interrupted = []
-    gate.on_wait.append(lambda: interrupted.append(True))
+    in_job, leave = threading.Event(), threading.Event()
+    gate.on_wait.append(lambda: (interrupted.append(True), leave.set()))  # a job stops when asked
     model = caching()
     conv, clock = _chat(store, model, recent_turns=8, gate=gate)
-    in_job, leave = threading.Event(), threading.Event()
     started = []
 
     def job():
