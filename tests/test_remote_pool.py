@@ -75,7 +75,7 @@ def server():
     srv.connections = 0
     srv.paths, srv.tokenized, srv.streamed = [], [], []
     srv.model_id = "/models/elsewhere/tiny.gguf"  # a file of the server's machine, not of this one
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield srv
     srv.shutdown()
