@@ -260,7 +260,9 @@ def test_server_bm25_scores_are_fts5_scores_and_an_older_schema_is_upgraded(tmp_
     old = dict(r.lexical("dog park sister", 10))
     assert any(abs(old[i] - expected[i]) > 1e-3 for i in expected)  # the ranking this upgrade fixes
     r.close()
-    PgRecordStore(postgres.url, user, readonly=True).close()  # a reader does not write
+    reader = PgRecordStore(postgres.url, user, readonly=True)
+    assert reader.get_meta("lexical_lengths") is None  # a reader does not write
+    reader.close()
     r = PgRecordStore(postgres.url, user)
     again = dict(r.lexical("dog park sister", 10))
     assert all(abs(again[i] - expected[i]) < 1e-6 for i in expected), (again, expected)
