@@ -34,8 +34,6 @@ def _partitioned(ddl: str) -> str:
     return head + sep + rest + ";\n" + parts
 
 
-
-
 def words(column: str) -> str:
     """SQL for the number of words in ``column`` as FTS5's unicode61 tokenizer counts them (runs of
     letters and digits, stop words included): the document length of BM25. Each run becomes one ``x``,

@@ -110,15 +110,18 @@ def taste_score(memory: Memory, named: bool, about_user: bool) -> float:
     return 0.0
 
 
+def names_speaker(memory: Memory, words: Collection[str]) -> bool:
+    """Is ``memory`` a turn whose speaker the question names (``words``: its lower-cased words): the speaker's
+    first name, or every part of it?"""
+    name = (memory.meta or {}).get("speaker") if memory.type == MemoryType.TURN else None
+    parts = [w.lower() for w in _WORD.findall(str(name or ""))]
+    return bool(parts) and (parts[0] in words or all(p in words for p in parts))
+
+
 def subject(memories: Iterable[Memory], words: Collection[str]) -> str | None:
-    """The speaker the question names (``words``: its lower-cased words), among the turns of ``memories``
-    that name their speaker (a transcript's; the chat's own turns name none): the first one found."""
-    for memory in memories:
-        name = (memory.meta or {}).get("speaker") if memory.type == MemoryType.TURN else None
-        parts = [w.lower() for w in _WORD.findall(str(name or ""))]
-        if parts and (parts[0] in words or all(p in words for p in parts)):
-            return str(name)
-    return None
+    """The speaker the question names, among the turns of ``memories`` that name their speaker (a
+    transcript's; the chat's own turns name none): the first one found."""
+    return next((str(m.meta["speaker"]) for m in memories if names_speaker(m, words)), None)
 
 
 def without_subject(text: str, speaker: str) -> str:

@@ -192,14 +192,6 @@ def _neighbours(records: RecordStore, ids: list[str], q: Query, width: int) -> t
     return out, admitted
 
 
-def _speakers_named(memory: Memory, words: set[str]) -> bool:
-    name = (memory.meta or {}).get("speaker") if memory.type == MemoryType.TURN else None
-    if not name:
-        return False
-    parts = [w.lower() for w in _WORD.findall(str(name))]
-    return bool(parts) and (parts[0] in words or all(p in words for p in parts))
-
-
 def _topic(store: MemoryStore, q: Query, text: str, rankings: dict[str, list[tuple[str, float]]], pool: int,
            where: dict[str, Any] | None) -> list[tuple[str, float]]:
     """``topic``: "Would Melanie enjoy Vivaldi?" is answered by what Melanie said of herself ("I'm a fan of
@@ -354,9 +346,9 @@ def recall(store: MemoryStore, q: Query, k: int = 10, candidates: int = CANDIDAT
         floor = ordered[min(k, len(ordered)) - 1] - lift
         window = sorted((i for i, v in fused.items() if v >= floor), key=lambda i: -fused[i])[:max(4 * k, k + 30)]
         memories = {m.id: m for m in store.records.get_many(window)}
-        links.apply(fused, signals, memories, query_text, weights, lambda m: _speakers_named(m, words), STOP_WORDS)
+        links.apply(fused, signals, memories, query_text, weights, lambda m: links.names_speaker(m, words), STOP_WORDS)
         for memory_id, m in memories.items():
-            if weights.get("speaker", 0) > 0 and _speakers_named(m, words):
+            if weights.get("speaker", 0) > 0 and links.names_speaker(m, words):
                 fused[memory_id] += weights["speaker"]
                 signals[memory_id]["speaker"] = {"rank": 1, "score": 1.0}
             if dates:
