@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from personavlm_cli.cli.common import UserOpt, count, err, line, make_env, one_line, safe
-from personavlm_cli.core.errors import ExitStatus, PersonaError
-from personavlm_cli.core.memory import MemoryType, parse_time
+from personavlm_cli.core.errors import ExitStatus, NotFoundError, PersonaError
+from personavlm_cli.core.memory import MemoryType, parse_time, type_of_id
 
 
 def print_brief(console, m, label: str, indent: str = "  ") -> None:
@@ -80,7 +80,14 @@ def forget(
         else:
             ids, operation = [m.id for m in store.records.list(include_superseded=True)], "forget-all"
         # Checked before anything else: an id with no memory is one NotFoundError.
-        job = forgetting.forget_ids(store, ids, operation=operation)
+        try:
+            job = forgetting.forget_ids(store, ids, operation=operation)
+        except NotFoundError as exc:
+            words = [i for i in memory_ids or [] if type_of_id(i) is None]
+            if not words:
+                raise
+            raise NotFoundError(f"{exc}: to forget every memory that holds words, use --query "
+                                f"'{one_line(' '.join(words))}'") from None
         if not ids:
             err.print("nothing to forget")
             return

@@ -98,6 +98,9 @@ def test_meaning_alone_never_erases_and_the_words_must_be_given(run, scripted, i
         assert r.code == 0 and "Nothing matches" in r.err, (text, r.err)
     r = run("memory", "forget", "--query", "a", "--yes")
     assert r.code == 1 and "too short" in r.err and len(r.err.strip().splitlines()) == 1
+    r = run("memory", "forget", WORD, "--yes")  # words where ids go: refused, with the way to say it
+    assert r.code == 1 and len(r.err.strip().splitlines()) == 1, r.err
+    assert f"no memory with id '{WORD}'" in r.err and f"--query '{WORD}'" in r.err
     assert {m["id"] for m in run("memory", "list", "--all", "--json").json()} == before
 
 
